@@ -1,3 +1,25 @@
 """gradiend: learn, measure and rewrite a feature neuron from a language model's gradients."""
 
 __version__ = "0.1.0"
+
+from gradiend.arguments import PostPruneConfig, PrePruneConfig, TrainingArguments
+from gradiend.data import DataError
+from gradiend.model import GradiendConfig, GradiendModel
+from gradiend.model_with_gradiend import ModelWithGradiend
+from gradiend.trainer import TextPredictionTrainer, Trainer, TrainingCallback
+from gradiend.training import set_seed
+
+__all__ = [
+    "DataError",
+    "GradiendConfig",
+    "GradiendModel",
+    "ModelWithGradiend",
+    "PostPruneConfig",
+    "PrePruneConfig",
+    "TextPredictionTrainer",
+    "Trainer",
+    "TrainingArguments",
+    "TrainingCallback",
+    "__version__",
+    "set_seed",
+]

@@ -1,0 +1,283 @@
+"""User data → validated unified rows → single-class batches.
+
+Unified rows (one DataFrame) have the columns of `UNIFIED_COLUMNS`:
+`masked` (text with the mask placeholder), `split` (train/validation/test), `factual_class`,
+`alternative_class`, `factual` (token that fills the slot), `alternative` (token of the other
+class) and `label` (+1 for pair[0]→pair[1], −1 for pair[1]→pair[0], 0 otherwise).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+MASK = "[MASK]"
+SPLITS = ("train", "validation", "test")
+SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation", "eval": "validation"}
+UNIFIED_COLUMNS = ["masked", "split", "factual_class", "alternative_class", "factual", "alternative", "label"]
+MERGED_REQUIRED = ("masked", "split", "label_class", "label")
+
+
+class DataError(ValueError):
+    """Raised for data that cannot be used, with a message that names the fix."""
+
+
+def _missing_columns_error(where: str, missing: Sequence[str], present: Sequence[str]) -> DataError:
+    return DataError(
+        f"{where} is missing required column(s) {list(missing)}; it has {list(present)}. "
+        f"Rename your columns (e.g. df.rename(columns={{'old': 'new'}})) or see the data format "
+        f"in the README.")
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a CSV/TSV/parquet file, or `training.csv`/`.parquet` inside a directory."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("training.csv", "training.parquet", "training.tsv"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise DataError(f"Directory {path} has no training.csv / training.parquet / training.tsv")
+    if not path.is_file():
+        raise DataError(f"Data file not found: {path}. Pass a DataFrame, a dict of DataFrames, or an "
+                        f"existing CSV/TSV/parquet path.")
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    sep = "\t" if path.suffix == ".tsv" else ","
+    return pd.read_csv(path, sep=sep, keep_default_na=False, dtype=str)
+
+
+def _normalize_split(series: pd.Series) -> pd.Series:
+    values = series.astype(str).str.strip().str.lower().replace(SPLIT_ALIASES)
+    bad = sorted(set(values) - set(SPLITS))
+    if bad:
+        raise DataError(f"Unknown split name(s) {bad}; use {list(SPLITS)} (aliases: {SPLIT_ALIASES})")
+    return values
+
+
+def _check_text_column(df: pd.DataFrame, column: str, where: str, mask: str = MASK) -> None:
+    if df[column].isna().any():
+        raise DataError(f"{where}: column {column!r} has {int(df[column].isna().sum())} missing values")
+    lacking = ~df[column].astype(str).str.contains(mask, regex=False)
+    if lacking.any():
+        example = df.loc[lacking, column].iloc[0]
+        raise DataError(f"{where}: {int(lacking.sum())} row(s) of {column!r} contain no {mask} "
+                        f"placeholder, e.g. {example!r}. Mark the target slot with {mask}.")
+
+
+def _sample_alternatives(factual: pd.Series, other_tokens: Counter, rng: np.random.Generator) -> list[str]:
+    """Draw an alternative per row from the other class's token distribution, copying the casing."""
+    tokens = sorted(other_tokens)
+    weights = np.array([other_tokens[t] for t in tokens], dtype=float)
+    weights /= weights.sum()
+    drawn = rng.choice(len(tokens), size=len(factual), p=weights)
+    return [match_case(tokens[i], word) for i, word in zip(drawn, factual, strict=True)]
+
+
+def match_case(token: str, like: str) -> str:
+    """Give `token` the casing pattern of `like` ("He" → "They", "HE" → "THEY")."""
+    if like.isupper() and len(like) > 1:
+        return token.upper()
+    if like[:1].isupper():
+        return token[:1].upper() + token[1:]
+    return token.lower()
+
+
+def _token_counter(tokens: pd.Series) -> Counter:
+    return Counter(str(t).lower() for t in tokens)
+
+
+def _from_merged(df: pd.DataFrame, target_classes: Sequence[str] | None, seed: int | None) -> pd.DataFrame:
+    missing = [c for c in MERGED_REQUIRED if c not in df.columns]
+    if missing:
+        raise _missing_columns_error("Training data", missing, list(df.columns))
+    has_alt = "alternative" in df.columns
+    if has_alt != ("alternative_class" in df.columns):
+        raise DataError("Training data must have both 'alternative' and 'alternative_class' columns or neither")
+    out = pd.DataFrame({
+        "masked": df["masked"].astype(str),
+        "split": df["split"],
+        "factual_class": df["label_class"].astype(str),
+        "factual": df["label"].astype(str),
+    })
+    if has_alt:
+        out["alternative_class"] = df["alternative_class"].astype(str)
+        out["alternative"] = df["alternative"].astype(str)
+        return out
+    classes = sorted(out["factual_class"].unique())
+    pair = list(target_classes) if target_classes is not None else classes
+    if len(pair) != 2:
+        raise DataError(f"Without 'alternative' columns the data needs exactly two classes to pair up; "
+                        f"found {classes}. Pass target_classes=[A, B] or add alternative columns.")
+    rng = np.random.default_rng(seed)
+    out = out[out["factual_class"].isin(pair)].copy()
+    out["alternative_class"] = out["factual_class"].map({pair[0]: pair[1], pair[1]: pair[0]})
+    out["alternative"] = ""
+    for cls, other in ((pair[0], pair[1]), (pair[1], pair[0])):
+        rows = out["factual_class"] == cls
+        other_tokens = _token_counter(out.loc[out["factual_class"] == other, "factual"])
+        if rows.any() and other_tokens:
+            out.loc[rows, "alternative"] = _sample_alternatives(out.loc[rows, "factual"], other_tokens, rng)
+    return out
+
+
+def _from_per_class(data: Mapping[str, pd.DataFrame], seed: int | None) -> pd.DataFrame:
+    frames = []
+    for cls, df in data.items():
+        if not isinstance(df, pd.DataFrame):
+            raise DataError(f"data[{cls!r}] must be a pandas DataFrame, got {type(df).__name__}")
+        if "masked" not in df.columns:
+            raise _missing_columns_error(f"Data of class {cls!r}", ["masked"], list(df.columns))
+        token_col = next((c for c in (cls, "label", "token") if c in df.columns), None)
+        if token_col is None:
+            raise _missing_columns_error(f"Data of class {cls!r}", [f"{cls!r} (or 'label'/'token')"],
+                                         list(df.columns))
+        frames.append(pd.DataFrame({
+            "masked": df["masked"].astype(str),
+            "split": df["split"] if "split" in df.columns else "train",
+            "factual_class": str(cls),
+            "factual": df[token_col].astype(str),
+        }))
+    if not frames:
+        raise DataError("Training data is empty: the dict of per-class DataFrames has no entries")
+    merged = pd.concat(frames, ignore_index=True)
+    merged = merged.rename(columns={"factual_class": "label_class", "factual": "label"})
+    return _from_merged(merged, list(data) if len(data) == 2 else None, seed)
+
+
+def unify(
+    data: pd.DataFrame | Mapping[str, pd.DataFrame] | str | os.PathLike,
+    target_classes: Sequence[str] | None = None,
+    seed: int | None = 0,
+    mask: str = MASK,
+) -> tuple[pd.DataFrame, tuple[str, str]]:
+    """Validate user data and return (unified rows, (class A, class B)).
+
+    Accepts the merged format (`masked, split, label_class, label[, alternative,
+    alternative_class]`), a dict class → DataFrame (`masked`, optional `split`, token column
+    named after the class or `label`), or a path to such a table.
+    """
+    if isinstance(data, (str, os.PathLike)):
+        data = read_table(data)
+    if isinstance(data, Mapping):
+        rows = _from_per_class(data, seed)
+    elif isinstance(data, pd.DataFrame):
+        rows = _from_merged(data, target_classes, seed)
+    else:
+        raise DataError(f"data must be a DataFrame, a dict of DataFrames or a file path, got {type(data).__name__}")
+    if rows.empty:
+        raise DataError("Training data is empty: no rows left after reading it")
+    rows["split"] = _normalize_split(rows["split"])
+    _check_text_column(rows, "masked", "Training data", mask)
+    if (rows["factual"].str.strip() == "").any():
+        raise DataError("Training data has rows with an empty target token ('label' column)")
+    classes = sorted(set(rows["factual_class"]))
+    pair = _resolve_pair(classes, target_classes)
+    keep = rows["factual_class"].isin(pair) & rows["alternative_class"].isin(pair) & (
+        rows["factual_class"] != rows["alternative_class"])
+    rows = rows[keep].copy()
+    for cls in pair:
+        if not (rows["factual_class"] == cls).any():
+            raise DataError(f"Class {cls!r} has no rows paired with the other target class")
+    if (rows["alternative"].str.strip() == "").any():
+        raise DataError("Some rows have no alternative token; the other class has no tokens to sample from")
+    rows["label"] = np.where(rows["factual_class"] == pair[0], 1, -1)
+    return rows[UNIFIED_COLUMNS].reset_index(drop=True), pair
+
+
+def _resolve_pair(classes: Sequence[str], target_classes: Sequence[str] | None) -> tuple[str, str]:
+    if target_classes is None:
+        if len(classes) != 2:
+            raise DataError(f"The data has classes {list(classes)}; pass target_classes=[A, B] to pick the pair")
+        return classes[0], classes[1]
+    if isinstance(target_classes, str) or len(target_classes) != 2:
+        raise DataError(f"target_classes must name exactly two classes, got {target_classes!r}")
+    unknown = [c for c in target_classes if c not in classes]
+    if unknown:
+        raise DataError(f"target_classes {unknown} not found in the data; its classes are {list(classes)}")
+    if target_classes[0] == target_classes[1]:
+        raise DataError(f"target_classes must be two different classes, got {target_classes!r}")
+    return str(target_classes[0]), str(target_classes[1])
+
+
+def require_split(rows: pd.DataFrame, split: str, pair: Sequence[str], purpose: str) -> pd.DataFrame:
+    """Rows of `split`; error if a target class has none there."""
+    part = rows[rows["split"] == split]
+    for cls in pair:
+        if not (part["factual_class"] == cls).any():
+            counts = rows.groupby(["split", "factual_class"]).size().to_dict()
+            raise DataError(f"Class {cls!r} has no rows in split {split!r}, needed for {purpose}. "
+                            f"Rows per (split, class): {counts}. Add rows or change the split column.")
+    return part
+
+
+def cap_per_class(rows: pd.DataFrame, max_size: int | None, seed: int | None) -> pd.DataFrame:
+    """At most `max_size` rows per factual class (seeded sample, original order kept)."""
+    if max_size is None:
+        return rows
+    parts = [g.sample(n=min(max_size, len(g)), random_state=seed).sort_index()
+             for _, g in rows.groupby("factual_class", sort=True)]
+    return pd.concat(parts) if parts else rows
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A single-class batch of unified rows (positional indices into the rows frame)."""
+
+    indices: tuple[int, ...]
+    label: int
+
+
+class BatchSchedule:
+    """Single-class batches served round-robin over the two transitions.
+
+    Each epoch reshuffles every class (seeded by `seed + epoch`); the smaller class wraps
+    around so both are seen equally often. One epoch = 2 × (batches of the larger class).
+    """
+
+    def __init__(self, labels: Sequence[int], batch_size: int, seed: int | None = 0) -> None:
+        labels = np.asarray(labels)
+        self.groups = [np.flatnonzero(labels == value) for value in (1, -1)]
+        if any(len(g) == 0 for g in self.groups):
+            raise DataError("Both target classes need training rows to form batches")
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def batches_per_epoch(self) -> int:
+        return 2 * max(-(-len(g) // self.batch_size) for g in self.groups)
+
+    def epoch(self, epoch: int) -> list[Batch]:
+        rng = np.random.default_rng(None if self.seed is None else self.seed + epoch)
+        per_group = []
+        for group, label in zip(self.groups, (1, -1), strict=True):
+            order = rng.permutation(group)
+            chunks = [tuple(int(i) for i in order[s:s + self.batch_size])
+                      for s in range(0, len(order), self.batch_size)]
+            per_group.append([Batch(c, label) for c in chunks])
+        n = max(len(g) for g in per_group)
+        out = []
+        for i in range(n):
+            for group in per_group:
+                out.append(group[i % len(group)])
+        return out
+
+    def iterate(self, total_steps: int) -> Iterator[tuple[int, Batch]]:
+        """Yield (epoch, batch) for `total_steps` steps."""
+        step, epoch = 0, 0
+        while step < total_steps:
+            for batch in self.epoch(epoch):
+                if step >= total_steps:
+                    return
+                yield epoch, batch
+                step += 1
+            epoch += 1

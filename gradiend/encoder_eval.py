@@ -1,0 +1,153 @@
+"""Encoder evaluation: which rows to encode, encoding them, and the metrics on the encodings."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from gradiend.data import MASK, cap_per_class
+
+if TYPE_CHECKING:
+    from gradiend.model_with_gradiend import ModelWithGradiend
+
+logger = logging.getLogger(__name__)
+
+TRAINING = "training"
+NEUTRAL_MASKED = "neutral_training_masked"
+NEUTRAL_DATASET = "neutral_dataset"
+NEUTRAL_BOUNDS = (-0.5, 0.5)
+_WORD = re.compile(r"[A-Za-z]{2,}")
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson correlation; 0.0 when fewer than two rows or either side is constant."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 2 or x.std() == 0 or y.std() == 0:
+        return 0.0
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def mask_random_word(texts: Iterable[str], excluded: set[str], rng: np.random.Generator,
+                     mask: str = MASK, usable: Callable[[str], bool] | None = None) -> pd.DataFrame:
+    """Mask one random word per text (≥ 2 letters, not in `excluded`, `usable` by the tokenizer).
+
+    Texts without such a word are dropped.
+    """
+    out = []
+    for text in texts:
+        spans = [m for m in _WORD.finditer(text)
+                 if m.group().lower() not in excluded and (usable is None or usable(m.group()))]
+        if not spans:
+            continue
+        m = spans[int(rng.integers(len(spans)))]
+        out.append({"masked": text[:m.start()] + mask + text[m.end():], "factual": m.group()})
+    return pd.DataFrame(out, columns=["masked", "factual"])
+
+
+def build_encoder_frame(rows: pd.DataFrame, pair: Sequence[str], *, neutral_texts: Sequence[str] | None = None,
+                        max_size: int | None = None, seed: int | None = 0,
+                        excluded_words: Iterable[str] = (), mask: str = MASK,
+                        usable: Callable[[str], bool] | None = None) -> pd.DataFrame:
+    """Rows to encode: the pair's rows of one split plus the two neutral variants.
+
+    `neutral_training_masked`: the split's texts with the slot filled by the factual token and
+    another (non-target) word masked; `neutral_dataset`: the same on feature-free texts.
+    """
+    rows = cap_per_class(rows, max_size, seed)
+    frame = pd.DataFrame({
+        "text": rows["masked"].to_numpy(), "factual": rows["factual"].to_numpy(),
+        "alternative": rows["alternative"].to_numpy(), "label": rows["label"].to_numpy(),
+        "factual_class": rows["factual_class"].to_numpy(), "alternative_class": rows["alternative_class"].to_numpy(),
+        "type": TRAINING, "data_split": rows["split"].to_numpy()})
+    excluded = {w.lower() for w in excluded_words} | {t.lower() for t in rows["factual"]} | {
+        t.lower() for t in rows["alternative"]}
+    rng = np.random.default_rng(seed)
+    filled = [t.replace(mask, f) for t, f in zip(rows["masked"], rows["factual"], strict=True)]
+    parts = [frame, _neutral_part(mask_random_word(filled, excluded, rng, mask, usable), NEUTRAL_MASKED)]
+    if neutral_texts is not None:
+        texts = list(neutral_texts)
+        if max_size is not None and len(texts) > max_size:
+            texts = [texts[i] for i in sorted(rng.choice(len(texts), size=max_size, replace=False))]
+        parts.append(_neutral_part(mask_random_word(texts, excluded, rng, mask, usable), NEUTRAL_DATASET))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _neutral_part(masked: pd.DataFrame, kind: str) -> pd.DataFrame:
+    return pd.DataFrame({"text": masked["masked"], "factual": masked["factual"], "alternative": masked["factual"],
+                         "label": 0, "factual_class": "neutral", "alternative_class": "neutral", "type": kind,
+                         "data_split": ""})
+
+
+def encode_frame(model: ModelWithGradiend, frame: pd.DataFrame, batch_size: int = 32,
+                 show_progress: bool = True) -> pd.DataFrame:
+    """Add an `encoded` column (feature 0; `encoded_<j>` for further features).
+
+    Target-pair rows use the GRADIEND's training source; neutral rows the factual gradient.
+    """
+    frame = frame.copy()
+    values = np.zeros((len(frame), model.config.latent_dim), dtype=np.float32)
+    groups = [(frame["type"] == TRAINING).to_numpy(), (frame["type"] != TRAINING).to_numpy()]
+    kinds = [model.config.source, "factual"]
+    total = len(frame)
+    with tqdm(total=total, desc="Encoding", disable=not show_progress or total == 0, leave=False) as bar:
+        for selected, kind in zip(groups, kinds, strict=True):
+            idx = np.flatnonzero(selected)
+            for start in range(0, len(idx), batch_size):
+                chunk = idx[start:start + batch_size]
+                sub = frame.iloc[chunk]
+                values[chunk] = model.encode(list(sub["text"]), list(sub["factual"]), list(sub["alternative"]),
+                                             kind=kind, batch_size=batch_size)
+                bar.update(len(chunk))
+    frame["encoded"] = values[:, 0]
+    for j in range(1, values.shape[1]):
+        frame[f"encoded_{j}"] = values[:, j]
+    return frame
+
+
+def _ternary(values: np.ndarray) -> np.ndarray:
+    low, high = NEUTRAL_BOUNDS
+    return np.where(values <= low, -1, np.where(values >= high, 1, 0))
+
+
+def _block(encoded: np.ndarray, labels: np.ndarray, binary: bool = False) -> dict[str, Any]:
+    if binary:
+        accuracy = float(np.mean(np.where(encoded >= 0, 1, -1) == labels)) if len(labels) else 0.0
+    else:
+        accuracy = float(np.mean(_ternary(encoded) == labels)) if len(labels) else 0.0
+    return {"correlation": pearson(encoded, labels), "accuracy": accuracy, "n": len(labels)}
+
+
+def encoder_metrics(frame: pd.DataFrame, pair: Sequence[str]) -> dict[str, Any]:
+    """Correlation, accuracies and mean encodings by class and by row type."""
+    enc = frame["encoded"].to_numpy(dtype=float)
+    lab = frame["label"].to_numpy(dtype=float)
+    training = (frame["type"] == TRAINING).to_numpy()
+    target = np.isin(lab, (1, -1)) & training
+    by_type = {t: float(frame.loc[frame["type"] == t, "encoded"].mean()) for t in frame["type"].unique()}
+    by_class = {str(c): float(frame.loc[training & (frame["factual_class"] == c).to_numpy(), "encoded"].mean())
+                for c in pair if (training & (frame["factual_class"] == c).to_numpy()).any()}
+    neutral = {t: v for t, v in by_type.items() if t != TRAINING}
+    training_only = _block(enc[training], lab[training])
+    return {
+        "n_samples": len(frame),
+        "sample_counts": {str(t): int(n) for t, n in frame["type"].value_counts().items()},
+        "correlation": training_only["correlation"],
+        "accuracy": training_only["accuracy"],
+        "training_only": training_only,
+        "all_data": _block(enc, lab),
+        "target_classes_only": _block(enc[target], lab[target], binary=True),
+        "mean_by_class": by_class,
+        "mean_by_type": by_type,
+        "abs_mean_by_type": {t: float(frame.loc[frame["type"] == t, "encoded"].abs().mean()) for t in by_type},
+        "neutral_mean_by_type": neutral,
+        "std_by_class": {str(c): float(frame.loc[training & (frame["factual_class"] == c).to_numpy(),
+                                                  "encoded"].std(ddof=0)) for c in by_class},
+        "boundaries": {"neutral_lower": NEUTRAL_BOUNDS[0], "neutral_upper": NEUTRAL_BOUNDS[1], "binary": 0.0},
+        "label_value_to_class_name": {"1": pair[0], "-1": pair[1], "0": "neutral"},
+    }

@@ -1,0 +1,187 @@
+"""The GRADIEND encoder–decoder and its checkpoint format (safetensors + one JSON file).
+
+    h = act(W_e · (x / s_in) + b_e)          encoder, k = latent_dim feature neurons
+    y_hat = W_d · h + b_d                     decoder, in target units of s_out
+
+`s_in` and `s_out` are scalar gradient scales estimated from the first training batches
+(see `estimate_scale`): raw gradients are tiny and their size varies by model and layer, so
+without them one learning rate either saturates tanh or crawls. They are stored with the
+weights, and `decode` returns parameter-space vectors (`s_out · y_hat`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from gradiend.experiment import atomic_write_json, atomic_write_with, read_json
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "gradiend"
+FORMAT_VERSION = 1
+CONFIG_FILE = "gradiend_config.json"
+WEIGHTS_FILE = "model.safetensors"
+ACTIVATIONS = {"tanh": torch.tanh, "hardtanh": nn.functional.hardtanh}
+
+
+@dataclass
+class GradiendConfig:
+    """Architecture plus everything needed to reattach the GRADIEND to its base model."""
+
+    input_dim: int
+    latent_dim: int = 1
+    activation_encoder: str = "tanh"
+    bias_decoder: bool = True
+    torch_dtype: str = "float32"
+    base_model: str | None = None
+    param_map: list[dict[str, Any]] = field(default_factory=list)
+    feature_classes: list[str] = field(default_factory=list)
+    feature_class_encoding_direction: dict[str, int] = field(default_factory=dict)
+    source: str = "alternative"
+    target: str = "diff"
+    objective: str = "mlm"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.input_dim <= 0 or self.latent_dim <= 0:
+            raise ValueError(f"input_dim and latent_dim must be positive, got {self.input_dim}, {self.latent_dim}")
+        if self.activation_encoder not in ACTIVATIONS:
+            raise ValueError(f"activation_encoder must be one of {sorted(ACTIVATIONS)}, "
+                             f"got {self.activation_encoder!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        from gradiend import __version__
+
+        return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "library_version": __version__,
+                **{k: getattr(self, k) for k in self.__dataclass_fields__}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str = "config") -> GradiendConfig:
+        if data.get("format") != FORMAT_NAME:
+            raise ValueError(f"{where} is not a gradiend checkpoint config (format={data.get('format')!r})")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{where} has format_version {data.get('format_version')}; this gradiend reads "
+                             f"version {FORMAT_VERSION}. Upgrade gradiend or re-train.")
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class GradiendModel(nn.Module):
+    """One-hidden-layer encoder–decoder on gradient space (k feature neurons)."""
+
+    def __init__(self, config: GradiendConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.config = config
+        n, k = config.input_dim, config.latent_dim
+        self.encoder_weight = nn.Parameter(torch.empty(k, n))
+        self.encoder_bias = nn.Parameter(torch.empty(k))
+        self.decoder_weight = nn.Parameter(torch.empty(n, k))
+        self.decoder_bias = nn.Parameter(torch.empty(n)) if config.bias_decoder else None
+        self.register_buffer("input_scale", torch.ones(()))
+        self.register_buffer("target_scale", torch.ones(()))
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Encoder ~ U(±1/√n) (PyTorch Linear default); decoder ~ U(±max|W_e|), same scale."""
+        bound = 1.0 / math.sqrt(self.config.input_dim)
+        self.encoder_weight.uniform_(-bound, bound, generator=generator)
+        self.encoder_bias.uniform_(-bound, bound, generator=generator)
+        scale = float(self.encoder_weight.abs().max())
+        self.decoder_weight.uniform_(-scale, scale, generator=generator)
+        if self.decoder_bias is not None:
+            self.decoder_bias.uniform_(-scale, scale, generator=generator)
+
+    @property
+    def activation(self):
+        return ACTIVATIONS[self.config.activation_encoder]
+
+    def encoder_directions(self) -> torch.Tensor:
+        """Rows w_j / s_in: `encode(x) = act(directions · x + b_e)` for raw gradients x."""
+        return self.encoder_weight / self.input_scale
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature values h (…, k) of raw gradient vectors x (…, n)."""
+        return self.activation(x @ self.encoder_directions().T + self.encoder_bias)
+
+    def activate(self, projections: torch.Tensor) -> torch.Tensor:
+        """h from precomputed `encoder_directions() · x` values (forward-mode encodings)."""
+        return self.activation(projections + self.encoder_bias)
+
+    def decode_normalized(self, h: torch.Tensor) -> torch.Tensor:
+        out = h @ self.decoder_weight.T
+        return out + self.decoder_bias if self.decoder_bias is not None else out
+
+    def decode(self, h: torch.Tensor | float | list[float]) -> torch.Tensor:
+        """Parameter-space update direction for feature value(s) h (in raw gradient units)."""
+        h = torch.as_tensor(h, dtype=self.decoder_weight.dtype, device=self.decoder_weight.device)
+        if h.dim() == 0:
+            h = h.reshape(1).expand(self.config.latent_dim)
+        return self.decode_normalized(h) * self.target_scale
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, reconstruction in normalised target units) for raw source gradients x."""
+        h = self.encode(x)
+        return h, self.decode_normalized(h)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """MSE between the reconstruction and the normalised target y / s_out; also returns h."""
+        h, y_hat = self(x)
+        return nn.functional.mse_loss(y_hat, y / self.target_scale), h
+
+    @torch.no_grad()
+    def flip_sign(self) -> None:
+        """Negate the feature: h → −h with an unchanged reconstruction (W_e, b_e, W_d negated)."""
+        self.encoder_weight.neg_()
+        self.encoder_bias.neg_()
+        self.decoder_weight.neg_()
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike, extra_json: dict[str, Any] | None = None) -> None:
+        """Write `model.safetensors` and `gradiend_config.json` (each atomically) into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        atomic_write_with(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={
+            "format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}))
+        atomic_write_json(directory / CONFIG_FILE, {**self.config.to_json(), **(extra_json or {})})
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: torch.device | str | None = None) -> GradiendModel:
+        """Load a checkpoint (never unpickles); errors name the missing or corrupt file."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"GRADIEND checkpoint directory not found: {directory}")
+        config = GradiendConfig.from_json(read_json(directory / CONFIG_FILE, "GRADIEND config"),
+                                          str(directory / CONFIG_FILE))
+        weights = directory / WEIGHTS_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(f"GRADIEND weights not found: {weights}; the checkpoint is incomplete, "
+                                    f"re-train or copy the file back")
+        try:
+            state = load_file(str(weights), device="cpu")
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"GRADIEND weights {weights} are corrupt ({err}); re-train or restore the file") from err
+        model = cls(config)
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in state.items()}
+        if expected != found:
+            raise ValueError(f"GRADIEND weights {weights} do not match {CONFIG_FILE}: expected tensors "
+                             f"{expected}, found {found}")
+        model.load_state_dict(state)
+        return model.to(device) if device is not None else model
+
+
+def is_checkpoint(directory: str | os.PathLike) -> bool:
+    """True when `directory` holds a gradiend config file."""
+    return (Path(directory) / CONFIG_FILE).is_file()

@@ -1,0 +1,1 @@
+"""Core configuration objects (reference import paths)."""

@@ -1,0 +1,338 @@
+"""`Trainer`: the facade users drive (train → evaluate → inspect), delegating every step.
+
+It holds only the state the API promises (base model, arguments, experiment directory, the
+loaded model); data handling lives in subclasses (`TextPredictionTrainer`).
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from gradiend.arguments import TrainingArguments
+from gradiend.data import require_split
+from gradiend.encoder_eval import build_encoder_frame, encode_frame, encoder_metrics
+from gradiend.experiment import (
+    TRAINING_STATS,
+    atomic_directory,
+    atomic_write_json,
+    atomic_write_with,
+    encoder_cache_path,
+    experiment_lock,
+    fingerprint,
+    model_dir,
+    read_json,
+)
+from gradiend.model import CONFIG_FILE, is_checkpoint
+from gradiend.model_with_gradiend import ModelWithGradiend
+from gradiend.training import TrainingCallback, train_gradiend
+
+logger = logging.getLogger(__name__)
+
+# Arguments that do not change what a run learns (excluded from the cache fingerprint).
+_NOT_FINGERPRINTED = {"experiment_dir", "output_dir", "use_cache", "show_progress", "fail_on_non_convergence",
+                      "eval_batch_size", "encoder_eval_max_size", "metadata"} | {
+    f for f in TrainingArguments.__dataclass_fields__ if f.startswith("decoder_eval_")}
+
+
+class Trainer(abc.ABC):
+    """Train, evaluate and inspect a GRADIEND for one pair of feature classes."""
+
+    def __init__(self, model: str | ModelWithGradiend, target_classes: Sequence[str] | None = None,
+                 args: TrainingArguments | None = None, run_id: str | None = None, n_features: int = 1) -> None:
+        if run_id is not None and not isinstance(run_id, str):
+            raise TypeError(f"run_id must be a str or None, got {type(run_id).__name__}")
+        if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 1:
+            raise ValueError(f"n_features must be a positive int, got {n_features!r}")
+        if args is not None and not isinstance(args, TrainingArguments):
+            raise TypeError(f"args must be TrainingArguments, got {type(args).__name__}")
+        if isinstance(model, ModelWithGradiend):
+            self._model_instance: ModelWithGradiend | None = model
+            self._base_model_arg = model.base_model_path
+        elif isinstance(model, (str, os.PathLike)):
+            self._model_instance = None
+            self._base_model_arg = str(model)
+        else:
+            raise TypeError(f"model must be a model id/path or a ModelWithGradiend, got {type(model).__name__}")
+        self._model_path = self._base_model_arg
+        self._target_classes = list(target_classes) if target_classes is not None else None
+        args = args or TrainingArguments()
+        if n_features != 1 and args.latent_dim == 1:
+            args = args.replace(latent_dim=n_features)
+        self._args = args
+        self.run_id = run_id
+        self._temp_dir: tempfile.TemporaryDirectory | None = None
+
+    # -- subclass hooks -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def unified_data(self) -> tuple[pd.DataFrame, tuple[str, str]]:
+        """(unified rows, target pair) of the training data."""
+
+    @abc.abstractmethod
+    def neutral_texts(self) -> list[str] | None:
+        """Feature-free texts for the neutral encoder variant, if any."""
+
+    def post_training(self, model_with_gradiend: ModelWithGradiend, **kwargs: Any) -> None:
+        """Called after training with the selected model; override to add steps (default: nothing)."""
+
+    # -- properties -----------------------------------------------------------------------------
+    @property
+    def training_args(self) -> TrainingArguments:
+        return self._args
+
+    @property
+    def experiment_dir(self) -> str:
+        """`experiment_dir` (plus `run_id`); a temporary directory when none was given."""
+        base = self._args.experiment_dir
+        if base is None:
+            if self._temp_dir is None:
+                self._temp_dir = tempfile.TemporaryDirectory(prefix="gradiend-")
+                logger.warning("No experiment_dir given; writing to temporary %s", self._temp_dir.name)
+            base = self._temp_dir.name
+        return str(Path(base) / self.run_id) if self.run_id else str(base)
+
+    @property
+    def model_path(self) -> str:
+        """The base model before training, the GRADIEND checkpoint directory after it."""
+        return self._model_path
+
+    @property
+    def base_model_path(self) -> str:
+        return self._base_model_arg
+
+    @property
+    def target_classes(self) -> list[str]:
+        return list(self.pair)
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        return self.unified_data()[1]
+
+    def _output_dir(self) -> Path:
+        return Path(self._args.output_dir) if self._args.output_dir else model_dir(self.experiment_dir)
+
+    # -- training -------------------------------------------------------------------------------
+    def _fingerprint(self, rows: pd.DataFrame) -> str:
+        data_hash = hashlib.sha256(rows.to_csv(index=False).encode("utf-8")).hexdigest()[:16]
+        args = {k: v for k, v in self._args.to_dict().items() if k not in _NOT_FINGERPRINTED}
+        return fingerprint({"args": args, "base_model": self._base_model_arg, "data": data_hash})
+
+    def _cached_run(self, out: Path, key: str) -> bool:
+        mode = self._args.use_cache
+        if not mode or not is_checkpoint(out) or not (out / TRAINING_STATS).is_file():
+            return False
+        if mode == "always":
+            return True
+        if read_json(out / CONFIG_FILE, "GRADIEND config").get("fingerprint") != key:
+            logger.info("Existing run in %s has other settings or data; retraining", out)
+            return False
+        if mode == "only_convergent":
+            return bool(read_json(out / TRAINING_STATS, "training stats")["convergence_info"]["converged"])
+        return True
+
+    def train(self, callbacks: Sequence[TrainingCallback] = (), **overrides: Any) -> Trainer:
+        """Train the GRADIEND; keyword overrides replace `TrainingArguments` fields for this run."""
+        if overrides:
+            self._args = self._args.replace(**overrides)
+        args = self._args
+        rows, pair = self.unified_data()
+        out = self._output_dir()
+        key = self._fingerprint(rows)
+        with experiment_lock(self.experiment_dir):
+            if self._cached_run(out, key):
+                logger.info("Reusing the finished run in %s (use_cache=%r)", out, args.use_cache)
+                self._model_path, self._model_instance = str(out), None
+                return self
+            train_rows = require_split(rows, "train", pair, "training")
+            eval_rows = require_split(rows, "validation", pair, "in-training evaluation") if args.do_eval else None
+            model = ModelWithGradiend.create(
+                self._base_model_arg, params=args.params, latent_dim=args.latent_dim,
+                activation_encoder=args.activation_encoder, bias_decoder=args.bias_decoder,
+                torch_dtype=args.torch_dtype, feature_classes=pair, source=args.source, target=args.target,
+                seed=args.seed, max_length=args.max_length, trust_remote_code=args.trust_remote_code,
+                device=self._device())
+            for token in sorted(set(rows["factual"]) | set(rows["alternative"])):
+                model.objective.pieces(token)
+            outcome = train_gradiend(model, train_rows, eval_rows, pair, args, callbacks)
+            model.gradiend.load_state_dict(outcome.state)
+            stats = {**outcome.stats, "training_args": args.to_dict(), "fingerprint": key,
+                     "base_model": self._base_model_arg, "pair": list(pair)}
+            with atomic_directory(out) as tmp:
+                model.save_pretrained(tmp, extra_json={"fingerprint": key})
+                atomic_write_json(tmp / TRAINING_STATS, stats)
+            self._model_path, self._model_instance = str(out), model
+            logger.info("Saved GRADIEND to %s (best correlation %s)", out,
+                        (outcome.stats["best_score_checkpoint"] or {}).get("correlation"))
+            self.post_training(model)
+        if not outcome.converged:
+            message = f"GRADIEND training did not converge: {outcome.failure_reason} (model saved in {out})"
+            if args.fail_on_non_convergence:
+                raise RuntimeError(message + "; try more steps, another seed or learning_rate")
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        return self
+
+    # -- models ---------------------------------------------------------------------------------
+    def _device(self) -> torch.device | None:
+        return self._model_instance.device if self._model_instance is not None else None
+
+    def get_model(self, use_cache: bool | None = None, *, load_directory: str | None = None) -> ModelWithGradiend:
+        """The trained model (cached in memory); `load_directory` loads another checkpoint."""
+        if load_directory is not None:
+            return self.load_model(load_directory)
+        if self._model_instance is None:
+            if is_checkpoint(self._model_path):
+                self._model_instance = ModelWithGradiend.from_pretrained(
+                    self._model_path, trust_remote_code=self._args.trust_remote_code, max_length=self._args.max_length)
+            else:
+                raise RuntimeError(f"No trained GRADIEND yet for {self._model_path!r}; call train() first or "
+                                   f"load a checkpoint with load_model(path)")
+        return self._model_instance
+
+    def load_model(self, load_directory: str | os.PathLike) -> ModelWithGradiend:
+        """Load a GRADIEND checkpoint directory (without replacing the trainer's model)."""
+        return ModelWithGradiend.from_pretrained(load_directory, trust_remote_code=self._args.trust_remote_code,
+                                                 max_length=self._args.max_length)
+
+    def to(self, device: torch.device | str) -> Trainer:
+        """Move the loaded model (no-op when none is loaded)."""
+        if self._model_instance is not None:
+            self._model_instance.to(device)
+        return self
+
+    def cpu(self) -> Trainer:
+        return self.to("cpu")
+
+    def cuda(self, device: int | str | torch.device | None = None) -> Trainer:
+        if device is None:
+            return self.to("cuda")
+        return self.to(f"cuda:{device}" if isinstance(device, int) else device)
+
+    # -- statistics -----------------------------------------------------------------------------
+    def get_training_stats(self, model_path: str | None = None) -> dict[str, Any] | None:
+        """`training.json` of a trained model (None before training)."""
+        path = Path(model_path or self._model_path) / TRAINING_STATS
+        return read_json(path, "training stats") if path.is_file() else None
+
+    # -- encoder evaluation ---------------------------------------------------------------------
+    def evaluate_encoder(self, split: str = "test", max_size: int | None = None,
+                         neutral_data_df: pd.DataFrame | None = None, use_cache: bool | None = None,
+                         return_df: bool = False, encoder_df: pd.DataFrame | None = None,
+                         model_with_gradiend: ModelWithGradiend | None = None, plot: bool = False,
+                         show_progress: bool | None = None) -> dict[str, Any]:
+        """Encode a split plus neutral variants; return correlation, class means, accuracies."""
+        if not isinstance(split, str):
+            raise TypeError(f"split must be a str, got {type(split).__name__}")
+        if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size <= 0):
+            raise ValueError(f"max_size must be a positive int or None, got {max_size!r}")
+        rows, pair = self.unified_data()
+        if encoder_df is None:
+            max_size = max_size if max_size is not None else self._args.encoder_eval_max_size
+            use_cache = self._args.use_cache if use_cache is None else use_cache
+            encoder_df = self._encoder_frame(split, max_size, neutral_data_df, bool(use_cache), model_with_gradiend,
+                                             self._args.show_progress if show_progress is None else show_progress)
+        result = encoder_metrics(encoder_df, pair)
+        if plot:
+            result["plot_path"] = self.plot_encoder_distributions(encoder_df=encoder_df)
+        if return_df:
+            result["encoder_df"] = encoder_df
+        return result
+
+    def _encoder_frame(self, split: str, max_size: int | None, neutral_data_df: pd.DataFrame | None,
+                       use_cache: bool, model: ModelWithGradiend | None, show_progress: bool) -> pd.DataFrame:
+        rows, pair = self.unified_data()
+        model = model or self.get_model()
+        part = require_split(rows, split, pair, f"encoder evaluation on {split!r}")
+        neutral = list(neutral_data_df["text"]) if neutral_data_df is not None else self.neutral_texts()
+        key = fingerprint({"model": self._model_path, "weights": _weights_stamp(self._model_path), "split": split,
+                           "max_size": max_size, "rows": self._fingerprint(part), "seed": self._args.seed,
+                           "neutral": hashlib.sha256("\n".join(neutral or []).encode()).hexdigest()[:16]})
+        cache = encoder_cache_path(self.experiment_dir, split, max_size)
+        meta = cache.with_suffix(".json")
+        if use_cache and cache.is_file() and meta.is_file() and read_json(meta).get("fingerprint") == key:
+            logger.info("Reusing cached encodings %s", cache)
+            return pd.read_csv(cache, keep_default_na=False)
+        frame = build_encoder_frame(part, pair, neutral_texts=neutral, max_size=max_size, seed=self._args.seed,
+                                    excluded_words=_pronoun_like(rows), usable=model.objective.is_known)
+        frame = encode_frame(model, frame, self._args.eval_batch_size, show_progress)
+        atomic_write_with(cache, lambda tmp: frame.to_csv(tmp, index=False))
+        atomic_write_json(meta, {"fingerprint": key, "metrics": encoder_metrics(frame, pair)})
+        return frame
+
+    def get_encoder_metrics(self, model_path: str | None = None, encoder_df: pd.DataFrame | None = None,
+                            **kwargs: Any) -> dict[str, Any]:
+        """Encoder metrics from `encoder_df`, or from a (cached) evaluation."""
+        if model_path is not None and model_path != self._model_path:
+            kwargs["model_with_gradiend"] = self.load_model(model_path)
+        return self.evaluate_encoder(encoder_df=encoder_df, use_cache=kwargs.pop("use_cache", True), **kwargs)
+
+    def get_encodings(self, model_path: str | None = None, **kwargs: Any) -> pd.DataFrame:
+        """The per-row encoder DataFrame (text, encoded, label, type, …)."""
+        if model_path is not None and model_path != self._model_path:
+            kwargs["model_with_gradiend"] = self.load_model(model_path)
+        return self.evaluate_encoder(return_df=True, use_cache=kwargs.pop("use_cache", True), **kwargs)["encoder_df"]
+
+    def encode(self, texts: Sequence[str] | None = None, factual: Sequence[str] | None = None,
+               alternative: Sequence[str] | None = None, *, split: str = "test", kind: str | None = None,
+               max_size: int | None = None) -> list[float]:
+        """Feature values of given rows, or of the pair rows of `split` when no texts are given."""
+        model = self.get_model()
+        if texts is None:
+            rows, pair = self.unified_data()
+            part = require_split(rows, split, pair, f"encoding {split!r}")
+            if max_size is not None:
+                part = part.head(max_size)
+            texts, factual, alternative = list(part["masked"]), list(part["factual"]), list(part["alternative"])
+        if factual is None:
+            raise ValueError("encode(texts=...) also needs factual= (the token that fills each slot)")
+        return model.encode(list(texts), list(factual), None if alternative is None else list(alternative),
+                            kind=kind, batch_size=self._args.eval_batch_size)[:, 0].tolist()
+
+    # -- plots ----------------------------------------------------------------------------------
+    def plot_training_convergence(self, output: str | None = None, show: bool = False) -> str:
+        """Correlation and class means per evaluation step (saved next to the experiment)."""
+        from gradiend.plots import plot_training_convergence
+
+        stats = self.get_training_stats()
+        if stats is None:
+            raise RuntimeError("No training statistics yet; call train() first")
+        output = output or str(Path(self.experiment_dir) / "training_convergence.png")
+        return plot_training_convergence(stats, output=output, show=show)
+
+    def plot_encoder_distributions(self, encoder_df: pd.DataFrame | None = None, output: str | None = None,
+                                   show: bool = False, split: str = "test") -> str:
+        """Distribution of encodings per class and neutral variant."""
+        from gradiend.plots import plot_encoder_distributions
+
+        if encoder_df is None:
+            encoder_df = self.get_encodings(split=split)
+        output = output or str(Path(self.experiment_dir) / f"encoder_analysis_split_{split}.png")
+        return plot_encoder_distributions(encoder_df, self.pair, output=output, show=show)
+
+    def __str__(self) -> str:
+        return (f"{type(self).__name__}(model={self._base_model_arg!r}, run_id={self.run_id!r}, "
+                f"target_classes={self._target_classes}, experiment_dir={self._args.experiment_dir!r}, "
+                f"model_path={self._model_path!r})")
+
+
+def _weights_stamp(path: str) -> str | None:
+    """Modification time + size of a checkpoint's weights (cache invalidation on retraining)."""
+    weights = Path(path) / "model.safetensors"
+    if not weights.is_file():
+        return None
+    st = weights.stat()
+    return f"{st.st_mtime_ns}-{st.st_size}"
+
+
+def _pronoun_like(rows: pd.DataFrame) -> set[str]:
+    """Words never masked in neutral variants: all target tokens of the data."""
+    return {t.lower() for t in rows["factual"]} | {t.lower() for t in rows["alternative"]}

@@ -1,0 +1,263 @@
+"""The GRADIEND training loop: gradients in, AdamW steps, periodic encoder evaluation.
+
+Evaluation runs at step 0, every `eval_steps` and at the end on the validation split. After
+each evaluation the feature sign is normalised (class A positive), the best checkpoint by
+correlation is kept in memory, and the run's statistics are returned for `training.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from gradiend.arguments import TrainingArguments
+from gradiend.data import BatchSchedule, cap_per_class
+from gradiend.encoder_eval import pearson
+from gradiend.model_with_gradiend import ModelWithGradiend
+
+logger = logging.getLogger(__name__)
+
+# Scale rule (see `estimate_scales`): the encoder input is scaled to this mean L1 norm and the
+# decoder target to this root-mean-square value per coordinate.
+INPUT_L1_NORM = 100.0
+TARGET_RMS = 0.01
+
+
+class TrainingCallback:
+    """Hooks into the loop; subclass and override what you need (the defaults do nothing)."""
+
+    def on_step_end(self, step: int, loss: float) -> None:
+        """After every optimizer step."""
+
+    def on_evaluate(self, step: int, metrics: dict[str, Any]) -> None:
+        """After every in-training evaluation (metrics already sign-normalised)."""
+
+
+@dataclass
+class TrainingOutcome:
+    """What a finished run hands back: the selected weights and the statistics."""
+
+    state: dict[str, torch.Tensor]
+    stats: dict[str, Any]
+    converged: bool
+    failure_reason: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def estimate_scales(sources: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> tuple[float, float]:
+    """Input and target scales from a few gradient batches.
+
+    Adam moves every weight by about the learning rate per step, so what a step does to
+    `w_e · x` grows with the L1 norm of x, and how fast the decoder can fit y depends on the
+    size of y's coordinates. Scaling x to an L1 norm of `INPUT_L1_NORM` and y to a per-coordinate
+    RMS of `TARGET_RMS` makes one learning rate (1e-3) work across models, layers and features.
+    """
+    l1 = float(torch.stack([s.abs().sum() for s in sources]).mean())
+    rms = float(torch.stack([t.pow(2).mean().sqrt() for t in targets]).mean())
+    if not (math.isfinite(l1) and l1 > 0 and math.isfinite(rms) and rms > 0):
+        raise FloatingPointError(f"Cannot estimate gradient scales (input L1 {l1}, target RMS {rms}): the "
+                                 f"first batches have zero or non-finite gradients. Check the selected "
+                                 f"parameters and the target tokens.")
+    return l1 / INPUT_L1_NORM, rms / TARGET_RMS
+
+
+def _batch_lists(rows: pd.DataFrame, indices: Sequence[int]) -> tuple[list[str], list[str], list[str]]:
+    sub = rows.iloc[list(indices)]
+    return list(sub["masked"]), list(sub["factual"]), list(sub["alternative"])
+
+
+def _check_finite(step: int, tensors: dict[str, torch.Tensor], texts: Sequence[str]) -> None:
+    for kind, vec in tensors.items():
+        if not torch.isfinite(vec).all():
+            raise FloatingPointError(
+                f"Non-finite {kind} gradient at step {step} (batch starting {texts[0][:60]!r}); nothing was "
+                f"saved. Check the base model's dtype (use float32) and the data of this batch.")
+
+
+def evaluate_during_training(model: ModelWithGradiend, rows: pd.DataFrame, pair: Sequence[str],
+                             batch_size: int) -> dict[str, Any]:
+    """Correlation and class means of the source encodings of `rows` (validation)."""
+    h = model.encode(list(rows["masked"]), list(rows["factual"]), list(rows["alternative"]),
+                     batch_size=batch_size)[:, 0]
+    labels = rows["label"].to_numpy()
+    means = {c: float(h[(rows["factual_class"] == c).to_numpy()].mean()) for c in pair}
+    return {"correlation": pearson(h, labels), "mean_by_class": means, "n": len(rows)}
+
+
+def _flip(model: ModelWithGradiend, optimizer: torch.optim.Optimizer) -> None:
+    """Negate the feature and the matching Adam first moments (an exact symmetry of training)."""
+    g = model.gradiend
+    g.flip_sign()
+    for param in (g.encoder_weight, g.encoder_bias, g.decoder_weight):
+        state = optimizer.state.get(param)
+        if state and "exp_avg" in state:
+            state["exp_avg"].neg_()
+
+
+def check_convergence(best: dict[str, Any] | None, args: TrainingArguments) -> tuple[bool, str | None]:
+    """Converged iff a step > 0 reached |ρ| ≥ threshold with class means of opposite sign, each ≥ threshold."""
+    if best is None:
+        return False, "no evaluation after step 0 (do_eval=False or max_steps too small)"
+    corr, means = best["correlation"], list(best["mean_by_class"].values())
+    if abs(corr) < args.convergent_score_threshold:
+        return False, f"correlation {corr:.3f} below convergent_score_threshold {args.convergent_score_threshold}"
+    if min(abs(m) for m in means) < args.convergent_mean_by_class_threshold:
+        return False, (f"class means {best['mean_by_class']} below convergent_mean_by_class_threshold "
+                       f"{args.convergent_mean_by_class_threshold}")
+    if means[0] * means[1] >= 0:
+        return False, f"class means {best['mean_by_class']} have the same sign"
+    return True, None
+
+
+def train_gradiend(model: ModelWithGradiend, train_rows: pd.DataFrame, eval_rows: pd.DataFrame | None,
+                   pair: Sequence[str], args: TrainingArguments,
+                   callbacks: Sequence[TrainingCallback] = ()) -> TrainingOutcome:
+    """Train `model.gradiend` in place on `train_rows`; return the best weights and the stats."""
+    t_start = time.perf_counter()
+    if args.seed is not None:
+        set_seed(args.seed)
+    gradiend = model.gradiend
+    train_rows = cap_per_class(train_rows, args.train_max_size, args.seed).reset_index(drop=True)
+    schedule = BatchSchedule(train_rows["label"].to_numpy(), args.train_batch_size, args.seed)
+    steps_per_epoch = -(-schedule.batches_per_epoch() // args.gradiend_batch_size)
+    total_steps = args.max_steps if args.max_steps > 0 else args.num_train_epochs * steps_per_epoch
+    kinds = list(dict.fromkeys([args.source, args.target]))
+    n = model.param_map.size
+    device = model.device
+    buffers = {k: torch.empty(args.gradiend_batch_size, n, device=device) for k in kinds}
+    do_eval = args.do_eval and eval_rows is not None
+    if do_eval:
+        eval_rows = cap_per_class(eval_rows, args.encoder_eval_train_max_size or args.encoder_eval_max_size,
+                                  args.seed).reset_index(drop=True)
+
+    batches = schedule.iterate(total_steps * args.gradiend_batch_size)
+    timings = {"gradients": 0.0, "gradiend": 0.0, "eval": 0.0, "scale": 0.0}
+
+    if args.standardize_gradients:
+        t0 = time.perf_counter()
+        probe = BatchSchedule(train_rows["label"].to_numpy(), args.train_batch_size, args.seed)
+        sources, targets = [], []
+        for _, batch in probe.iterate(args.scale_estimation_batches):
+            texts, fac, alt = _batch_lists(train_rows, batch.indices)
+            grads = model.engine.gradients(texts, fac, alt, kinds)
+            _check_finite(0, grads, texts)
+            sources.append(grads[args.source].clone())
+            targets.append(grads[args.target].clone())
+        s_in, s_out = estimate_scales(sources, targets)
+        del sources, targets
+        gradiend.input_scale.fill_(s_in)
+        gradiend.target_scale.fill_(s_out)
+        timings["scale"] = time.perf_counter() - t0
+        logger.info("Gradient scales: input %.3g (L1 → %g), target %.3g (RMS → %g)", s_in, INPUT_L1_NORM,
+                    s_out, TARGET_RMS)
+
+    optim_cls = torch.optim.AdamW if args.optim == "adamw" else torch.optim.Adam
+    optimizer = optim_cls(gradiend.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
+                          eps=args.adam_epsilon)
+
+    scores: dict[str, float] = {}
+    means_by_step: dict[str, dict[str, float]] = {}
+    losses: list[float] = []
+    encoder_norms: dict[str, float] = {}
+    best: dict[str, Any] | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    flips: list[int] = []
+
+    def run_eval(step: int, epoch: int) -> None:
+        nonlocal best, best_state
+        t0 = time.perf_counter()
+        gradiend.eval()
+        metrics = evaluate_during_training(model, eval_rows, pair, args.eval_batch_size)
+        if args.normalize_gradiend and args.latent_dim == 1 and metrics["correlation"] < 0:
+            _flip(model, optimizer)
+            flips.append(step)
+            metrics["correlation"] = -metrics["correlation"]
+            metrics["mean_by_class"] = {c: -v for c, v in metrics["mean_by_class"].items()}
+        scores[str(step)] = metrics["correlation"]
+        means_by_step[str(step)] = metrics["mean_by_class"]
+        encoder_norms[str(step)] = float(gradiend.encoder_weight.detach().norm())
+        if step > 0 and (best is None or abs(metrics["correlation"]) > abs(best["correlation"])):
+            best = {"correlation": metrics["correlation"], "global_step": step, "epoch": epoch,
+                    "mean_by_class": metrics["mean_by_class"], "loss": losses[-1] if losses else None}
+            best_state = {k: v.detach().clone() for k, v in gradiend.state_dict().items()}
+        for cb in callbacks:
+            cb.on_evaluate(step, metrics)
+        gradiend.train()
+        timings["eval"] += time.perf_counter() - t0
+        logger.info("step %d: correlation %.4f, class means %s", step, metrics["correlation"],
+                    {c: round(v, 3) for c, v in metrics["mean_by_class"].items()})
+
+    if do_eval:
+        run_eval(0, 0)
+    gradiend.train()
+    bar = tqdm(total=total_steps, desc="GRADIEND training", disable=not args.show_progress)
+    epoch = 0
+    for step in range(1, total_steps + 1):
+        t0 = time.perf_counter()
+        for slot in range(args.gradiend_batch_size):
+            epoch, batch = next(batches)
+            texts, fac, alt = _batch_lists(train_rows, batch.indices)
+            grads = model.engine.gradients(texts, fac, alt, kinds,
+                                           out={k: buffers[k][slot] for k in kinds})
+            _check_finite(step, grads, texts)
+        t1 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = gradiend.loss(buffers[args.source], buffers[args.target])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"GRADIEND loss became {loss.item()} at step {step}; nothing was saved. "
+                                     f"Lower learning_rate.")
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+        timings["gradients"] += t1 - t0
+        timings["gradiend"] += time.perf_counter() - t1
+        for cb in callbacks:
+            cb.on_step_end(step, losses[-1])
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.3g}", corr=f"{scores[max(scores, key=int)]:.3f}" if scores else "-")
+        if do_eval and (step % args.eval_steps == 0 or step == total_steps):
+            run_eval(step, epoch)
+    bar.close()
+    gradiend.eval()
+
+    if best_state is None:
+        best_state = {k: v.detach().clone() for k, v in gradiend.state_dict().items()}
+    converged, reason = check_convergence(best, args)
+    timings["total"] = time.perf_counter() - t_start
+    stats = {
+        "training_stats": {
+            "global_step": total_steps, "steps_per_epoch": steps_per_epoch, "epochs": epoch + 1,
+            "correlation": scores[max(scores, key=int)] if scores else None,
+            "scores": scores, "mean_by_class": means_by_step, "encoder_norms": encoder_norms,
+            "sign_flips_at_steps": flips, "n_train_rows": len(train_rows),
+            "n_eval_rows": len(eval_rows) if do_eval else 0,
+        },
+        "best_score_checkpoint": best,
+        "losses": losses,
+        "gradient_scales": {"input": float(gradiend.input_scale), "target": float(gradiend.target_scale),
+                            "input_l1_norm": INPUT_L1_NORM, "target_rms": TARGET_RMS},
+        "convergence_info": {
+            "converged": converged, "reason": reason,
+            "convergent_score_threshold": args.convergent_score_threshold,
+            "convergent_mean_by_class_threshold": args.convergent_mean_by_class_threshold,
+        },
+        "time": {**timings, "seconds_per_step": (timings["gradients"] + timings["gradiend"]) / total_steps},
+    }
+    return TrainingOutcome(best_state, stats, converged, reason, timings)
