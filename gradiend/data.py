@@ -170,6 +170,8 @@ def unify(
     if isinstance(data, (str, os.PathLike)):
         data = read_table(data)
     if isinstance(data, Mapping):
+        if target_classes is None and len(data) == 2:
+            target_classes = [str(k) for k in data]
         rows = _from_per_class(data, seed)
     elif isinstance(data, pd.DataFrame):
         rows = _from_merged(data, target_classes, seed)
@@ -196,7 +198,7 @@ def unify(
 
 
 def _resolve_pair(classes: Sequence[str], target_classes: Sequence[str] | None) -> tuple[str, str]:
-    if target_classes is None:
+    if target_classes is None:  # merged data: the pair in sorted order
         if len(classes) != 2:
             raise DataError(f"The data has classes {list(classes)}; pass target_classes=[A, B] to pick the pair")
         return classes[0], classes[1]

@@ -82,7 +82,7 @@ class Trainer(abc.ABC):
     def neutral_texts(self) -> list[str] | None:
         """Feature-free texts for the neutral encoder variant, if any."""
 
-    def post_training(self, model_with_gradiend: ModelWithGradiend, **kwargs: Any) -> None:
+    def post_training(self, model_with_gradiend: ModelWithGradiend, **kwargs: Any) -> None:  # noqa: B027
         """Called after training with the selected model; override to add steps (default: nothing)."""
 
     # -- properties -----------------------------------------------------------------------------
@@ -234,7 +234,7 @@ class Trainer(abc.ABC):
             raise TypeError(f"split must be a str, got {type(split).__name__}")
         if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size <= 0):
             raise ValueError(f"max_size must be a positive int or None, got {max_size!r}")
-        rows, pair = self.unified_data()
+        pair = self.pair
         if encoder_df is None:
             max_size = max_size if max_size is not None else self._args.encoder_eval_max_size
             use_cache = self._args.use_cache if use_cache is None else use_cache
