@@ -20,6 +20,9 @@ from gradiend.params import ParamMap
 
 logger = logging.getLogger(__name__)
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model")
+
 
 def _looks_like_path(name: str) -> bool:
     """Hub ids are `name` or `org/name`; anything else is meant as a local path."""
@@ -41,11 +44,15 @@ def load_base_model(name_or_path: str, torch_dtype: str = "float32", trust_remot
     if config.is_decoder or any("CausalLM" in a for a in (config.architectures or [])):
         raise NotImplementedError(f"{name_or_path!r} is a causal LM; this version of gradiend trains "
                                   f"masked LMs (BERT family). Causal-LM support is on the roadmap.")
+    fix = "save the tokenizer next to the model with tokenizer.save_pretrained(path)"
+    if path.is_dir() and not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise FileNotFoundError(f"No tokenizer files in {name_or_path!r} (looked for {list(TOKENIZER_FILES)}); {fix}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError) as err:
-        raise FileNotFoundError(f"No usable tokenizer found for {name_or_path!r} ({err}); save the tokenizer "
-                                f"next to the model with tokenizer.save_pretrained(path)") from err
+        raise FileNotFoundError(f"No usable tokenizer found for {name_or_path!r} ({err}); {fix}") from err
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        raise FileNotFoundError(f"The tokenizer of {name_or_path!r} has an empty vocabulary; {fix}")
     model = AutoModelForMaskedLM.from_pretrained(name_or_path, dtype=DTYPES[torch_dtype],
                                                  trust_remote_code=trust_remote_code)
     model.eval()

@@ -225,7 +225,7 @@ def train_gradiend(model: ModelWithGradiend, train_rows: pd.DataFrame, eval_rows
                                      f"Lower learning_rate.")
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         timings["gradients"] += t1 - t0
         timings["gradiend"] += time.perf_counter() - t1
         for cb in callbacks:
