@@ -21,5 +21,6 @@ __all__ = [
     "TrainingArguments",
     "TrainingCallback",
     "__version__",
+    "embedded_model_path",
     "set_seed",
 ]
