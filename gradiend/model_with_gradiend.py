@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from gradiend.gradients import GradientEngine
 from gradiend.model import GradiendConfig, GradiendModel
 from gradiend.objectives import MaskedLMObjective
 from gradiend.params import ParamMap
+from gradiend.rewrite import applied, rewritten_copy
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +127,19 @@ class ModelWithGradiend:
         self.gradiend.to(device)
         self.engine = GradientEngine(self.base_model, self.objective, self.param_map)
         return self
+
+    def update_vector(self, feature_factor: float | Sequence[float]) -> torch.Tensor:
+        """dec(feature_factor) in raw parameter units (flat over the parameter map)."""
+        return self.gradiend.decode(feature_factor).detach()
+
+    def apply(self, feature_factor: float | Sequence[float], learning_rate: float) -> contextlib.AbstractContextManager:
+        """Context manager: the base model rewritten by learning_rate · dec(feature_factor) inside
+        the block, restored bitwise on exit (exceptions included)."""
+        return applied(self.base_model, self.param_map, self.update_vector(feature_factor), learning_rate)
+
+    def rewrite_base_model(self, learning_rate: float, feature_factor: float | Sequence[float]) -> PreTrainedModel:
+        """A rewritten deep copy of the base model (the loaded base model stays unchanged)."""
+        return rewritten_copy(self.base_model, self.param_map, self.update_vector(feature_factor), learning_rate)
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], factual: Sequence[str], alternative: Sequence[str] | None = None,

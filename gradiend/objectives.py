@@ -97,11 +97,12 @@ class MaskedLMObjective:
 
     def encode(self, texts: Sequence[str], tokens: Sequence[str]) -> ModelInputs:
         """Tokenise rows; every placeholder of row i gets the pieces of tokens[i] as labels."""
-        filled, piece_lists = [], []
-        for text, token in zip(texts, tokens, strict=True):
-            ids = self.pieces(token)
-            piece_lists.append(ids)
-            filled.append(text.replace(self.mask, " ".join([self.tokenizer.mask_token] * len(ids))))
+        return self.encode_pieces(texts, [self.pieces(t) for t in tokens])
+
+    def encode_pieces(self, texts: Sequence[str], piece_lists: Sequence[Sequence[int]]) -> ModelInputs:
+        """Tokenise rows; each placeholder of row i becomes len(piece_lists[i]) masks labelled with them."""
+        filled = [text.replace(self.mask, " ".join([self.tokenizer.mask_token] * len(ids)))
+                  for text, ids in zip(texts, piece_lists, strict=True)]
         enc = self.tokenizer(filled, padding=True, truncation=True, max_length=self.max_length,
                              return_tensors="pt")
         input_ids = enc["input_ids"]
@@ -115,10 +116,16 @@ class MaskedLMObjective:
                 raise DataError(f"Row {texts[i][:80]!r}: expected {expected} mask token(s) after "
                                 f"tokenisation but found {len(sel)} (text truncated at max_length="
                                 f"{self.max_length}, or the text already contains mask tokens)")
-            labels[sel] = torch.tensor(ids * (len(sel) // len(ids)), dtype=labels.dtype)
+            labels[sel] = torch.tensor(list(ids) * (len(sel) // len(ids)), dtype=labels.dtype)
         positions = rows * input_ids.shape[1] + cols
         tensors = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         return ModelInputs(tensors, positions, rows, labels, len(texts))
+
+    def logits_at(self, model: nn.Module, inputs: ModelInputs) -> torch.Tensor:
+        """LM-head logits (float32) at the labelled positions only."""
+        hidden = model.base_model(**inputs.tensors).last_hidden_state
+        picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, inputs.positions)
+        return self.head(model)(picked).float()
 
     def head(self, model: nn.Module) -> _HeadChain:
         """The LM head as a module applied to hidden states (checked once against full logits)."""
@@ -148,9 +155,7 @@ class MaskedLMObjective:
 
         One forward pass serves every label set (factual and alternative share the input).
         """
-        hidden = model.base_model(**inputs.tensors).last_hidden_state
-        picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, inputs.positions)
-        logits = self.head(model)(picked).float()
+        logits = self.logits_at(model, inputs)
         log_probs = F.log_softmax(logits, dim=-1)
         counts = torch.zeros(inputs.n_rows, device=logits.device).index_add_(
             0, inputs.rows, torch.ones_like(inputs.rows, dtype=logits.dtype))

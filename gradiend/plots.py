@@ -78,3 +78,33 @@ def plot_encoder_distributions(encoder_df: pd.DataFrame, pair: Sequence[str], ou
     ax.set(ylabel="encoded value h", ylim=(-1.1, 1.1), title="Encoder distributions")
     ax.axhline(0, color="grey", lw=0.5)
     return _save(fig, output, show)
+
+
+def plot_probability_shifts(grid: Sequence[dict[str, Any]], selected: dict[str, Any], target_class: str,
+                            other_class: str, output: str, show: bool = False) -> str:
+    """P(target-class tokens) on each dataset class and LMS vs the learning rate, per feature factor."""
+    plt = _pyplot()
+    base = next(r for r in grid if r["feature_factor"] is None)
+    factors = sorted({r["feature_factor"] for r in grid if r["feature_factor"] is not None})
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    panels = [(other_class, f"P({target_class}) on {other_class} rows"),
+              (target_class, f"P({target_class}) on {target_class} rows")]
+    for ax, (dataset, title) in zip(axes[:2], panels, strict=True):
+        for ff in factors:
+            recs = sorted((r for r in grid if r["feature_factor"] == ff), key=lambda r: r["learning_rate"])
+            ax.plot([r["learning_rate"] for r in recs], [r["probs"][dataset][target_class] for r in recs],
+                    marker="o", label=f"ff={ff:g}")
+        ax.axhline(base["probs"][dataset][target_class], color="grey", ls="--", label="base")
+        ax.set(xscale="log", xlabel="learning rate", title=title)
+    for ff in factors:
+        recs = sorted((r for r in grid if r["feature_factor"] == ff), key=lambda r: r["learning_rate"])
+        axes[2].plot([r["learning_rate"] for r in recs], [r["lms"] for r in recs], marker="o", label=f"ff={ff:g}")
+    axes[2].axhline(base["lms"], color="grey", ls="--", label="base")
+    axes[2].axhline(0.99 * base["lms"], color="red", ls=":", label="0.99 × base")
+    axes[2].set(xscale="log", xlabel="learning rate", title="LMS (neutral text)")
+    star_ax, star_y = (axes[0], selected["value"]) if selected["strengthen"] else (axes[1], 1 - selected["value"])
+    star_ax.scatter([selected["learning_rate"]], [star_y], marker="*", s=200, color="gold", zorder=5,
+                    label="selected")
+    axes[2].scatter([selected["learning_rate"]], [selected["lms"]], marker="*", s=200, color="gold", zorder=5)
+    star_ax.legend(fontsize=8)
+    return _save(fig, output, show)

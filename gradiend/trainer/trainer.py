@@ -16,11 +16,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
+from gradiend import __version__
 from gradiend.arguments import TrainingArguments
-from gradiend.data import require_split
+from gradiend.data import MASK, cap_per_class, require_split, unify
+from gradiend.decoder_eval import (
+    DEFAULT_LRS,
+    Selector,
+    SummaryExtractor,
+    lms_threshold_selector,
+    run_grid,
+    strengthen_factor,
+    summarize,
+)
 from gradiend.encoder_eval import build_encoder_frame, encode_frame, encoder_metrics
 from gradiend.experiment import (
     TRAINING_STATS,
@@ -35,9 +46,15 @@ from gradiend.experiment import (
 )
 from gradiend.model import CONFIG_FILE, is_checkpoint
 from gradiend.model_with_gradiend import ModelWithGradiend
+from gradiend.rewrite import save_rewritten
+from gradiend.scoring import class_piece_sets, prepare_lms
 from gradiend.training import TrainingCallback, train_gradiend
 
 logger = logging.getLogger(__name__)
+
+DECODER_GRID = "decoder_grid.json"
+DECODER_SUMMARIES = "decoder_summaries.json"
+LMS_SEED = 42
 
 # Arguments that do not change what a run learns (excluded from the cache fingerprint).
 _NOT_FINGERPRINTED = {"experiment_dir", "output_dir", "use_cache", "show_progress", "fail_on_non_convergence",
@@ -297,6 +314,176 @@ class Trainer(abc.ABC):
         return model.encode(list(texts), list(factual), None if alternative is None else list(alternative),
                             kind=kind, batch_size=self._args.eval_batch_size)[:, 0].tolist()
 
+    # -- decoder evaluation and rewriting ------------------------------------------------------
+    def evaluate_decoder(self, lrs: Sequence[float] | None = None, feature_factors: Sequence[float] | None = None,
+                         use_cache: bool | None = None, max_size_training_like: int | None = None,
+                         max_size_neutral: int | None = None, eval_batch_size: int | None = None,
+                         training_like_df: pd.DataFrame | None = None, neutral_df: pd.DataFrame | None = None,
+                         selector: Selector | None = None, summary_extractor: SummaryExtractor | None = None,
+                         summary_metrics: Sequence[str] | None = None, target_class: str | None = None,
+                         increase_target_probabilities: bool = True, plot: bool = False,
+                         show: bool | None = None) -> dict[str, Any]:
+        """Grid of rewrites (feature factor × learning rate) → the selected candidate per class.
+
+        Returns `{class: summary}` (or `{class}_weaken`) with value, feature_factor, learning_rate,
+        id, strengthen, lms, base_lms, base_value, plus `"grid"`: every candidate as a record.
+        """
+        args = self._args
+        model = self.get_model()
+        rows, pair = self.unified_data()
+        classes = list(summary_metrics) if summary_metrics is not None else (
+            [target_class] if target_class is not None else list(pair))
+        for cls in classes:
+            if cls not in pair:
+                raise ValueError(f"Unknown target_class {cls!r}; available: {list(pair)}")
+        batch_size = eval_batch_size if eval_batch_size is not None else args.eval_batch_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"eval_batch_size must be a positive int, got {batch_size!r}")
+        direction = model.config.feature_class_encoding_direction
+        source = model.config.source
+        goal_factor = {c: strengthen_factor(source, direction, c if increase_target_probabilities else _other(pair, c))
+                       for c in classes}
+        lrs = list(lrs if lrs is not None else args.decoder_eval_lrs or DEFAULT_LRS)
+        factors = list(feature_factors if feature_factors is not None else
+                       args.decoder_eval_feature_factors or sorted(set(goal_factor.values())))
+        if not lrs or not factors:
+            raise ValueError(f"The decoder grid is empty (learning rates {lrs}, feature factors {factors})")
+        like = (unify(training_like_df, pair, seed=args.seed)[0] if training_like_df is not None
+                else require_split(rows, "test", pair, "decoder evaluation"))
+        like = cap_per_class(like, max_size_training_like or args.decoder_eval_max_size_training_like, args.seed)
+        neutral = list(neutral_df["text"]) if neutral_df is not None else self.neutral_texts()
+        if neutral is None:  # fall back to training-like texts, slot filled; target words never scored
+            neutral = [t.replace(MASK, f) for t, f in zip(like["masked"], like["factual"], strict=True)]
+        cap = max_size_neutral or args.decoder_eval_max_size_neutral
+        if cap is not None and len(neutral) > cap:
+            picks = np.random.default_rng(args.seed).choice(len(neutral), size=cap, replace=False)
+            neutral = [neutral[i] for i in sorted(picks)]
+        tokens = {c: set(rows.loc[rows["factual_class"] == c, "factual"]) | set(
+            rows.loc[rows["alternative_class"] == c, "alternative"]) for c in pair}
+        key = fingerprint({"model": self._model_path, "weights": _weights_stamp(self._model_path),
+                           "rows": self._fingerprint(like), "lrs": lrs, "factors": factors,
+                           "neutral": hashlib.sha256("\n".join(neutral).encode()).hexdigest()[:16],
+                           "tokens": {c: sorted(t) for c, t in tokens.items()}, "lms_seed": LMS_SEED})
+        cache = Path(self.experiment_dir) / DECODER_GRID
+        records = self._load_grid_cache(cache, key) if (args.use_cache if use_cache is None else use_cache) else None
+        if records is None:
+            pieces = class_piece_sets(model.objective, tokens)
+            lms_data = prepare_lms(model.objective, neutral, ignore_tokens=set().union(*tokens.values()),
+                                   seed=LMS_SEED, batch_size=batch_size)
+            records = run_grid(model, like, pieces, lms_data, factors, lrs, batch_size, args.show_progress)
+            atomic_write_json(cache, {"fingerprint": key, "records": records})
+        selector = selector or lms_threshold_selector()
+        result: dict[str, Any] = {}
+        for cls in classes:
+            name = cls if increase_target_probabilities else f"{cls}_weaken"
+            result[name] = (summary_extractor(records, cls, increase_target_probabilities) if summary_extractor
+                            else summarize(records, cls, _other(pair, cls), increase_target_probabilities,
+                                           goal_factor[cls], selector))
+        self._store_summaries(key, {k: v for k, v in result.items()})
+        result["grid"] = records
+        if plot:
+            result["plot_paths"] = [self.plot_probability_shifts(result, cls, increase_target_probabilities,
+                                                                 show=bool(show)) for cls in classes]
+        return result
+
+    def _load_grid_cache(self, cache: Path, key: str) -> list[dict[str, Any]] | None:
+        if not cache.is_file():
+            return None
+        try:
+            data = read_json(cache, "decoder grid cache")
+            if data["fingerprint"] == key:
+                logger.info("Reusing decoder grid %s", cache)
+                return list(data["records"])
+            logger.info("Decoder grid cache %s belongs to another model, data or grid; recomputing", cache)
+        except (ValueError, KeyError, TypeError) as err:
+            warnings.warn(f"Ignoring unreadable decoder grid cache {cache} ({err}); recomputing", stacklevel=3)
+        return None
+
+    def _store_summaries(self, key: str, summaries: dict[str, Any]) -> None:
+        path = Path(self.experiment_dir) / DECODER_SUMMARIES
+        stored: dict[str, Any] = {}
+        if path.is_file():
+            try:
+                stored = read_json(path, "decoder summaries")
+            except ValueError as err:
+                warnings.warn(f"Replacing unreadable {path} ({err})", stacklevel=3)
+        model_key = _weights_stamp(self._model_path)
+        if stored.get("model") != model_key:
+            stored = {"model": model_key, "summaries": {}}
+        stored["summaries"].update(summaries)
+        atomic_write_json(path, stored)
+
+    def evaluate(self, *, kwargs_encoder: dict[str, Any] | None = None, kwargs_decoder: dict[str, Any] | None = None,
+                 ) -> dict[str, Any]:
+        """Encoder and decoder evaluation: `{"encoder": ..., "decoder": ...}`."""
+        for name, value in (("kwargs_encoder", kwargs_encoder), ("kwargs_decoder", kwargs_decoder)):
+            if value is not None and not isinstance(value, dict):
+                raise TypeError(f"{name} must be a dict or None, got {type(value).__name__}")
+        return {"encoder": self.evaluate_encoder(**(kwargs_encoder or {})),
+                "decoder": self.evaluate_decoder(**(kwargs_decoder or {}))}
+
+    def rewrite_base_model(self, decoder_results: dict[str, Any] | None = None,
+                           target_class: str | Sequence[str] | None = None, increase_target_probabilities: bool = True,
+                           output_dir: str | os.PathLike | None = None) -> Any:
+        """Apply the selected (feature factor, learning rate) to a copy of the base model.
+
+        One class: the rewritten HF model, or its saved path when `output_dir` is given. Several
+        classes: saved under `experiment_dir/<key>`; returns the list of paths.
+        """
+        if output_dir is not None and not str(output_dir).strip():
+            raise ValueError("output_dir is an empty string; pass a directory path or None")
+        if decoder_results is None:
+            decoder_results = self._load_summaries()
+        classes = ([target_class] if isinstance(target_class, str) else list(target_class) if target_class
+                   else list(self.pair))
+        keys = [c if increase_target_probabilities else f"{c}_weaken" for c in classes]
+        missing = [k for k in keys if k not in decoder_results]
+        if missing:
+            available = sorted(k for k in decoder_results if k not in ("grid", "plot_paths"))
+            raise KeyError(f"No decoder result for {missing}; available: {available}. Run evaluate_decoder("
+                           f"target_class=..., increase_target_probabilities={increase_target_probabilities}) first")
+        if len(keys) > 1 and output_dir is None and self._args.experiment_dir is None:
+            raise ValueError("Rewriting several classes saves each under experiment_dir/<class>; set "
+                             "TrainingArguments.experiment_dir")
+        model = self.get_model()
+        paths, models = [], []
+        for cls, key in zip(classes, keys, strict=True):
+            summary = decoder_results[key]
+            rewritten = model.rewrite_base_model(summary["learning_rate"], summary["feature_factor"])
+            if output_dir is None and len(keys) == 1:
+                models.append(rewritten)
+                continue
+            target = Path(output_dir) / key if output_dir is not None and len(keys) > 1 else Path(
+                output_dir if output_dir is not None else Path(self.experiment_dir) / key)
+            card = {**summary, "key": key, "target_class": cls, "base_model": self._base_model_arg,
+                    "feature_classes": list(self.pair), "n_parameters": model.param_map.size,
+                    "n_tensors": len(model.param_map.specs), "library_version": __version__}
+            paths.append(save_rewritten(rewritten, model.tokenizer, target, card))
+        if models:
+            return models[0]
+        return paths[0] if len(paths) == 1 else paths
+
+    def _load_summaries(self) -> dict[str, Any]:
+        path = Path(self.experiment_dir) / DECODER_SUMMARIES
+        if not path.is_file():
+            raise FileNotFoundError(f"No decoder results in {path}; run evaluate_decoder() first or pass "
+                                    f"decoder_results=")
+        stored = read_json(path, "decoder summaries")
+        if stored.get("model") != _weights_stamp(self._model_path):
+            raise ValueError(f"{path} belongs to another GRADIEND model; re-run evaluate_decoder()")
+        return stored["summaries"]
+
+    def plot_probability_shifts(self, decoder_results: dict[str, Any], target_class: str,
+                                increase_target_probabilities: bool = True, output: str | None = None,
+                                show: bool = False) -> str:
+        """Target-class probability and LMS against the learning rate; the selected candidate starred."""
+        from gradiend.plots import plot_probability_shifts
+
+        key = target_class if increase_target_probabilities else f"{target_class}_weaken"
+        output = output or str(Path(self.experiment_dir) / f"decoder_probability_shifts_{key}.png")
+        return plot_probability_shifts(decoder_results["grid"], decoder_results[key], target_class,
+                                       _other(self.pair, target_class), output=output, show=show)
+
     # -- plots ----------------------------------------------------------------------------------
     def plot_training_convergence(self, output: str | None = None, show: bool = False) -> str:
         """Correlation and class means per evaluation step (saved next to the experiment)."""
@@ -331,6 +518,10 @@ def _weights_stamp(path: str) -> str | None:
         return None
     st = weights.stat()
     return f"{st.st_mtime_ns}-{st.st_size}"
+
+
+def _other(pair: Sequence[str], cls: str) -> str:
+    return pair[1] if cls == pair[0] else pair[0]
 
 
 def _pronoun_like(rows: pd.DataFrame) -> set[str]:
