@@ -70,8 +70,10 @@ def main() -> None:
         gradiend_step(g["alternative"], g["diff"])
 
     def naive_step() -> None:
-        gf = torch.stack([naive_gradient(model, tok, names, t, f) for t, f in zip(texts[:b], factual[:b])]).mean(0)
-        ga = torch.stack([naive_gradient(model, tok, names, t, a) for t, a in zip(texts[:b], alternative[:b])]).mean(0)
+        pairs_f = zip(texts[:b], factual[:b], strict=True)
+        pairs_a = zip(texts[:b], alternative[:b], strict=True)
+        gf = torch.stack([naive_gradient(model, tok, names, t, f) for t, f in pairs_f]).mean(0)
+        ga = torch.stack([naive_gradient(model, tok, names, t, a) for t, a in pairs_a]).mean(0)
         gradiend_step(ga, gf - ga)
 
     n = ns.encode_rows
@@ -81,7 +83,7 @@ def main() -> None:
         mwg.engine.directional(texts[:n], factual[:n], alternative[:n], "alternative", directions)
 
     def naive_encode() -> None:
-        for t, a in zip(texts[:n], alternative[:n]):
+        for t, a in zip(texts[:n], alternative[:n], strict=True):
             directions @ naive_gradient(model, tok, names, t, a)
 
     print(f"model: {mwg.base_model_path}  selected parameters: {mwg.param_map.size:,}  "

@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from gradiend.arguments import PostPruneConfig, PrePruneConfig, TrainingArguments
 from gradiend.data import DataError
+from gradiend.embedded import embedded_model_path
 from gradiend.model import GradiendConfig, GradiendModel
 from gradiend.model_with_gradiend import ModelWithGradiend
 from gradiend.trainer import TextPredictionTrainer, Trainer, TrainingCallback

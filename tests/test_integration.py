@@ -1,0 +1,45 @@
+"""Integration: the embedded MiniLM masked LM learns real features from real sentences."""
+
+from __future__ import annotations
+
+import pytest
+
+from gradiend import TextPredictionTrainer, TrainingArguments, embedded_model_path
+from gradiend.demo_data import demo_gender_data, load_demo_data, load_demo_neutral
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def mlm_path() -> str:
+    return embedded_model_path("mlm")
+
+
+def _train(mlm_path: str, data, pair, tmp_path, **kw) -> TextPredictionTrainer:
+    args = TrainingArguments(experiment_dir=str(tmp_path / "exp"), train_batch_size=8, max_steps=100,
+                             eval_steps=25, learning_rate=1e-3, seed=0, show_progress=False,
+                             encoder_eval_train_max_size=60, **kw)
+    trainer = TextPredictionTrainer(model=mlm_path, data=data, args=args, target_classes=pair,
+                                    eval_neutral_data=load_demo_neutral())
+    trainer.train()
+    return trainer
+
+
+def test_3sg_vs_3pl_feature(mlm_path, tmp_path) -> None:
+    trainer = _train(mlm_path, load_demo_data(), ["3SG", "3PL"], tmp_path)
+    result = trainer.evaluate_encoder(split="test", max_size=120)
+    means = result["mean_by_class"]
+    assert abs(result["correlation"]) >= 0.9, result
+    assert means["3SG"] >= 0.5 and means["3PL"] <= -0.5, means
+    for kind, value in result["neutral_mean_by_type"].items():
+        assert abs(value) <= 0.3, (kind, value)
+    stats = trainer.get_training_stats()
+    assert stats["convergence_info"]["converged"]
+
+
+def test_gender_feature_he_vs_she(mlm_path, tmp_path) -> None:
+    trainer = _train(mlm_path, demo_gender_data(), ["M", "F"], tmp_path)
+    result = trainer.evaluate_encoder(split="test", max_size=80)
+    means = result["mean_by_class"]
+    assert abs(result["correlation"]) >= 0.8, result
+    assert means["M"] > 0 > means["F"], means
