@@ -28,17 +28,17 @@ Selector = Callable[[list[Record], Record], Record]
 SummaryExtractor = Callable[[list[Record], str, bool], Record]
 
 
-def strengthen_factor(source: str, direction: Mapping[str, int], cls: str) -> float:
+def strengthen_factor(target: str, direction: Mapping[str, int], cls: str) -> float:
     """Feature factor whose decoded update makes class `cls` more likely.
 
-    With target = g_f − g_a, adding the decoded target raises the alternative token's probability.
-    A GRADIEND trained on the alternative gradient maps class C's rows to direction[C] and its
-    decoder there points toward C; trained on factual (or diff) gradients it points away from C.
+    Rows are labelled by their factual class (class C's rows encode to direction[C]), so dec(direction[C])
+    reconstructs the target gradient of C's rows. Adding a factual or diff (g_f − g_a) gradient raises
+    the loss of C's own token, i.e. favours the other class; adding an alternative gradient favours C.
     """
     sign = direction[cls]
     if sign == 0:
         raise ValueError(f"Class {cls!r} has no encoding direction; it is not one of the trained pair")
-    return float(sign if source == "alternative" else -sign)
+    return float(sign if target == "alternative" else -sign)
 
 
 def candidate_id(feature_factor: float | None, learning_rate: float | None) -> str:

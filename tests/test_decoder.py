@@ -80,7 +80,7 @@ def test_evaluate_decoder_summaries_and_grid(trained) -> None:
     summary = dec["3SG"]
     assert set(summary) >= {"value", "feature_factor", "learning_rate", "id", "strengthen", "lms", "base_lms"}
     assert summary["strengthen"] is True and summary["learning_rate"] in (1.0, 0.1, 0.01)
-    assert summary["feature_factor"] == 1.0  # source alternative: +direction[3SG]
+    assert summary["feature_factor"] == -1.0  # target diff: -direction[3SG]
     grid = dec["grid"]
     assert grid[0]["id"] == "base" and len(grid) == 1 + 3
     base = grid[0]
@@ -91,7 +91,7 @@ def test_evaluate_decoder_summaries_and_grid(trained) -> None:
     if ok:
         assert summary["value"] == max(r["probs"]["3PL"]["3SG"] for r in ok)
     weaken = trained.evaluate_decoder(target_class="3SG", increase_target_probabilities=False)
-    assert "3SG_weaken" in weaken and weaken["3SG_weaken"]["feature_factor"] == -1.0
+    assert "3SG_weaken" in weaken and weaken["3SG_weaken"]["feature_factor"] == 1.0
     assert weaken["3SG_weaken"]["value"] == pytest.approx(
         1 - next(r for r in weaken["grid"] if r["id"] == weaken["3SG_weaken"]["id"])["probs"]["3SG"]["3SG"])
 

@@ -340,9 +340,8 @@ class Trainer(abc.ABC):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"eval_batch_size must be a positive int, got {batch_size!r}")
         direction = model.config.feature_class_encoding_direction
-        source = model.config.source
-        goal_factor = {c: strengthen_factor(source, direction, c if increase_target_probabilities else _other(pair, c))
-                       for c in classes}
+        goal = {c: c if increase_target_probabilities else _other(pair, c) for c in classes}
+        goal_factor = {c: strengthen_factor(model.config.target, direction, goal[c]) for c in classes}
         lrs = list(lrs if lrs is not None else args.decoder_eval_lrs or DEFAULT_LRS)
         factors = list(feature_factors if feature_factors is not None else
                        args.decoder_eval_feature_factors or sorted(set(goal_factor.values())))
