@@ -60,19 +60,19 @@ def format_report(result: DemoResult) -> str:
     best = train.get("best_score_checkpoint") or {}
     lines = [
         "GRADIEND demo: 3SG (he/she/it) vs 3PL (they) on the embedded MiniLM masked LM",
-        "-" * 68,
-        f"{'test correlation':<34}{enc['correlation']:>+10.3f}",
-        *[f"{'mean encoding ' + cls:<34}{value:>+10.3f}" for cls, value in enc["mean_by_class"].items()],
-        *[f"{'mean encoding ' + kind.replace('_', ' '):<34}{value:>+10.3f}"
+        "-" * 72,
+        f"{'test correlation':<38}{enc['correlation']:>+10.3f}",
+        *[f"{'mean encoding ' + cls:<38}{value:>+10.3f}" for cls, value in enc["mean_by_class"].items()],
+        *[f"{'mean encoding ' + kind.replace('_', ' '):<38}{value:>+10.3f}"
           for kind, value in enc["neutral_mean_by_type"].items()],
-        f"{'test accuracy (±0.5 boundaries)':<34}{enc['accuracy']:>10.3f}",
-        f"{'best validation correlation':<34}{best.get('correlation', float('nan')):>+10.3f}"
+        f"{'test accuracy (±0.5 boundaries)':<38}{enc['accuracy']:>10.3f}",
+        f"{'best validation correlation':<38}{best.get('correlation', float('nan')):>+10.3f}"
         f"  (step {best.get('global_step', '-')})",
-        f"{'converged':<34}{train.get('convergence_info', {}).get('converged')!s:>10}",
-        f"{'seconds: training':<34}{result.seconds['training']:>10.1f}",
-        f"{'seconds: encoder evaluation':<34}{result.seconds['encoder_evaluation']:>10.1f}",
-        f"{'seconds: total (incl. model setup)':<34}{result.seconds['total']:>10.1f}",
-        "-" * 68,
+        f"{'converged':<38}{train.get('convergence_info', {}).get('converged')!s:>10}",
+        f"{'seconds: training':<38}{result.seconds['training']:>10.1f}",
+        f"{'seconds: encoder evaluation':<38}{result.seconds['encoder_evaluation']:>10.1f}",
+        f"{'seconds: total (incl. model setup)':<38}{result.seconds['total']:>10.1f}",
+        "-" * 72,
         f"experiment directory: {result.experiment_dir}",
         f"GRADIEND checkpoint:  {result.model_path}",
         *[f"plot: {p}" for p in result.plots],
