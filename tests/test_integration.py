@@ -48,3 +48,11 @@ def test_3sg_vs_3pl_feature(mlm_path, tmp_path) -> None:
     assert shift[-1] > 2 * up["base_value"], shift
     down = trainer.evaluate_decoder(target_class="3SG", lrs=lrs, increase_target_probabilities=False)["3SG_weaken"]
     assert down["value"] > down["base_value"], down  # P(3SG) on 3SG rows went down
+
+
+def test_gender_feature_he_vs_she(mlm_path, tmp_path) -> None:
+    trainer = _train(mlm_path, demo_gender_data(), ["M", "F"], tmp_path)
+    result = trainer.evaluate_encoder(split="test", max_size=80)
+    means = result["mean_by_class"]
+    assert abs(result["correlation"]) >= 0.8, result
+    assert means["M"] > 0 > means["F"], means
