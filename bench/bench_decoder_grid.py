@@ -21,18 +21,19 @@ from gradiend.rewrite import add_update
 from gradiend.scoring import class_piece_sets, class_probabilities, masked_lm_lms, prepare_lms
 
 
-def peak_rss_mb() -> float:
+def _status_mb(field: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError("VmHWM not found (Linux only)")
+    raise RuntimeError(f"{field} not found in /proc/self/status (Linux only)")
+
+
+def peak_rss_mb() -> float:
+    return _status_mb("VmHWM")
 
 
 def current_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("VmRSS not found (Linux only)")
+    return _status_mb("VmRSS")
 
 
 def reset_peak() -> None:

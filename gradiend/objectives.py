@@ -123,8 +123,13 @@ class MaskedLMObjective:
 
     def logits_at(self, model: nn.Module, inputs: ModelInputs) -> torch.Tensor:
         """LM-head logits (float32) at the labelled positions only."""
-        hidden = model.base_model(**inputs.tensors).last_hidden_state
-        picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, inputs.positions)
+        return self.logits_at_positions(model, inputs.tensors, inputs.positions)
+
+    def logits_at_positions(self, model: nn.Module, tensors: dict[str, torch.Tensor],
+                            positions: torch.Tensor) -> torch.Tensor:
+        """LM-head logits (float32) at flat (batch × time) `positions`; the head runs nowhere else."""
+        hidden = model.base_model(**tensors).last_hidden_state
+        picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
         return self.head(model)(picked).float()
 
     def head(self, model: nn.Module) -> _HeadChain:

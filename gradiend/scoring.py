@@ -126,11 +126,9 @@ def prepare_lms(objective: MaskedLMObjective, texts: Sequence[str], ignore_token
 def masked_lm_lms(model: nn.Module, objective: MaskedLMObjective, data: LMSData) -> float:
     """Language-modelling score: top-1 accuracy at the prepared masked positions."""
     device = next(model.parameters()).device
-    head = objective.head(model)
     correct = 0
     for tensors, positions, originals in data.batches:
         tensors = {k: v.to(device) for k, v in tensors.items()}
-        hidden = model.base_model(**tensors).last_hidden_state
-        picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions.to(device))
-        correct += int((head(picked).argmax(-1).cpu() == originals).sum())
+        logits = objective.logits_at_positions(model, tensors, positions.to(device))
+        correct += int((logits.argmax(-1).cpu() == originals).sum())
     return correct / data.n_masked
