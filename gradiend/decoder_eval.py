@@ -72,7 +72,7 @@ def run_grid(model: ModelWithGradiend, rows: pd.DataFrame, pieces_by_class: Mapp
         records.append(score(None, None))
         bar.update(1)
         for ff in feature_factors:
-            update = model.gradiend.decode(float(ff)).detach()
+            update = model.lazy_update(float(ff))
             for lr in learning_rates:
                 try:
                     snapshot.add(update, float(lr))

@@ -118,16 +118,20 @@ class GradiendModel(nn.Module):
         """h from precomputed `encoder_directions() · x` values (forward-mode encodings)."""
         return self.activation(projections + self.encoder_bias)
 
-    def decode_normalized(self, h: torch.Tensor) -> torch.Tensor:
-        out = h @ self.decoder_weight.T
-        return out + self.decoder_bias if self.decoder_bias is not None else out
+    def decode_normalized(self, h: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        out = h @ self.decoder_weight[rows].T
+        return out + self.decoder_bias[rows] if self.decoder_bias is not None else out
 
-    def decode(self, h: torch.Tensor | float | list[float]) -> torch.Tensor:
-        """Parameter-space update direction for feature value(s) h (in raw gradient units)."""
+    def decode(self, h: torch.Tensor | float | list[float], rows: slice = slice(None)) -> torch.Tensor:
+        """Parameter-space update direction for feature value(s) h (in raw gradient units).
+
+        `rows` restricts the output to a slice of the flat parameter vector, so an update can be
+        decoded tensor by tensor without materialising all of it (memory on big models).
+        """
         h = torch.as_tensor(h, dtype=self.decoder_weight.dtype, device=self.decoder_weight.device)
         if h.dim() == 0:
             h = h.reshape(1).expand(self.config.latent_dim)
-        return self.decode_normalized(h) * self.target_scale
+        return self.decode_normalized(h, rows) * self.target_scale
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(h, reconstruction in normalised target units) for raw source gradients x."""

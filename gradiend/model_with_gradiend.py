@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,16 +130,26 @@ class ModelWithGradiend:
 
     def update_vector(self, feature_factor: float | Sequence[float]) -> torch.Tensor:
         """dec(feature_factor) in raw parameter units (flat over the parameter map)."""
-        return self.gradiend.decode(feature_factor).detach()
+        with torch.no_grad():
+            return self.gradiend.decode(feature_factor)
+
+    def lazy_update(self, feature_factor: float | Sequence[float]) -> Callable[[slice], torch.Tensor]:
+        """dec(feature_factor) decoded slice by slice on demand (never the whole vector at once)."""
+
+        def part(rows: slice) -> torch.Tensor:
+            with torch.no_grad():
+                return self.gradiend.decode(feature_factor, rows)
+
+        return part
 
     def apply(self, feature_factor: float | Sequence[float], learning_rate: float) -> contextlib.AbstractContextManager:
         """Context manager: the base model rewritten by learning_rate · dec(feature_factor) inside
         the block, restored bitwise on exit (exceptions included)."""
-        return applied(self.base_model, self.param_map, self.update_vector(feature_factor), learning_rate)
+        return applied(self.base_model, self.param_map, self.lazy_update(feature_factor), learning_rate)
 
     def rewrite_base_model(self, learning_rate: float, feature_factor: float | Sequence[float]) -> PreTrainedModel:
         """A rewritten deep copy of the base model (the loaded base model stays unchanged)."""
-        return rewritten_copy(self.base_model, self.param_map, self.update_vector(feature_factor), learning_rate)
+        return rewritten_copy(self.base_model, self.param_map, self.lazy_update(feature_factor), learning_rate)
 
     @torch.no_grad()
     def encode(self, texts: Sequence[str], factual: Sequence[str], alternative: Sequence[str] | None = None,

@@ -11,7 +11,7 @@ import contextlib
 import copy
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +24,24 @@ from gradiend.params import ParamMap
 logger = logging.getLogger(__name__)
 
 
+Update = torch.Tensor | Callable[[slice], torch.Tensor]
+"""A flat update vector over the parameter map, or a function giving its entries for a slice
+(decoding lazily, one tensor at a time, never holds the whole update in memory)."""
+
+
 @torch.no_grad()
-def add_update(model: nn.Module, param_map: ParamMap, update: torch.Tensor, learning_rate: float) -> None:
-    """θ ← θ + learning_rate · update for the mapped parameters (update: flat vector over the map)."""
-    if update.numel() != param_map.size:
+def add_update(model: nn.Module, param_map: ParamMap, update: Update, learning_rate: float) -> None:
+    """θ ← θ + learning_rate · update for the mapped parameters."""
+    if isinstance(update, torch.Tensor) and update.numel() != param_map.size:
         raise ValueError(f"update has {update.numel()} entries, the parameter map {param_map.size}")
     if learning_rate == 0:
         return
     named = dict(model.named_parameters())
-    for name, delta in zip(param_map.names, param_map.views(update), strict=True):
-        param = named[name]
-        param.add_(delta.to(device=param.device, dtype=param.dtype), alpha=learning_rate)
+    for spec in param_map.specs:
+        rows = slice(spec.offset, spec.offset + spec.numel)
+        delta = update[rows] if isinstance(update, torch.Tensor) else update(rows)
+        param = named[spec.name]
+        param.add_(delta.view(spec.shape).to(device=param.device, dtype=param.dtype), alpha=learning_rate)
 
 
 class ParameterSnapshot:
@@ -47,7 +54,7 @@ class ParameterSnapshot:
         self.param_map = param_map
         self.saved = [p.detach().clone() for p in self.params]
 
-    def add(self, update: torch.Tensor, learning_rate: float) -> None:
+    def add(self, update: Update, learning_rate: float) -> None:
         """θ ← θ + learning_rate · update on top of the current weights."""
         add_update(self.model, self.param_map, update, learning_rate)
 
@@ -58,7 +65,7 @@ class ParameterSnapshot:
 
 
 @contextlib.contextmanager
-def applied(model: nn.Module, param_map: ParamMap, update: torch.Tensor, learning_rate: float,
+def applied(model: nn.Module, param_map: ParamMap, update: Update, learning_rate: float,
             snapshot: ParameterSnapshot | None = None) -> Iterator[nn.Module]:
     """Temporarily rewrite `model`; the weights are restored on exit, exceptions included."""
     snapshot = snapshot or ParameterSnapshot(model, param_map)
@@ -69,7 +76,7 @@ def applied(model: nn.Module, param_map: ParamMap, update: torch.Tensor, learnin
         snapshot.restore()
 
 
-def rewritten_copy(model: nn.Module, param_map: ParamMap, update: torch.Tensor, learning_rate: float) -> nn.Module:
+def rewritten_copy(model: nn.Module, param_map: ParamMap, update: Update, learning_rate: float) -> nn.Module:
     """A deep copy of `model` with the update applied (the original stays untouched)."""
     clone = copy.deepcopy(model)
     add_update(clone, param_map, update, learning_rate)
