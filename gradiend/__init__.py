@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from gradiend.arguments import PostPruneConfig, PrePruneConfig, TrainingArguments
 from gradiend.data import DataError
+from gradiend.data_creation import TextFilterConfig, TextPredictionDataCreator, TextPreprocessConfig
 from gradiend.embedded import embedded_model_path
 from gradiend.model import GradiendConfig, GradiendModel
 from gradiend.model_with_gradiend import ModelWithGradiend
@@ -17,7 +18,10 @@ __all__ = [
     "ModelWithGradiend",
     "PostPruneConfig",
     "PrePruneConfig",
+    "TextFilterConfig",
+    "TextPredictionDataCreator",
     "TextPredictionTrainer",
+    "TextPreprocessConfig",
     "Trainer",
     "TrainingArguments",
     "TrainingCallback",

@@ -9,26 +9,25 @@ class) and `label` (+1 for pair[0]→pair[1], −1 for pair[1]→pair[0], 0 othe
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from gradiend.data_sources import SPLIT_ALIASES, DataError, read_table, resolve_table_input
+
 logger = logging.getLogger(__name__)
+
+__all__ = ["MASK", "SPLITS", "UNIFIED_COLUMNS", "Batch", "BatchSchedule", "DataError", "cap_per_class", "match_case",
+           "read_table", "require_split", "unify"]
 
 MASK = "[MASK]"
 SPLITS = ("train", "validation", "test")
-SPLIT_ALIASES = {"val": "validation", "valid": "validation", "dev": "validation", "eval": "validation"}
 UNIFIED_COLUMNS = ["masked", "split", "factual_class", "alternative_class", "factual", "alternative", "label"]
 MERGED_REQUIRED = ("masked", "split", "label_class", "label")
-
-
-class DataError(ValueError):
-    """Raised for data that cannot be used, with a message that names the fix."""
 
 
 def _missing_columns_error(where: str, missing: Sequence[str], present: Sequence[str]) -> DataError:
@@ -36,25 +35,6 @@ def _missing_columns_error(where: str, missing: Sequence[str], present: Sequence
         f"{where} is missing required column(s) {list(missing)}; it has {list(present)}. "
         f"Rename your columns (e.g. df.rename(columns={{'old': 'new'}})) or see the data format "
         f"in the README.")
-
-
-def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a CSV/TSV/parquet file, or `training.csv`/`.parquet` inside a directory."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("training.csv", "training.parquet", "training.tsv"):
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise DataError(f"Directory {path} has no training.csv / training.parquet / training.tsv")
-    if not path.is_file():
-        raise DataError(f"Data file not found: {path}. Pass a DataFrame, a dict of DataFrames, or an "
-                        f"existing CSV/TSV/parquet path.")
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    sep = "\t" if path.suffix == ".tsv" else ","
-    return pd.read_csv(path, sep=sep, keep_default_na=False, dtype=str)
 
 
 def _normalize_split(series: pd.Series) -> pd.Series:
@@ -97,6 +77,12 @@ def _token_counter(tokens: pd.Series) -> Counter:
     return Counter(str(t).lower() for t in tokens)
 
 
+def _str_column(values: Any) -> pd.Series:
+    """Strings, with missing values (None/NaN) as ''."""
+    series = pd.Series(values)
+    return series.where(series.notna(), "").astype(str).reset_index(drop=True)
+
+
 def _from_merged(df: pd.DataFrame, target_classes: Sequence[str] | None, seed: int | None) -> pd.DataFrame:
     missing = [c for c in MERGED_REQUIRED if c not in df.columns]
     if missing:
@@ -105,58 +91,71 @@ def _from_merged(df: pd.DataFrame, target_classes: Sequence[str] | None, seed: i
     if has_alt != ("alternative_class" in df.columns):
         raise DataError("Training data must have both 'alternative' and 'alternative_class' columns or neither")
     out = pd.DataFrame({
-        "masked": df["masked"].astype(str),
-        "split": df["split"],
-        "factual_class": df["label_class"].astype(str),
-        "factual": df["label"].astype(str),
+        "masked": _str_column(df["masked"]),
+        "split": df["split"].reset_index(drop=True),
+        "factual_class": _str_column(df["label_class"]),
+        "factual": _str_column(df["label"]),
+        "alternative_class": _str_column(df["alternative_class"]) if has_alt else "",
+        "alternative": _str_column(df["alternative"]) if has_alt else "",
     })
-    if has_alt:
-        out["alternative_class"] = df["alternative_class"].astype(str)
-        out["alternative"] = df["alternative"].astype(str)
-        return out
-    classes = sorted(out["factual_class"].unique())
+    return _complete_alternatives(out, target_classes, seed)
+
+
+def _complete_alternatives(rows: pd.DataFrame, target_classes: Sequence[str] | None,
+                           seed: int | None) -> pd.DataFrame:
+    """Rows without an alternative token get one drawn from the other pair class's tokens."""
+    need = rows["alternative"].str.strip() == ""
+    if not need.any():
+        return rows
+    classes = sorted(rows["factual_class"].unique())
     pair = list(target_classes) if target_classes is not None else classes
     if len(pair) != 2:
         raise DataError(f"Without 'alternative' columns the data needs exactly two classes to pair up; "
                         f"found {classes}. Pass target_classes=[A, B] or add alternative columns.")
+    keep = ~need | rows["factual_class"].isin(pair)
+    rows, need = rows[keep].copy(), need[keep]
     rng = np.random.default_rng(seed)
-    out = out[out["factual_class"].isin(pair)].copy()
-    out["alternative_class"] = out["factual_class"].map({pair[0]: pair[1], pair[1]: pair[0]})
-    out["alternative"] = ""
     for cls, other in ((pair[0], pair[1]), (pair[1], pair[0])):
-        rows = out["factual_class"] == cls
-        other_tokens = _token_counter(out.loc[out["factual_class"] == other, "factual"])
-        if rows.any() and other_tokens:
-            out.loc[rows, "alternative"] = _sample_alternatives(out.loc[rows, "factual"], other_tokens, rng)
-    return out
+        todo = need & (rows["factual_class"] == cls)
+        other_tokens = _token_counter(rows.loc[rows["factual_class"] == other, "factual"])
+        if todo.any() and other_tokens:
+            rows.loc[todo, "alternative_class"] = other
+            rows.loc[todo, "alternative"] = _sample_alternatives(rows.loc[todo, "factual"], other_tokens, rng)
+    return rows
 
 
-def _from_per_class(data: Mapping[str, pd.DataFrame], seed: int | None) -> pd.DataFrame:
+def _from_per_class(data: Mapping[str, pd.DataFrame], target_classes: Sequence[str] | None,
+                    seed: int | None) -> pd.DataFrame:
+    """Per-class tables; a column named after the other pair class gives that row's alternative."""
+    pair = [str(c) for c in target_classes] if target_classes is not None else [str(k) for k in data]
     frames = []
     for cls, df in data.items():
         if not isinstance(df, pd.DataFrame):
-            raise DataError(f"data[{cls!r}] must be a pandas DataFrame, got {type(df).__name__}")
+            raise DataError(f"data[{cls!r}] must be a pandas DataFrame or a datasets.Dataset, got {type(df).__name__}")
         if "masked" not in df.columns:
             raise _missing_columns_error(f"Data of class {cls!r}", ["masked"], list(df.columns))
         token_col = next((c for c in (cls, "label", "token") if c in df.columns), None)
         if token_col is None:
             raise _missing_columns_error(f"Data of class {cls!r}", [f"{cls!r} (or 'label'/'token')"],
                                          list(df.columns))
+        other = next((c for c in pair if c != cls and c in df.columns), None) if len(pair) == 2 else None
         frames.append(pd.DataFrame({
-            "masked": df["masked"].astype(str),
-            "split": df["split"] if "split" in df.columns else "train",
-            "factual_class": str(cls),
-            "factual": df[token_col].astype(str),
+            "masked": _str_column(df["masked"]),
+            "split": df["split"].reset_index(drop=True) if "split" in df.columns else "train",
+            "label_class": str(cls),
+            "label": _str_column(df[token_col]),
+            "alternative_class": other or "",
+            "alternative": _str_column(df[other]) if other else "",
         }))
     if not frames:
         raise DataError("Training data is empty: the dict of per-class DataFrames has no entries")
     merged = pd.concat(frames, ignore_index=True)
-    merged = merged.rename(columns={"factual_class": "label_class", "factual": "label"})
-    return _from_merged(merged, list(data) if len(data) == 2 else None, seed)
+    merged.loc[merged["alternative"].str.strip() == "", "alternative_class"] = ""
+    return _from_merged(merged, pair if len(pair) == 2 else None, seed)
 
 
 def unify(
-    data: pd.DataFrame | Mapping[str, pd.DataFrame] | str | os.PathLike,
+    data: Any,
     target_classes: Sequence[str] | None = None,
     seed: int | None = 0,
     mask: str = MASK,
@@ -165,18 +164,17 @@ def unify(
 
     Accepts the merged format (`masked, split, label_class, label[, alternative,
     alternative_class]`), a dict class → DataFrame (`masked`, optional `split`, token column
-    named after the class or `label`), or a path to such a table.
+    named after the class or `label`; a column named after the other class holds that row's
+    alternative), a `datasets.Dataset`/`DatasetDict`, a file or directory path, or a Hugging
+    Face dataset id (see `gradiend.data_sources.resolve_table_input`).
     """
-    if isinstance(data, (str, os.PathLike)):
-        data = read_table(data)
+    data = resolve_table_input(data, "Training data")
     if isinstance(data, Mapping):
         if target_classes is None and len(data) == 2:
             target_classes = [str(k) for k in data]
-        rows = _from_per_class(data, seed)
-    elif isinstance(data, pd.DataFrame):
-        rows = _from_merged(data, target_classes, seed)
+        rows = _from_per_class(data, target_classes, seed)
     else:
-        raise DataError(f"data must be a DataFrame, a dict of DataFrames or a file path, got {type(data).__name__}")
+        rows = _from_merged(data, target_classes, seed)
     if rows.empty:
         raise DataError("Training data is empty: no rows left after reading it")
     rows["split"] = _normalize_split(rows["split"])

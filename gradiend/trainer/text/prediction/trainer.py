@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 
 from gradiend.arguments import TrainingArguments
-from gradiend.data import MASK, DataError, read_table, unify
+from gradiend.data import MASK, DataError, unify
+from gradiend.data_sources import load_texts
 from gradiend.model_with_gradiend import ModelWithGradiend
 from gradiend.trainer.trainer import Trainer
 
-DataInput = pd.DataFrame | Mapping[str, pd.DataFrame] | str | os.PathLike
-NeutralInput = pd.DataFrame | Sequence[str] | str | os.PathLike
+# DataFrame, dict class → DataFrame/Dataset, file or directory path, datasets.Dataset/DatasetDict, or Hub id
+DataInput = Any
+# list of str, DataFrame/file/dataset with a `text` column, or Hub id
+NeutralInput = Any
 
 
 class TextPredictionTrainer(Trainer):
     """Train a GRADIEND from (masked text, factual token, alternative token) rows.
 
     `data`: merged DataFrame (`masked, split, label_class, label[, alternative,
-    alternative_class]`), a dict class → DataFrame, or a CSV/TSV/parquet path.
-    `eval_neutral_data`: feature-free texts (DataFrame with `text`, list of str, or a path).
+    alternative_class]`), a dict class → DataFrame, a CSV/TSV/parquet file or directory, a
+    `datasets.Dataset`/`DatasetDict`, a saved dataset directory or a Hugging Face dataset id.
+    `eval_neutral_data`: feature-free texts (list of str, DataFrame/file/dataset with `text`).
     """
 
     def __init__(self, model: str | ModelWithGradiend, data: DataInput | None = None,
@@ -53,17 +57,7 @@ class TextPredictionTrainer(Trainer):
 def _neutral_texts(data: NeutralInput | None) -> list[str] | None:
     if data is None:
         return None
-    if isinstance(data, (str, os.PathLike)):
-        data = read_table(data)
-    if isinstance(data, pd.DataFrame):
-        if "text" not in data.columns:
-            raise DataError(f"eval_neutral_data needs a 'text' column; it has {list(data.columns)}")
-        texts = [str(t) for t in data["text"] if isinstance(t, str) and t.strip()]
-    elif isinstance(data, Sequence):
-        texts = [str(t) for t in data if isinstance(t, str) and t.strip()]
-    else:
-        raise DataError(f"eval_neutral_data must be a DataFrame, a list of str or a path, "
-                        f"got {type(data).__name__}")
+    texts, _ = load_texts(data, "text", what="eval_neutral_data")
     if not texts:
         raise DataError("eval_neutral_data has no non-empty texts")
     return texts
