@@ -18,6 +18,7 @@ only for part-of-speech / morphology filters (`spacy_tags`) and lemma matching (
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -66,7 +67,8 @@ class TextFilterConfig:
     """One feature class: the words that stand for it and how to find them.
 
     Give exactly one of `targets` (several words) or `target` (one word); an entry may itself
-    be a `TextFilterConfig`, whose `spacy_tags` extend (and override) this one's. `id` names the
+    be a `TextFilterConfig`, whose `spacy_tags` extend (and override) this one's (only its words,
+    tags and `use_lemma` count). `id` names the
     class (default: the first target word). `spacy_tags` restricts matches by spaCy annotation
     (all keys must hold): `pos`, `tag`, `dep` compare the token's coarse POS, fine tag and
     dependency label; any other key is a morphological feature, e.g.
@@ -123,6 +125,10 @@ class TextFilterConfig:
         if not isinstance(self.use_lemma, bool):
             raise DataError(f"TextFilterConfig {self.id!r}: use_lemma must be True or False")
         self.spacy_tags = _check_tags(self.spacy_tags, f"TextFilterConfig {self.id!r}")
+        phrases = sorted({m.word for m in self.matchers() if (m.tags or m.use_lemma) and len(m.word.split()) > 1})
+        if phrases:
+            raise DataError(f"TextFilterConfig {self.id!r}: multi-word targets {phrases} cannot use spacy_tags or "
+                            f"use_lemma (spaCy annotates single tokens); give them their own untagged class")
 
     @property
     def words(self) -> tuple[str, ...]:
@@ -344,10 +350,13 @@ def _word_pattern(words: Iterable[str], glued: bool = False) -> re.Pattern[str] 
     return re.compile(f"{before}(?:{alternatives}){after}", re.IGNORECASE)
 
 
+_GLUED_BEFORE = re.compile(r"\w['’\-]?$")
+_GLUED_AFTER = re.compile(r"['’\-]?\w")
+
+
 def _glued(text: str, start: int, end: int) -> bool:
     """Whether text[start:end] touches a word character directly or through ' ’ -."""
-    before, after = text[max(0, start - 2):start], text[end:end + 2]
-    return bool(re.search(r"\w$|\w['’\-]$", before) or re.match(r"\w|['’\-]\w", after))
+    return bool(_GLUED_BEFORE.search(text[max(0, start - 2):start]) or _GLUED_AFTER.match(text, end))
 
 
 class TextPredictionDataCreator:
@@ -375,6 +384,8 @@ class TextPredictionDataCreator:
         if base_max_size is not None and (isinstance(base_max_size, bool) or not isinstance(base_max_size, int)
                                           or base_max_size < 1):
             raise DataError(f"base_max_size must be a positive int or None, got {base_max_size!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise DataError(f"seed must be an int >= 0 or None, got {seed!r}")
         if preprocess is not None and not isinstance(preprocess, TextPreprocessConfig):
             raise DataError(f"preprocess must be a TextPreprocessConfig or None, got {type(preprocess).__name__}")
         self.text_column = text_column
@@ -421,9 +432,8 @@ class TextPredictionDataCreator:
     def _rng(self, *key: str | int) -> np.random.Generator:
         if self.seed is None:
             return np.random.default_rng()
-        parts = [self.seed] + [int.from_bytes(str(k).encode()[:8].ljust(8, b"\0"), "little") if isinstance(k, str)
-                               else k for k in key]
-        return np.random.default_rng(parts)
+        digest = hashlib.sha256("\0".join(str(k) for k in key).encode()).digest()
+        return np.random.default_rng([self.seed, int.from_bytes(digest[:8], "little")])
 
     @property
     def nlp(self) -> Any:

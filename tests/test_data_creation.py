@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def test_filter_config_defaults_and_flattening() -> None:
     ({"target": "he", "spacy_tags": {"pos": ""}}, "spacy_tags"),
     ({"target": "he", "spacy_tags": "PRON"}, "spacy_tags"),
     ({"target": "he", "mask": ""}, "mask"),
+    ({"target": "New York", "spacy_tags": {"pos": "PROPN"}}, "multi-word targets"),
 ])
 def test_filter_config_rejects_bad_values(kwargs, message: str) -> None:
     with pytest.raises(DataError, match=message):
@@ -104,6 +106,12 @@ def test_masking_whole_words_every_match_and_casing() -> None:
     assert by_text["It's late and it rained."].masked == "It's late and [MASK] rained."  # "it's" is glued
     assert by_text["The he-goat ran; then it slept."].masked == "The he-goat ran; then [MASK] slept."
     assert by_text["'He' came, and she (she!) left."].masked == "'[MASK]' came, and [MASK] ([MASK]!) left."
+
+
+def test_multi_word_targets() -> None:
+    targets = [TextFilterConfig(targets=["New York", "york"], id="city"), TextFilterConfig(target="they")]
+    rows = _creator(["We flew to new  York and then York.", "They left."], targets=targets)._match().rows["city"]
+    assert rows[0].masked == "We flew to [MASK] and then [MASK]." and rows[0].label == "new  York"
 
 
 def test_case_insensitive_match_keeps_surface_label() -> None:
@@ -415,7 +423,7 @@ def test_creator_output_trains(tiny_mlm_dir, tmp_path) -> None:
     creator = _creator()
     training = creator.generate_training_data(max_size_per_class=24, min_rows_per_class=3)
     neutral = creator.generate_neutral_data(max_size=20)
-    args = TrainingArguments(experiment_dir=str(tmp_path / "exp"), train_batch_size=4, max_steps=4, eval_steps=2,
+    args = TrainingArguments(experiment_dir=str(tmp_path / "exp"), train_batch_size=4, max_steps=2, eval_steps=2,
                              seed=0, show_progress=False)
     trainer = TextPredictionTrainer(model=tiny_mlm_dir, data=training, eval_neutral_data=neutral, args=args)
     assert trainer.pair == ("3SG", "3PL") and trainer.neutral_texts() == list(neutral["text"])
@@ -505,6 +513,19 @@ def test_tag_filters_without_spacy_say_how_to_install(monkeypatch) -> None:
     creator = _creator()
     with pytest.raises(ImportError, match="gradiend\\[spacy\\]"):
         creator.generate_neutral_data(excluded_spacy_tags={"pos": "PRON"})
+
+
+def test_hundred_thousand_sentences_well_under_a_minute() -> None:
+    texts = [f"On day {i} {SUBJECTS[i % 7]} {VERBS[i % 6]}. Later, on night {i}, "
+             f"{['he', 'she', 'it', 'they', 'we'][i % 5]} {VERBS[(i // 6) % 6]}." for i in range(50_000)]
+    started = time.perf_counter()
+    creator = _creator(texts, preprocess=TextPreprocessConfig(split_to_sentences=True))
+    training = creator.generate_training_data(max_size_per_class=500)
+    neutral = creator.generate_neutral_data(max_size=500)
+    seconds = time.perf_counter() - started
+    assert creator.stats["preprocess_units"] == 100_000
+    assert {c: len(df) for c, df in training.items()} == {"3SG": 500, "3PL": 500} and len(neutral) == 500
+    assert seconds < 60, seconds
 
 
 # -- the shared public-domain texts ---------------------------------------------------------------
