@@ -102,6 +102,10 @@ class TrainingArguments:
     `max_steps` (> 0) wins over `num_train_epochs`. `num_epochs` is accepted as an alias of
     `num_train_epochs` (the reference docs use both). Fields used by later features
     (decoder grid, multi-seed, pruning) are validated and stored now.
+
+    `objective` forces the prediction objective ("mlm" masked token, "clm" next token);
+    None picks it from the model. Causal LMs only see text left of the slot: training and
+    evaluation rows with fewer than `min_left_context_tokens` tokens there are dropped (logged).
     """
 
     # where things go
@@ -133,6 +137,9 @@ class TrainingArguments:
     max_steps: int = -1
     seed: int | None = 0
     max_length: int = 256
+    # prediction objective: None = "mlm" for masked LMs, "clm" for causal LMs (see README)
+    objective: str | None = None
+    min_left_context_tokens: int = 3
     # in-training evaluation and checkpoints
     do_eval: bool = True
     eval_steps: int = 250
@@ -204,6 +211,9 @@ class TrainingArguments:
         if self.activation_encoder not in ("tanh", "hardtanh"):
             raise ValueError(f"activation_encoder must be 'tanh' or 'hardtanh' (odd, bounded), "
                              f"got {self.activation_encoder!r}")
+        if self.objective not in (None, "mlm", "clm"):
+            raise ValueError(f"objective must be 'mlm', 'clm' or None (chosen from the model), got {self.objective!r}")
+        _check_positive_int("min_left_context_tokens", self.min_left_context_tokens)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ValueError(f"seed must be an int or None, got {self.seed!r}")
         for name in ("convergent_score_threshold", "convergent_mean_by_class_threshold"):

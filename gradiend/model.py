@@ -50,6 +50,7 @@ class GradiendConfig:
     source: str = "alternative"
     target: str = "diff"
     objective: str = "mlm"
+    objective_options: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

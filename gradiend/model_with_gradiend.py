@@ -10,13 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
-from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from gradiend.arguments import DTYPES
+from gradiend.data import DataError
 from gradiend.gradients import GradientEngine
 from gradiend.model import GradiendConfig, GradiendModel
-from gradiend.objectives import MaskedLMObjective
+from gradiend.objectives import CausalLMObjective, LMObjective, MaskedLMObjective
 from gradiend.params import ParamMap
 from gradiend.rewrite import applied, rewritten_copy
 
@@ -31,9 +34,57 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
+OBJECTIVES = ("mlm", "clm")
+_LOADERS = {"mlm": AutoModelForMaskedLM, "clm": AutoModelForCausalLM}
+
+
+def detect_objective(config: Any) -> str:
+    """"mlm" for masked LMs, "clm" for causal (decoder-only) LMs, judged from an HF config."""
+    architectures = list(getattr(config, "architectures", None) or [])
+    if any(a.endswith("ForMaskedLM") for a in architectures):
+        return "mlm"
+    if getattr(config, "is_decoder", False) or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return "clm"
+    model_type = getattr(config, "model_type", None)
+    if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return "mlm"
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return "clm"
+    raise ValueError(f"{model_type!r} models ({architectures or 'no architectures listed'}) have neither a masked- "
+                     f"nor a causal-LM head in transformers; GRADIEND needs the model's token predictions "
+                     f"(a BERT-like masked LM or a GPT-2/Llama-like causal LM)")
+
+
+def resolve_objective(config: Any, objective: str | None, name: str = "the model") -> str:
+    """The objective to train with: `objective` if given (checked against the model), else detected."""
+    detected = detect_objective(config)
+    if objective is None:
+        return detected
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES} or None (automatic), got {objective!r}")
+    if objective != detected:
+        kinds = {"mlm": "a masked LM", "clm": "a causal LM"}
+        raise ValueError(f"objective={objective!r} needs {kinds[objective]}, but {name} is {kinds[detected]} "
+                         f"({type(config).__name__}); use objective={detected!r} or objective=None (automatic)")
+    return objective
+
+
 def load_base_model(name_or_path: str, torch_dtype: str = "float32", trust_remote_code: bool = False,
-                    device: torch.device | str | None = None) -> tuple[PreTrainedModel, Any]:
-    """Load an HF masked LM and its tokenizer, with errors that name the fix."""
+                    device: torch.device | str | None = None, objective: str | None = None
+                    ) -> tuple[PreTrainedModel, Any]:
+    """Load an HF language model (masked or causal, see `objective`) and its tokenizer."""
+    model, tokenizer, _ = load_model_for_objective(name_or_path, torch_dtype, trust_remote_code, device, objective)
+    return model, tokenizer
+
+
+def load_model_for_objective(name_or_path: str, torch_dtype: str = "float32", trust_remote_code: bool = False,
+                             device: torch.device | str | None = None, objective: str | None = None
+                             ) -> tuple[PreTrainedModel, Any, str]:
+    """(model, tokenizer, objective) with errors that name the fix.
+
+    `objective=None` picks "mlm" for masked LMs and "clm" for causal LMs; a forced objective that
+    does not fit the model is an error.
+    """
     path = Path(name_or_path).expanduser()
     if _looks_like_path(name_or_path) and not path.exists():
         raise FileNotFoundError(f"Model path {name_or_path!r} does not exist; pass an existing local "
@@ -43,9 +94,7 @@ def load_base_model(name_or_path: str, torch_dtype: str = "float32", trust_remot
     except OSError as err:
         raise FileNotFoundError(f"Could not load a model config from {name_or_path!r} ({err}). Offline? "
                                 f"Pass a local checkpoint directory (e.g. gradiend.embedded_model_path()).") from err
-    if config.is_decoder or any("CausalLM" in a for a in (config.architectures or [])):
-        raise NotImplementedError(f"{name_or_path!r} is a causal LM; this version of gradiend trains "
-                                  f"masked LMs (BERT family). Causal-LM support is on the roadmap.")
+    kind = resolve_objective(config, objective, repr(name_or_path))
     fix = "save the tokenizer next to the model with tokenizer.save_pretrained(path)"
     if path.is_dir() and not any((path / f).is_file() for f in TOKENIZER_FILES):
         raise FileNotFoundError(f"No tokenizer files in {name_or_path!r} (looked for {list(TOKENIZER_FILES)}); {fix}")
@@ -55,12 +104,29 @@ def load_base_model(name_or_path: str, torch_dtype: str = "float32", trust_remot
         raise FileNotFoundError(f"No usable tokenizer found for {name_or_path!r} ({err}); {fix}") from err
     if len(tokenizer) <= len(tokenizer.all_special_tokens):
         raise FileNotFoundError(f"The tokenizer of {name_or_path!r} has an empty vocabulary; {fix}")
-    model = AutoModelForMaskedLM.from_pretrained(name_or_path, dtype=DTYPES[torch_dtype],
-                                                 trust_remote_code=trust_remote_code)
+    loader = _LOADERS[kind]
+    model, info = loader.from_pretrained(name_or_path, dtype=DTYPES[torch_dtype], trust_remote_code=trust_remote_code,
+                                         output_loading_info=True)
+    prefix = getattr(model, "base_model_prefix", "")
+    head_missing = sorted(k for k in info.get("missing_keys", ()) if not prefix or not k.startswith(prefix + "."))
+    if head_missing:
+        raise ValueError(f"{name_or_path!r} has no trained LM head (missing from the checkpoint: {head_missing}); "
+                         f"GRADIEND needs the model's token predictions. Pass a checkpoint saved with its head "
+                         f"({loader.__name__}), not a bare backbone.")
     model.eval()
     if device is not None:
         model.to(device)
-    return model, tokenizer
+    return model, tokenizer, kind
+
+
+def make_objective(kind: str, tokenizer: Any, max_length: int = 256, options: dict[str, Any] | None = None
+                   ) -> LMObjective:
+    """The objective named `kind` ("mlm" or "clm"); `options` go to `CausalLMObjective` (masked LMs ignore them)."""
+    if kind == "mlm":
+        return MaskedLMObjective(tokenizer, max_length=max_length)
+    if kind == "clm":
+        return CausalLMObjective(tokenizer, max_length=max_length, **(options or {}))
+    raise ValueError(f"Unknown objective {kind!r}; use one of {OBJECTIVES}")
 
 
 class ModelWithGradiend:
@@ -72,7 +138,8 @@ class ModelWithGradiend:
         self.tokenizer = tokenizer
         self.gradiend = gradiend.to(next(base_model.parameters()).device)
         self.param_map = ParamMap.from_json(gradiend.config.param_map)
-        self.objective = MaskedLMObjective(tokenizer, max_length=max_length)
+        self.objective = make_objective(gradiend.config.objective, tokenizer, max_length,
+                                        gradiend.config.objective_options)
         self.engine = GradientEngine(base_model, self.objective, self.param_map)
 
     @property
@@ -92,16 +159,24 @@ class ModelWithGradiend:
                activation_encoder: str = "tanh", bias_decoder: bool = True, torch_dtype: str = "float32",
                feature_classes: Sequence[str] = (), source: str = "alternative", target: str = "diff",
                seed: int | None = 0, max_length: int = 256, trust_remote_code: bool = False,
-               device: torch.device | str | None = None) -> ModelWithGradiend:
-        """A fresh, untrained GRADIEND over `base_model` (HF id or local path)."""
-        model, tokenizer = load_base_model(base_model, torch_dtype, trust_remote_code, device)
+               device: torch.device | str | None = None, objective: str | None = None,
+               objective_options: dict[str, Any] | None = None) -> ModelWithGradiend:
+        """A fresh, untrained GRADIEND over `base_model` (HF id or local path).
+
+        `objective`: "mlm", "clm" or None (chosen from the model); `objective_options` (causal
+        LMs, e.g. `min_left_context_tokens`) are stored in the checkpoint.
+        """
+        model, tokenizer, kind = load_model_for_objective(base_model, torch_dtype, trust_remote_code, device,
+                                                          objective)
+        make_objective(kind, tokenizer, max_length, objective_options)  # validate the options before any work
         param_map = ParamMap.select(model, params)
         direction = {cls_: sign for cls_, sign in zip(feature_classes, (1, -1), strict=False)}
         config = GradiendConfig(
             input_dim=param_map.size, latent_dim=latent_dim, activation_encoder=activation_encoder,
             bias_decoder=bias_decoder, torch_dtype=torch_dtype, base_model=str(base_model),
             param_map=param_map.to_json(), feature_classes=list(feature_classes),
-            feature_class_encoding_direction=direction, source=source, target=target)
+            feature_class_encoding_direction=direction, source=source, target=target, objective=kind,
+            objective_options=dict(objective_options or {}) if kind == "clm" else {})
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         logger.info("GRADIEND over %d parameters of %s (%d tensors)", param_map.size, base_model,
                     len(param_map.specs))
@@ -116,8 +191,31 @@ class ModelWithGradiend:
         base = base_model or gradiend.config.base_model
         if base is None:
             raise ValueError(f"Checkpoint {directory} does not name its base model; pass base_model=")
-        model, tokenizer = load_base_model(base, gradiend.config.torch_dtype, trust_remote_code, device)
+        model, tokenizer, _ = load_model_for_objective(base, gradiend.config.torch_dtype, trust_remote_code, device,
+                                                       gradiend.config.objective)
         return cls(model, tokenizer, gradiend, max_length=max_length)
+
+    def rows_with_context(self, rows: pd.DataFrame, purpose: str, column: str = "masked") -> pd.DataFrame:
+        """`rows` the objective can score: causal LMs drop rows with too little text left of the slot.
+
+        Logs how many rows were dropped; a factual class losing all its rows is an error.
+        """
+        if not self.objective.is_causal or rows.empty:
+            return rows
+        keep = np.array([self.objective.has_context(str(t)) for t in rows[column]], dtype=bool)
+        if keep.all():
+            return rows
+        minimum = getattr(self.objective, "min_left_context_tokens", 1)
+        logger.warning("Dropped %d of %d %s rows with fewer than %d token(s) before the slot: a causal LM "
+                       "predicts the slot from its left context (TrainingArguments.min_left_context_tokens "
+                       "sets the threshold)", int((~keep).sum()), len(rows), purpose, minimum)
+        if "factual_class" in rows.columns:
+            for cls in rows["factual_class"].unique():
+                if not keep[(rows["factual_class"] == cls).to_numpy()].any():
+                    raise DataError(f"All rows of class {cls!r} for {purpose} have fewer than {minimum} token(s) "
+                                    f"before {self.objective.mask}, so a causal LM cannot score them. Use rows "
+                                    f"with more left context or lower TrainingArguments.min_left_context_tokens.")
+        return rows[keep]
 
     def save_pretrained(self, directory: str | os.PathLike, extra_json: dict[str, Any] | None = None) -> None:
         self.gradiend.save_pretrained(directory, extra_json)

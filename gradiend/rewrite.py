@@ -83,6 +83,12 @@ def rewritten_copy(model: nn.Module, param_map: ParamMap, update: Update, learni
     return clone
 
 
+_LMS_TEXT = {
+    "mlm": "LMS: masked-token accuracy on neutral text.",
+    "clm": "LMS: 1 / (1 + mean next-token cross-entropy) on neutral text.",
+}
+
+
 def model_card(info: dict[str, Any]) -> str:
     """A README.md for a rewritten checkpoint: what was changed, how, and what it measured."""
     lines = [
@@ -112,8 +118,8 @@ def model_card(info: dict[str, Any]) -> str:
         f"| gradiend version | {info['library_version']} |",
         "",
         "Strengthen metric: mean probability of the class's tokens on the other class's rows; weaken "
-        "metric: 1 − mean probability of the class's tokens on its own rows. LMS: masked-token accuracy "
-        "on neutral text.",
+        "metric: 1 − mean probability of the class's tokens on its own rows. "
+        + _LMS_TEXT[info.get("objective", "mlm")],
         "",
     ]
     return "\n".join(lines)

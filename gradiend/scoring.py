@@ -1,11 +1,15 @@
-"""Scores of a (possibly rewritten) masked LM: class probabilities at the slot, and LMS.
+"""Scores of a (possibly rewritten) language model: class probabilities at the slot, and LMS.
 
 Both are computed for many candidate models in the decoder grid, so everything that does not
-depend on the weights (tokenisation, which positions LMS masks) is prepared once.
+depend on the weights (tokenisation, which positions LMS masks or predicts) is prepared once.
+Masked LMs: probabilities at the mask(s), LMS = top-1 accuracy on randomly masked tokens. Causal
+LMs: probabilities of the next token after the slot's prefix, LMS = 1 / (1 + NLL) of the
+neutral texts, each token predicted from the logits of the token before it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -13,10 +17,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gradiend.data import DataError
-from gradiend.objectives import MaskedLMObjective
+from gradiend.objectives import CausalLMObjective, LMObjective
+
+logger = logging.getLogger(__name__)
+
+#: Rows of hidden states sent through the LM head at once when scoring causal LMs (bounds memory).
+HEAD_CHUNK = 1024
 
 
 def case_variants(token: str) -> set[str]:
@@ -24,13 +34,16 @@ def case_variants(token: str) -> set[str]:
     return {token.lower(), token[:1].upper() + token[1:].lower(), token.upper()}
 
 
-def class_piece_sets(objective: MaskedLMObjective, tokens_by_class: Mapping[str, Iterable[str]]
+def class_piece_sets(objective: LMObjective, tokens_by_class: Mapping[str, Iterable[str]]
                      ) -> dict[str, set[tuple[int, ...]]]:
     """Per class, the distinct piece-id tuples of its tokens and their case variants.
 
     A case variant that maps to the same ids (uncased vocabularies) is counted once; variants the
     vocabulary does not know are skipped, but every class keeps at least one known token.
+    Causal objectives: each entry is (form, id), see :func:`causal_scoring_ids`.
     """
+    if isinstance(objective, CausalLMObjective):
+        return _causal_class_ids(objective, tokens_by_class)
     out: dict[str, set[tuple[int, ...]]] = {}
     for cls, tokens in tokens_by_class.items():
         pieces = {tuple(objective.pieces(v)) for t in tokens for v in case_variants(t) if objective.is_known(v)}
@@ -40,14 +53,54 @@ def class_piece_sets(objective: MaskedLMObjective, tokens_by_class: Mapping[str,
     return out
 
 
+AFTER_SPACE, GLUED = 0, 1
+
+
+def causal_scoring_ids(objective: CausalLMObjective, token: str) -> set[tuple[int, int]]:
+    """(form, id) pairs that score `token` as the next token, form AFTER_SPACE or GLUED (slot
+    directly after the prefix): the ids of the token's case variants that are one piece; a token
+    without any single-piece form is scored by its own first piece."""
+    out: set[tuple[int, int]] = set()
+    for form, spaced in ((AFTER_SPACE, True), (GLUED, False)):
+        singles = set()
+        for variant in case_variants(token) | {token}:
+            try:
+                pieces = objective.target_pieces(variant, spaced)
+            except DataError:
+                continue
+            if len(pieces) == 1:
+                singles.add(pieces[0])
+        if not singles:
+            try:
+                singles = {objective.target_id(token, spaced)}
+            except DataError:
+                continue
+        out |= {(form, i) for i in singles}
+    return out
+
+
+def _causal_class_ids(objective: CausalLMObjective, tokens_by_class: Mapping[str, Iterable[str]]
+                      ) -> dict[str, set[tuple[int, ...]]]:
+    out: dict[str, set[tuple[int, ...]]] = {}
+    for cls, tokens in tokens_by_class.items():
+        entries = {e for t in set(tokens) for e in causal_scoring_ids(objective, t)}
+        if not any(form == AFTER_SPACE for form, _ in entries):
+            raise DataError(f"No token of class {cls!r} is in the vocabulary: {sorted(set(tokens))}")
+        out[cls] = entries
+    return out
+
+
 @torch.no_grad()
-def class_probabilities(model: nn.Module, objective: MaskedLMObjective, texts: Sequence[str],
+def class_probabilities(model: nn.Module, objective: LMObjective, texts: Sequence[str],
                         pieces_by_class: Mapping[str, set[tuple[int, ...]]], batch_size: int = 32) -> np.ndarray:
     """(rows, classes) probability that the slot is filled by a token of each class.
 
     A k-piece token is scored on the text with k masks as the product of its pieces'
-    probabilities; a class's probability is the sum over its tokens.
+    probabilities; a class's probability is the sum over its tokens. Causal objectives: the
+    next-token probability after the slot's prefix, summed over the class's ids.
     """
+    if isinstance(objective, CausalLMObjective):
+        return _causal_class_probabilities(model, objective, texts, pieces_by_class, batch_size)
     classes = list(pieces_by_class)
     by_length: dict[int, list[tuple[int, tuple[int, ...]]]] = defaultdict(list)
     for ci, cls in enumerate(classes):
@@ -73,24 +126,56 @@ def class_probabilities(model: nn.Module, objective: MaskedLMObjective, texts: S
     return out
 
 
+def _causal_class_probabilities(model: nn.Module, objective: CausalLMObjective, texts: Sequence[str],
+                                 ids_by_class: Mapping[str, set[tuple[int, ...]]], batch_size: int) -> np.ndarray:
+    device = next(model.parameters()).device
+    index = {cls: [torch.tensor(sorted({i for f, i in entries if f == form}), dtype=torch.long, device=device)
+                   for form in (AFTER_SPACE, GLUED)] for cls, entries in ids_by_class.items()}
+    out = np.zeros((len(texts), len(ids_by_class)), dtype=np.float64)
+    for start in range(0, len(texts), batch_size):
+        tensors, positions, spaced = objective.encode_prefixes(list(texts[start:start + batch_size]))
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+        probs = torch.softmax(objective.logits_at_positions(model, tensors, positions.to(device)), dim=-1)
+        after_space = torch.tensor(spaced, device=device)
+        for ci, (after, glued) in enumerate(index.values()):
+            p = torch.where(after_space, probs[:, after].sum(-1), probs[:, glued].sum(-1))
+            out[start:start + len(spaced), ci] = p.double().cpu().numpy()
+    return out
+
+
 @dataclass
 class LMSData:
-    """Neutral texts with fixed masked positions, tokenised once for every candidate model."""
+    """Neutral texts with fixed scored positions, tokenised once for every candidate model.
+
+    Each batch: (tensors, flat positions whose logits are read, the token each position must
+    predict). Masked LMs: the masked positions and their original tokens; causal LMs: every
+    position and the token after it.
+    """
 
     batches: list[tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]]
     n_masked: int
+    causal: bool = False
 
 
-def prepare_lms(objective: MaskedLMObjective, texts: Sequence[str], ignore_tokens: Iterable[str] = (),
+def _ignored_ids(objective: LMObjective, ignore_tokens: Iterable[str]) -> set[int]:
+    if isinstance(objective, CausalLMObjective):
+        return {i for t in ignore_tokens for _, i in causal_scoring_ids(objective, t)}
+    return {i for t in ignore_tokens for v in case_variants(t) if objective.is_known(v) for i in objective.pieces(v)}
+
+
+def prepare_lms(objective: LMObjective, texts: Sequence[str], ignore_tokens: Iterable[str] = (),
                 seed: int = 42, batch_size: int = 32, fraction: float = 0.15) -> LMSData:
     """Mask max(1, ⌊fraction·L⌋) random non-special, non-ignored positions per text (seeded).
 
     Special tokens ([CLS], [SEP], padding) are excluded via the tokenizer's special-tokens mask,
-    and so are the ids of `ignore_tokens` (e.g. the feature's target words).
+    and so are the ids of `ignore_tokens` (e.g. the feature's target words). Causal objectives:
+    every token after the first is predicted from its left context (no masking, `seed` and
+    `fraction` unused); ignored ids are not scored.
     """
+    if isinstance(objective, CausalLMObjective):
+        return _prepare_causal_lms(objective, texts, _ignored_ids(objective, ignore_tokens), batch_size)
     tok = objective.tokenizer
-    ignore_ids = {i for t in ignore_tokens for v in case_variants(t) if objective.is_known(v)
-                  for i in objective.pieces(v)}
+    ignore_ids = _ignored_ids(objective, ignore_tokens)
     rng = np.random.default_rng(seed)
     batches, total = [], 0
     for start in range(0, len(texts), batch_size):
@@ -122,8 +207,63 @@ def prepare_lms(objective: MaskedLMObjective, texts: Sequence[str], ignore_token
     return LMSData(batches, total)
 
 
+def _prepare_causal_lms(objective: CausalLMObjective, texts: Sequence[str], ignore_ids: set[int],
+                        batch_size: int) -> LMSData:
+    lead = objective.lead_ids
+    batches, total = [], 0
+    for start in range(0, len(texts), batch_size):
+        sequences, positions, targets = [], [], []
+        for text in texts[start:start + batch_size]:
+            ids = lead + objective.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = ids[:objective.max_length]
+            pairs = [(t, ids[t + 1]) for t in range(len(ids) - 1) if ids[t + 1] not in ignore_ids]
+            if not pairs:
+                continue
+            sequences.append(ids)
+            positions.append([t for t, _ in pairs])
+            targets.extend(target for _, target in pairs)
+        if not sequences:
+            continue
+        tensors, last = objective.pad(sequences)
+        width = tensors["input_ids"].shape[1]
+        flat = []
+        for row, (seq, cols) in enumerate(zip(sequences, positions, strict=True)):
+            start_col = int(last[row]) - row * width - (len(seq) - 1)  # > 0 with left padding
+            flat.extend(row * width + start_col + c for c in cols)
+        batches.append((tensors, torch.tensor(flat), torch.tensor(targets)))
+        total += len(targets)
+    if total == 0:
+        raise DataError("No scorable tokens in the neutral texts for LMS; pass longer or more texts")
+    return LMSData(batches, total, causal=True)
+
+
+def lm_score(model: nn.Module, objective: LMObjective, data: LMSData) -> float:
+    """LMS of `model` on prepared neutral data: masked-LM accuracy or causal-LM 1 / (1 + NLL)."""
+    if data.causal != objective.is_causal:
+        raise ValueError("LMS data was prepared for another kind of objective; call prepare_lms with this one")
+    return causal_lm_lms(model, objective, data) if data.causal else masked_lm_lms(model, objective, data)
+
+
 @torch.no_grad()
-def masked_lm_lms(model: nn.Module, objective: MaskedLMObjective, data: LMSData) -> float:
+def causal_lm_lms(model: nn.Module, objective: LMObjective, data: LMSData) -> float:
+    """1 / (1 + NLL): NLL = mean next-token cross-entropy over the prepared positions (0 if not finite)."""
+    device = next(model.parameters()).device
+    head = objective.head(model)
+    nll = 0.0
+    for tensors, positions, targets in data.batches:
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+        hidden = model.base_model(**tensors).last_hidden_state
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        for start in range(0, len(positions), HEAD_CHUNK):
+            picked = hidden.index_select(0, positions[start:start + HEAD_CHUNK].to(device))
+            logits = head(picked).float()
+            nll += float(F.cross_entropy(logits, targets[start:start + HEAD_CHUNK].to(device), reduction="sum"))
+    mean = nll / data.n_masked
+    return 1.0 / (1.0 + mean) if math.isfinite(mean) else 0.0
+
+
+@torch.no_grad()
+def masked_lm_lms(model: nn.Module, objective: LMObjective, data: LMSData) -> float:
     """Language-modelling score: top-1 accuracy at the prepared masked positions."""
     device = next(model.parameters()).device
     correct = 0

@@ -19,7 +19,8 @@ def _non_default_args() -> TrainingArguments:
         bias_decoder=False, torch_dtype=torch.bfloat16, normalize_gradiend=False, standardize_gradients=False,
         scale_estimation_batches=2, add_identity_for_other_classes=True, train_batch_size=4,
         gradiend_batch_size=2, train_max_size=50, learning_rate=5e-4, weight_decay=0.0, adam_epsilon=1e-6,
-        optim="adam", num_train_epochs=7, max_steps=11, seed=3, max_length=64, do_eval=False, eval_steps=3,
+        optim="adam", num_train_epochs=7, max_steps=11, seed=3, max_length=64, objective="clm",
+        min_left_context_tokens=5, do_eval=False, eval_steps=3,
         eval_batch_size=8, encoder_eval_train_max_size=9, encoder_eval_max_size=10, save_only_best=False,
         convergent_score_threshold=0.7, convergent_mean_by_class_threshold=0.4, fail_on_non_convergence=True,
         max_seeds=4, min_convergent_seeds=2, seed_selection_eval_max_size=12, saved_seed_runs="all_tried",
@@ -65,6 +66,8 @@ def test_num_epochs_alias_and_max_steps_stored() -> None:
     ({"min_convergent_seeds": 3, "max_seeds": 2}, "min_convergent_seeds"),
     ({"params": []}, "params"),
     ({"seed": 1.5}, "seed"),
+    ({"objective": "seq2seq"}, "objective"),
+    ({"min_left_context_tokens": 0}, "min_left_context_tokens"),
 ])
 def test_invalid_values_name_the_field(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -177,9 +177,12 @@ class Trainer(abc.ABC):
                 activation_encoder=args.activation_encoder, bias_decoder=args.bias_decoder,
                 torch_dtype=args.torch_dtype, feature_classes=pair, source=args.source, target=args.target,
                 seed=args.seed, max_length=args.max_length, trust_remote_code=args.trust_remote_code,
-                device=self._device())
+                device=self._device(), objective=args.objective,
+                objective_options={"min_left_context_tokens": args.min_left_context_tokens})
             for token in sorted(set(rows["factual"]) | set(rows["alternative"])):
                 model.objective.pieces(token)
+            train_rows = model.rows_with_context(train_rows, "training")
+            eval_rows = model.rows_with_context(eval_rows, "validation") if eval_rows is not None else None
             outcome = train_gradiend(model, train_rows, eval_rows, pair, args, callbacks)
             model.gradiend.load_state_dict(outcome.state)
             stats = {**outcome.stats, "training_args": args.to_dict(), "fingerprint": key,
@@ -268,7 +271,8 @@ class Trainer(abc.ABC):
                        use_cache: bool, model: ModelWithGradiend | None, show_progress: bool) -> pd.DataFrame:
         rows, pair = self.unified_data()
         model = model or self.get_model()
-        part = require_split(rows, split, pair, f"encoder evaluation on {split!r}")
+        part = model.rows_with_context(require_split(rows, split, pair, f"encoder evaluation on {split!r}"),
+                                       f"encoder evaluation on {split!r}")
         neutral = list(neutral_data_df["text"]) if neutral_data_df is not None else self.neutral_texts()
         key = fingerprint({"model": self._model_path, "weights": _weights_stamp(self._model_path), "split": split,
                            "max_size": max_size, "rows": self._fingerprint(part), "seed": self._args.seed,
@@ -279,7 +283,8 @@ class Trainer(abc.ABC):
             logger.info("Reusing cached encodings %s", cache)
             return pd.read_csv(cache, keep_default_na=False)
         frame = build_encoder_frame(part, pair, neutral_texts=neutral, max_size=max_size, seed=self._args.seed,
-                                    excluded_words=_pronoun_like(rows), usable=model.objective.is_known)
+                                    excluded_words=_pronoun_like(rows), usable=model.objective.is_known,
+                                    context_ok=model.objective.has_context)
         frame = encode_frame(model, frame, self._args.eval_batch_size, show_progress)
         atomic_write_with(cache, lambda tmp: frame.to_csv(tmp, index=False))
         atomic_write_json(meta, {"fingerprint": key, "metrics": encoder_metrics(frame, pair)})
@@ -305,7 +310,7 @@ class Trainer(abc.ABC):
         model = self.get_model()
         if texts is None:
             rows, pair = self.unified_data()
-            part = require_split(rows, split, pair, f"encoding {split!r}")
+            part = model.rows_with_context(require_split(rows, split, pair, f"encoding {split!r}"), "encoding")
             if max_size is not None:
                 part = part.head(max_size)
             texts, factual, alternative = list(part["masked"]), list(part["factual"]), list(part["alternative"])
@@ -349,6 +354,7 @@ class Trainer(abc.ABC):
             raise ValueError(f"The decoder grid is empty (learning rates {lrs}, feature factors {factors})")
         like = (unify(training_like_df, pair, seed=args.seed)[0] if training_like_df is not None
                 else require_split(rows, "test", pair, "decoder evaluation"))
+        like = model.rows_with_context(like, "decoder evaluation")
         like = cap_per_class(like, max_size_training_like or args.decoder_eval_max_size_training_like, args.seed)
         neutral = list(neutral_df["text"]) if neutral_df is not None else self.neutral_texts()
         if neutral is None:  # fall back to training-like texts, slot filled; target words never scored
@@ -455,6 +461,7 @@ class Trainer(abc.ABC):
             target = Path(output_dir) / key if output_dir is not None and len(keys) > 1 else Path(
                 output_dir if output_dir is not None else Path(self.experiment_dir) / key)
             card = {**summary, "key": key, "target_class": cls, "base_model": self._base_model_arg,
+                    "objective": model.objective.name,
                     "feature_classes": list(self.pair), "n_parameters": model.param_map.size,
                     "n_tensors": len(model.param_map.specs), "library_version": __version__}
             paths.append(save_rewritten(rewritten, model.tokenizer, target, card))
