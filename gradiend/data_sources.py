@@ -85,12 +85,7 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame | dict[str, pd.DataFrame
 
 def _read_directory(path: Path) -> pd.DataFrame | dict[str, pd.DataFrame]:
     if _is_saved_dataset(path):
-        datasets = import_datasets(f"loading the saved dataset in {path}")
-        try:
-            loaded = datasets.load_from_disk(str(path))
-        except Exception as err:
-            raise DataError(f"Could not load the saved dataset in {path} ({type(err).__name__}: {err})") from err
-        return dataset_to_frames(loaded)
+        return dataset_to_frames(_load_saved_dataset(path))
     for stem in ("training", "data"):
         for suffix in TABLE_SUFFIXES:
             if (path / f"{stem}{suffix}").is_file():
@@ -111,6 +106,14 @@ def _read_directory(path: Path) -> pd.DataFrame | dict[str, pd.DataFrame]:
     raise DataError(f"Directory {path} holds no data this library can read (found {found}). Put the rows in "
                     f"training.csv / training.parquet, or in train/validation/test.csv, or save a dataset there "
                     f"with save_to_disk.")
+
+
+def _load_saved_dataset(path: Path) -> Any:
+    datasets = import_datasets(f"Loading the saved dataset in {path}")
+    try:
+        return datasets.load_from_disk(str(path))
+    except Exception as err:  # corrupt or foreign files: name the directory
+        raise DataError(f"Could not load the saved dataset in {path} ({type(err).__name__}: {err})") from err
 
 
 def normalize_split_name(name: str) -> str:
@@ -299,7 +302,9 @@ def load_texts(source: Any, text_column: str = "text", *, split: str | None = "t
             except (OSError, UnicodeDecodeError) as err:
                 raise DataError(f"Could not read {path} as UTF-8 text ({err})") from err
             return _clean_texts(values, what)
-        if path.exists() or not isinstance(source, str) or looks_like_path(text):
+        if path.is_dir() and _is_saved_dataset(path):
+            source = _load_saved_dataset(path)
+        elif path.exists() or not isinstance(source, str) or looks_like_path(text):
             source = read_table(path)
         else:
             source = load_hub_dataset(text, config, split=split, trust_remote_code=trust_remote_code)

@@ -121,6 +121,10 @@ def test_trainer_accepts_datasets_and_neutral_inputs(tiny_mlm_dir, tmp_path) -> 
     inputs["txt"] = tmp_path / "neutral.txt"
     pd.DataFrame({"text": neutral_texts[:2]}).to_csv(tmp_path / "neutral.csv", index=False)
     inputs["csv"] = str(tmp_path / "neutral.csv")
+    saved = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": neutral_texts}),
+                                  "test": datasets.Dataset.from_dict({"text": ["other"]})})
+    saved.save_to_disk(str(tmp_path / "saved"))
+    inputs["saved_dataset_dict"] = tmp_path / "saved"
     for name, neutral in inputs.items():
         trainer = TextPredictionTrainer(model=tiny_mlm_dir, data=datasets.Dataset.from_pandas(rows),
                                         target_classes=["3SG", "3PL"], eval_neutral_data=neutral)
