@@ -12,6 +12,9 @@ import torch
 GRADIENT_KINDS = ("factual", "alternative", "diff")
 USE_CACHE_MODES = (False, True, "always", "only_convergent")
 SAVED_SEED_RUNS = ("best_only", "all_convergent", "all_tried")
+CONVERGENT_METRICS = ("correlation", "loss")
+GRADIENT_CACHE_MODES = ("off", "memory", "disk")
+GRADIENT_CACHE_DTYPES = ("float32", "bfloat16")
 PRUNE_PARTS = ("decoder-weight", "encoder-weight", "decoder-bias", "decoder-sum")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "float64": torch.float64}
@@ -81,9 +84,12 @@ class PostPruneConfig:
     topk: int | float = 0.01
     threshold: float | None = None
     part: str = "decoder-weight"
+    inplace: bool = True
 
     def __post_init__(self) -> None:
         _check_topk("PostPruneConfig.topk", self.topk)
+        if not isinstance(self.inplace, bool):
+            raise ValueError(f"PostPruneConfig.inplace must be a bool, got {self.inplace!r}")
         if self.part not in PRUNE_PARTS:
             raise ValueError(f"PostPruneConfig.part must be one of {PRUNE_PARTS}, got {self.part!r}")
 
@@ -149,13 +155,22 @@ class TrainingArguments:
     save_only_best: bool = True
     # convergence
     convergent_score_threshold: float = 0.5
-    convergent_mean_by_class_threshold: float = 0.5
+    convergent_mean_by_class_threshold: float | None = 0.5  # None: correlation (or loss) alone decides
     fail_on_non_convergence: bool = False
-    # multi-seed (used by the multi-seed feature)
+    # multi-seed: seeds seed, seed+1, …; stop once min_convergent_seeds converged; best copied to model/
     max_seeds: int = 1
     min_convergent_seeds: int = 1
+    convergent_metric: str = "correlation"
     seed_selection_eval_max_size: int | None = None
-    saved_seed_runs: str = "all_convergent"
+    seed_runs_dir: str | None = None
+    keep_seed_runs: bool = False
+    saved_seed_runs: str = "best_only"
+    # which rows form each batch (None: `seed`); fixed across seeds so cached gradients are reused
+    data_seed: int | None = None
+    # per-batch base-model gradients reused across epochs and seeds ("off" | "memory" | "disk")
+    gradient_cache: str = "memory"
+    gradient_cache_max_gb: float = 2.0
+    gradient_cache_dtype: str = "float32"
     # pruning
     pre_prune_config: PrePruneConfig | None = None
     post_prune_config: PostPruneConfig | None = None
@@ -218,11 +233,27 @@ class TrainingArguments:
             raise ValueError(f"seed must be an int or None, got {self.seed!r}")
         for name in ("convergent_score_threshold", "convergent_mean_by_class_threshold"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            if value is None and name == "convergent_mean_by_class_threshold":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
         if self.min_convergent_seeds > self.max_seeds:
             raise ValueError(f"min_convergent_seeds ({self.min_convergent_seeds}) exceeds max_seeds "
                              f"({self.max_seeds})")
+        if self.convergent_metric not in CONVERGENT_METRICS:
+            raise ValueError(f"convergent_metric must be one of {CONVERGENT_METRICS}, got {self.convergent_metric!r}")
+        if self.gradient_cache not in GRADIENT_CACHE_MODES:
+            raise ValueError(f"gradient_cache must be one of {GRADIENT_CACHE_MODES}, got {self.gradient_cache!r}")
+        if self.gradient_cache_dtype not in GRADIENT_CACHE_DTYPES:
+            raise ValueError(f"gradient_cache_dtype must be one of {GRADIENT_CACHE_DTYPES}, "
+                             f"got {self.gradient_cache_dtype!r}")
+        if (isinstance(self.gradient_cache_max_gb, bool) or not isinstance(self.gradient_cache_max_gb, (int, float))
+                or not self.gradient_cache_max_gb >= 0):
+            raise ValueError(f"gradient_cache_max_gb must be a number >= 0, got {self.gradient_cache_max_gb!r}")
+        if self.data_seed is not None and (isinstance(self.data_seed, bool) or not isinstance(self.data_seed, int)):
+            raise ValueError(f"data_seed must be an int or None, got {self.data_seed!r}")
+        if not isinstance(self.keep_seed_runs, bool):
+            raise ValueError(f"keep_seed_runs must be a bool, got {self.keep_seed_runs!r}")
         if self.saved_seed_runs not in SAVED_SEED_RUNS:
             raise ValueError(f"saved_seed_runs must be one of {SAVED_SEED_RUNS}, got {self.saved_seed_runs!r}")
         if self.params is not None:

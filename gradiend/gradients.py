@@ -102,12 +102,7 @@ class GradientEngine:
                                             allow_unused=True)
                 buf = out[kind] if out is not None and kind in out else torch.empty(
                     self.param_map.size, dtype=torch.float32, device=self.device)
-                for view, grad in zip(self.param_map.views(buf), grads, strict=True):
-                    if grad is None:
-                        view.zero_()
-                    else:
-                        view.copy_(grad)
-                result[kind] = buf
+                result[kind] = self.param_map.gather(grads, buf)
         return result
 
     # -- encodings ------------------------------------------------------------------------------
@@ -137,7 +132,7 @@ class GradientEngine:
         primals = tuple(p.detach() for p in self.params)
         columns = []
         for j in range(directions.shape[0]):
-            tangents = tuple(v.to(p.dtype) for v, p in zip(self.param_map.views(directions[j]), primals,
+            tangents = tuple(v.to(p.dtype) for v, p in zip(self.param_map.expand(directions[j]), primals,
                                                             strict=True))
 
             def loss_fn(*values: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ FORMAT_NAME = "gradiend"
 FORMAT_VERSION = 1
 CONFIG_FILE = "gradiend_config.json"
 WEIGHTS_FILE = "model.safetensors"
+PARAM_MAP_FILE = "param_map.safetensors"
 ACTIVATIONS = {"tanh": torch.tanh, "hardtanh": nn.functional.hardtanh}
 
 
@@ -90,6 +91,8 @@ class GradiendModel(nn.Module):
         self.decoder_bias = nn.Parameter(torch.empty(n)) if config.bias_decoder else None
         self.register_buffer("input_scale", torch.ones(()))
         self.register_buffer("target_scale", torch.ones(()))
+        # kept coordinates of pruned parameters (ParamMap.index_tensors), saved to PARAM_MAP_FILE
+        self.param_index: dict[str, torch.Tensor] = {}
         self.reset_parameters(generator)
 
     @torch.no_grad()
@@ -151,6 +154,26 @@ class GradiendModel(nn.Module):
         self.encoder_bias.neg_()
         self.decoder_weight.neg_()
 
+    @torch.no_grad()
+    def prune(self, keep: torch.Tensor) -> None:
+        """Keep only the input coordinates where the boolean vector `keep` is True (in place):
+        encoder columns, decoder rows and decoder-bias entries are sliced; the rest is unchanged."""
+        keep = torch.as_tensor(keep, dtype=torch.bool, device=self.encoder_weight.device).reshape(-1)
+        if keep.numel() != self.config.input_dim:
+            raise ValueError(f"keep mask has {keep.numel()} entries, the GRADIEND {self.config.input_dim} inputs")
+        n_kept = int(keep.sum())
+        if n_kept == 0:
+            raise ValueError("Pruning would keep no input coordinate; lower the threshold or raise topk")
+        self.encoder_weight = nn.Parameter(self.encoder_weight[:, keep].contiguous())
+        self.decoder_weight = nn.Parameter(self.decoder_weight[keep].contiguous())
+        if self.decoder_bias is not None:
+            self.decoder_bias = nn.Parameter(self.decoder_bias[keep].contiguous())
+        self.config.input_dim = n_kept
+
+    def n_bytes(self) -> int:
+        """Bytes of the trainable weights."""
+        return sum(p.numel() * p.element_size() for p in self.parameters())
+
     # -- persistence ----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike, extra_json: dict[str, Any] | None = None) -> None:
         """Write `model.safetensors` and `gradiend_config.json` (each atomically) into `directory`."""
@@ -159,6 +182,11 @@ class GradiendModel(nn.Module):
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         atomic_write_with(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={
             "format": FORMAT_NAME, "format_version": str(FORMAT_VERSION)}))
+        if self.param_index:
+            index = {k: v.contiguous().cpu() for k, v in self.param_index.items()}
+            atomic_write_with(directory / PARAM_MAP_FILE, lambda tmp: save_file(index, tmp))
+        elif (directory / PARAM_MAP_FILE).exists():
+            (directory / PARAM_MAP_FILE).unlink()
         atomic_write_json(directory / CONFIG_FILE, {**self.config.to_json(), **(extra_json or {})})
 
     @classmethod
@@ -184,7 +212,18 @@ class GradiendModel(nn.Module):
             raise ValueError(f"GRADIEND weights {weights} do not match {CONFIG_FILE}: expected tensors "
                              f"{expected}, found {found}")
         model.load_state_dict(state)
+        if any("kept" in entry for entry in config.param_map):
+            model.param_index = _load_tensors(directory / PARAM_MAP_FILE, "kept coordinates of the pruned GRADIEND")
         return model.to(device) if device is not None else model
+
+
+def _load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} ({what}) is missing; the checkpoint is incomplete, re-save or re-train it")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path} ({what}) is corrupt ({err}); re-save or re-train the checkpoint") from err
 
 
 def is_checkpoint(directory: str | os.PathLike) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -137,7 +138,7 @@ class ModelWithGradiend:
         self.base_model = base_model
         self.tokenizer = tokenizer
         self.gradiend = gradiend.to(next(base_model.parameters()).device)
-        self.param_map = ParamMap.from_json(gradiend.config.param_map)
+        self.param_map = ParamMap.from_json(gradiend.config.param_map, gradiend.param_index)
         self.objective = make_objective(gradiend.config.objective, tokenizer, max_length,
                                         gradiend.config.objective_options)
         self.engine = GradientEngine(base_model, self.objective, self.param_map)
@@ -160,16 +161,21 @@ class ModelWithGradiend:
                feature_classes: Sequence[str] = (), source: str = "alternative", target: str = "diff",
                seed: int | None = 0, max_length: int = 256, trust_remote_code: bool = False,
                device: torch.device | str | None = None, objective: str | None = None,
-               objective_options: dict[str, Any] | None = None) -> ModelWithGradiend:
+               objective_options: dict[str, Any] | None = None, param_map: ParamMap | None = None
+               ) -> ModelWithGradiend:
         """A fresh, untrained GRADIEND over `base_model` (HF id or local path).
 
         `objective`: "mlm", "clm" or None (chosen from the model); `objective_options` (causal
-        LMs, e.g. `min_left_context_tokens`) are stored in the checkpoint.
+        LMs, e.g. `min_left_context_tokens`) are stored in the checkpoint. `param_map` (e.g. a
+        pre-pruned one) replaces the selection by `params`.
         """
         model, tokenizer, kind = load_model_for_objective(base_model, torch_dtype, trust_remote_code, device,
                                                           objective)
         make_objective(kind, tokenizer, max_length, objective_options)  # validate the options before any work
-        param_map = ParamMap.select(model, params)
+        if param_map is not None:
+            param_map.check_against(model)
+        else:
+            param_map = ParamMap.select(model, params)
         direction = {cls_: sign for cls_, sign in zip(feature_classes, (1, -1), strict=False)}
         config = GradiendConfig(
             input_dim=param_map.size, latent_dim=latent_dim, activation_encoder=activation_encoder,
@@ -180,7 +186,9 @@ class ModelWithGradiend:
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         logger.info("GRADIEND over %d parameters of %s (%d tensors)", param_map.size, base_model,
                     len(param_map.specs))
-        return cls(model, tokenizer, GradiendModel(config, generator), max_length=max_length)
+        gradiend = GradiendModel(config, generator)
+        gradiend.param_index = param_map.index_tensors()
+        return cls(model, tokenizer, gradiend, max_length=max_length)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, base_model: str | None = None,
@@ -219,6 +227,28 @@ class ModelWithGradiend:
 
     def save_pretrained(self, directory: str | os.PathLike, extra_json: dict[str, Any] | None = None) -> None:
         self.gradiend.save_pretrained(directory, extra_json)
+
+    def with_new_gradiend(self, seed: int | None) -> ModelWithGradiend:
+        """A model sharing this one's base model, tokenizer and objective, with a freshly initialised
+        GRADIEND of the same configuration (parameter map included) seeded by `seed`."""
+        clone = copy.copy(self)
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        gradiend = GradiendModel(copy.deepcopy(self.gradiend.config), generator)
+        gradiend.param_index = dict(self.gradiend.param_index)
+        clone.gradiend = gradiend.to(self.device)
+        clone.engine = GradientEngine(self.base_model, self.objective, self.param_map)  # re-asserts requires_grad
+        return clone
+
+    def prune(self, keep: torch.Tensor) -> ModelWithGradiend:
+        """Keep only the input coordinates where `keep` is True (in place); rewriting afterwards
+        changes only the kept coordinates of the base model."""
+        param_map = self.param_map.restrict(keep)
+        self.gradiend.prune(keep)
+        self.gradiend.config.param_map = param_map.to_json()
+        self.gradiend.param_index = param_map.index_tensors()
+        self.param_map = param_map
+        self.engine = GradientEngine(self.base_model, self.objective, self.param_map)
+        return self
 
     def to(self, device: torch.device | str) -> ModelWithGradiend:
         self.base_model.to(device)

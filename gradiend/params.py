@@ -7,26 +7,45 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 EXCLUDED_BY_DEFAULT = (".pooler.",)
 
 
-@dataclass(frozen=True)
+INDEX_SUFFIX = ".index"
+MASK_SUFFIX = ".mask"
+
+
+@dataclass(frozen=True, eq=False)
 class ParamSpec:
-    """One selected parameter: its name, shape and slice [offset, offset + numel) in the flat vector."""
+    """One selected parameter: its name, shape and slice [offset, offset + numel) in the flat vector.
+
+    `index` (sorted flat coordinates within the parameter) is set when pruning kept only some
+    entries; None means every entry is selected.
+    """
 
     name: str
     shape: tuple[int, ...]
     offset: int
+    index: torch.Tensor | None = None
 
     @property
-    def numel(self) -> int:
+    def full_numel(self) -> int:
         n = 1
         for d in self.shape:
             n *= d
         return n
+
+    @property
+    def numel(self) -> int:
+        return self.full_numel if self.index is None else int(self.index.numel())
+
+    @property
+    def rows(self) -> slice:
+        """This parameter's slice of the flat vector."""
+        return slice(self.offset, self.offset + self.numel)
 
 
 class ParamMap:
@@ -79,16 +98,116 @@ class ParamMap:
     def names(self) -> list[str]:
         return [s.name for s in self.specs]
 
+    @property
+    def is_pruned(self) -> bool:
+        return any(s.index is not None for s in self.specs)
+
     def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        """Per-parameter views (shaped like the parameters) into a flat vector."""
-        return [flat[s.offset:s.offset + s.numel].view(s.shape) for s in self.specs]
+        """Per-parameter views (shaped like the parameters) into a flat vector (unpruned maps only)."""
+        if self.is_pruned:
+            raise ValueError("A pruned parameter map has no parameter-shaped views; use expand()")
+        return [flat[s.rows].view(s.shape) for s in self.specs]
+
+    def gather(self, tensors: Sequence[torch.Tensor | None], out: torch.Tensor) -> torch.Tensor:
+        """Copy the selected entries of per-parameter tensors (e.g. gradients) into flat `out`.
+
+        None (a parameter the loss does not reach) gives zeros.
+        """
+        for spec, tensor in zip(self.specs, tensors, strict=True):
+            view = out[spec.rows]
+            if tensor is None:
+                view.zero_()
+            elif spec.index is None:
+                view.copy_(tensor.reshape(-1))
+            else:
+                view.copy_(tensor.reshape(-1)[spec.index.to(tensor.device)])
+        return out
+
+    def expand(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Parameter-shaped tensors from a flat vector, zero at unselected (pruned) entries."""
+        out = []
+        for spec in self.specs:
+            part = flat[spec.rows]
+            if spec.index is None:
+                out.append(part.view(spec.shape))
+            else:
+                full = part.new_zeros(spec.full_numel)
+                full.index_copy_(0, spec.index.to(part.device), part)
+                out.append(full.view(spec.shape))
+        return out
+
+    @torch.no_grad()
+    def add_to(self, param: torch.Tensor, spec: ParamSpec, delta: torch.Tensor, alpha: float) -> None:
+        """param += alpha · delta at the spec's selected entries (delta: its flat slice)."""
+        delta = delta.to(device=param.device, dtype=param.dtype)
+        if spec.index is None:
+            param.add_(delta.view(spec.shape), alpha=alpha)
+        else:
+            param.view(-1).index_add_(0, spec.index.to(param.device), delta, alpha=alpha)
+
+    def restrict(self, keep: torch.Tensor) -> ParamMap:
+        """The map of the entries where the boolean vector `keep` (over this map) is True.
+
+        Pruning composes: indices are always relative to the full parameter. Parameters with no
+        kept entry drop out of the map.
+        """
+        keep = torch.as_tensor(keep, dtype=torch.bool).reshape(-1).cpu()
+        if keep.numel() != self.size:
+            raise ValueError(f"keep mask has {keep.numel()} entries, the parameter map {self.size}")
+        specs, offset = [], 0
+        for spec in self.specs:
+            local = torch.nonzero(keep[spec.rows]).reshape(-1)
+            if local.numel() == 0:
+                continue
+            if local.numel() == spec.numel and spec.index is None:
+                index = None
+            else:
+                index = local if spec.index is None else spec.index[local]
+            specs.append(ParamSpec(spec.name, spec.shape, offset, index))
+            offset += specs[-1].numel
+        if not specs:
+            raise ValueError("Pruning would keep no entry at all; lower the threshold or raise topk")
+        return ParamMap(specs)
 
     def to_json(self) -> list[dict[str, Any]]:
-        return [{"name": s.name, "shape": list(s.shape)} for s in self.specs]
+        out = []
+        for s in self.specs:
+            entry: dict[str, Any] = {"name": s.name, "shape": list(s.shape)}
+            if s.index is not None:
+                entry["kept"] = s.numel
+            out.append(entry)
+        return out
+
+    def index_tensors(self) -> dict[str, torch.Tensor]:
+        """Kept coordinates of pruned parameters, each stored the smaller way: int32/int64 indices
+        or a bit-packed mask (uint8). Keys are `<name>.index` / `<name>.mask`."""
+        out = {}
+        for s in self.specs:
+            if s.index is None:
+                continue
+            index_dtype = torch.int32 if s.full_numel < 2**31 else torch.int64
+            index_bytes = s.numel * (4 if index_dtype == torch.int32 else 8)
+            if index_bytes <= -(-s.full_numel // 8):
+                out[s.name + INDEX_SUFFIX] = s.index.to(index_dtype).contiguous()
+            else:
+                mask = np.zeros(s.full_numel, dtype=bool)
+                mask[s.index.numpy()] = True
+                out[s.name + MASK_SUFFIX] = torch.from_numpy(np.packbits(mask))
+        return out
 
     @classmethod
-    def from_json(cls, data: list[dict[str, Any]]) -> ParamMap:
-        return cls.from_shapes([(d["name"], d["shape"]) for d in data])
+    def from_json(cls, data: list[dict[str, Any]], tensors: dict[str, torch.Tensor] | None = None) -> ParamMap:
+        """Inverse of `to_json` (+ `index_tensors` for pruned maps)."""
+        tensors = tensors or {}
+        specs, offset = [], 0
+        for d in data:
+            shape = tuple(int(x) for x in d["shape"])
+            index = None
+            if "kept" in d:
+                index = _decode_index(d["name"], shape, int(d["kept"]), tensors)
+            specs.append(ParamSpec(d["name"], shape, offset, index))
+            offset += specs[-1].numel
+        return cls(specs)
 
     def check_against(self, model: nn.Module) -> None:
         """Error unless every mapped parameter exists in `model` with the same shape."""
@@ -100,3 +219,24 @@ class ParamMap:
             if tuple(params[spec.name].shape) != spec.shape:
                 raise ValueError(f"Parameter {spec.name!r} has shape {tuple(params[spec.name].shape)} in "
                                  f"the base model but {spec.shape} in the GRADIEND checkpoint")
+
+
+def _decode_index(name: str, shape: tuple[int, ...], kept: int, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    full = 1
+    for d in shape:
+        full *= d
+    if name + INDEX_SUFFIX in tensors:
+        index = tensors[name + INDEX_SUFFIX].to(torch.int64)
+    elif name + MASK_SUFFIX in tensors:
+        bits = np.unpackbits(tensors[name + MASK_SUFFIX].numpy())[:full]
+        index = torch.from_numpy(np.flatnonzero(bits)).to(torch.int64)
+    else:
+        raise ValueError(f"The parameter map says {name!r} is pruned but the checkpoint has no kept "
+                         f"coordinates for it ({name}{INDEX_SUFFIX} / {name}{MASK_SUFFIX}); the checkpoint is "
+                         f"incomplete — re-save or re-train it")
+    if index.numel() != kept or (index.numel() and (int(index.min()) < 0 or int(index.max()) >= full)):
+        raise ValueError(f"Kept coordinates of {name!r} are corrupt: {index.numel()} entries (expected {kept}) "
+                         f"for a parameter of {full} entries")
+    if index.numel() > 1 and not bool((index[1:] > index[:-1]).all()):
+        raise ValueError(f"Kept coordinates of {name!r} are not strictly increasing; the checkpoint is corrupt")
+    return index

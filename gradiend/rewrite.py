@@ -31,17 +31,15 @@ Update = torch.Tensor | Callable[[slice], torch.Tensor]
 
 @torch.no_grad()
 def add_update(model: nn.Module, param_map: ParamMap, update: Update, learning_rate: float) -> None:
-    """θ ← θ + learning_rate · update for the mapped parameters."""
+    """θ ← θ + learning_rate · update at the mapped entries (pruned-away entries stay untouched)."""
     if isinstance(update, torch.Tensor) and update.numel() != param_map.size:
         raise ValueError(f"update has {update.numel()} entries, the parameter map {param_map.size}")
     if learning_rate == 0:
         return
     named = dict(model.named_parameters())
     for spec in param_map.specs:
-        rows = slice(spec.offset, spec.offset + spec.numel)
-        delta = update[rows] if isinstance(update, torch.Tensor) else update(rows)
-        param = named[spec.name]
-        param.add_(delta.view(spec.shape).to(device=param.device, dtype=param.dtype), alpha=learning_rate)
+        delta = update[spec.rows] if isinstance(update, torch.Tensor) else update(spec.rows)
+        param_map.add_to(named[spec.name], spec, delta, learning_rate)
 
 
 class ParameterSnapshot:

@@ -23,7 +23,9 @@ from tqdm.auto import tqdm
 from gradiend.arguments import TrainingArguments
 from gradiend.data import BatchSchedule, cap_per_class
 from gradiend.encoder_eval import pearson
+from gradiend.gradient_cache import GradientStore, batch_key
 from gradiend.model_with_gradiend import ModelWithGradiend
+from gradiend.pruning import memory_estimate
 
 logger = logging.getLogger(__name__)
 
@@ -111,13 +113,25 @@ def _flip(model: ModelWithGradiend, optimizer: torch.optim.Optimizer) -> None:
             state["exp_avg"].neg_()
 
 
-def check_convergence(best: dict[str, Any] | None, args: TrainingArguments) -> tuple[bool, str | None]:
-    """Converged iff a step > 0 reached |ρ| ≥ threshold with class means of opposite sign, each ≥ threshold."""
+def check_convergence(best: dict[str, Any] | None, args: TrainingArguments,
+                      final_loss: float | None = None) -> tuple[bool, str | None]:
+    """`convergent_metric="correlation"`: converged iff a step > 0 reached |ρ| ≥ threshold with class
+    means of opposite sign, each ≥ `convergent_mean_by_class_threshold` (None: not checked).
+    `"loss"`: converged iff the best checkpoint's (else the final) loss ≤ threshold."""
+    if args.convergent_metric == "loss":
+        loss = best["loss"] if best is not None and best.get("loss") is not None else final_loss
+        if loss is None:
+            return False, "no training loss recorded"
+        if loss > args.convergent_score_threshold:
+            return False, f"loss {loss:.4g} above convergent_score_threshold {args.convergent_score_threshold}"
+        return True, None
     if best is None:
         return False, "no evaluation after step 0 (do_eval=False or max_steps too small)"
     corr, means = best["correlation"], list(best["mean_by_class"].values())
     if abs(corr) < args.convergent_score_threshold:
         return False, f"correlation {corr:.3f} below convergent_score_threshold {args.convergent_score_threshold}"
+    if args.convergent_mean_by_class_threshold is None:
+        return True, None
     if min(abs(m) for m in means) < args.convergent_mean_by_class_threshold:
         return False, (f"class means {best['mean_by_class']} below convergent_mean_by_class_threshold "
                        f"{args.convergent_mean_by_class_threshold}")
@@ -127,21 +141,46 @@ def check_convergence(best: dict[str, Any] | None, args: TrainingArguments) -> t
 
 
 def train_gradiend(model: ModelWithGradiend, train_rows: pd.DataFrame, eval_rows: pd.DataFrame | None,
-                   pair: Sequence[str], args: TrainingArguments,
-                   callbacks: Sequence[TrainingCallback] = ()) -> TrainingOutcome:
-    """Train `model.gradiend` in place on `train_rows`; return the best weights and the stats."""
+                   pair: Sequence[str], args: TrainingArguments, callbacks: Sequence[TrainingCallback] = (),
+                   gradient_store: GradientStore | None = None) -> TrainingOutcome:
+    """Train `model.gradiend` in place on `train_rows`; return the best weights and the stats.
+
+    `gradient_store` (optional) serves and keeps per-batch base-model gradients, so repeated
+    batches (later epochs, other seeds sharing it) skip the base-model pass.
+    """
     t_start = time.perf_counter()
     if args.seed is not None:
         set_seed(args.seed)
     gradiend = model.gradiend
-    train_rows = cap_per_class(train_rows, args.train_max_size, args.seed).reset_index(drop=True)
-    schedule = BatchSchedule(train_rows["label"].to_numpy(), args.train_batch_size, args.seed)
+    data_seed = args.data_seed if args.data_seed is not None else args.seed
+    train_rows = cap_per_class(train_rows, args.train_max_size, data_seed).reset_index(drop=True)
+    schedule = BatchSchedule(train_rows["label"].to_numpy(), args.train_batch_size, args.seed, data_seed)
     steps_per_epoch = -(-schedule.batches_per_epoch() // args.gradiend_batch_size)
     total_steps = args.max_steps if args.max_steps > 0 else args.num_train_epochs * steps_per_epoch
     kinds = list(dict.fromkeys([args.source, args.target]))
     n = model.param_map.size
     device = model.device
+    memory = memory_estimate(n, args.latent_dim, args.bias_decoder, len(kinds), args.gradiend_batch_size)
+    logger.info("GRADIEND memory: %.1f MB weights + %.1f MB optimizer state + %.1f MB gradient buffers "
+                "= %.1f MB (besides the base model)", memory["gradiend_weights"] / 1e6,
+                memory["optimizer_state"] / 1e6, memory["gradient_buffers"] / 1e6, memory["total"] / 1e6)
     buffers = {k: torch.empty(args.gradiend_batch_size, n, device=device) for k in kinds}
+
+    # Keep every batch's gradients only when batches repeat (several epochs, or seeds sharing the
+    # store); the scale-estimation batches are always kept since training starts with them.
+    keep_all = gradient_store is not None and (gradient_store.shared
+                                               or total_steps * args.gradiend_batch_size > schedule.batches_per_epoch())
+
+    def batch_gradients(step: int, indices: Sequence[int], out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        texts, fac, alt = _batch_lists(train_rows, indices)
+        key = batch_key(texts, fac, alt) if gradient_store is not None else ""
+        if gradient_store is not None and gradient_store.get(key, out):
+            return out
+        grads = model.engine.gradients(texts, fac, alt, kinds, out=out)
+        _check_finite(step, grads, texts)
+        if gradient_store is not None and (keep_all or step == 0):
+            gradient_store.put(key, grads)
+        return grads
     do_eval = args.do_eval and eval_rows is not None
     if do_eval:
         eval_rows = cap_per_class(eval_rows, args.encoder_eval_train_max_size or args.encoder_eval_max_size,
@@ -152,12 +191,11 @@ def train_gradiend(model: ModelWithGradiend, train_rows: pd.DataFrame, eval_rows
 
     if args.standardize_gradients:
         t0 = time.perf_counter()
-        probe = BatchSchedule(train_rows["label"].to_numpy(), args.train_batch_size, args.seed)
+        probe = BatchSchedule(train_rows["label"].to_numpy(), args.train_batch_size, args.seed, data_seed)
         sources, targets = [], []
+        probe_out = {k: torch.empty(n, device=device) for k in kinds}
         for _, batch in probe.iterate(args.scale_estimation_batches):
-            texts, fac, alt = _batch_lists(train_rows, batch.indices)
-            grads = model.engine.gradients(texts, fac, alt, kinds)
-            _check_finite(0, grads, texts)
+            grads = batch_gradients(0, batch.indices, probe_out)
             sources.append(grads[args.source].clone())
             targets.append(grads[args.target].clone())
         s_in, s_out = estimate_scales(sources, targets)
@@ -213,10 +251,7 @@ def train_gradiend(model: ModelWithGradiend, train_rows: pd.DataFrame, eval_rows
         t0 = time.perf_counter()
         for slot in range(args.gradiend_batch_size):
             epoch, batch = next(batches)
-            texts, fac, alt = _batch_lists(train_rows, batch.indices)
-            grads = model.engine.gradients(texts, fac, alt, kinds,
-                                           out={k: buffers[k][slot] for k in kinds})
-            _check_finite(step, grads, texts)
+            batch_gradients(step, batch.indices, {k: buffers[k][slot] for k in kinds})
         t1 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss, _ = gradiend.loss(buffers[args.source], buffers[args.target])
@@ -239,7 +274,7 @@ def train_gradiend(model: ModelWithGradiend, train_rows: pd.DataFrame, eval_rows
 
     if best_state is None:
         best_state = {k: v.detach().clone() for k, v in gradiend.state_dict().items()}
-    converged, reason = check_convergence(best, args)
+    converged, reason = check_convergence(best, args, losses[-1] if losses else None)
     timings["total"] = time.perf_counter() - t_start
     stats = {
         "training_stats": {
@@ -259,5 +294,8 @@ def train_gradiend(model: ModelWithGradiend, train_rows: pd.DataFrame, eval_rows
             "convergent_mean_by_class_threshold": args.convergent_mean_by_class_threshold,
         },
         "time": {**timings, "seconds_per_step": (timings["gradients"] + timings["gradiend"]) / total_steps},
+        "memory_estimate_bytes": memory,
     }
+    if gradient_store is not None:
+        stats["gradient_cache"] = gradient_store.summary()
     return TrainingOutcome(best_state, stats, converged, reason, timings)

@@ -101,7 +101,7 @@ def test_nan_gradient_stops_with_step_and_saves_nothing(tiny_mlm_dir, tiny_rows,
         return out
 
     monkeypatch.setattr(GradientEngine, "gradients", poisoned)
-    trainer = _trainer(tiny_mlm_dir, tiny_rows, _args(tmp_path))
+    trainer = _trainer(tiny_mlm_dir, tiny_rows, _args(tmp_path, gradient_cache="off"))
     with pytest.raises(FloatingPointError, match="step 4"):
         trainer.train()
     assert not (Path(trainer.experiment_dir) / "model").exists()

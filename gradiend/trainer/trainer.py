@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 
 from gradiend import __version__
-from gradiend.arguments import TrainingArguments
+from gradiend.arguments import PostPruneConfig, PrePruneConfig, TrainingArguments
 from gradiend.data import MASK, cap_per_class, require_split, unify
 from gradiend.decoder_eval import (
     DEFAULT_LRS,
@@ -44,11 +44,14 @@ from gradiend.experiment import (
     model_dir,
     read_json,
 )
+from gradiend.gradient_cache import GradientStore
 from gradiend.model import CONFIG_FILE, is_checkpoint
 from gradiend.model_with_gradiend import ModelWithGradiend
+from gradiend.pruning import post_prune, pre_prune
 from gradiend.rewrite import save_rewritten
 from gradiend.scoring import class_piece_sets, prepare_lms
-from gradiend.training import TrainingCallback, train_gradiend
+from gradiend.seeds import SeedTraining, run_seeds
+from gradiend.training import TrainingCallback, evaluate_during_training, train_gradiend
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +61,8 @@ LMS_SEED = 42
 
 # Arguments that do not change what a run learns (excluded from the cache fingerprint).
 _NOT_FINGERPRINTED = {"experiment_dir", "output_dir", "use_cache", "show_progress", "fail_on_non_convergence",
-                      "eval_batch_size", "encoder_eval_max_size", "metadata"} | {
+                      "eval_batch_size", "encoder_eval_max_size", "metadata", "keep_seed_runs", "saved_seed_runs",
+                      "seed_runs_dir", "gradient_cache", "gradient_cache_max_gb"} | {
     f for f in TrainingArguments.__dataclass_fields__ if f.startswith("decoder_eval_")}
 
 
@@ -89,6 +93,9 @@ class Trainer(abc.ABC):
         self._args = args
         self.run_id = run_id
         self._temp_dir: tempfile.TemporaryDirectory | None = None
+        self._pre_pruned: ModelWithGradiend | None = None
+        self._explicit_pre_prune: dict[str, Any] | None = None  # config of pre_prune() for the next train()
+        self._prune_revision = 0  # in-memory post-prunes since the model was loaded (cache keys)
 
     # -- subclass hooks -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -142,7 +149,8 @@ class Trainer(abc.ABC):
     def _fingerprint(self, rows: pd.DataFrame) -> str:
         data_hash = hashlib.sha256(rows.to_csv(index=False).encode("utf-8")).hexdigest()[:16]
         args = {k: v for k, v in self._args.to_dict().items() if k not in _NOT_FINGERPRINTED}
-        return fingerprint({"args": args, "base_model": self._base_model_arg, "data": data_hash})
+        return fingerprint({"args": args, "base_model": self._base_model_arg, "data": data_hash,
+                            "explicit_pre_prune": self._explicit_pre_prune})
 
     def _cached_run(self, out: Path, key: str) -> bool:
         mode = self._args.use_cache
@@ -157,11 +165,21 @@ class Trainer(abc.ABC):
             return bool(read_json(out / TRAINING_STATS, "training stats")["convergence_info"]["converged"])
         return True
 
-    def train(self, callbacks: Sequence[TrainingCallback] = (), **overrides: Any) -> Trainer:
-        """Train the GRADIEND; keyword overrides replace `TrainingArguments` fields for this run."""
+    def train(self, callbacks: Sequence[TrainingCallback] = (), **overrides: Any
+              ) -> Trainer | dict[int, ModelWithGradiend]:
+        """Train the GRADIEND; keyword overrides replace `TrainingArguments` fields for this run.
+
+        With `max_seeds > 1` seeds seed, seed+1, … are trained until `min_convergent_seeds`
+        converged; the best is copied to the model directory and `seeds/seed_report.json` is
+        written. Returns the trainer, or `{seed: model}` when `keep_seed_runs=True`.
+        """
         if overrides:
             self._args = self._args.replace(**overrides)
         args = self._args
+        if args.post_prune_config is not None and not args.post_prune_config.inplace:
+            raise ValueError("post_prune_config.inplace=False makes no sense when train() post-prunes: the pruned "
+                             "model is what train() saves. Use inplace=True, or call "
+                             "trainer.post_prune(PostPruneConfig(..., inplace=False)) after training for a copy.")
         rows, pair = self.unified_data()
         out = self._output_dir()
         key = self._fingerprint(rows)
@@ -172,33 +190,158 @@ class Trainer(abc.ABC):
                 return self
             train_rows = require_split(rows, "train", pair, "training")
             eval_rows = require_split(rows, "validation", pair, "in-training evaluation") if args.do_eval else None
-            model = ModelWithGradiend.create(
-                self._base_model_arg, params=args.params, latent_dim=args.latent_dim,
-                activation_encoder=args.activation_encoder, bias_decoder=args.bias_decoder,
-                torch_dtype=args.torch_dtype, feature_classes=pair, source=args.source, target=args.target,
-                seed=args.seed, max_length=args.max_length, trust_remote_code=args.trust_remote_code,
-                device=self._device(), objective=args.objective,
-                objective_options={"min_left_context_tokens": args.min_left_context_tokens})
-            for token in sorted(set(rows["factual"]) | set(rows["alternative"])):
-                model.objective.pieces(token)
-            train_rows = model.rows_with_context(train_rows, "training")
-            eval_rows = model.rows_with_context(eval_rows, "validation") if eval_rows is not None else None
-            outcome = train_gradiend(model, train_rows, eval_rows, pair, args, callbacks)
-            model.gradiend.load_state_dict(outcome.state)
-            stats = {**outcome.stats, "training_args": args.to_dict(), "fingerprint": key,
-                     "base_model": self._base_model_arg, "pair": list(pair)}
-            with atomic_directory(out) as tmp:
-                model.save_pretrained(tmp, extra_json={"fingerprint": key})
-                atomic_write_json(tmp / TRAINING_STATS, stats)
-            self._model_path, self._model_instance = str(out), model
-            logger.info("Saved GRADIEND to %s (best correlation %s)", out,
-                        (outcome.stats["best_score_checkpoint"] or {}).get("correlation"))
-            self.post_training(model)
-        if not outcome.converged:
-            message = f"GRADIEND training did not converge: {outcome.failure_reason} (model saved in {out})"
+            template = self._pre_pruned or self._new_model(args, rows, pair)
+            train_rows = template.rows_with_context(train_rows, "training")
+            eval_rows = template.rows_with_context(eval_rows, "validation") if eval_rows is not None else None
+            if self._pre_pruned is None and args.pre_prune_config is not None:
+                pre_prune(template, train_rows, pair, args.pre_prune_config, args.show_progress)
+            self._pre_pruned = self._explicit_pre_prune = None
+            self._prune_revision = 0
+            store = self._gradient_store(args)
+            try:
+                if args.max_seeds == 1:
+                    result = self._train_seed(template, args, train_rows, eval_rows, pair, out, key, callbacks, store)
+                    self._model_path, self._model_instance = str(out), result.model
+                    self.post_training(result.model)
+                    converged, reason = result.converged, result.reason
+                else:
+                    report = self._train_seeds(template, args, train_rows, eval_rows, pair, out, key, callbacks,
+                                               store)
+                    self._model_path, self._model_instance = str(out), None
+                    converged = report["convergent_count"] > 0
+                    reason = f"none of the seeds {report['seeds_tried']} converged"
+            finally:
+                if store is not None:
+                    logger.info("Gradient cache: %s", store.summary())
+                    store.clear()
+        if not converged:
+            message = f"GRADIEND training did not converge: {reason} (model saved in {out})"
             if args.fail_on_non_convergence:
-                raise RuntimeError(message + "; try more steps, another seed or learning_rate")
+                raise RuntimeError(message + "; try more steps, more seeds or another learning_rate")
             warnings.warn(message, RuntimeWarning, stacklevel=2)
+        if args.max_seeds > 1:
+            self.post_training(self.get_model())
+            if args.keep_seed_runs:
+                return {run["seed"]: self.load_model(run["output_dir"]) for run in report["runs"]}
+        return self
+
+    def _new_model(self, args: TrainingArguments, rows: pd.DataFrame, pair: tuple[str, str]) -> ModelWithGradiend:
+        """An untrained GRADIEND over the base model (the template every seed starts from)."""
+        model = ModelWithGradiend.create(
+            self._base_model_arg, params=args.params, latent_dim=args.latent_dim,
+            activation_encoder=args.activation_encoder, bias_decoder=args.bias_decoder,
+            torch_dtype=args.torch_dtype, feature_classes=pair, source=args.source, target=args.target,
+            seed=args.seed, max_length=args.max_length, trust_remote_code=args.trust_remote_code,
+            device=self._device(), objective=args.objective,
+            objective_options={"min_left_context_tokens": args.min_left_context_tokens})
+        for token in sorted(set(rows["factual"]) | set(rows["alternative"])):
+            model.objective.pieces(token)
+        return model
+
+    def _gradient_store(self, args: TrainingArguments) -> GradientStore | None:
+        if args.gradient_cache == "off" or args.gradient_cache_max_gb == 0:
+            return None
+        directory = Path(self.experiment_dir) / "cache" / "gradients" if args.gradient_cache == "disk" else None
+        store = GradientStore(args.gradient_cache, int(args.gradient_cache_max_gb * 1024**3),
+                              args.gradient_cache_dtype, directory)
+        store.shared = args.max_seeds > 1
+        return store
+
+    def _train_seed(self, template: ModelWithGradiend, args: TrainingArguments, train_rows: pd.DataFrame,
+                    eval_rows: pd.DataFrame | None, pair: tuple[str, str], directory: Path, key: str,
+                    callbacks: Sequence[TrainingCallback], store: GradientStore | None) -> SeedTraining:
+        """Train one GRADIEND (fresh weights from `args.seed`), post-prune it if configured, save it."""
+        model = template.with_new_gradiend(args.seed)
+        outcome = train_gradiend(model, train_rows, eval_rows, pair, args, callbacks, store)
+        model.gradiend.load_state_dict(outcome.state)
+        stats = {**outcome.stats, "training_args": args.to_dict(), "fingerprint": key,
+                 "base_model": self._base_model_arg, "pair": list(pair), "n_inputs": model.param_map.size}
+        if args.post_prune_config is not None:
+            before = model.param_map.size
+            post_prune(model, args.post_prune_config)
+            stats["post_prune"] = {"config": args.post_prune_config.to_dict(), "inputs_before": before,
+                                   "inputs_after": model.param_map.size}
+        with atomic_directory(directory) as tmp:
+            model.save_pretrained(tmp, extra_json={"fingerprint": key})
+            atomic_write_json(tmp / TRAINING_STATS, stats)
+        logger.info("Saved GRADIEND to %s (best correlation %s)", directory,
+                    (outcome.stats["best_score_checkpoint"] or {}).get("correlation"))
+        return SeedTraining(stats, outcome.converged, outcome.failure_reason, used_cache=False, model=model)
+
+    def _train_seeds(self, template: ModelWithGradiend, args: TrainingArguments, train_rows: pd.DataFrame,
+                     eval_rows: pd.DataFrame | None, pair: tuple[str, str], out: Path, key: str,
+                     callbacks: Sequence[TrainingCallback], store: GradientStore | None) -> dict[str, Any]:
+        base_seed = args.seed if args.seed is not None else 0
+        data_seed = args.data_seed if args.data_seed is not None else base_seed
+        seeds_dir = Path(args.seed_runs_dir) if args.seed_runs_dir else Path(self.experiment_dir) / "seeds"
+
+        def train_seed(seed: int, directory: Path) -> SeedTraining:
+            seed_args = args.replace(seed=seed, data_seed=data_seed)
+            seed_key = fingerprint({"run": key, "seed": seed})
+            if args.use_cache and self._cached_run(directory, seed_key):
+                logger.info("Seed %d: reusing the finished run in %s", seed, directory)
+                stats = read_json(directory / TRAINING_STATS, "training stats")
+                info = stats.get("convergence_info", {})
+                return SeedTraining(stats, bool(info.get("converged")), info.get("reason"), used_cache=True)
+            logger.info("Seed %d: training into %s", seed, directory)
+            return self._train_seed(template, seed_args, train_rows, eval_rows, pair, directory, seed_key,
+                                    callbacks, store)
+
+        selection_cap = args.seed_selection_eval_max_size or args.encoder_eval_max_size
+        training_cap = args.encoder_eval_train_max_size or args.encoder_eval_max_size
+
+        def eval_correlation(directory: Path, result: SeedTraining) -> tuple[float | None, str | None]:
+            if eval_rows is None:
+                return None, None
+            if selection_cap == training_cap and args.post_prune_config is None:
+                # the best checkpoint was chosen on exactly these rows with exactly these weights
+                return (result.stats.get("best_score_checkpoint") or {}).get("correlation"), "training"
+            model = result.model or self.load_model(directory)
+            rows = cap_per_class(eval_rows, selection_cap, data_seed).reset_index(drop=True)
+            return evaluate_during_training(model, rows, pair, args.eval_batch_size)["correlation"], "validation"
+
+        return run_seeds(args, seeds_dir, out, train_seed, eval_correlation)
+
+    # -- pruning --------------------------------------------------------------------------------
+    def pre_prune(self, pre_cfg: PrePruneConfig | None = None, *, inplace: bool = True) -> ModelWithGradiend:
+        """Prune an untrained GRADIEND by gradient importance (in memory; nothing is saved).
+
+        `inplace=True`: the next `train()` builds its GRADIEND(s) on this pruned parameter map.
+        `inplace=False`: returns the pruned model and leaves the trainer unchanged.
+        """
+        if pre_cfg is None and not inplace and self._args.pre_prune_config is not None:
+            raise ValueError("pre_prune(inplace=False) with the config from TrainingArguments makes no sense: "
+                             "train() would prune again on its own. Use inplace=True, or pass pre_cfg= explicitly "
+                             "to get a pruned copy.")
+        cfg = pre_cfg or self._args.pre_prune_config
+        if cfg is None:
+            raise ValueError("Pre-prune config required: pass pre_cfg=PrePruneConfig(...) or set "
+                             "TrainingArguments.pre_prune_config")
+        rows, pair = self.unified_data()
+        model = self._new_model(self._args, rows, pair)
+        train_rows = model.rows_with_context(require_split(rows, "train", pair, "pre-pruning"), "pre-pruning")
+        pre_prune(model, train_rows, pair, cfg, self._args.show_progress)
+        if inplace:
+            self._pre_pruned = model
+            self._explicit_pre_prune = cfg.to_dict()
+        return model
+
+    def post_prune(self, post_cfg: PostPruneConfig | None = None) -> Trainer | ModelWithGradiend:
+        """Prune the trained GRADIEND by weight importance, in memory (not saved).
+
+        `post_cfg.inplace=True` (default) prunes the trainer's model, which later evaluations use,
+        and returns the trainer; `inplace=False` returns a pruned copy and leaves the trainer's model as is.
+        """
+        cfg = post_cfg or self._args.post_prune_config
+        if cfg is None:
+            raise ValueError("Post-prune config required: pass post_cfg=PostPruneConfig(...) or set "
+                             "TrainingArguments.post_prune_config")
+        if not cfg.inplace:
+            model = self.load_model(self._model_path)
+            post_prune(model, cfg)
+            return model
+        post_prune(self.get_model(), cfg)
+        self._prune_revision += 1
         return self
 
     # -- models ---------------------------------------------------------------------------------
@@ -237,6 +380,11 @@ class Trainer(abc.ABC):
             return self.to("cuda")
         return self.to(f"cuda:{device}" if isinstance(device, int) else device)
 
+    def _model_stamp(self) -> str | None:
+        """Identity of the current model's weights for evaluation caches (on-disk stamp + in-memory prunes)."""
+        stamp = _weights_stamp(self._model_path)
+        return f"{stamp}+post-pruned-{self._prune_revision}" if self._prune_revision else stamp
+
     # -- statistics -----------------------------------------------------------------------------
     def get_training_stats(self, model_path: str | None = None) -> dict[str, Any] | None:
         """`training.json` of a trained model (None before training)."""
@@ -274,7 +422,7 @@ class Trainer(abc.ABC):
         part = model.rows_with_context(require_split(rows, split, pair, f"encoder evaluation on {split!r}"),
                                        f"encoder evaluation on {split!r}")
         neutral = list(neutral_data_df["text"]) if neutral_data_df is not None else self.neutral_texts()
-        key = fingerprint({"model": self._model_path, "weights": _weights_stamp(self._model_path), "split": split,
+        key = fingerprint({"model": self._model_path, "weights": self._model_stamp(), "split": split,
                            "max_size": max_size, "rows": self._fingerprint(part), "seed": self._args.seed,
                            "neutral": hashlib.sha256("\n".join(neutral or []).encode()).hexdigest()[:16]})
         cache = encoder_cache_path(self.experiment_dir, split, max_size)
@@ -365,7 +513,7 @@ class Trainer(abc.ABC):
             neutral = [neutral[i] for i in sorted(picks)]
         tokens = {c: set(rows.loc[rows["factual_class"] == c, "factual"]) | set(
             rows.loc[rows["alternative_class"] == c, "alternative"]) for c in pair}
-        key = fingerprint({"model": self._model_path, "weights": _weights_stamp(self._model_path),
+        key = fingerprint({"model": self._model_path, "weights": self._model_stamp(),
                            "rows": self._fingerprint(like), "lrs": lrs, "factors": factors,
                            "neutral": hashlib.sha256("\n".join(neutral).encode()).hexdigest()[:16],
                            "tokens": {c: sorted(t) for c, t in tokens.items()}, "lms_seed": LMS_SEED})
@@ -412,7 +560,7 @@ class Trainer(abc.ABC):
                 stored = read_json(path, "decoder summaries")
             except ValueError as err:
                 warnings.warn(f"Replacing unreadable {path} ({err})", stacklevel=3)
-        model_key = _weights_stamp(self._model_path)
+        model_key = self._model_stamp()
         if stored.get("model") != model_key:
             stored = {"model": model_key, "summaries": {}}
         stored["summaries"].update(summaries)
@@ -475,7 +623,7 @@ class Trainer(abc.ABC):
             raise FileNotFoundError(f"No decoder results in {path}; run evaluate_decoder() first or pass "
                                     f"decoder_results=")
         stored = read_json(path, "decoder summaries")
-        if stored.get("model") != _weights_stamp(self._model_path):
+        if stored.get("model") != self._model_stamp():
             raise ValueError(f"{path} belongs to another GRADIEND model; re-run evaluate_decoder()")
         return stored["summaries"]
 

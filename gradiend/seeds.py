@@ -1,0 +1,158 @@
+"""Multi-seed training: run seeds until enough converge, pick the best, write `seed_report.json`.
+
+The orchestration is independent of how one seed is trained or evaluated: the trainer passes
+`train_seed(seed, directory) -> SeedTraining` and `eval_correlation(directory) -> float | None`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from gradiend.arguments import TrainingArguments
+from gradiend.experiment import TRAINING_STATS, atomic_directory, atomic_write_json, read_json
+
+logger = logging.getLogger(__name__)
+
+SEED_REPORT = "seed_report.json"
+
+
+@dataclass
+class SeedTraining:
+    """What training one seed produced (its checkpoint is in the seed's directory)."""
+
+    stats: dict[str, Any]
+    converged: bool
+    reason: str | None
+    used_cache: bool
+    model: Any = None  # the trained ModelWithGradiend when still in memory
+
+
+@dataclass
+class SeedRun:
+    """One row of the seed report."""
+
+    seed: int
+    output_dir: str
+    trained: bool
+    used_cache: bool
+    training_score: float | None
+    eval_correlation: float | None
+    eval_correlation_source: str | None
+    selection_score: float | None
+    convergence_metric: str
+    convergence_metric_value: float | None
+    best_checkpoint_global_step: int | None
+    threshold: float
+    converged: bool
+    reason: str | None
+    seconds: float
+
+
+def seed_values(args: TrainingArguments) -> list[int]:
+    """seed, seed+1, … (0, 1, … when seed is None)."""
+    base = args.seed if args.seed is not None else 0
+    return [base + i for i in range(args.max_seeds)]
+
+
+def _metric_value(stats: dict[str, Any], metric: str) -> float | None:
+    best = stats.get("best_score_checkpoint") or {}
+    if metric == "loss":
+        value = best.get("loss")
+        losses = stats.get("losses") or []
+        return value if value is not None else (losses[-1] if losses else None)
+    value = best.get("correlation")
+    return value if value is not None else (stats.get("training_stats") or {}).get("correlation")
+
+
+def run_seeds(args: TrainingArguments, seeds_dir: Path, model_dir: Path,
+              train_seed: Callable[[int, Path], SeedTraining],
+              eval_correlation: Callable[[Path, SeedTraining], tuple[float | None, str | None]]) -> dict[str, Any]:
+    """Train seeds until `min_convergent_seeds` converged (or all tried); copy the best to `model_dir`.
+
+    Returns the report (also written to `seeds_dir/seed_report.json`). Seeds whose training passed
+    the convergence check get an `eval_correlation` on the validation split; the selection score
+    is that, else the training score (best in-training correlation). The best seed is the highest
+    selection score among converged seeds, or among all seeds when none converged.
+    """
+    seeds_dir.mkdir(parents=True, exist_ok=True)
+    metric, threshold = args.convergent_metric, args.convergent_score_threshold
+    runs: list[SeedRun] = []
+    early_stop: str | None = None
+    for seed in seed_values(args):
+        t0 = time.perf_counter()
+        directory = seeds_dir / f"seed_{seed}"
+        result = train_seed(seed, directory)
+        stats = result.stats
+        score = (stats.get("best_score_checkpoint") or {}).get("correlation")
+        eval_corr, eval_source = eval_correlation(directory, result) if result.converged else (None, None)
+        selection = eval_corr if eval_corr is not None else score
+        runs.append(SeedRun(
+            seed=seed, output_dir=str(directory), trained=not result.used_cache, used_cache=result.used_cache,
+            training_score=score, eval_correlation=eval_corr, eval_correlation_source=eval_source,
+            selection_score=selection, convergence_metric=metric,
+            convergence_metric_value=_metric_value(stats, metric),
+            best_checkpoint_global_step=(stats.get("best_score_checkpoint") or {}).get("global_step"),
+            threshold=threshold, converged=result.converged, reason=result.reason,
+            seconds=time.perf_counter() - t0))
+        convergent = sum(r.converged for r in runs)
+        logger.info("Seed %d: %s (%s=%s); %d of %d required seeds converged", seed,
+                    "converged" if result.converged else f"not converged ({result.reason})", metric,
+                    runs[-1].convergence_metric_value, convergent, args.min_convergent_seeds)
+        if convergent >= args.min_convergent_seeds:
+            early_stop = (f"min_convergent_seeds reached: {convergent} >= {args.min_convergent_seeds} "
+                          f"(metric={metric}, threshold={threshold})")
+            break
+
+    convergent_runs = [r for r in runs if r.converged]
+    pool = convergent_runs or runs
+    scored = [r for r in pool if r.selection_score is not None]
+    best = max(scored, key=lambda r: r.selection_score) if scored else pool[0]
+    report = {
+        "convergence_metric": metric,
+        "threshold": threshold,
+        "convergent_mean_by_class_threshold": args.convergent_mean_by_class_threshold,
+        "min_convergent_seeds": args.min_convergent_seeds,
+        "max_seeds": args.max_seeds,
+        "seeds_tried": [r.seed for r in runs],
+        "convergent_count": len(convergent_runs),
+        "convergent_seeds": [r.seed for r in convergent_runs],
+        "best_seed": best.seed,
+        "best_selection_score": best.selection_score,
+        "best_seed_selection_strategy": ("max selection_score among convergent seeds" if convergent_runs
+                                         else "max selection_score among all seeds (none converged)"),
+        "early_stop_reason": early_stop,
+        "runs": [asdict(r) for r in runs],
+    }
+    with atomic_directory(model_dir) as tmp:
+        shutil.copytree(best.output_dir, tmp, dirs_exist_ok=True)
+        stats = read_json(tmp / TRAINING_STATS, "training stats of the best seed")
+        stats["convergence_info"] = {**stats.get("convergence_info", {}),
+                                     "converged": bool(convergent_runs), "convergent_count": len(convergent_runs),
+                                     "min_convergent_seeds": args.min_convergent_seeds,
+                                     "convergence_metric": metric, "threshold": threshold,
+                                     "best_seed": best.seed, "seeds_tried": report["seeds_tried"]}
+        atomic_write_json(tmp / TRAINING_STATS, stats)
+    atomic_write_json(seeds_dir / SEED_REPORT, report)
+    _retain(runs, best, args)
+    logger.info("Best seed %d (selection score %s) copied to %s; report in %s", best.seed, best.selection_score,
+                model_dir, seeds_dir / SEED_REPORT)
+    return report
+
+
+def _retain(runs: Sequence[SeedRun], best: SeedRun, args: TrainingArguments) -> None:
+    """Delete seed checkpoints (weights and config; training.json stays) as `saved_seed_runs` says,
+    unless `keep_seed_runs`. The best seed always lives on in the model directory."""
+    if args.keep_seed_runs or args.saved_seed_runs == "all_tried":
+        return
+    for run in runs:
+        if args.saved_seed_runs == "all_convergent" and run.converged:
+            continue
+        for path in Path(run.output_dir).iterdir():
+            if path.name != TRAINING_STATS and path.is_file():
+                path.unlink()
