@@ -87,7 +87,7 @@ class GradientStore:
                             self.bytes / 1e6, self.max_bytes / 1e6)
                 self.full = True
             return
-        entry = {kind: g.detach().to(device="cpu", dtype=self.dtype).contiguous() for kind, g in grads.items()}
+        entry = {kind: g.detach().to(device="cpu", dtype=self.dtype, copy=True) for kind, g in grads.items()}
         if self.mode == "memory":
             self._memory[key] = entry
         else:

@@ -38,6 +38,10 @@ TARGET_RMS = 0.01
 class TrainingCallback:
     """Hooks into the loop; subclass and override what you need (the defaults do nothing)."""
 
+    def on_train_begin(self, model: ModelWithGradiend, optimizer: torch.optim.Optimizer,
+                       args: TrainingArguments) -> None:
+        """Once per run (per seed), before the first step: inspect or adjust model and optimizer."""
+
     def on_step_end(self, step: int, loss: float) -> None:
         """After every optimizer step."""
 
@@ -209,6 +213,8 @@ def train_gradiend(model: ModelWithGradiend, train_rows: pd.DataFrame, eval_rows
     optim_cls = torch.optim.AdamW if args.optim == "adamw" else torch.optim.Adam
     optimizer = optim_cls(gradiend.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
                           eps=args.adam_epsilon)
+    for cb in callbacks:
+        cb.on_train_begin(model, optimizer, args)
 
     scores: dict[str, float] = {}
     means_by_step: dict[str, dict[str, float]] = {}

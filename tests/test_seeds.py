@@ -1,0 +1,160 @@
+"""Multi-seed training: seed report, early stop, best-seed selection, retention, gradient cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gradiend import TextPredictionTrainer, TrainingArguments, TrainingCallback
+from gradiend.gradient_cache import GradientStore
+from gradiend.gradients import GradientEngine
+from gradiend.model_with_gradiend import ModelWithGradiend
+
+RUN_FIELDS = {"seed", "output_dir", "trained", "used_cache", "training_score", "eval_correlation",
+              "selection_score", "convergence_metric", "convergence_metric_value", "best_checkpoint_global_step",
+              "threshold", "converged"}
+REPORT_FIELDS = {"convergence_metric", "threshold", "convergent_mean_by_class_threshold", "min_convergent_seeds",
+                 "max_seeds", "seeds_tried", "convergent_count", "convergent_seeds", "best_seed",
+                 "best_selection_score", "best_seed_selection_strategy", "early_stop_reason", "runs"}
+
+
+class FreezeSeeds(TrainingCallback):
+    """Makes the given seeds unable to learn: encoder zeroed, learning rate 0 (h is constant, ρ = 0)."""
+
+    def __init__(self, seeds: set[int]) -> None:
+        self.seeds = seeds
+
+    def on_train_begin(self, model: ModelWithGradiend, optimizer: torch.optim.Optimizer,
+                       args: TrainingArguments) -> None:
+        if args.seed in self.seeds:
+            with torch.no_grad():
+                model.gradiend.encoder_weight.zero_()
+            for group in optimizer.param_groups:
+                group["lr"] = 0.0
+
+
+def _args(tmp_path: Path, **kw) -> TrainingArguments:
+    base = dict(experiment_dir=str(tmp_path / "exp"), train_batch_size=4, max_steps=6, eval_steps=3,
+                learning_rate=1e-3, seed=0, show_progress=False, scale_estimation_batches=2, max_seeds=3,
+                convergent_score_threshold=0.3, convergent_mean_by_class_threshold=None)
+    base.update(kw)
+    return TrainingArguments(**base)
+
+
+def _trainer(model_dir: str, rows: pd.DataFrame, args: TrainingArguments) -> TextPredictionTrainer:
+    return TextPredictionTrainer(model=model_dir, data=rows, args=args, target_classes=["3SG", "3PL"])
+
+
+def _report(trainer: TextPredictionTrainer) -> dict:
+    return json.loads((Path(trainer.experiment_dir) / "seeds" / "seed_report.json").read_text())
+
+
+def test_seed_report_early_stop_and_best_seed(tiny_mlm_dir, tiny_rows, tmp_path) -> None:
+    trainer = _trainer(tiny_mlm_dir, tiny_rows, _args(tmp_path, min_convergent_seeds=1))
+    trainer.train(callbacks=[FreezeSeeds({0})])
+    report = _report(trainer)
+    assert REPORT_FIELDS <= set(report)
+    assert report["seeds_tried"] == [0, 1], "seed 0 cannot converge; seed 1 does, so seed 2 is never run"
+    assert [r["converged"] for r in report["runs"]] == [False, True]
+    assert report["runs"][0]["training_score"] == 0.0
+    assert report["best_seed"] == 1 and report["convergent_count"] == 1 and report["convergent_seeds"] == [1]
+    assert "min_convergent_seeds reached" in report["early_stop_reason"]
+    for run in report["runs"]:
+        assert RUN_FIELDS <= set(run)
+    # the best seed is the trainer's model, convergence info merged into its training.json
+    model_dir = Path(trainer.model_path)
+    stats = json.loads((model_dir / "training.json").read_text())
+    assert stats["training_args"]["seed"] == 1
+    assert stats["convergence_info"]["convergent_count"] == 1 and stats["convergence_info"]["best_seed"] == 1
+    a = load_file(str(model_dir / "model.safetensors"))
+    assert a["encoder_weight"].abs().sum() > 0
+    # default retention (best_only): seed checkpoints removed, their training.json kept
+    for seed in (0, 1):
+        seed_dir = Path(trainer.experiment_dir) / "seeds" / f"seed_{seed}"
+        assert (seed_dir / "training.json").is_file() and not (seed_dir / "model.safetensors").exists()
+    assert trainer.get_model().param_map.size > 0
+
+
+def test_no_convergent_seed_warns_or_raises(tiny_mlm_dir, tiny_rows, tmp_path) -> None:
+    trainer = _trainer(tiny_mlm_dir, tiny_rows, _args(tmp_path, max_seeds=2))
+    with pytest.warns(RuntimeWarning, match="none of the seeds"):
+        trainer.train(callbacks=[FreezeSeeds({0, 1})])
+    report = _report(trainer)
+    assert report["convergent_count"] == 0 and report["seeds_tried"] == [0, 1]
+    assert "none converged" in report["best_seed_selection_strategy"]
+    strict = _trainer(tiny_mlm_dir, tiny_rows, _args(tmp_path / "b", max_seeds=2, fail_on_non_convergence=True))
+    with pytest.raises(RuntimeError, match="did not converge"):
+        strict.train(callbacks=[FreezeSeeds({0, 1})])
+
+
+def test_keep_seed_runs_returns_models_per_seed(tiny_mlm_dir, tiny_rows, tmp_path) -> None:
+    trainer = _trainer(tiny_mlm_dir, tiny_rows, _args(tmp_path, max_seeds=2, min_convergent_seeds=2))
+    models = trainer.train(keep_seed_runs=True)
+    assert set(models) == {0, 1}
+    assert all(isinstance(m, ModelWithGradiend) for m in models.values())
+    w0, w1 = (models[s].gradiend.encoder_weight for s in (0, 1))
+    assert not torch.equal(w0, w1), "different seeds start from different weights"
+    for seed in (0, 1):
+        assert (Path(trainer.experiment_dir) / "seeds" / f"seed_{seed}" / "model.safetensors").is_file()
+
+
+def test_gradient_cache_reuses_base_passes_and_matches_uncached(tiny_mlm_dir, tiny_rows, tmp_path,
+                                                                monkeypatch) -> None:
+    calls = []
+    original = GradientEngine.gradients
+
+    def counting(self, *a, **kw):
+        calls.append(1)
+        return original(self, *a, **kw)
+
+    monkeypatch.setattr(GradientEngine, "gradients", counting)
+    results = {}
+    for mode in ("off", "memory", "disk"):
+        calls.clear()
+        args = _args(tmp_path / mode, min_convergent_seeds=3, gradient_cache=mode, keep_seed_runs=True)
+        trainer = _trainer(tiny_mlm_dir, tiny_rows, args)
+        models = trainer.train()
+        results[mode] = ({s: m.gradiend.encoder_weight.detach().clone() for s, m in models.items()}, len(calls),
+                         _report(trainer))
+        assert not (Path(trainer.experiment_dir) / "cache" / "gradients").exists(), "disk cache is removed"
+    weights_off, calls_off, report_off = results["off"]
+    for mode in ("memory", "disk"):
+        weights, n_calls, report = results[mode]
+        assert n_calls < calls_off / 2, f"{mode}: seeds 1 and 2 reuse seed 0's batch gradients"
+        for seed in weights_off:
+            assert torch.equal(weights[seed], weights_off[seed]), f"{mode} cache changed seed {seed}'s result"
+        assert [r["training_score"] for r in report["runs"]] == [r["training_score"] for r in report_off["runs"]]
+
+
+def test_gradient_store_limit_and_bf16(tmp_path) -> None:
+    store = GradientStore("memory", max_bytes=100, dtype="float32")
+    grads = {"diff": torch.arange(10.0)}
+    store.put("a", grads)
+    grads["diff"].add_(100.0)  # the caller reuses its buffer: the store must hold a copy
+    grads = {"diff": torch.arange(10.0)}
+    store.put("b", {"diff": torch.ones(10), "alternative": torch.ones(10)})  # over the limit: not kept
+    out = {"diff": torch.empty(10)}
+    assert store.get("a", out) and torch.equal(out["diff"], grads["diff"])
+    assert not store.get("b", out) and store.full
+    half = GradientStore("memory", dtype="bfloat16")
+    half.put("x", {"diff": torch.tensor([1.0 + 2**-10])})
+    got = {"diff": torch.empty(1)}
+    assert half.get("x", got) and got["diff"].item() == 1.0  # rounded to bf16
+    with pytest.raises(ValueError, match="mode"):
+        GradientStore("gpu")
+    with pytest.raises(ValueError, match="directory"):
+        GradientStore("disk")
+
+
+def test_multi_seed_argument_errors() -> None:
+    with pytest.raises(ValueError, match="min_convergent_seeds"):
+        TrainingArguments(max_seeds=2, min_convergent_seeds=3)
+    with pytest.raises(ValueError, match="convergent_metric"):
+        TrainingArguments(convergent_metric="accuracy")
+    with pytest.raises(ValueError, match="gradient_cache"):
+        TrainingArguments(gradient_cache="gpu")
