@@ -26,7 +26,8 @@ def _non_default_args() -> TrainingArguments:
         max_seeds=4, min_convergent_seeds=2, seed_selection_eval_max_size=12, saved_seed_runs="all_tried",
         convergent_metric="loss", seed_runs_dir="runs/seeds", keep_seed_runs=True, data_seed=5,
         gradient_cache="disk", gradient_cache_max_gb=1.0, gradient_cache_dtype="bfloat16",
-        pre_prune_config=PrePruneConfig(n_samples=4, topk=0.2), post_prune_config=PostPruneConfig(topk=100, inplace=False),
+        pre_prune_config=PrePruneConfig(n_samples=4, topk=0.2),
+        post_prune_config=PostPruneConfig(topk=100, inplace=False),
         decoder_eval_lrs=[1.0, 0.1], decoder_eval_feature_factors=[-1.0], decoder_eval_max_size_training_like=13,
         decoder_eval_max_size_neutral=14, trust_remote_code=True, show_progress=False, metadata={"a": [1, 2]})
 
