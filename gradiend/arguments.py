@@ -165,7 +165,7 @@ class TrainingArguments:
     seed_runs_dir: str | None = None
     keep_seed_runs: bool = False
     saved_seed_runs: str = "best_only"
-    # which rows form each batch (None: `seed`); fixed across seeds so cached gradients are reused
+    # seed of the batches (which rows, in which order; None: `seed`); multi-seed runs share it
     data_seed: int | None = None
     # per-batch base-model gradients reused across epochs and seeds ("off" | "memory" | "disk")
     gradient_cache: str = "memory"

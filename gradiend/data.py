@@ -241,32 +241,35 @@ class Batch:
 class BatchSchedule:
     """Single-class batches served round-robin over the two transitions.
 
-    Which rows form a batch is drawn once, from `data_seed` (default: `seed`), so a batch's
-    gradients can be cached and reused across epochs and seeds (the base model is frozen). Each
-    epoch shuffles the order of each class's batches with `seed + epoch`; the smaller class wraps
+    Everything is drawn from `seed` (the *data* seed): which rows form each batch (once) and the
+    order of each class's batches (reshuffled every epoch). Runs that differ only in their model
+    seed therefore see the same batches in the same order, so every batch's gradients can be
+    cached and reused across epochs and seeds (the base model is frozen). The smaller class wraps
     around so both are seen equally often. One epoch = 2 × (batches of the larger class).
     """
 
-    def __init__(self, labels: Sequence[int], batch_size: int, seed: int | None = 0,
-                 data_seed: int | None = None) -> None:
+    def __init__(self, labels: Sequence[int], batch_size: int, seed: int | None = 0) -> None:
         labels = np.asarray(labels)
         groups = [np.flatnonzero(labels == value) for value in (1, -1)]
         if any(len(g) == 0 for g in groups):
             raise DataError("Both target classes need training rows to form batches")
         self.batch_size = batch_size
         self.seed = seed
-        rng = np.random.default_rng(data_seed if data_seed is not None else seed)
+        rng = self._rng(0)
         self.batches = []
         for group, label in zip(groups, (1, -1), strict=True):
             order = rng.permutation(group)
             self.batches.append([Batch(tuple(int(i) for i in order[s:s + batch_size]), label)
                                  for s in range(0, len(order), batch_size)])
 
+    def _rng(self, stream: int) -> np.random.Generator:
+        return np.random.default_rng(None if self.seed is None else (self.seed, stream))
+
     def batches_per_epoch(self) -> int:
         return 2 * max(len(g) for g in self.batches)
 
     def epoch(self, epoch: int) -> list[Batch]:
-        rng = np.random.default_rng(None if self.seed is None else self.seed + epoch)
+        rng = self._rng(1 + epoch)
         per_group = [[group[i] for i in rng.permutation(len(group))] for group in self.batches]
         n = max(len(g) for g in per_group)
         out = []

@@ -124,8 +124,7 @@ def test_batches_are_single_class_round_robin_and_wrap() -> None:
     assert schedule.epoch(1) != epoch  # order reshuffled per epoch
     assert set(schedule.epoch(1)) == set(epoch)  # same batches: their gradients are cacheable
     assert BatchSchedule(labels, 3, seed=0).epoch(0) == epoch  # reproducible
-    other_seed = BatchSchedule(labels, 3, seed=5, data_seed=0)
-    assert set(other_seed.epoch(0)) == set(epoch) and other_seed.epoch(0) != epoch
+    assert set(BatchSchedule(labels, 3, seed=5).epoch(0)) != set(epoch)  # another data seed, other batches
     assert len(list(schedule.iterate(13))) == 13
 
 

@@ -125,7 +125,7 @@ def test_gradient_cache_reuses_base_passes_and_matches_uncached(tiny_mlm_dir, ti
     weights_off, calls_off, report_off = results["off"]
     for mode in ("memory", "disk"):
         weights, n_calls, report = results[mode]
-        assert n_calls < calls_off / 2, f"{mode}: seeds 1 and 2 reuse seed 0's batch gradients"
+        assert n_calls <= calls_off / 3, f"{mode}: seeds 1 and 2 reuse every batch gradient of seed 0"
         for seed in weights_off:
             assert torch.equal(weights[seed], weights_off[seed]), f"{mode} cache changed seed {seed}'s result"
         assert [r["training_score"] for r in report["runs"]] == [r["training_score"] for r in report_off["runs"]]
