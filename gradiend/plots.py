@@ -1,110 +1,438 @@
-"""Plots drawn from saved results (training statistics, encoder DataFrames), never live trainers."""
+"""Plots drawn from saved results: an experiment directory or the dicts/DataFrames the trainer returns.
+
+Each `plot_*` function saves a file and returns its path; the matching `*_figure` function builds
+the matplotlib figure only (for notebooks, custom layouts and the HTML report). Matplotlib comes
+with the `[plot]` extra, plotly (the interactive scatter only) with `[interactive]`. `show=True`
+displays a plot when a display exists; a headless process only saves it.
+"""
 
 from __future__ import annotations
 
+import html
 import logging
-from collections.abc import Sequence
+import os
+import sys
+import webbrowser
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
-from gradiend.experiment import atomic_write_with
+from gradiend.experiment import atomic_write_bytes, atomic_write_with
+from gradiend.results import (
+    OutputNotWritableError,
+    experiment_root,
+    load_decoder,
+    load_encodings,
+    load_training,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
+PLOT_HINT = "Plots need matplotlib: pip install 'gradiend[plot]'"
+INTERACTIVE_HINT = "The interactive scatter needs plotly: pip install 'gradiend[interactive]'"
+NEUTRAL_TYPES = ("neutral_training_masked", "neutral_dataset")
+NEUTRAL_LABELS = {"neutral_training_masked": "neutral (masked other word)", "neutral_dataset": "neutral text"}
+_NON_INTERACTIVE = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
+_LMS_RATIO = 0.99
+_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")  # matplotlib's C0…C5
 
-def _pyplot():
+StatsSource = Mapping[str, Any] | str | os.PathLike
+FrameSource = pd.DataFrame | str | os.PathLike
+DecoderSource = Mapping[str, Any] | Sequence[Mapping[str, Any]] | str | os.PathLike
+
+
+# -- backend, display and saving -------------------------------------------------------------------
+def has_display() -> bool:
+    """False on Linux/BSD without X11 or Wayland (servers, CI, containers)."""
+    if sys.platform.startswith(("linux", "freebsd", "openbsd", "netbsd")):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True
+
+
+def _matplotlib() -> Any:
     try:
         import matplotlib
-
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
     except ImportError as err:
-        raise ImportError("Plots need matplotlib: pip install 'gradiend[plot]'") from err
-    return plt
+        raise ImportError(PLOT_HINT) from err
+    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND") and not has_display():
+        matplotlib.use("Agg")  # never try a GUI backend without a display
+    return matplotlib
 
 
-def _save(fig: Any, output: str, show: bool) -> str:
-    plt = _pyplot()
-    suffix = Path(output).suffix.lstrip(".") or "png"
-    atomic_write_with(output, lambda tmp: fig.savefig(tmp, format=suffix, dpi=120, bbox_inches="tight"))
-    if show:
-        plt.show()
-    plt.close(fig)
+def _can_show() -> bool:
+    matplotlib = _matplotlib()
+    backend = str(matplotlib.get_backend()).lower()
+    if backend.startswith("module://"):  # notebook backends (inline, widget) never block
+        return True
+    return backend not in _NON_INTERACTIVE and has_display()
+
+
+def _new_figure(figsize: tuple[float, float], show: bool) -> Figure:
+    """A pyplot-managed figure when it will be shown, else a free-standing one (no GUI, no global state)."""
+    _matplotlib()
+    if show and _can_show():
+        import matplotlib.pyplot as plt
+
+        return plt.figure(figsize=figsize)
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
+
+
+def figure_png(fig: Figure, dpi: int = 100) -> bytes:
+    """The figure as PNG bytes (used to embed plots in HTML)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def resolve_output(output: str | os.PathLike | None, directory: str | os.PathLike | None, stem: str,
+                   img_format: str) -> Path:
+    """Where a plot goes: `output` (a file, or a directory to put `<stem>.<fmt>` in), else `directory`."""
+    suffix = "." + img_format.lstrip(".").lower()
+    if output is None:
+        if directory is None:
+            raise ValueError("No experiment directory to save the plot in; pass output='path/to/plot" + suffix + "'")
+        return Path(directory) / f"{stem}{suffix}"
+    path = Path(output)
+    if path.is_dir() or str(output).endswith(("/", os.sep)):
+        return path / f"{stem}{suffix}"
+    return path if path.suffix else path.with_suffix(suffix)
+
+
+def _writer_error(path: Path, err: OSError) -> OutputNotWritableError:
+    reason = err.strerror or str(err)
+    return OutputNotWritableError(f"Cannot write {path}: {reason}; choose a writable output path")
+
+
+def _save(fig: Figure, output: Path, show: bool, dpi: int) -> str:
+    fmt = output.suffix.lstrip(".").lower()
+    supported = fig.canvas.get_supported_filetypes()
+    if fmt not in supported:
+        raise ValueError(f"Unsupported image format {fmt!r} for {output}; use one of {sorted(supported)}")
+    try:
+        atomic_write_with(output, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight"))
+    except OSError as err:
+        raise _writer_error(output, err) from err
     logger.info("Saved plot %s", output)
-    return output
+    if show and _can_show():
+        import matplotlib.pyplot as plt
+
+        plt.show()
+        plt.close(fig)
+    elif show:
+        logger.info("No display: %s saved, not shown", output)
+    return str(output)
 
 
-def plot_training_convergence(stats: dict[str, Any], output: str, show: bool = False) -> str:
-    """Validation correlation and class means per evaluation step; the best step marked."""
-    plt = _pyplot()
+# -- inputs ------------------------------------------------------------------------------------------
+def _stats_and_dir(source: StatsSource) -> tuple[Mapping[str, Any], Path | None]:
+    if isinstance(source, Mapping):
+        return source, None
+    return load_training(source), experiment_root(source)
+
+
+def _frame_and_dir(source: FrameSource, split: str | None) -> tuple[pd.DataFrame, Path | None]:
+    if isinstance(source, pd.DataFrame):
+        return source, None
+    return load_encodings(source, split), experiment_root(source)
+
+
+def infer_pair(encoder_df: pd.DataFrame) -> tuple[str, str]:
+    """The target pair of an encoder DataFrame: the class labelled +1 first."""
+    training = encoder_df[encoder_df["type"] == "training"]
+    if training.empty:
+        raise ValueError("The encoder DataFrame has no target-class rows (type == 'training')")
+    by_label = training.groupby("label")["factual_class"].first()
+    classes = [str(by_label[k]) for k in sorted(by_label.index, reverse=True)]
+    if len(classes) != 2:
+        raise ValueError(f"Expected rows of two target classes, found {classes}; pass pair=")
+    return classes[0], classes[1]
+
+
+# -- training convergence ------------------------------------------------------------------------------
+def training_convergence_figure(stats: Mapping[str, Any], *, best_step: bool = True, show: bool = False) -> Figure:
+    """Validation correlation, mean encoding per class and training loss against the step."""
     train = stats["training_stats"]
     steps = sorted(int(s) for s in train["scores"])
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax1.plot(steps, [train["scores"][str(s)] for s in steps], marker="o")
-    ax1.set(xlabel="step", ylabel="validation correlation", ylim=(-1.05, 1.05), title="Correlation")
-    classes = list(train["mean_by_class"][str(steps[0])]) if steps else []
+    losses = list(stats.get("losses") or [])
+    fig = _new_figure((13 if losses else 9.5, 3.6), show)
+    axes = fig.subplots(1, 3 if losses else 2)
+    ax_corr, ax_means = axes[0], axes[1]
+    ax_corr.plot(steps, [train["scores"][str(s)] for s in steps], marker="o", label="validation correlation")
+    ax_corr.set(xlabel="step", ylabel="Pearson correlation", ylim=(-1.05, 1.05), title="Correlation (validation)")
+    classes = list(stats.get("pair") or (train["mean_by_class"][str(steps[0])] if steps else []))
     for cls in classes:
-        ax2.plot(steps, [train["mean_by_class"][str(s)][cls] for s in steps], marker="o", label=cls)
-    ax2.set(xlabel="step", ylabel="mean encoding", ylim=(-1.05, 1.05), title="Class means")
+        ax_means.plot(steps, [train["mean_by_class"][str(s)].get(cls, np.nan) for s in steps], marker="o",
+                      label=f"mean h ({cls})")
+    ax_means.set(xlabel="step", ylabel="mean encoding h", ylim=(-1.05, 1.05), title="Class means (validation)")
     best = stats.get("best_score_checkpoint")
-    for ax in (ax1, ax2):
+    for ax in (ax_corr, ax_means):
         ax.axhline(0, color="grey", lw=0.5)
-        if best:
-            ax.axvline(best["global_step"], color="red", ls="--", lw=1, label="best")
-    ax2.legend()
-    return _save(fig, output, show)
+        if best_step and best:
+            ax.axvline(best["global_step"], color="tab:red", ls="--", lw=1, label=f"best step {best['global_step']}")
+        ax.legend(fontsize=8, loc="best")
+    if losses:
+        ax_loss = axes[2]
+        ax_loss.plot(range(1, len(losses) + 1), losses, lw=1, label="reconstruction loss")
+        if min(losses) > 0:
+            ax_loss.set_yscale("log")
+        if best_step and best:
+            ax_loss.axvline(best["global_step"], color="tab:red", ls="--", lw=1)
+        ax_loss.set(xlabel="step", ylabel="loss", title="Training loss")
+    pair = stats.get("pair")
+    verdict = (stats.get("convergence_info") or {}).get("converged")
+    title = "Training convergence" + (f": {pair[0]} vs {pair[1]}" if pair else "")
+    if verdict is not None:
+        title += " (converged)" if verdict else " (not converged)"
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
-def plot_encoder_distributions(encoder_df: pd.DataFrame, pair: Sequence[str], output: str, show: bool = False) -> str:
-    """Violins of the encodings per target class and per neutral variant."""
-    plt = _pyplot()
-    groups, names = [], []
+def plot_training_convergence(source: StatsSource, output: str | os.PathLike | None = None, *,
+                              directory: str | os.PathLike | None = None, show: bool = False,
+                              best_step: bool = True, img_format: str = "png", dpi: int = 120) -> str:
+    """Save the convergence plot of a run; `source`: experiment directory or the `training.json` dict.
+
+    Default file: `<experiment_dir>/training_convergence.<img_format>` (`directory` for dict input).
+    """
+    stats, found = _stats_and_dir(source)
+    path = resolve_output(output, directory or found, "training_convergence", img_format)
+    return _save(training_convergence_figure(stats, best_step=best_step, show=show), path, show, dpi)
+
+
+# -- encoder distributions -----------------------------------------------------------------------------
+def _encoder_groups(frame: pd.DataFrame, pair: Sequence[str], target_and_neutral_only: bool
+                    ) -> list[tuple[str, np.ndarray]]:
+    groups: list[tuple[str, np.ndarray]] = []
+    training = frame[frame["type"] == "training"]
     for cls in pair:
-        values = encoder_df.loc[(encoder_df["type"] == "training") & (encoder_df["factual_class"] == cls), "encoded"]
+        rows = training[training["factual_class"].astype(str) == cls]
+        if target_and_neutral_only:
+            groups.append((cls, rows["encoded"].to_numpy(dtype=float)))
+        else:
+            for token, sub in rows.groupby(rows["factual"].astype(str).str.lower(), sort=True):
+                groups.append((f"{cls}: {token}", sub["encoded"].to_numpy(dtype=float)))
+    for kind in NEUTRAL_TYPES:
+        values = frame.loc[frame["type"] == kind, "encoded"].to_numpy(dtype=float)
         if len(values):
-            groups.append(values.to_numpy())
-            names.append(cls)
-    for kind in ("neutral_training_masked", "neutral_dataset"):
-        values = encoder_df.loc[encoder_df["type"] == kind, "encoded"]
-        if len(values):
-            groups.append(values.to_numpy())
-            names.append(kind.replace("_", " "))
-    fig, ax = plt.subplots(figsize=(1.8 * max(len(groups), 2) + 1, 3.6))
-    if groups:
-        ax.violinplot(groups, showmeans=True)
-    ax.set_xticks(range(1, len(names) + 1), names)
-    ax.set(ylabel="encoded value h", ylim=(-1.1, 1.1), title="Encoder distributions")
-    ax.axhline(0, color="grey", lw=0.5)
-    return _save(fig, output, show)
+            groups.append((NEUTRAL_LABELS[kind], values))
+    return [(name, values) for name, values in groups if len(values)]
 
 
-def plot_probability_shifts(grid: Sequence[dict[str, Any]], selected: dict[str, Any], target_class: str,
-                            other_class: str, output: str, show: bool = False) -> str:
-    """P(target-class tokens) on each dataset class and LMS vs the learning rate, per feature factor."""
-    plt = _pyplot()
-    base = next(r for r in grid if r["feature_factor"] is None)
+def encoder_distributions_figure(encoder_df: pd.DataFrame, pair: Sequence[str] | None = None, *,
+                                 target_and_neutral_only: bool = True, show: bool = False, seed: int = 0) -> Figure:
+    """Violins (plus the points) of the encodings per target class and neutral variant, one panel per split."""
+    if "encoded" not in encoder_df.columns:
+        raise ValueError("encoder_df has no 'encoded' column; pass the DataFrame of evaluate_encoder(return_df=True)")
+    pair = tuple(pair) if pair is not None else infer_pair(encoder_df)
+    splits = (list(dict.fromkeys(encoder_df["eval_split"].astype(str))) if "eval_split" in encoder_df.columns
+              else [None])
+    panels = [(s, encoder_df if s is None else encoder_df[encoder_df["eval_split"].astype(str) == s]) for s in splits]
+    per_panel = [_encoder_groups(frame, pair, target_and_neutral_only) for _, frame in panels]
+    width = max(len(g) for g in per_panel) if per_panel else 2
+    fig = _new_figure((max(1.6 * max(width, 2) + 1.5, 5.0) * len(panels), 3.9), show)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    rng = np.random.default_rng(seed)
+    for ax, (split, _), groups in zip(axes, panels, per_panel, strict=True):
+        ax.axhspan(-0.5, 0.5, color="0.93", zorder=0, label="neutral band ±0.5")
+        ax.axhline(0, color="grey", lw=0.5)
+        for i, (_, values) in enumerate(groups, start=1):
+            color = f"C{i - 1}"
+            if len(values) > 1 and np.ptp(values) > 0:
+                parts = ax.violinplot([values], positions=[i], showextrema=False, widths=0.8)
+                for body in parts["bodies"]:
+                    body.set_facecolor(color)
+                    body.set_alpha(0.35)
+            jitter = rng.uniform(-0.12, 0.12, len(values))
+            ax.scatter(i + jitter, values, s=6, color=color, alpha=0.6, lw=0)
+            ax.scatter([i], [values.mean()], marker="D", s=28, color="black", zorder=4)
+        ax.set_xticks(range(1, len(groups) + 1), [f"{name}\n(n={len(v)})" for name, v in groups], fontsize=8)
+        ax.set(ylim=(-1.1, 1.1), title="Encodings" + (f" (split: {split})" if split else ""))
+    axes[0].set_ylabel("encoded value h")
+    fig.suptitle(f"Encoder distributions: {pair[0]} (+1) vs {pair[1]} (−1); ◆ = mean", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_encoder_distributions(source: FrameSource, pair: Sequence[str] | None = None,
+                               output: str | os.PathLike | None = None, *, directory: str | os.PathLike | None = None,
+                               split: str | None = "test", show: bool = False, target_and_neutral_only: bool = True,
+                               img_format: str = "png", dpi: int = 120) -> str:
+    """Save the encoder distribution plot; `source`: experiment directory or an encoder DataFrame.
+
+    From a directory, `split=None` draws every saved split side by side. Default file:
+    `<experiment_dir>/encoder_analysis_split_<split>.<img_format>` (`encoder_analysis.<fmt>` for all splits).
+    """
+    frame, found = _frame_and_dir(source, split)
+    stem = f"encoder_analysis_split_{split}" if split else "encoder_analysis"
+    path = resolve_output(output, directory or found, stem, img_format)
+    fig = encoder_distributions_figure(frame, pair, target_and_neutral_only=target_and_neutral_only, show=show)
+    return _save(fig, path, show, dpi)
+
+
+# -- interactive encoder scatter ----------------------------------------------------------------------------
+def _plotly_go() -> Any:
+    try:
+        import plotly.graph_objects as go
+    except ImportError as err:
+        raise ImportError(INTERACTIVE_HINT) from err
+    return go
+
+
+def _wrap(text: str, width: int = 80) -> str:
+    import textwrap
+
+    return "<br>".join(textwrap.wrap(html.escape(str(text)), width)) or "&nbsp;"
+
+
+def encoder_scatter_figure(encoder_df: pd.DataFrame, pair: Sequence[str] | None = None, *, max_points: int = 2000,
+                           height: int = 500, seed: int = 0) -> Any:
+    """Plotly figure: one jittered row of points per class / neutral variant; hovering shows the text."""
+    go = _plotly_go()
+    pair = tuple(pair) if pair is not None else infer_pair(encoder_df)
+    frame = encoder_df.copy()
+    frame["group"] = [NEUTRAL_LABELS.get(t, str(c)) for t, c in zip(frame["type"], frame["factual_class"],
+                                                                     strict=True)]
+    order = [*pair, *(NEUTRAL_LABELS[t] for t in NEUTRAL_TYPES)]
+    groups = [g for g in order if (frame["group"] == g).any()]
+    per_group = max(1, max_points // max(len(groups), 1))
+    rng = np.random.default_rng(seed)
+    fig = go.Figure()
+    for i, name in enumerate(groups):
+        rows = frame[frame["group"] == name]
+        if len(rows) > per_group:
+            rows = rows.iloc[np.sort(rng.choice(len(rows), size=per_group, replace=False))]
+        hover = [f"<b>{html.escape(name)}</b> h = {h:+.3f}<br>token: {html.escape(str(f))}<br>{_wrap(t)}"
+                 for h, f, t in zip(rows["encoded"], rows["factual"], rows["text"], strict=True)]
+        fig.add_trace(go.Scatter(x=rows["encoded"], y=i + rng.uniform(-0.25, 0.25, len(rows)), mode="markers",
+                                 name=f"{name} (n={len(rows)})", hovertext=hover, hoverinfo="text",
+                                 marker={"size": 6, "opacity": 0.7, "color": _COLORS[i % len(_COLORS)]}))
+    fig.update_layout(title=f"Encoder scatter: {pair[0]} (+1) vs {pair[1]} (−1); hover for the text",
+                      height=height, xaxis={"title": "encoded value h", "range": [-1.1, 1.1]},
+                      yaxis={"tickmode": "array", "tickvals": list(range(len(groups))), "ticktext": groups},
+                      template="plotly_white", legend={"orientation": "h", "y": 1.0, "yanchor": "bottom"},
+                      margin={"t": 90})
+    return fig
+
+
+def plot_encoder_scatter(source: FrameSource, pair: Sequence[str] | None = None,
+                         output: str | os.PathLike | None = None, *, directory: str | os.PathLike | None = None,
+                         split: str | None = "test", show: bool = False,
+                         max_points: int = 2000, height: int = 500, include_plotlyjs: bool | str = True,
+                         seed: int = 0) -> str:
+    """Save an interactive HTML scatter of the encodings (plotly; the `[interactive]` extra).
+
+    The HTML embeds plotly.js by default, so it opens offline; `include_plotlyjs="cdn"` makes it
+    small but fetches the library when opened. Default file:
+    `<experiment_dir>/encoder_scatter_split_<split>.html`. `show` opens it in a browser when a display exists.
+    """
+    _plotly_go()
+    frame, found = _frame_and_dir(source, split)
+    stem = f"encoder_scatter_split_{split}" if split else "encoder_scatter"
+    path = resolve_output(output, directory or found, stem, "html")
+    fig = encoder_scatter_figure(frame, pair, max_points=max_points, height=height, seed=seed)
+    text = fig.to_html(include_plotlyjs=include_plotlyjs, full_html=True)
+    try:
+        atomic_write_bytes(path, text.encode("utf-8"))
+    except OSError as err:
+        raise _writer_error(path, err) from err
+    logger.info("Saved interactive scatter %s", path)
+    if show:
+        if has_display():
+            webbrowser.open(path.resolve().as_uri())
+        else:
+            logger.info("No display: %s saved, not opened", path)
+    return str(path)
+
+
+# -- decoder probability shifts -------------------------------------------------------------------------------
+def _decoder_input(source: DecoderSource) -> tuple[list[Mapping[str, Any]], Mapping[str, Any], Path | None]:
+    if isinstance(source, (str, os.PathLike)):
+        loaded = load_decoder(source)
+        return loaded["grid"], loaded, experiment_root(source)
+    if isinstance(source, Mapping):
+        if "grid" not in source:
+            raise ValueError("decoder results have no 'grid'; pass the dict evaluate_decoder() returned")
+        return list(source["grid"]), source, None
+    return list(source), {}, None
+
+
+def probability_shifts_figure(grid: Sequence[Mapping[str, Any]], target_class: str,
+                              selected: Mapping[str, Any] | None = None, *, lms_ratio: float = _LMS_RATIO,
+                              show: bool = False) -> Figure:
+    """P(target-class tokens) on each class's rows and LMS against the learning rate, one line per
+    feature factor; the base model dashed, the selected candidate starred."""
+    base = next((r for r in grid if r["feature_factor"] is None), None)
+    if base is None:
+        raise ValueError("The decoder grid has no base-model record (feature_factor None)")
+    classes = list(base["probs"])
+    if target_class not in classes:
+        raise ValueError(f"Unknown target_class {target_class!r}; the grid has classes {classes}")
+    others = [c for c in classes if c != target_class]
     factors = sorted({r["feature_factor"] for r in grid if r["feature_factor"] is not None})
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    panels = [(other_class, f"P({target_class}) on {other_class} rows"),
-              (target_class, f"P({target_class}) on {target_class} rows")]
-    for ax, (dataset, title) in zip(axes[:2], panels, strict=True):
+    fig = _new_figure((4.4 * (len(classes) + 1), 3.7), show)
+    axes = fig.subplots(1, len(classes) + 1)
+    panels = [*others, target_class]
+
+    def series(ff: float) -> list[Mapping[str, Any]]:
+        return sorted((r for r in grid if r["feature_factor"] == ff), key=lambda r: r["learning_rate"])
+
+    for ax, dataset in zip(axes[:-1], panels, strict=True):
         for ff in factors:
-            recs = sorted((r for r in grid if r["feature_factor"] == ff), key=lambda r: r["learning_rate"])
+            recs = series(ff)
             ax.plot([r["learning_rate"] for r in recs], [r["probs"][dataset][target_class] for r in recs],
-                    marker="o", label=f"ff={ff:g}")
-        ax.axhline(base["probs"][dataset][target_class], color="grey", ls="--", label="base")
-        ax.set(xscale="log", xlabel="learning rate", title=title)
+                    marker="o", label=f"feature factor {ff:g}")
+        ax.axhline(base["probs"][dataset][target_class], color="grey", ls="--", label="base model")
+        ax.set(xscale="log", xlabel="learning rate", ylabel=f"P({target_class} tokens)",
+               title=f"P({target_class}) on {dataset} rows")
+    ax_lms = axes[-1]
     for ff in factors:
-        recs = sorted((r for r in grid if r["feature_factor"] == ff), key=lambda r: r["learning_rate"])
-        axes[2].plot([r["learning_rate"] for r in recs], [r["lms"] for r in recs], marker="o", label=f"ff={ff:g}")
-    axes[2].axhline(base["lms"], color="grey", ls="--", label="base")
-    axes[2].axhline(0.99 * base["lms"], color="red", ls=":", label="0.99 × base")
-    axes[2].set(xscale="log", xlabel="learning rate", title="LMS (neutral text)")
-    star_ax, star_y = (axes[0], selected["value"]) if selected["strengthen"] else (axes[1], 1 - selected["value"])
-    star_ax.scatter([selected["learning_rate"]], [star_y], marker="*", s=200, color="gold", zorder=5,
-                    label="selected")
-    axes[2].scatter([selected["learning_rate"]], [selected["lms"]], marker="*", s=200, color="gold", zorder=5)
-    star_ax.legend(fontsize=8)
-    return _save(fig, output, show)
+        recs = series(ff)
+        ax_lms.plot([r["learning_rate"] for r in recs], [r["lms"] for r in recs], marker="o",
+                    label=f"feature factor {ff:g}")
+    ax_lms.axhline(base["lms"], color="grey", ls="--", label="base model")
+    ax_lms.axhline(lms_ratio * base["lms"], color="tab:red", ls=":", label=f"{lms_ratio:g} × base LMS")
+    ax_lms.set(xscale="log", xlabel="learning rate", ylabel="LMS", title="Language-modelling score (neutral)")
+    if selected:
+        strengthen = bool(selected.get("strengthen", True))
+        # strengthen: metric is P(target) on another class's rows; weaken: 1 − P(target) on its own rows
+        star_ax = axes[0] if strengthen and others else axes[len(others)]
+        star_y = selected["value"] if strengthen else 1.0 - selected["value"]
+        label = f"selected ({selected.get('id', '')})"
+        star_ax.scatter([selected["learning_rate"]], [star_y], marker="*", s=220, color="gold", edgecolor="black",
+                        zorder=5, label=label)
+        ax_lms.scatter([selected["learning_rate"]], [selected["lms"]], marker="*", s=220, color="gold",
+                       edgecolor="black", zorder=5, label=label)
+    for ax in axes:
+        ax.legend(fontsize=7)
+    goal = "" if not selected else (" (strengthen)" if selected.get("strengthen", True) else " (weaken)")
+    fig.suptitle(f"Decoder probability shifts: {target_class}{goal}")
+    fig.tight_layout()
+    return fig
+
+
+def plot_probability_shifts(source: DecoderSource, target_class: str, increase_target_probabilities: bool = True,
+                            output: str | os.PathLike | None = None, *, directory: str | os.PathLike | None = None,
+                            show: bool = False, img_format: str = "png", dpi: int = 120,
+                            lms_ratio: float = _LMS_RATIO) -> str:
+    """Save the probability-shift plot; `source`: experiment directory, evaluate_decoder()'s dict, or
+    the grid records. Default file: `<experiment_dir>/decoder_probability_shifts_<class>[_weaken].<fmt>`."""
+    grid, results, found = _decoder_input(source)
+    key = target_class if increase_target_probabilities else f"{target_class}_weaken"
+    selected = results.get(key)
+    if results and selected is None and not isinstance(source, (str, os.PathLike)):
+        available = sorted(k for k in results if k not in ("grid", "plot_path", "plot_paths"))
+        raise KeyError(f"No decoder summary {key!r} in the results; available: {available}")
+    path = resolve_output(output, directory or found, f"decoder_probability_shifts_{key}", img_format)
+    fig = probability_shifts_figure(grid, target_class, selected, lms_ratio=lms_ratio, show=show)
+    return _save(fig, path, show, dpi)

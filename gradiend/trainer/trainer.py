@@ -396,8 +396,13 @@ class Trainer(abc.ABC):
                          neutral_data_df: pd.DataFrame | None = None, use_cache: bool | None = None,
                          return_df: bool = False, encoder_df: pd.DataFrame | None = None,
                          model_with_gradiend: ModelWithGradiend | None = None, plot: bool = False,
-                         show_progress: bool | None = None) -> dict[str, Any]:
-        """Encode a split plus neutral variants; return correlation, class means, accuracies."""
+                         show_progress: bool | None = None, plot_kwargs: dict[str, Any] | None = None,
+                         ) -> dict[str, Any]:
+        """Encode a split plus neutral variants; return correlation, class means, accuracies.
+
+        `plot=True` also saves the encoder distribution plot (`result["plot_path"]`); `plot_kwargs`
+        go to `plot_encoder_distributions` (`show` defaults to True, a no-op without a display).
+        """
         if not isinstance(split, str):
             raise TypeError(f"split must be a str, got {type(split).__name__}")
         if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size <= 0):
@@ -410,7 +415,10 @@ class Trainer(abc.ABC):
                                              self._args.show_progress if show_progress is None else show_progress)
         result = encoder_metrics(encoder_df, pair)
         if plot:
-            result["plot_path"] = self.plot_encoder_distributions(encoder_df=encoder_df)
+            if plot_kwargs is not None and not isinstance(plot_kwargs, dict):
+                raise TypeError(f"plot_kwargs must be a dict or None, got {type(plot_kwargs).__name__}")
+            options = {"split": split, "show": True, **(plot_kwargs or {})}
+            result["plot_path"] = self.plot_encoder_distributions(encoder_df=encoder_df, **options)
         if return_df:
             result["encoder_df"] = encoder_df
         return result
@@ -536,7 +544,10 @@ class Trainer(abc.ABC):
         result["grid"] = records
         if plot:
             result["plot_paths"] = [self.plot_probability_shifts(result, cls, increase_target_probabilities,
-                                                                 show=bool(show)) for cls in classes]
+                                                                 show=True if show is None else bool(show))
+                                    for cls in classes]
+            if len(result["plot_paths"]) == 1:
+                result["plot_path"] = result["plot_paths"][0]
         return result
 
     def _load_grid_cache(self, cache: Path, key: str) -> list[dict[str, Any]] | None:
@@ -627,37 +638,81 @@ class Trainer(abc.ABC):
             raise ValueError(f"{path} belongs to another GRADIEND model; re-run evaluate_decoder()")
         return stored["summaries"]
 
-    def plot_probability_shifts(self, decoder_results: dict[str, Any], target_class: str,
+    # -- plots (functions of saved results; see gradiend.plots) -------------------------------------
+    def plot_probability_shifts(self, decoder_results: dict[str, Any] | None = None, target_class: str | None = None,
                                 increase_target_probabilities: bool = True, output: str | None = None,
-                                show: bool = False) -> str:
-        """Target-class probability and LMS against the learning rate; the selected candidate starred."""
+                                show: bool = False, img_format: str = "png", **kwargs: Any) -> str:
+        """Target-class probability and LMS against the learning rate; the selected candidate starred.
+
+        `decoder_results`: what `evaluate_decoder` returned (default: the results saved in the
+        experiment directory). Default file: `decoder_probability_shifts_<class>[_weaken].<img_format>`.
+        """
         from gradiend.plots import plot_probability_shifts
 
-        key = target_class if increase_target_probabilities else f"{target_class}_weaken"
-        output = output or str(Path(self.experiment_dir) / f"decoder_probability_shifts_{key}.png")
-        return plot_probability_shifts(decoder_results["grid"], decoder_results[key], target_class,
-                                       _other(self.pair, target_class), output=output, show=show)
+        source: Any = decoder_results if decoder_results is not None else self.experiment_dir
+        if target_class is None:
+            results = decoder_results if decoder_results is not None else {}
+            suffix = "" if increase_target_probabilities else "_weaken"
+            found = [c for c in self.pair if f"{c}{suffix}" in results]
+            target_class = found[0] if found else self.pair[0]
+        return plot_probability_shifts(source, target_class, increase_target_probabilities, output,
+                                       directory=self.experiment_dir, show=show, img_format=img_format, **kwargs)
 
-    # -- plots ----------------------------------------------------------------------------------
-    def plot_training_convergence(self, output: str | None = None, show: bool = False) -> str:
-        """Correlation and class means per evaluation step (saved next to the experiment)."""
+    def plot_training_convergence(self, output: str | None = None, show: bool = False, *,
+                                  experiment_dir: str | None = None, img_format: str = "png", **kwargs: Any) -> str:
+        """Correlation, class means and loss per step, the best step marked.
+
+        Default file: `<experiment_dir>/training_convergence.<img_format>`.
+        """
         from gradiend.plots import plot_training_convergence
 
         stats = self.get_training_stats()
         if stats is None:
-            raise RuntimeError("No training statistics yet; call train() first")
-        output = output or str(Path(self.experiment_dir) / "training_convergence.png")
-        return plot_training_convergence(stats, output=output, show=show)
+            raise RuntimeError("No training statistics yet; call train() first (or `gradiend train`)")
+        return plot_training_convergence(stats, output, directory=experiment_dir or self.experiment_dir, show=show,
+                                         img_format=img_format, **kwargs)
 
     def plot_encoder_distributions(self, encoder_df: pd.DataFrame | None = None, output: str | None = None,
-                                   show: bool = False, split: str = "test") -> str:
-        """Distribution of encodings per class and neutral variant."""
+                                   show: bool = False, split: str = "test", img_format: str = "png",
+                                   **kwargs: Any) -> str:
+        """Distribution of encodings per class and neutral variant (default: the cached evaluation of `split`).
+
+        Default file: `<experiment_dir>/encoder_analysis_split_<split>.<img_format>`.
+        """
         from gradiend.plots import plot_encoder_distributions
 
         if encoder_df is None:
             encoder_df = self.get_encodings(split=split)
-        output = output or str(Path(self.experiment_dir) / f"encoder_analysis_split_{split}.png")
-        return plot_encoder_distributions(encoder_df, self.pair, output=output, show=show)
+        return plot_encoder_distributions(encoder_df, self.pair, output, directory=self.experiment_dir, split=split,
+                                          show=show, img_format=img_format, **kwargs)
+
+    def plot_encoder_scatter(self, encoder_df: pd.DataFrame | None = None, output: str | None = None,
+                             show: bool = False, split: str = "test", **kwargs: Any) -> str:
+        """Interactive HTML scatter of the encodings; hovering shows the text (needs the `[interactive]` extra).
+
+        Default file: `<experiment_dir>/encoder_scatter_split_<split>.html`.
+        """
+        from gradiend.plots import plot_encoder_scatter
+
+        if encoder_df is None:
+            encoder_df = self.get_encodings(split=split)
+        return plot_encoder_scatter(encoder_df, self.pair, output, directory=self.experiment_dir, split=split,
+                                    show=show, **kwargs)
+
+    def _autosave_training_convergence(self) -> str | None:
+        """Save the convergence plot after training when `experiment_dir` is set; never fails the run."""
+        if self._args.experiment_dir is None:
+            return None
+        try:
+            path = self.plot_training_convergence(show=False)
+        except ImportError as err:
+            logger.info("Training convergence plot skipped: %s", err)
+            return None
+        except Exception as err:  # a plot must never fail a finished training run
+            logger.warning("Could not save the training convergence plot: %s", err)
+            return None
+        logger.info("Saved training convergence plot %s", path)
+        return path
 
     def __str__(self) -> str:
         return (f"{type(self).__name__}(model={self._base_model_arg!r}, run_id={self.run_id!r}, "

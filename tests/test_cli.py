@@ -1,0 +1,172 @@
+"""The `gradiend` command line: end to end through subprocesses on the tiny BERT, and its argument handling."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_rows
+
+from gradiend import cli
+from gradiend.arguments import TrainingArguments
+
+NEUTRAL = ["the man walked home and was happy .", "the sea was very old and the ship was little .",
+           "the woman saw the house at night .", "then the children talked of the letter again ."]
+
+
+def gradiend(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
+    env.pop("DISPLAY", None)
+    return subprocess.run([sys.executable, "-m", "gradiend", *args], capture_output=True, text=True, timeout=600,
+                          cwd=cwd, env=env)
+
+
+@pytest.fixture()
+def inputs(tmp_path, tiny_mlm_dir) -> Path:
+    """A YAML config beside a data CSV and a neutral-text CSV (relative paths resolve against the config)."""
+    make_rows().to_csv(tmp_path / "data.csv", index=False)
+    (tmp_path / "neutral.csv").write_text("text\n" + "\n".join(NEUTRAL) + "\n", encoding="utf-8")
+    (tmp_path / "run.yaml").write_text(f"""
+model: {tiny_mlm_dir}
+data: data.csv
+eval_neutral_data: neutral.csv
+target_classes: [3SG, 3PL]
+experiment_dir: {tmp_path / 'exp'}
+training_args:
+  max_steps: 4
+  eval_steps: 2
+  train_batch_size: 4
+  learning_rate: 1e-3        # YAML 1.1 reads this as a string; the CLI converts it
+  scale_estimation_batches: 2
+  params: [encoder.layer.1.*]
+  decoder_eval_lrs: [1.0, 0.01]
+""", encoding="utf-8")
+    return tmp_path
+
+
+def test_train_evaluate_rewrite_report_end_to_end(inputs) -> None:
+    exp = inputs / "exp"
+    done = gradiend("train", str(inputs / "run.yaml"), "--seed", "1", "--quiet", cwd=inputs)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(exp)  # --quiet: only the result
+    assert "%|" not in done.stderr  # no progress bars (ours or the Hugging Face ones)
+    stats = json.loads((exp / "model" / "training.json").read_text())
+    assert stats["training_args"]["seed"] == 1 and stats["training_args"]["learning_rate"] == 0.001
+    assert stats["training_args"]["params"] == ["encoder.layer.1.*"]
+    assert stats["training_stats"]["global_step"] == 4
+    run_config = json.loads((exp / "run_config.json").read_text())
+    assert run_config["data"] == str(inputs / "data.csv") and run_config["target_classes"] == ["3SG", "3PL"]
+    assert (exp / "training_convergence.png").read_bytes().startswith(b"\x89PNG")
+
+    early = gradiend("rewrite", str(exp), "--target-class", "3SG", "--out", str(inputs / "x"))
+    assert early.returncode == cli.EXIT_MISSING
+    assert f"run `gradiend evaluate {exp} --decoder --target-class 3SG` first" in early.stderr
+
+    done = gradiend("evaluate", str(exp), "--target-class", "3SG", "--json", "-q")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert set(result["encoder"]["mean_by_class"]) == {"3SG", "3PL"}
+    assert result["decoder"]["3SG"]["learning_rate"] in (1.0, 0.01)
+    assert Path(result["encoder"]["plot_path"]).is_file()
+    assert Path(result["decoder"]["3SG"]["plot_path"]) == exp / "decoder_probability_shifts_3SG.png"
+    assert (exp / "encoded_values_split_test.csv").is_file() and (exp / "decoder_grid.json").is_file()
+
+    done = gradiend("rewrite", str(exp), "--target-class", "3SG", "--out", str(inputs / "rewritten"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(inputs / "rewritten")
+    assert (inputs / "rewritten" / "config.json").is_file() and (inputs / "rewritten" / "README.md").is_file()
+
+    done = gradiend("report", str(exp))
+    assert done.returncode == 0, done.stderr
+    text = (exp / "report.html").read_text(encoding="utf-8")
+    assert done.stdout.strip() == str(exp / "report.html")
+    assert "<title>GRADIEND report: 3SG vs 3PL on" in text and text.count("data:image/png;base64,") == 3
+
+
+def test_cli_errors_through_the_console(tmp_path) -> None:
+    typo = gradiend("train", "--max-step", "3", "--lerning-rate", "0.1")
+    assert typo.returncode == cli.EXIT_USAGE
+    assert "--max-step (did you mean --max-steps?)" in typo.stderr
+    assert "--lerning-rate (did you mean --learning-rate?)" in typo.stderr
+    missing = gradiend("evaluate", str(tmp_path))
+    assert missing.returncode == cli.EXIT_MISSING
+    assert "run `gradiend train CONFIG.yaml` first" in missing.stderr and "Traceback" not in missing.stderr
+
+
+# -- in-process: argument handling ---------------------------------------------------------------------------
+def test_every_training_argument_has_a_documented_flag() -> None:
+    parser = cli._subparser(cli.build_parser(), "train")
+    help_text = parser.format_help()
+    flags = set(parser.known_flags())
+    for field in dataclasses.fields(TrainingArguments):
+        assert cli.flag_name(field.name) in flags, field.name
+    assert "TrainingArguments: optimisation" in help_text
+    assert "AdamW learning rate of the GRADIEND [float; default 0.001]" in " ".join(help_text.split())
+    assert "exit codes:" in help_text
+
+
+def test_fields_without_docs_fall_back_to_the_source_comments() -> None:
+    comments = cli.field_comments(TrainingArguments)
+    assert comments["learning_rate"][0] == "optimisation"
+    field = next(f for f in dataclasses.fields(TrainingArguments) if f.name == "max_seeds")
+    help_text = cli.field_help(field, {"max_seeds": ("multi-seed", None)})
+    assert help_text.startswith("train up to")
+    new = dataclasses.field(default=3)
+    new.name, new.type = "brand_new_field", "int"
+    assert cli.field_help(new, {"brand_new_field": ("multi-seed", "seeds kept")}) == "seeds kept [int; default 3]"
+    assert cli.field_help(new, {"brand_new_field": ("multi-seed", None)}) == "(multi-seed) [int; default 3]"
+
+
+def test_flags_parse_to_field_types(tmp_path) -> None:
+    ns = cli.parse_args(["train", "--max_steps", "5", "--learning-rate=2e-3", "--no-do-eval", "--params", "a.*", "b",
+                         "--use-cache", "--seed", "none", "--decoder-eval-lrs", "1", "0.5",
+                         "--pre-prune-config", "{topk: 0.2}", "--torch-dtype", "bfloat16", "-q"])
+    values = {k[3:]: v for k, v in vars(ns).items() if k.startswith("ta_")}
+    assert values == {"max_steps": 5, "learning_rate": 2e-3, "do_eval": False, "params": ["a.*", "b"],
+                      "use_cache": True, "seed": None, "decoder_eval_lrs": [1.0, 0.5],
+                      "pre_prune_config": {"topk": 0.2}, "torch_dtype": "bfloat16"}
+    assert ns.quiet
+    assert cli.parse_args(["train", "--use-cache", "always"]).ta_use_cache == "always"
+    with pytest.raises(SystemExit) as info:
+        cli.parse_args(["train", "--max-steps", "many"])
+    assert info.value.code == cli.EXIT_USAGE
+
+
+def test_config_files(tmp_path, capsys) -> None:
+    (tmp_path / "data.csv").write_text("x")
+    trainer, args = cli.split_config({"data": "data.csv", "model": "bert-base-uncased",
+                                      "args": {"learning_rate": "1e-4", "decoder_eval_lrs": ["1e-2", 1]},
+                                      "max_steps": 7}, tmp_path / "c.yaml")
+    assert trainer == {"data": str(tmp_path / "data.csv"), "model": "bert-base-uncased"}
+    assert args == {"learning_rate": 1e-4, "decoder_eval_lrs": [0.01, 1], "max_steps": 7}
+    assert TrainingArguments(**args).learning_rate == 1e-4
+    with pytest.raises(cli.UsageError, match=r"Unknown setting 'learnig_rate'.*did you mean learning_rate\?"):
+        cli.split_config({"learnig_rate": 1})
+    with pytest.raises(cli.UsageError, match="cannot read 'fast' as float"):
+        cli.split_config({"learning_rate": "fast"})
+    (tmp_path / "bad.yaml").write_text("max_steps: [1\n")
+    assert cli.main(["train", str(tmp_path / "bad.yaml")]) == cli.EXIT_USAGE
+    assert "is not valid YAML" in capsys.readouterr().err
+    (tmp_path / "c.json").write_text(json.dumps({"model": "m", "data": "d", "max_steps": 0,
+                                                 "experiment_dir": str(tmp_path / "e")}))
+    assert cli.main(["train", str(tmp_path / "c.json")]) == cli.EXIT_USAGE
+    assert "Invalid TrainingArguments: max_steps must be a positive integer" in capsys.readouterr().err
+    assert cli.main(["train", "--model", "m"]) == cli.EXIT_USAGE
+    assert "needs data" in capsys.readouterr().err
+    assert cli.main(["train", str(tmp_path / "nope.yaml")]) == cli.EXIT_MISSING
+
+
+def test_output_errors_in_process(tmp_path, capsys) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = cli.main(["train", "--model", "m", "--data", "d", "--experiment-dir", str(blocker / "exp")])
+    assert code == cli.EXIT_UNWRITABLE
+    assert f"Cannot write {blocker / 'exp'}: {blocker} is a file" in capsys.readouterr().err
+    (tmp_path / "exp" / "model").mkdir(parents=True)
+    assert cli.main(["report", str(tmp_path / "exp")]) == cli.EXIT_MISSING
+    assert "run `gradiend train CONFIG.yaml` first" in capsys.readouterr().err

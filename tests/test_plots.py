@@ -1,0 +1,207 @@
+"""Plots drawn from the saved results of a tiny run: files, formats, series, errors, headless `show`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import tiny_experiment
+
+from gradiend import plots
+from gradiend.results import (
+    DECODER_GRID,
+    DECODER_SUMMARIES,
+    MissingResultError,
+    OutputNotWritableError,
+    load_decoder,
+    load_encodings,
+    load_training,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture(scope="module")
+def experiment(tiny_mlm_dir, tmp_path_factory):
+    exp = tmp_path_factory.mktemp("plots_exp")
+    return exp, tiny_experiment.build(tiny_mlm_dir, exp)
+
+
+def _png(path: str | Path) -> bytes:
+    data = Path(path).read_bytes()
+    assert data.startswith(PNG_MAGIC), path
+    assert len(data) > 5000, path
+    return data
+
+
+def _labels(ax) -> list[str]:
+    return [line.get_label() for line in ax.get_lines()] + [c.get_label() for c in ax.collections]
+
+
+def test_results_file_names_match_the_trainer() -> None:
+    from gradiend.trainer import trainer
+
+    assert (DECODER_GRID, DECODER_SUMMARIES) == (trainer.DECODER_GRID, trainer.DECODER_SUMMARIES)
+
+
+def test_training_convergence_from_directory_and_dict(experiment, tmp_path) -> None:
+    exp, _ = experiment
+    path = plots.plot_training_convergence(exp)
+    assert path == str(exp / "training_convergence.png")
+    _png(path)
+    stats = load_training(exp)
+    fig = plots.training_convergence_figure(stats)
+    corr, means, loss = fig.axes
+    steps = sorted(int(s) for s in stats["training_stats"]["scores"])
+    assert steps == [0, 3, 6]
+    best = stats["best_score_checkpoint"]["global_step"]
+    assert {"validation correlation", f"best step {best}"} <= set(_labels(corr))
+    line = next(ln for ln in corr.get_lines() if ln.get_label() == "validation correlation")
+    assert list(line.get_xdata()) == steps
+    assert list(line.get_ydata()) == [stats["training_stats"]["scores"][str(s)] for s in steps]
+    assert {"mean h (3SG)", "mean h (3PL)"} <= set(_labels(means))
+    assert len(loss.get_lines()[0].get_xdata()) == len(stats["losses"]) == 6
+    # dict input needs an output path; the image format follows the suffix or img_format
+    with pytest.raises(ValueError, match="output="):
+        plots.plot_training_convergence(stats)
+    svg = plots.plot_training_convergence(stats, tmp_path / "conv", img_format="svg")
+    assert svg.endswith("conv.svg") and Path(svg).read_text().lstrip().startswith("<?xml")
+    pdf = plots.plot_training_convergence(stats, tmp_path / "c.pdf")
+    assert Path(pdf).read_bytes().startswith(b"%PDF")
+    with pytest.raises(ValueError, match="Unsupported image format 'bmpx'"):
+        plots.plot_training_convergence(stats, tmp_path / "c.bmpx")
+
+
+def test_encoder_distributions_groups_and_splits(experiment, tmp_path) -> None:
+    exp, _ = experiment
+    _png(plots.plot_encoder_distributions(exp))
+    assert (exp / "encoder_analysis_split_test.png").is_file()
+    frame = load_encodings(exp, "test")
+    fig = plots.encoder_distributions_figure(frame)
+    (ax,) = fig.axes
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    n_sg = int(((frame["type"] == "training") & (frame["factual_class"] == "3SG")).sum())
+    assert ticks[0] == f"3SG\n(n={n_sg})" and ticks[1].startswith("3PL")
+    assert any(t.startswith("neutral text") for t in ticks) and any(t.startswith("neutral (masked") for t in ticks)
+    assert ax.get_title() == "Encodings (split: test)"
+    by_token = plots.encoder_distributions_figure(frame, target_and_neutral_only=False)
+    assert {"3SG: he", "3SG: she", "3SG: it", "3PL: they"} <= {
+        t.get_text().split("\n")[0] for t in by_token.axes[0].get_xticklabels()}
+    # several splits side by side (one panel each)
+    both = pd.concat([frame, frame.assign(eval_split="validation")], ignore_index=True)
+    assert [a.get_title() for a in plots.encoder_distributions_figure(both).axes] == [
+        "Encodings (split: test)", "Encodings (split: validation)"]
+    assert plots.infer_pair(frame) == ("3SG", "3PL")
+
+
+def test_probability_shifts_marks_base_and_selection(experiment, tmp_path) -> None:
+    exp, _ = experiment
+    path = plots.plot_probability_shifts(exp, "3SG")
+    assert path == str(exp / "decoder_probability_shifts_3SG.png")
+    _png(path)
+    decoder = load_decoder(exp)
+    selected = decoder["3SG"]
+    fig = plots.probability_shifts_figure(decoder["grid"], "3SG", selected)
+    other, own, lms = fig.axes
+    assert other.get_title() == "P(3SG) on 3PL rows" and own.get_title() == "P(3SG) on 3SG rows"
+    line = next(ln for ln in other.get_lines() if ln.get_label() == "feature factor -1")
+    assert sorted(line.get_xdata()) == sorted(tiny_experiment.LRS)
+    assert "base model" in _labels(other) and "0.99 × base LMS" in _labels(lms)
+    star = next(c for c in other.collections if c.get_label().startswith("selected"))
+    assert tuple(star.get_offsets()[0]) == pytest.approx((selected["learning_rate"], selected["value"]))
+    # the dict evaluate_decoder returns works too; an absent goal is a clear error
+    with pytest.raises(KeyError, match="3PL_weaken"):
+        plots.plot_probability_shifts(decoder, "3PL", False, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="Unknown target_class 'XX'"):
+        plots.probability_shifts_figure(decoder["grid"], "XX")
+
+
+def test_trainer_plot_hooks(experiment, tmp_path) -> None:
+    exp, trainer = experiment
+    result = trainer.evaluate_encoder(plot=True, plot_kwargs={"show": False, "img_format": "svg"}, use_cache=True)
+    assert result["plot_path"] == str(exp / "encoder_analysis_split_test.svg") and Path(result["plot_path"]).is_file()
+    with pytest.raises(TypeError, match="plot_kwargs"):
+        trainer.evaluate_encoder(plot=True, plot_kwargs=["show"])
+    dec = trainer.evaluate_decoder(target_class="3SG", plot=True, show=False, use_cache=True)
+    assert dec["plot_path"] == dec["plot_paths"][0] == str(exp / "decoder_probability_shifts_3SG.png")
+    assert trainer.plot_probability_shifts(output=str(tmp_path / "p.png")) == str(tmp_path / "p.png")  # saved dir
+    assert trainer.plot_training_convergence(img_format="jpg").endswith("training_convergence.jpg")
+    assert trainer._autosave_training_convergence() == str(exp / "training_convergence.png")
+
+
+def test_missing_results_name_the_command(tmp_path, tiny_mlm_dir) -> None:
+    with pytest.raises(MissingResultError, match="gradiend train"):
+        plots.plot_training_convergence(tmp_path / "nowhere")
+    tiny_experiment.build(tiny_mlm_dir, tmp_path / "trained", encoder=False, decoder=False)
+    with pytest.raises(MissingResultError, match=r"gradiend evaluate .*trained --encoder"):
+        plots.plot_encoder_distributions(tmp_path / "trained")
+    with pytest.raises(MissingResultError, match=r"gradiend evaluate .*trained --encoder --split validation"):
+        plots.plot_encoder_distributions(tmp_path / "trained", split="validation")
+    with pytest.raises(MissingResultError, match=r"gradiend evaluate .*trained --decoder"):
+        plots.plot_probability_shifts(tmp_path / "trained", "3SG")
+    # the model/ directory is accepted in place of the experiment directory
+    assert plots.plot_training_convergence(tmp_path / "trained" / "model").endswith("trained/training_convergence.png")
+
+
+def test_unwritable_output_is_a_clear_error(experiment, tmp_path) -> None:
+    exp, _ = experiment
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(OutputNotWritableError, match=r"a_file/plot\.png.*writable output path"):
+        plots.plot_training_convergence(exp, blocker / "plot.png")
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_missing_matplotlib_gives_the_install_hint(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"pip install 'gradiend\[plot\]'"):
+        plots.training_convergence_figure({"training_stats": {"scores": {}, "mean_by_class": {}}})
+
+
+def test_show_in_a_headless_process_returns(experiment, tmp_path) -> None:
+    exp, _ = experiment
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "MPLBACKEND")}
+    code = ("import matplotlib, sys; from gradiend import plots; "
+            f"p = plots.plot_training_convergence({str(exp)!r}, {str(tmp_path / 's.png')!r}, show=True); "
+            "print(matplotlib.get_backend(), p)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0].lower() == "agg" and (tmp_path / "s.png").is_file()
+
+
+def test_encoder_scatter_is_self_contained_html(experiment, tmp_path) -> None:
+    pytest.importorskip("plotly")
+    exp, trainer = experiment
+    path = trainer.plot_encoder_scatter()
+    assert path == str(exp / "encoder_scatter_split_test.html")
+    text = Path(path).read_text(encoding="utf-8")
+    assert text.lstrip().lower().startswith("<html") or text.lstrip().lower().startswith("<!doctype")
+    assert "<script src=" not in text  # plotly.js embedded: opens offline
+    frame = load_encodings(exp)
+    assert "walked to the house" in text and f"h = {frame['encoded'].iloc[0]:+.3f}" in text  # hover texts
+    fig = plots.encoder_scatter_figure(frame, max_points=8)
+    names = [trace.name.rsplit(" (n=", 1)[0] for trace in fig.data]
+    assert names == ["3SG", "3PL", "neutral (masked other word)", "neutral text"]
+    assert all(len(trace.x) <= 2 for trace in fig.data)
+    small = plots.plot_encoder_scatter(exp, output=tmp_path / "s.html", include_plotlyjs="cdn")
+    assert Path(small).stat().st_size < 200_000
+
+
+def test_missing_plotly_gives_the_install_hint(experiment, monkeypatch) -> None:
+    exp, _ = experiment
+    monkeypatch.setitem(sys.modules, "plotly", None)
+    monkeypatch.setitem(sys.modules, "plotly.graph_objects", None)
+    with pytest.raises(ImportError, match=r"pip install 'gradiend\[interactive\]'"):
+        plots.plot_encoder_scatter(exp)
+
+
+def test_saved_json_is_what_the_plots_read(experiment) -> None:
+    exp, _ = experiment
+    grid = json.loads((exp / DECODER_GRID).read_text())["records"]
+    assert load_decoder(exp)["grid"] == grid
