@@ -630,7 +630,7 @@ class TextPredictionDataCreator:
         groups: dict[str, list[int]] = {}
         for i in order:
             groups.setdefault(rows[i].label.lower(), []).append(int(i))
-        quota = _even_allocation({w: len(g) for w, g in groups.items()}, size)
+        quota = even_allocation({w: len(g) for w, g in groups.items()}, size)
         picked = {i for w, g in groups.items() for i in g[:quota[w]]}
         return [rows[i] for i in order if i in picked]
 
@@ -765,7 +765,7 @@ def _class_sizes(available: Mapping[str, int], weights: Mapping[str, float], max
     return {c: min(available[c], max(1, math.floor(base * weights[c] / top + 1e-9))) for c in available}
 
 
-def _even_allocation(capacities: Mapping[str, int], total: int) -> dict[str, int]:
+def even_allocation(capacities: Mapping[str, int], total: int) -> dict[str, int]:
     """Spread `total` over keys as evenly as their capacities allow (deterministic)."""
     alloc = dict.fromkeys(capacities, 0)
     remaining = min(total, sum(capacities.values()))

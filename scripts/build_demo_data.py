@@ -27,6 +27,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gradiend.data_creation import even_allocation
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SOURCE = Path("/work/shared/data/english-public-domain-sentences.tsv")
 DEFAULT_OUT_DIR = REPO_ROOT / "gradiend" / "resources"
@@ -122,21 +124,6 @@ def mask_sentence(sentence: Sentence) -> PronounRow | None:
     return PronounRow(masked, label, label_class, sentence.source)
 
 
-def allocate_evenly(capacities: dict[str, int], total: int) -> dict[str, int]:
-    """Split ``total`` as evenly as possible over keys, never exceeding a key's capacity."""
-    alloc = dict.fromkeys(capacities, 0)
-    remaining = min(total, sum(capacities.values()))
-    open_keys = sorted(capacities)
-    while remaining > 0 and open_keys:
-        share, extra = divmod(remaining, len(open_keys))
-        for i, key in enumerate(open_keys):
-            give = min(share + (1 if i < extra else 0), capacities[key] - alloc[key])
-            alloc[key] += give
-            remaining -= give
-        open_keys = [k for k in open_keys if alloc[k] < capacities[k]]
-    return alloc
-
-
 def split_sizes(n: int) -> dict[str, int]:
     """Sizes for ``SPLIT_FRACTIONS`` that sum to ``n`` (train takes the rounding remainder)."""
     sizes = {name: round(n * frac) for name, frac in SPLIT_FRACTIONS[1:]}
@@ -176,7 +163,7 @@ def build_pronoun_rows(sentences: Iterable[Sentence], rng: random.Random) -> lis
     singular_caps = {tok: len(candidates.get(tok, [])) for tok in CLASS_TOKENS["3SG"]}
     n_per_class = min(MAX_PER_CLASS, len(plural), sum(singular_caps.values()))
     chosen = rng.sample(plural, n_per_class)
-    for tok, n in allocate_evenly(singular_caps, n_per_class).items():
+    for tok, n in even_allocation(singular_caps, n_per_class).items():
         chosen.extend(rng.sample(candidates.get(tok, []), n))
 
     rows = assign_splits(chosen, rng)
