@@ -44,7 +44,7 @@ DEMOS: dict[str, DemoSetup] = {
                      ("3SG", "3PL"), "3SG", DEMO_LRS, 8),
     # the causal LM (135M parameters) learns from one MLP block; its edits need larger learning rates
     "clm": DemoSetup("M (he) vs F (she) on the embedded SmolLM2 causal LM", demo_gender_data, ("M", "F"), "F",
-                     (10.0, 3.0, 1.0), 6,
+                     (30.0, 10.0, 3.0, 1.0), 6,
                      {"params": ["model.layers.25.mlp.*"], "scale_estimation_batches": 2,
                       "encoder_eval_train_max_size": 24, "eval_batch_size": 16,
                       "decoder_eval_max_size_training_like": 32, "decoder_eval_max_size_neutral": 32}),

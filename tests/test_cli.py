@@ -170,3 +170,24 @@ def test_output_errors_in_process(tmp_path, capsys) -> None:
     (tmp_path / "exp" / "model").mkdir(parents=True)
     assert cli.main(["report", str(tmp_path / "exp")]) == cli.EXIT_MISSING
     assert "run `gradiend train CONFIG.yaml` first" in capsys.readouterr().err
+
+
+def test_demo_setups_and_report_text() -> None:
+    from gradiend.demo import DEMOS, DemoResult, format_report, run_demo
+
+    assert {k: (v.classes, v.target) for k, v in DEMOS.items()} == {"mlm": (("3SG", "3PL"), "3SG"),
+                                                                    "clm": (("M", "F"), "F")}
+    assert cli.parse_args(["demo", "--model", "clm"]).model == "clm"
+    with pytest.raises(SystemExit):
+        cli.parse_args(["demo", "--model", "gpt"])
+    with pytest.raises(ValueError, match="Unknown demo model 'gpt'"):
+        run_demo(model="gpt")
+    encoder = {"correlation": 0.9, "mean_by_class": {"M": 0.8, "F": -0.7}, "neutral_mean_by_type": {"x": 0.1},
+               "accuracy": 0.95}
+    decoder = {"base_value": 0.1, "value": 0.3, "feature_factor": 1.0, "learning_rate": 3.0, "base_lms": 0.5,
+               "lms": 0.49}
+    text = format_report(DemoResult("exp", "exp/model", encoder, {}, decoder, "exp/rewritten_F",
+                                    {"training": 1.0, "encoder_evaluation": 1.0, "decoder_evaluation": 1.0,
+                                     "total": 3.0}, ["a.png"], DEMOS["clm"].description, "F", "M", "exp/report.html"))
+    assert "P(F) on M rows: rewritten" in text and "report: exp/report.html" in text
+    assert text.startswith("GRADIEND demo: M (he) vs F (she) on the embedded SmolLM2 causal LM")
