@@ -214,6 +214,7 @@ class Trainer(abc.ABC):
                 if store is not None:
                     logger.info("Gradient cache: %s", store.summary())
                     store.clear()
+        self._autosave_training_convergence()
         if not converged:
             message = f"GRADIEND training did not converge: {reason} (model saved in {out})"
             if args.fail_on_non_convergence:
