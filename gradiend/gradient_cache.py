@@ -9,6 +9,8 @@ cost of rounding the cached gradients.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import logging
 import shutil
@@ -25,6 +27,21 @@ logger = logging.getLogger(__name__)
 
 CACHE_MODES = ("off", "memory", "disk")
 CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc only; a no-op elsewhere).
+
+    Cached gradients are large blocks; once freed, glibc keeps them in the process heap, so the
+    resident size after a cached run would stay at its peak for the rest of the session.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is not None:
+        trim(0)
 
 
 def batch_key(texts: Sequence[str], factual: Sequence[str], alternative: Sequence[str]) -> str:
@@ -98,9 +115,12 @@ class GradientStore:
 
     def clear(self) -> None:
         """Drop every entry (and the disk directory)."""
+        had_memory = bool(self._memory)
         self._memory.clear()
         self._on_disk.clear()
         self.bytes = 0
+        if had_memory:
+            release_freed_memory()
         if self.mode == "disk" and self.directory is not None and self.directory.exists():
             shutil.rmtree(self.directory)
 

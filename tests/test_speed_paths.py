@@ -1,0 +1,91 @@
+"""Speed paths stay correct: the fused optimiser follows the plain AdamW/Adam trajectory (sign flips
+included), training records its base-model pass time, and clearing the gradient cache hands memory back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import gradiend.gradient_cache as gradient_cache
+from gradiend import TextPredictionTrainer, TrainingArguments
+from gradiend.model import GradiendConfig, GradiendModel
+from gradiend.training import make_optimizer
+
+
+class _Holder:
+    """Just enough of a ModelWithGradiend for `_flip`."""
+
+    def __init__(self, gradiend: GradiendModel) -> None:
+        self.gradiend = gradiend
+
+
+def _trajectory(optim: str, fused: bool, flip_at: int | None = None, steps: int = 25) -> dict[str, torch.Tensor]:
+    from gradiend.training import _flip
+
+    n = 5_000
+    gen = torch.Generator().manual_seed(0)
+    model = GradiendModel(GradiendConfig(input_dim=n), generator=torch.Generator().manual_seed(1))
+    model.input_scale.fill_(50.0)
+    args = TrainingArguments(learning_rate=1e-2, optim=optim, weight_decay=0.01)
+    optimizer = make_optimizer(model.parameters(), args, fused=fused)
+    assert bool(optimizer.defaults.get("fused")) is fused
+    for step in range(steps):
+        x = torch.randn(2, n, generator=gen) * 1e-2
+        y = torch.randn(2, n, generator=gen) * 1e-2
+        optimizer.zero_grad(set_to_none=True)
+        model.loss(x, y)[0].backward()
+        optimizer.step()
+        if step == flip_at:
+            _flip(_Holder(model), optimizer)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("optim", ["adamw", "adam"])
+@pytest.mark.parametrize("flip_at", [None, 10])
+def test_fused_optimizer_matches_plain(optim: str, flip_at: int | None) -> None:
+    start = _trajectory(optim, fused=False, steps=0)
+    plain = _trajectory(optim, fused=False, flip_at=flip_at)
+    fused = _trajectory(optim, fused=True, flip_at=flip_at)
+    for name, value in plain.items():
+        assert torch.allclose(fused[name], value, rtol=0, atol=1e-6), name
+        if not name.endswith("scale"):
+            assert (value - start[name]).abs().max() > 1e-3, f"{name} did not move"
+
+
+def test_make_optimizer_picks_fused_on_cpu_and_respects_opt_out() -> None:
+    model = GradiendModel(GradiendConfig(input_dim=16))
+    args = TrainingArguments(learning_rate=1e-3)
+    assert make_optimizer(model.parameters(), args).defaults.get("fused") is True
+    plain = make_optimizer(model.parameters(), args, fused=False)
+    assert not plain.defaults.get("fused")
+    assert isinstance(plain, torch.optim.AdamW)
+    assert type(make_optimizer(model.parameters(), TrainingArguments(optim="adam"))) is torch.optim.Adam
+
+
+@pytest.mark.filterwarnings("ignore:GRADIEND training did not converge")
+def test_training_records_base_pass_time(tiny_mlm_dir, tiny_rows, tmp_path: Path) -> None:
+    args = TrainingArguments(experiment_dir=str(tmp_path / "exp"), train_batch_size=4, max_steps=3, eval_steps=3,
+                             learning_rate=1e-3, seed=0, show_progress=False, scale_estimation_batches=2)
+    trainer = TextPredictionTrainer(model=tiny_mlm_dir, data=tiny_rows, args=args, target_classes=["3SG", "3PL"])
+    trainer.train()
+    times = json.loads((tmp_path / "exp" / "model" / "training.json").read_text())["time"]
+    assert 0 < times["base_passes"] <= times["gradients"] + times["scale"] + 1e-9
+    assert times["base_passes"] <= times["total"]
+
+
+def test_clearing_a_memory_cache_releases_freed_memory(monkeypatch) -> None:
+    calls = []
+    monkeypatch.setattr(gradient_cache, "release_freed_memory", lambda: calls.append(1))
+    store = gradient_cache.GradientStore("memory", 1 << 20)
+    store.clear()
+    assert calls == []  # nothing was held
+    store.put("k", {"alternative": torch.ones(8), "diff": torch.zeros(8)})
+    out = {"alternative": torch.empty(8), "diff": torch.empty(8)}
+    assert store.get("k", out) and torch.equal(out["alternative"], torch.ones(8))
+    store.clear()
+    assert calls == [1] and not store.get("k", out)
+    monkeypatch.undo()  # the real release is safe to call anywhere
+    gradient_cache.release_freed_memory()
