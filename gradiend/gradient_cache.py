@@ -97,7 +97,7 @@ class GradientStore:
         """Store copies of `grads` unless the byte limit would be exceeded."""
         if key in self._memory or key in self._on_disk:
             return
-        size = sum(g.numel() * torch.empty((), dtype=self.dtype).element_size() for g in grads.values())
+        size = sum(g.numel() for g in grads.values()) * self.dtype.itemsize
         if self.bytes + size > self.max_bytes:
             if not self.full:
                 logger.info("Gradient cache full (%.1f MB of %.1f MB); further batches are recomputed",

@@ -81,17 +81,21 @@ class LMObjective:
     def _tokenize_target(self, token: str) -> list[int]:
         return self.tokenizer(token, add_special_tokens=False)["input_ids"]
 
+    def _check_known(self, token: str, ids: list[int], where: str = "") -> None:
+        """Error unless `ids` is a non-empty tokenisation of `token` without the unknown token."""
+        unk = self.tokenizer.unk_token_id
+        if not ids or (unk is not None and unk in ids):
+            raise DataError(f"Target token {token!r}{where} is not in the vocabulary of "
+                            f"{self.tokenizer.name_or_path or type(self.tokenizer).__name__} "
+                            f"(tokenizes to {ids}); use tokens the model knows")
+
     def pieces(self, token: str) -> list[int]:
         """Vocabulary ids of `token` (cached); error if it is empty or unknown to the tokenizer."""
         cached = self._pieces.get(token)
         if cached is not None:
             return cached
         ids = self._tokenize_target(token) if token.strip() else []
-        unk = self.tokenizer.unk_token_id
-        if not ids or (unk is not None and unk in ids):
-            raise DataError(f"Target token {token!r} is not in the vocabulary of "
-                            f"{self.tokenizer.name_or_path or type(self.tokenizer).__name__} "
-                            f"(tokenizes to {ids}); use tokens the model knows")
+        self._check_known(token, ids)
         self._pieces[token] = ids
         return ids
 
@@ -282,11 +286,7 @@ class CausalLMObjective(LMObjective):
         key = (token, False)
         if key not in self._variants:
             ids = self._continuation(token, spaced=False) if token.strip() else []
-            unk = self.tokenizer.unk_token_id
-            if not ids or (unk is not None and unk in ids):
-                raise DataError(f"Target token {token!r} (directly after the prefix) is not in the vocabulary "
-                                f"of {self.tokenizer.name_or_path or type(self.tokenizer).__name__} (tokenizes "
-                                f"to {ids}); use tokens the model knows")
+            self._check_known(token, ids, " (directly after the prefix)")
             self._variants[key] = ids
         return self._variants[key]
 
