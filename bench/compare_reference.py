@@ -17,9 +17,12 @@ Virtual environments (under `--venv-root`, default ~/.cache/gradiend/bench-venvs
 system ones, so each side imports its own `gradiend` (checked and printed).
 
 Matching the workloads: the reference stops `max_steps` at `num_train_epochs` (default 3), ours
-lets `max_steps` win, so both sides get a large `num_train_epochs`; both get `max_seeds=1`
-(reference default 3). Per-phase peak RSS resets the kernel's high-water mark (VmHWM) through
-/proc/self/clear_refs before each phase (falls back to the process peak where that is refused).
+lets `max_steps` win, so both sides get a large `num_train_epochs`; both get `--max-seeds`
+(default 1; the reference's own default is 3) with `min_convergent_seeds=1`. "Bytes written"
+is the worker's `wchar` from /proc/self/io per phase: it counts checkpoints written twice and
+temporary files, which the final directory size hides. Per-phase peak RSS resets the kernel's
+high-water mark (VmHWM) through /proc/self/clear_refs before each phase (falls back to the
+process peak where that is refused).
 """
 
 from __future__ import annotations
@@ -61,6 +64,17 @@ def _rss_peak_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _bytes_written() -> int:
+    """Bytes this process passed to write(2) so far (`wchar`; counts rewrites and temp files too)."""
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def _dir_bytes(path: Path) -> int:
@@ -119,7 +133,7 @@ def worker(ns: argparse.Namespace) -> None:
     neutral = pd.read_csv(ns.neutral)
     args = TrainingArguments(experiment_dir=str(exp), train_batch_size=8, max_steps=ns.max_steps,
                              eval_steps=ns.eval_steps, learning_rate=1e-3, num_train_epochs=10_000,
-                             max_seeds=1, seed=0)
+                             max_seeds=ns.max_seeds, min_convergent_seeds=1, seed=0)
     trainer = TextPredictionTrainer(model=ns.model, data=data, eval_neutral_data=neutral, args=args)
     result: dict[str, Any] = {"gradiend_file": gradiend.__file__, "import_s": import_s,
                               "version": getattr(gradiend, "__version__", "?"), "torch": torch.__version__,
@@ -129,11 +143,12 @@ def worker(ns: argparse.Namespace) -> None:
 
     def phase(name: str, fn) -> None:
         exact = _rss_reset()
+        written = _bytes_written()
         start = time.perf_counter()
         out[name] = fn()
         wall = time.perf_counter() - start
         result["phases"][name] = {"wall_s": wall, "peak_rss_mb": _rss_peak_mb(), "rss_exact": exact,
-                                  "exp_dir_bytes": _dir_bytes(exp)}
+                                  "exp_dir_bytes": _dir_bytes(exp), "bytes_written": _bytes_written() - written}
         print(f"[{ns.side}] {name}: {wall:.1f} s", flush=True)
         Path(ns.out).write_text(json.dumps(result, indent=1))
 
@@ -150,6 +165,7 @@ def worker(ns: argparse.Namespace) -> None:
     result["exp_dir_bytes"] = _dir_bytes(exp)
     result["steps"] = _steps_done(exp)
     result["total_s"] = sum(p["wall_s"] for p in result["phases"].values())
+    result["bytes_written"] = sum(p["bytes_written"] for p in result["phases"].values())
     result["loadavg_end"] = os.getloadavg()
     result["ru_maxrss_mb"] = max(p["peak_rss_mb"] for p in result["phases"].values())
     Path(ns.out).write_text(json.dumps(result, indent=1))
@@ -248,6 +264,8 @@ def comparison_table(res: dict[str, dict[str, Any]]) -> str:
               f"| optimizer steps taken | {o.get('steps')} | {r.get('steps')} | |",
               f"| experiment dir | {_fmt_bytes(o['exp_dir_bytes'])} | {_fmt_bytes(r['exp_dir_bytes'])} "
               f"| {_ratio(o['exp_dir_bytes'], r['exp_dir_bytes'])} |",
+              f"| bytes written (all phases, write(2)) | {_fmt_bytes(o.get('bytes_written', 0))} "
+              f"| {_fmt_bytes(r.get('bytes_written', 0))} | {_ratio(o.get('bytes_written'), r.get('bytes_written'))} |",
               f"| rewritten model dir | {_fmt_bytes(o['rewritten_bytes'])} | {_fmt_bytes(r['rewritten_bytes'])} "
               f"| {_ratio(o['rewritten_bytes'], r['rewritten_bytes'])} |",
               f"| encoder correlation (test) | {_num(o.get('correlation'))} | {_num(r.get('correlation'))} | |",
@@ -289,6 +307,8 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=100)
     parser.add_argument("--eval-steps", type=int, default=25)
     parser.add_argument("--target-class", default="3SG")
+    parser.add_argument("--max-seeds", type=int, default=1,
+                        help="max_seeds on both sides (min_convergent_seeds=1); 3 is the reference's default")
     parser.add_argument("--per-class", default="120,15,15", help="train,validation,test rows per class")
     parser.add_argument("--neutral-rows", type=int, default=12)
     parser.add_argument("--workdir", default=str(Path.home() / ".cache" / "gradiend" / "bench-compare"))
@@ -311,7 +331,7 @@ def main() -> None:
     from gradiend.embedded import embedded_model_path
 
     label = ns.model if ns.model in ("tiny", "minilm") else Path(ns.model).name
-    suffix = f"-{ns.threads}threads" if ns.threads > 0 else ""
+    suffix = (f"-{ns.threads}threads" if ns.threads > 0 else "") + (f"-{ns.max_seeds}seeds" if ns.max_seeds > 1 else "")
     work = Path(ns.workdir) / f"{label}-{ns.max_steps}steps{suffix}"
     work.mkdir(parents=True, exist_ok=True)
     model = {"tiny": lambda: str(build_tiny_bert(Path(ns.workdir) / "models" / "tiny-bert")),
@@ -330,7 +350,8 @@ def main() -> None:
             _run([str(python), str(Path(__file__).resolve()), "--worker", "--side", side, "--model", model,
                   "--data", str(data_path), "--neutral", str(neutral_path), "--out", str(out),
                   "--max-steps", str(ns.max_steps), "--eval-steps", str(ns.eval_steps),
-                  "--target-class", ns.target_class, "--threads", str(ns.threads)], cwd=str(out.parent), env=env)
+                  "--target-class", ns.target_class, "--threads", str(ns.threads),
+                  "--max-seeds", str(ns.max_seeds)], cwd=str(out.parent), env=env)
         if not out.exists():
             print(f"{side}: no result yet at {out}")
             continue
@@ -341,7 +362,7 @@ def main() -> None:
         return
     limit = physical_limit(work / "ours" / "exp")
     header = (f"Model `{label}` ({model}), {ns.max_steps} steps, eval every {ns.eval_steps}, batch 8, lr 1e-3, "
-              f"1 seed, data {ns.per_class} rows/class (train,val,test) + {ns.neutral_rows} neutral; "
+              f"max_seeds {ns.max_seeds}, data {ns.per_class} rows/class (train,val,test) + {ns.neutral_rows} neutral; "
               f"machine: {platform.machine()} {os.cpu_count()} cores, torch {results['ours']['torch']} "
               f"({results['ours']['threads']} threads), python {platform.python_version()}; "
               f"ours {results['ours']['version']} vs reference {results['reference']['version']}; "

@@ -134,6 +134,19 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def link_or_copy(src: str, dst: str) -> str:
+    """Hard-link `src` to `dst` (no bytes written), copying only across file systems.
+
+    Safe for checkpoint files because every library write replaces a file by rename (a new
+    inode), so a later write to one link never changes the other.
+    """
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

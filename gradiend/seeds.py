@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gradiend.arguments import TrainingArguments
-from gradiend.experiment import TRAINING_STATS, atomic_directory, atomic_write_json, read_json
+from gradiend.experiment import TRAINING_STATS, atomic_directory, atomic_write_json, link_or_copy, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def _metric_value(stats: dict[str, Any], metric: str) -> float | None:
 def run_seeds(args: TrainingArguments, seeds_dir: Path, model_dir: Path,
               train_seed: Callable[[int, Path], SeedTraining],
               eval_correlation: Callable[[Path, SeedTraining], tuple[float | None, str | None]]) -> dict[str, Any]:
-    """Train seeds until `min_convergent_seeds` converged (or all tried); copy the best to `model_dir`.
+    """Train seeds until `min_convergent_seeds` converged (or all tried); link the best into `model_dir`.
 
     Returns the report (also written to `seeds_dir/seed_report.json`). Seeds whose training passed
     the convergence check get an `eval_correlation` on the validation split; the selection score
@@ -130,7 +130,8 @@ def run_seeds(args: TrainingArguments, seeds_dir: Path, model_dir: Path,
         "runs": [asdict(r) for r in runs],
     }
     with atomic_directory(model_dir) as tmp:
-        shutil.copytree(best.output_dir, tmp, dirs_exist_ok=True)
+        # hard links: the checkpoint is written once, however many seeds' directories are kept
+        shutil.copytree(best.output_dir, tmp, dirs_exist_ok=True, copy_function=link_or_copy)
         stats = read_json(tmp / TRAINING_STATS, "training stats of the best seed")
         stats["convergence_info"] = {**stats.get("convergence_info", {}),
                                      "converged": bool(convergent_runs), "convergent_count": len(convergent_runs),

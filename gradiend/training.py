@@ -26,6 +26,7 @@ from gradiend.encoder_eval import pearson
 from gradiend.gradient_cache import GradientStore, batch_key
 from gradiend.model_with_gradiend import ModelWithGradiend
 from gradiend.pruning import memory_estimate
+from gradiend.step import FusedLoss
 
 logger = logging.getLogger(__name__)
 
@@ -236,6 +237,7 @@ def train_gradiend(model: ModelWithGradiend, train_rows: pd.DataFrame, eval_rows
                     s_out, TARGET_RMS)
 
     optimizer = make_optimizer(gradiend.parameters(), args)
+    fused = FusedLoss(gradiend, args.gradiend_batch_size)
     for cb in callbacks:
         cb.on_train_begin(model, optimizer, args)
 
@@ -282,12 +284,10 @@ def train_gradiend(model: ModelWithGradiend, train_rows: pd.DataFrame, eval_rows
             epoch, batch = next(batches)
             batch_gradients(step, batch.indices, {k: buffers[k][slot] for k in kinds})
         t1 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss, _ = gradiend.loss(buffers[args.source], buffers[args.target])
+        loss, _ = fused.loss_and_grad(buffers[args.source], buffers[args.target])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"GRADIEND loss became {loss.item()} at step {step}; nothing was saved. "
                                      f"Lower learning_rate.")
-        loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
         timings["gradients"] += t1 - t0

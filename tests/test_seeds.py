@@ -101,6 +101,18 @@ def test_keep_seed_runs_returns_models_per_seed(tiny_mlm_dir, tiny_rows, tmp_pat
     assert not torch.equal(w0, w1), "different seeds start from different weights"
     for seed in (0, 1):
         assert (Path(trainer.experiment_dir) / "seeds" / f"seed_{seed}" / "model.safetensors").is_file()
+    # the best seed's weights are written once: model/ hard-links the kept seed file
+    best = _report(trainer)["best_seed"]
+    kept = Path(trainer.experiment_dir) / "seeds" / f"seed_{best}" / "model.safetensors"
+    assert (Path(trainer.model_path) / "model.safetensors").stat().st_ino == kept.stat().st_ino
+    # a later (atomic) re-save of model/ replaces its file and leaves the seed's copy intact
+    before = load_file(str(kept))["encoder_weight"].clone()
+    gradiend = trainer.get_model().gradiend
+    with torch.no_grad():
+        gradiend.encoder_weight.add_(1.0)
+    gradiend.save_pretrained(trainer.model_path)
+    assert torch.equal(load_file(str(kept))["encoder_weight"], before)
+    assert not torch.equal(load_file(str(Path(trainer.model_path) / "model.safetensors"))["encoder_weight"], before)
 
 
 def test_gradient_cache_reuses_base_passes_and_matches_uncached(tiny_mlm_dir, tiny_rows, tmp_path,

@@ -89,3 +89,55 @@ def test_clearing_a_memory_cache_releases_freed_memory(monkeypatch) -> None:
     assert calls == [1] and not store.get("k", out)
     monkeypatch.undo()  # the real release is safe to call anywhere
     gradient_cache.release_freed_memory()
+
+
+@pytest.mark.parametrize("activation", ["tanh", "hardtanh"])
+@pytest.mark.parametrize(("batch", "latent", "bias"), [(1, 1, True), (1, 1, False), (3, 2, True), (2, 1, False)])
+def test_fused_loss_gradients_equal_autograd(activation: str, batch: int, latent: int, bias: bool) -> None:
+    from gradiend.step import FusedLoss
+
+    n = 4_000
+    gen = torch.Generator().manual_seed(3)
+    config = GradiendConfig(input_dim=n, latent_dim=latent, activation_encoder=activation, bias_decoder=bias)
+    # float64, so the comparison checks the derivation, not float32 summation order
+    model = GradiendModel(config, generator=torch.Generator().manual_seed(1)).double()
+    model.input_scale.fill_(0.02)  # pre-activations of order 1: hardtanh has clipped and unclipped rows
+    model.target_scale.fill_(3e-3)
+    x = torch.randn(batch, n, generator=gen, dtype=torch.float64) * 1e-2
+    y = torch.randn(batch, n, generator=gen, dtype=torch.float64) * 1e-2
+    loss_ref, h_ref = model.loss(x, y)
+    loss_ref.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    fused = FusedLoss(model, batch)
+    for _ in range(2):  # the second call reuses (overwrites) the gradient buffers
+        loss, h = fused.loss_and_grad(x, y)
+    assert torch.allclose(loss, loss_ref.detach(), rtol=1e-12)
+    assert torch.allclose(h, h_ref.detach(), rtol=0, atol=1e-12)
+    for name, p in model.named_parameters():
+        scale = expected[name].abs().max()
+        assert scale > 0, f"{name}: the reference gradient is zero, the test would prove nothing"
+        assert torch.allclose(p.grad, expected[name], rtol=0, atol=1e-12 * float(scale)), name
+    with pytest.raises(ValueError, match="batches of"):
+        fused.loss_and_grad(x.new_zeros(batch + 1, n), x.new_zeros(batch + 1, n))
+
+
+def test_training_with_the_fused_loss_follows_the_autograd_trajectory() -> None:
+    from gradiend.step import FusedLoss
+
+    n = 5_000
+    args = TrainingArguments(learning_rate=1e-2, weight_decay=0.01)
+    models = [GradiendModel(GradiendConfig(input_dim=n), generator=torch.Generator().manual_seed(1)) for _ in "ab"]
+    optimizers = [make_optimizer(m.parameters(), args) for m in models]
+    fused = FusedLoss(models[1], 2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        x = torch.randn(2, n, generator=gen) * 1e-2
+        y = torch.randn(2, n, generator=gen) * 1e-2
+        optimizers[0].zero_grad(set_to_none=True)
+        models[0].loss(x, y)[0].backward()
+        fused.loss_and_grad(x, y)
+        for opt in optimizers:
+            opt.step()
+    for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values(), strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-6), name
