@@ -5,6 +5,11 @@ epochs and extra seeds then cost GRADIEND steps, not base-model passes. Batches 
 content (texts and target tokens). Entries live in memory or in safetensors files on disk, up to a
 byte limit (batches beyond it are simply recomputed); bfloat16 storage halves the footprint at the
 cost of rounding the cached gradients.
+
+Entries are stored block-sparse, losslessly: only the 64-value blocks holding a non-zero are kept.
+A batch touches a few hundred rows of an embedding matrix, so when embeddings are among the
+GRADIEND's inputs most of each gradient is exact zeros (89 % of a 2-layer BERT's inputs, half
+of MiniLM's), and the cache holds 2-8x more batches in the same memory.
 """
 
 from __future__ import annotations
@@ -27,6 +32,31 @@ logger = logging.getLogger(__name__)
 
 CACHE_MODES = ("off", "memory", "disk")
 CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+BLOCK = 64
+
+
+def pack(vector: torch.Tensor, dtype: torch.dtype, prefix: str) -> dict[str, torch.Tensor]:
+    """Block-sparse CPU copy of a flat vector: the blocks with a non-zero, their indices, the tail."""
+    full = vector.numel() // BLOCK * BLOCK
+    blocks = vector[:full].view(-1, BLOCK)
+    kept = blocks.ne(0).any(dim=1).nonzero().view(-1)
+    return {f"{prefix}.values": blocks.index_select(0, kept).to(device="cpu", dtype=dtype),
+            f"{prefix}.blocks": kept.to(device="cpu", dtype=torch.int32),
+            f"{prefix}.tail": vector[full:].to(device="cpu", dtype=dtype, copy=True)}
+
+
+def unpack(entry: dict[str, torch.Tensor], prefix: str, out: torch.Tensor) -> None:
+    """Write a `pack`ed vector back into the flat buffer `out` (zeros outside the kept blocks)."""
+    values, tail = entry[f"{prefix}.values"], entry[f"{prefix}.tail"]
+    full = out.numel() - tail.numel()
+    out.zero_()
+    blocks = entry[f"{prefix}.blocks"].to(device=out.device, dtype=torch.long)
+    out[:full].view(-1, BLOCK).index_copy_(0, blocks, values.to(device=out.device, dtype=out.dtype))
+    out[full:].copy_(tail)
+
+
+def _nbytes(entry: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in entry.values())
 
 
 def release_freed_memory() -> None:
@@ -71,6 +101,7 @@ class GradientStore:
         self._memory: dict[str, dict[str, torch.Tensor]] = {}
         self._on_disk: set[str] = set()
         self.bytes = 0
+        self.dense_bytes = 0  # what the kept entries would take stored dense
         self.hits = 0
         self.misses = 0
         self.full = False
@@ -85,26 +116,28 @@ class GradientStore:
         else:
             self.misses += 1
             return False
-        if set(out) - set(entry):
+        if any(f"{kind}.values" not in entry for kind in out):
             self.misses += 1
             return False
         for kind, buffer in out.items():
-            buffer.copy_(entry[kind])
+            unpack(entry, kind, buffer)
         self.hits += 1
         return True
 
     def put(self, key: str, grads: dict[str, torch.Tensor]) -> None:
         """Store copies of `grads` unless the byte limit would be exceeded."""
-        if key in self._memory or key in self._on_disk:
+        if key in self._memory or key in self._on_disk or self.full:
             return
-        size = sum(g.numel() for g in grads.values()) * self.dtype.itemsize
+        entry: dict[str, torch.Tensor] = {}
+        for kind, g in grads.items():
+            entry.update(pack(g.detach().reshape(-1), self.dtype, kind))
+        size = _nbytes(entry)
         if self.bytes + size > self.max_bytes:
-            if not self.full:
-                logger.info("Gradient cache full (%.1f MB of %.1f MB); further batches are recomputed",
-                            self.bytes / 1e6, self.max_bytes / 1e6)
-                self.full = True
+            logger.info("Gradient cache full (%.1f MB of %.1f MB); further batches are recomputed",
+                        self.bytes / 1e6, self.max_bytes / 1e6)
+            self.full = True
             return
-        entry = {kind: g.detach().to(device="cpu", dtype=self.dtype, copy=True) for kind, g in grads.items()}
+        self.dense_bytes += sum(g.numel() for g in grads.values()) * self.dtype.itemsize
         if self.mode == "memory":
             self._memory[key] = entry
         else:
@@ -118,7 +151,7 @@ class GradientStore:
         had_memory = bool(self._memory)
         self._memory.clear()
         self._on_disk.clear()
-        self.bytes = 0
+        self.bytes = self.dense_bytes = 0
         if had_memory:
             release_freed_memory()
         if self.mode == "disk" and self.directory is not None and self.directory.exists():
@@ -126,4 +159,5 @@ class GradientStore:
 
     def summary(self) -> dict[str, Any]:
         return {"mode": self.mode, "hits": self.hits, "misses": self.misses, "megabytes": self.bytes / 1e6,
+                "dense_megabytes": self.dense_bytes / 1e6,
                 "dtype": str(self.dtype).removeprefix("torch.")}

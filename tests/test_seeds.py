@@ -163,6 +163,32 @@ def test_gradient_store_limit_and_bf16(tmp_path) -> None:
         GradientStore("disk")
 
 
+@pytest.mark.parametrize("mode", ["memory", "disk"])
+def test_gradient_store_is_block_sparse_and_lossless(tmp_path, mode: str) -> None:
+    """Mostly-zero gradients (embedding rows a batch never touched) cost only their non-zero blocks."""
+    n = 64 * 1000 + 37  # a tail shorter than one block
+    gen = torch.Generator().manual_seed(0)
+    sparse = torch.zeros(n)
+    rows = torch.randperm(1000, generator=gen)[:20]
+    for r in rows.tolist():
+        sparse[r * 64 + 3: r * 64 + 50] = torch.randn(47, generator=gen)
+    sparse[-5:] = torch.randn(5, generator=gen)
+    sparse[7] = -0.0  # a negative zero in an otherwise empty block
+    dense = torch.randn(n, generator=gen)
+    empty = torch.zeros(n)
+    store = GradientStore(mode, directory=tmp_path / "cache")
+    store.put("k", {"diff": sparse, "alternative": dense, "factual": empty})
+    out = {kind: torch.full((n,), 7.0) for kind in ("diff", "alternative", "factual")}
+    assert store.get("k", out)
+    assert torch.equal(out["diff"], sparse) and torch.equal(out["alternative"], dense)
+    assert torch.equal(out["factual"], empty)
+    dense_bytes = 3 * n * 4
+    assert store.dense_bytes == dense_bytes
+    expected = (20 + 1000) * 64 * 4 + 3 * 37 * 4 + (20 + 1000) * 4  # kept blocks, three tails, block indices
+    assert store.bytes == expected < 0.4 * dense_bytes
+    assert store.summary()["dense_megabytes"] == dense_bytes / 1e6
+
+
 def test_multi_seed_argument_errors() -> None:
     with pytest.raises(ValueError, match="min_convergent_seeds"):
         TrainingArguments(max_seeds=2, min_convergent_seeds=3)
