@@ -105,7 +105,7 @@ class GradientStore:
         self.hits = 0
         self.misses = 0
         self.full = False
-        self.shared = False  # set when several runs (seeds) use this store: every batch is worth keeping
+        self.shared = False  # set while a later run (seed) will use this store: every batch is worth keeping
 
     def get(self, key: str, out: dict[str, torch.Tensor]) -> bool:
         """Copy the cached gradients of `key` into the buffers of `out`; False when not cached."""
@@ -158,6 +158,7 @@ class GradientStore:
             shutil.rmtree(self.directory)
 
     def summary(self) -> dict[str, Any]:
-        return {"mode": self.mode, "hits": self.hits, "misses": self.misses, "megabytes": self.bytes / 1e6,
+        return {"mode": self.mode, "entries": len(self._memory) + len(self._on_disk), "hits": self.hits,
+                "misses": self.misses, "megabytes": self.bytes / 1e6,
                 "dense_megabytes": self.dense_bytes / 1e6,
                 "dtype": str(self.dtype).removeprefix("torch.")}

@@ -143,6 +143,29 @@ def test_gradient_cache_reuses_base_passes_and_matches_uncached(tiny_mlm_dir, ti
         assert [r["training_score"] for r in report["runs"]] == [r["training_score"] for r in report_off["runs"]]
 
 
+def test_later_seeds_are_cached_for_only_once_one_is_certain_to_run(tiny_mlm_dir, tiny_rows, tmp_path) -> None:
+    def cached_entries(trainer: TextPredictionTrainer, seed: int) -> int:
+        stats = json.loads((Path(trainer.experiment_dir) / "seeds" / f"seed_{seed}" / "training.json").read_text())
+        return stats["gradient_cache"]["entries"]
+
+    # min_convergent_seeds=1 and seed 0 converges: only its scale-estimation batches were kept
+    # (6 steps < 1 epoch of 12 batches, so no batch repeats within the seed)
+    lucky = _trainer(tiny_mlm_dir, tiny_rows, _args(tmp_path / "a", min_convergent_seeds=1))
+    lucky.train()
+    assert _report(lucky)["seeds_tried"] == [0]
+    assert cached_entries(lucky, 0) == 2
+    # seed 0 fails: seed 1 runs and, as seed 2 may follow, keeps all 6 batches (the first 2 are the
+    # scale-estimation batches)
+    unlucky = _trainer(tiny_mlm_dir, tiny_rows, _args(tmp_path / "b", min_convergent_seeds=1))
+    unlucky.train(callbacks=[FreezeSeeds({0})])
+    assert _report(unlucky)["seeds_tried"] == [0, 1]
+    assert cached_entries(unlucky, 0) == 2 and cached_entries(unlucky, 1) == 6
+    # two seeds must converge: seed 0 already keeps everything
+    certain = _trainer(tiny_mlm_dir, tiny_rows, _args(tmp_path / "c", min_convergent_seeds=2))
+    certain.train()
+    assert cached_entries(certain, 0) == 6
+
+
 def test_gradient_store_limit_and_bf16(tmp_path) -> None:
     store = GradientStore("memory", max_bytes=100, dtype="float32")
     grads = {"diff": torch.arange(10.0)}

@@ -245,7 +245,9 @@ class Trainer(abc.ABC):
         directory = Path(self.experiment_dir) / "cache" / "gradients" if args.gradient_cache == "disk" else None
         store = GradientStore(args.gradient_cache, int(args.gradient_cache_max_gb * 1024**3),
                               args.gradient_cache_dtype, directory)
-        store.shared = args.max_seeds > 1
+        # a later seed reuses every batch, but with min_convergent_seeds=1 the usual run stops after
+        # seed 0: keep batches for later seeds only once one is certain to run (see train_seed)
+        store.shared = args.min_convergent_seeds > 1
         return store
 
     def _train_seed(self, template: ModelWithGradiend, args: TrainingArguments, train_rows: pd.DataFrame,
@@ -285,6 +287,8 @@ class Trainer(abc.ABC):
                 info = stats.get("convergence_info", {})
                 return SeedTraining(stats, bool(info.get("converged")), info.get("reason"), used_cache=True)
             logger.info("Seed %d: training into %s", seed, directory)
+            if store is not None and seed > base_seed:
+                store.shared = seed < base_seed + args.max_seeds - 1  # another seed may follow this one
             return self._train_seed(template, seed_args, train_rows, eval_rows, pair, directory, seed_key,
                                     callbacks, store)
 
