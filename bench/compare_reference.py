@@ -131,9 +131,10 @@ def worker(ns: argparse.Namespace) -> None:
         shutil.rmtree(p, ignore_errors=True)
     data = pd.read_csv(ns.data)
     neutral = pd.read_csv(ns.neutral)
+    extra = json.loads(ns.train_args) if ns.train_args else {}
     args = TrainingArguments(experiment_dir=str(exp), train_batch_size=8, max_steps=ns.max_steps,
                              eval_steps=ns.eval_steps, learning_rate=1e-3, num_train_epochs=10_000,
-                             max_seeds=ns.max_seeds, min_convergent_seeds=1, seed=0)
+                             max_seeds=ns.max_seeds, min_convergent_seeds=1, seed=0, **extra)
     trainer = TextPredictionTrainer(model=ns.model, data=data, eval_neutral_data=neutral, args=args)
     result: dict[str, Any] = {"gradiend_file": gradiend.__file__, "import_s": import_s,
                               "version": getattr(gradiend, "__version__", "?"), "torch": torch.__version__,
@@ -302,6 +303,20 @@ def physical_limit(exp: Path, train_wall_s: float | None) -> dict[str, float] | 
             "train_phase_wall": float(train_wall_s), "fraction_base_passes": float(passes) / train_wall_s}
 
 
+def _parse_overrides(text: str) -> dict[str, Any]:
+    """'a=1,b=off' -> {'a': 1, 'b': 'off'} (JSON values where they parse, strings otherwise)."""
+    out: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--ours-args: expected key=value, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="'tiny', 'minilm' or a local masked-LM directory")
@@ -318,6 +333,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads in both workers (0: torch's default); 1 avoids thread oversubscription "
                              "on a busy machine")
+    parser.add_argument("--ours-args", default="",
+                        help="extra TrainingArguments for our side only, e.g. 'gradient_cache=off' (comma-separated "
+                             "key=value, values parsed as JSON where possible); results go to ours-<args>/")
+    parser.add_argument("--train-args", default="", help=argparse.SUPPRESS)
     parser.add_argument("--markdown", default=None, help="also write the comparison as markdown to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--side", default="", help=argparse.SUPPRESS)
@@ -340,9 +359,11 @@ def main() -> None:
     train, val, test = (int(x) for x in ns.per_class.split(","))
     data_path, neutral_path = write_dataset(work, {"train": train, "validation": val, "test": test},
                                             ns.neutral_rows)
+    ours_args = _parse_overrides(ns.ours_args)
+    ours_dir = "ours" + "".join(f"-{k}={v}" for k, v in ours_args.items())
     results: dict[str, dict[str, Any]] = {}
     for side in ("ours", "reference"):
-        out = work / side / "result.json"
+        out = work / (ours_dir if side == "ours" else side) / "result.json"
         if side in ns.sides.split(","):
             python = ensure_venv(Path(ns.venv_root), side)
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -352,7 +373,8 @@ def main() -> None:
                   "--data", str(data_path), "--neutral", str(neutral_path), "--out", str(out),
                   "--max-steps", str(ns.max_steps), "--eval-steps", str(ns.eval_steps),
                   "--target-class", ns.target_class, "--threads", str(ns.threads),
-                  "--max-seeds", str(ns.max_seeds)], cwd=str(out.parent), env=env)
+                  "--max-seeds", str(ns.max_seeds),
+                  "--train-args", json.dumps(ours_args) if side == "ours" else ""], cwd=str(out.parent), env=env)
         if not out.exists():
             print(f"{side}: no result yet at {out}")
             continue
@@ -361,9 +383,10 @@ def main() -> None:
         print(f"{side}: gradiend {results[side]['version']} from {results[side]['gradiend_file']}")
     if len(results) < 2:
         return
-    limit = physical_limit(work / "ours" / "exp", results["ours"]["phases"].get("train", {}).get("wall_s"))
+    limit = physical_limit(work / ours_dir / "exp", results["ours"]["phases"].get("train", {}).get("wall_s"))
     header = (f"Model `{label}` ({model}), {ns.max_steps} steps, eval every {ns.eval_steps}, batch 8, lr 1e-3, "
-              f"max_seeds {ns.max_seeds}, data {ns.per_class} rows/class (train,val,test) + {ns.neutral_rows} neutral; "
+              f"max_seeds {ns.max_seeds}{', ours with ' + ns.ours_args if ours_args else ''}, "
+              f"data {ns.per_class} rows/class (train,val,test) + {ns.neutral_rows} neutral; "
               f"machine: {platform.machine()} {os.cpu_count()} cores, torch {results['ours']['torch']} "
               f"({results['ours']['threads']} threads), python {platform.python_version()}; "
               f"ours {results['ours']['version']} vs reference {results['reference']['version']}; "
@@ -377,7 +400,7 @@ def main() -> None:
                  + f"; base-model forward/backward for the training batches (`base_passes`) = "
                  f"**{100 * limit['fraction_base_passes']:.0f} %** of the train phase's wall time.")
     print("\n" + text + "\n")
-    (work / "comparison.json").write_text(json.dumps({**results, "physical_limit": limit}, indent=1))
+    (work / f"comparison-{ours_dir}.json").write_text(json.dumps({**results, "physical_limit": limit}, indent=1))
     if ns.markdown:
         Path(ns.markdown).write_text(text + "\n")
 

@@ -81,19 +81,28 @@ class GradiendConfig:
 class GradiendModel(nn.Module):
     """One-hidden-layer encoder–decoder on gradient space (k feature neurons)."""
 
-    def __init__(self, config: GradiendConfig, generator: torch.Generator | None = None) -> None:
+    def __init__(self, config: GradiendConfig, generator: torch.Generator | None = None,
+                 shape_only: bool = False) -> None:
+        """`shape_only=True`: weights on the meta device (no memory, no values): a template whose
+        configuration other GRADIENDs are built from (`ModelWithGradiend.with_new_gradiend`)."""
         super().__init__()
         self.config = config
         n, k = config.input_dim, config.latent_dim
-        self.encoder_weight = nn.Parameter(torch.empty(k, n))
-        self.encoder_bias = nn.Parameter(torch.empty(k))
-        self.decoder_weight = nn.Parameter(torch.empty(n, k))
-        self.decoder_bias = nn.Parameter(torch.empty(n)) if config.bias_decoder else None
+        device = torch.device("meta") if shape_only else None
+        self.encoder_weight = nn.Parameter(torch.empty(k, n, device=device))
+        self.encoder_bias = nn.Parameter(torch.empty(k, device=device))
+        self.decoder_weight = nn.Parameter(torch.empty(n, k, device=device))
+        self.decoder_bias = nn.Parameter(torch.empty(n, device=device)) if config.bias_decoder else None
         self.register_buffer("input_scale", torch.ones(()))
         self.register_buffer("target_scale", torch.ones(()))
         # kept coordinates of pruned parameters (ParamMap.index_tensors), saved to PARAM_MAP_FILE
         self.param_index: dict[str, torch.Tensor] = {}
-        self.reset_parameters(generator)
+        if not shape_only:
+            self.reset_parameters(generator)
+
+    @property
+    def shape_only(self) -> bool:
+        return self.encoder_weight.is_meta
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -158,7 +167,8 @@ class GradiendModel(nn.Module):
     def prune(self, keep: torch.Tensor) -> None:
         """Keep only the input coordinates where the boolean vector `keep` is True (in place):
         encoder columns, decoder rows and decoder-bias entries are sliced; the rest is unchanged."""
-        keep = torch.as_tensor(keep, dtype=torch.bool, device=self.encoder_weight.device).reshape(-1)
+        device = torch.device("cpu") if self.shape_only else self.encoder_weight.device
+        keep = torch.as_tensor(keep, dtype=torch.bool, device=device).reshape(-1)
         if keep.numel() != self.config.input_dim:
             raise ValueError(f"keep mask has {keep.numel()} entries, the GRADIEND {self.config.input_dim} inputs")
         n_kept = int(keep.sum())

@@ -137,7 +137,7 @@ class ModelWithGradiend:
                  max_length: int = 256) -> None:
         self.base_model = base_model
         self.tokenizer = tokenizer
-        self.gradiend = gradiend.to(next(base_model.parameters()).device)
+        self.gradiend = gradiend if gradiend.shape_only else gradiend.to(next(base_model.parameters()).device)
         self.param_map = ParamMap.from_json(gradiend.config.param_map, gradiend.param_index)
         self.objective = make_objective(gradiend.config.objective, tokenizer, max_length,
                                         gradiend.config.objective_options)
@@ -161,13 +161,15 @@ class ModelWithGradiend:
                feature_classes: Sequence[str] = (), source: str = "alternative", target: str = "diff",
                seed: int | None = 0, max_length: int = 256, trust_remote_code: bool = False,
                device: torch.device | str | None = None, objective: str | None = None,
-               objective_options: dict[str, Any] | None = None, param_map: ParamMap | None = None
-               ) -> ModelWithGradiend:
+               objective_options: dict[str, Any] | None = None, param_map: ParamMap | None = None,
+               shape_only: bool = False) -> ModelWithGradiend:
         """A fresh, untrained GRADIEND over `base_model` (HF id or local path).
 
         `objective`: "mlm", "clm" or None (chosen from the model); `objective_options` (causal
         LMs, e.g. `min_left_context_tokens`) are stored in the checkpoint. `param_map` (e.g. a
-        pre-pruned one) replaces the selection by `params`.
+        pre-pruned one) replaces the selection by `params`. `shape_only=True` allocates no GRADIEND
+        weights: a template for `with_new_gradiend` (the trainer's seeds), which saves one
+        GRADIEND's memory and initialisation.
         """
         model, tokenizer, kind = load_model_for_objective(base_model, torch_dtype, trust_remote_code, device,
                                                           objective)
@@ -186,7 +188,7 @@ class ModelWithGradiend:
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         logger.info("GRADIEND over %d parameters of %s (%d tensors)", param_map.size, base_model,
                     len(param_map.specs))
-        gradiend = GradiendModel(config, generator)
+        gradiend = GradiendModel(config, generator, shape_only=shape_only)
         gradiend.param_index = param_map.index_tensors()
         return cls(model, tokenizer, gradiend, max_length=max_length)
 

@@ -141,3 +141,22 @@ def test_training_with_the_fused_loss_follows_the_autograd_trajectory() -> None:
             opt.step()
     for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values(), strict=True):
         assert torch.allclose(a, b, rtol=0, atol=1e-6), name
+
+
+def test_shape_only_template_allocates_no_weights_and_seeds_like_a_real_one(tiny_mlm_dir) -> None:
+    from gradiend.model_with_gradiend import ModelWithGradiend
+
+    pair = ("3SG", "3PL")
+    template = ModelWithGradiend.create(tiny_mlm_dir, feature_classes=pair, seed=0, shape_only=True)
+    assert template.gradiend.shape_only and template.gradiend.encoder_weight.is_meta
+    real = ModelWithGradiend.create(tiny_mlm_dir, feature_classes=pair, seed=0)
+    seeded = template.with_new_gradiend(0)
+    assert not seeded.gradiend.shape_only
+    for (name, a), b in zip(real.gradiend.state_dict().items(), seeded.gradiend.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    # pruning a template keeps it weightless and shrinks the map
+    keep = torch.zeros(template.param_map.size, dtype=torch.bool)
+    keep[::7] = True
+    template.prune(keep)
+    assert template.gradiend.shape_only and template.param_map.size == int(keep.sum())
+    assert template.with_new_gradiend(1).gradiend.encoder_weight.shape == (1, int(keep.sum()))

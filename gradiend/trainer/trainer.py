@@ -234,7 +234,7 @@ class Trainer(abc.ABC):
             torch_dtype=args.torch_dtype, feature_classes=pair, source=args.source, target=args.target,
             seed=args.seed, max_length=args.max_length, trust_remote_code=args.trust_remote_code,
             device=self._device(), objective=args.objective,
-            objective_options={"min_left_context_tokens": args.min_left_context_tokens})
+            objective_options={"min_left_context_tokens": args.min_left_context_tokens}, shape_only=True)
         for token in sorted(set(rows["factual"]) | set(rows["alternative"])):
             model.objective.pieces(token)
         return model
@@ -326,6 +326,7 @@ class Trainer(abc.ABC):
         model = self._new_model(self._args, rows, pair)
         train_rows = model.rows_with_context(require_split(rows, "train", pair, "pre-pruning"), "pre-pruning")
         pre_prune(model, train_rows, pair, cfg, self._args.show_progress)
+        model = model.with_new_gradiend(self._args.seed)  # real (untrained) weights at the pruned size
         if inplace:
             self._pre_pruned = model
             self._explicit_pre_prune = cfg.to_dict()
