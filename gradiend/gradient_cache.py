@@ -101,14 +101,16 @@ class GradientStore:
         self._memory: dict[str, dict[str, torch.Tensor]] = {}
         self._on_disk: set[str] = set()
         self.bytes = 0
-        self.dense_bytes = 0  # what the kept entries would take stored dense
+        self.dense_bytes = 0  # what the entries stored so far would take stored dense
         self.hits = 0
         self.misses = 0
         self.full = False
         self.shared = False  # set while a later run (seed) will use this store: every batch is worth keeping
 
-    def get(self, key: str, out: dict[str, torch.Tensor]) -> bool:
-        """Copy the cached gradients of `key` into the buffers of `out`; False when not cached."""
+    def get(self, key: str, out: dict[str, torch.Tensor], keep: bool = True) -> bool:
+        """Copy the cached gradients of `key` into the buffers of `out`; False when not cached.
+
+        `keep=False` drops the entry once served (a batch that will not come again)."""
         if key in self._memory:
             entry = self._memory[key]
         elif key in self._on_disk:
@@ -122,7 +124,17 @@ class GradientStore:
         for kind, buffer in out.items():
             unpack(entry, kind, buffer)
         self.hits += 1
+        if not keep:
+            self._drop(key, entry)
         return True
+
+    def _drop(self, key: str, entry: dict[str, torch.Tensor]) -> None:
+        self.bytes -= _nbytes(entry)
+        if key in self._memory:
+            del self._memory[key]
+        else:
+            self._on_disk.discard(key)
+            (self.directory / f"{key}.safetensors").unlink(missing_ok=True)
 
     def put(self, key: str, grads: dict[str, torch.Tensor]) -> None:
         """Store copies of `grads` unless the byte limit would be exceeded."""

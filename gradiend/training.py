@@ -206,7 +206,8 @@ def train_gradiend(model: ModelWithGradiend, train_rows: pd.DataFrame, eval_rows
     def batch_gradients(step: int, indices: Sequence[int], out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         texts, fac, alt = _batch_lists(train_rows, indices)
         key = batch_key(texts, fac, alt) if gradient_store is not None else ""
-        if gradient_store is not None and gradient_store.get(key, out):
+        # without repeats, a cached batch (a scale-estimation one) is served once, then dropped
+        if gradient_store is not None and gradient_store.get(key, out, keep=keep_all or step == 0):
             return out
         t_pass = time.perf_counter()
         grads = model.engine.gradients(texts, fac, alt, kinds, out=out)

@@ -148,18 +148,20 @@ def test_later_seeds_are_cached_for_only_once_one_is_certain_to_run(tiny_mlm_dir
         stats = json.loads((Path(trainer.experiment_dir) / "seeds" / f"seed_{seed}" / "training.json").read_text())
         return stats["gradient_cache"]["entries"]
 
-    # min_convergent_seeds=1 and seed 0 converges: only its scale-estimation batches were kept
-    # (6 steps < 1 epoch of 12 batches, so no batch repeats within the seed)
+    # min_convergent_seeds=1 and seed 0 converges: only its 2 scale-estimation batches were kept,
+    # and dropped once training used them (6 steps < 1 epoch of 12 batches: nothing repeats)
     lucky = _trainer(tiny_mlm_dir, tiny_rows, _args(tmp_path / "a", min_convergent_seeds=1))
     lucky.train()
     assert _report(lucky)["seeds_tried"] == [0]
-    assert cached_entries(lucky, 0) == 2
+    stats = json.loads((Path(lucky.experiment_dir) / "seeds" / "seed_0" / "training.json").read_text())
+    assert stats["gradient_cache"]["hits"] == 2 and stats["gradient_cache"]["misses"] == 6
+    assert cached_entries(lucky, 0) == 0 and stats["gradient_cache"]["megabytes"] == 0
     # seed 0 fails: seed 1 runs and, as seed 2 may follow, keeps all 6 batches (the first 2 are the
     # scale-estimation batches)
     unlucky = _trainer(tiny_mlm_dir, tiny_rows, _args(tmp_path / "b", min_convergent_seeds=1))
     unlucky.train(callbacks=[FreezeSeeds({0})])
     assert _report(unlucky)["seeds_tried"] == [0, 1]
-    assert cached_entries(unlucky, 0) == 2 and cached_entries(unlucky, 1) == 6
+    assert cached_entries(unlucky, 0) == 0 and cached_entries(unlucky, 1) == 6
     # two seeds must converge: seed 0 already keeps everything
     certain = _trainer(tiny_mlm_dir, tiny_rows, _args(tmp_path / "c", min_convergent_seeds=2))
     certain.train()
@@ -210,6 +212,10 @@ def test_gradient_store_is_block_sparse_and_lossless(tmp_path, mode: str) -> Non
     expected = (20 + 1000) * 64 * 4 + 3 * 37 * 4 + (20 + 1000) * 4  # kept blocks, three tails, block indices
     assert store.bytes == expected < 0.4 * dense_bytes
     assert store.summary()["dense_megabytes"] == dense_bytes / 1e6
+    # a batch that will not come again is dropped once served (memory and file)
+    assert store.get("k", out, keep=False) and torch.equal(out["diff"], sparse)
+    assert store.bytes == 0 and not store.get("k", out)
+    assert not list((tmp_path / "cache").glob("*.safetensors"))
 
 
 def test_multi_seed_argument_errors() -> None:
