@@ -288,3 +288,31 @@ class BatchSchedule:
                 yield epoch, batch
                 step += 1
             epoch += 1
+
+
+# evaluation batches hold at most this many padded tokens per allowed row (batch_size rows)
+TOKENS_PER_ROW = 16
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Row indices grouped for evaluation passes: sorted by token length, so each batch pads to
+    nearly its own rows' length, with at most `batch_size` rows and `TOKENS_PER_ROW·batch_size`
+    padded tokens (always at least one row).
+
+    Sentences vary in length: one batch of 30 test sentences (25 tokens on average, longest 53)
+    padded to the longest costs 2.1x the real tokens; sorted batches cost about 1.2x.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    budget = TOKENS_PER_ROW * batch_size
+    batches: list[np.ndarray] = []
+    current: list[int] = []
+    for i in np.argsort(np.asarray(lengths), kind="stable").tolist():
+        if current and (len(current) >= batch_size or (len(current) + 1) * lengths[i] > budget):
+            batches.append(np.asarray(current))
+            current = []
+        current.append(i)
+    if current:
+        batches.append(np.asarray(current))
+    return batches
+

@@ -144,6 +144,13 @@ class GradiendModel(nn.Module):
         h = torch.as_tensor(h, dtype=self.decoder_weight.dtype, device=self.decoder_weight.device)
         if h.dim() == 0:
             h = h.reshape(1).expand(self.config.latent_dim)
+        if h.dim() == 1 and self.config.latent_dim == 1:
+            # one feature neuron: s_out·(b_d + h·w_d) as two vector passes (a k=1 matrix product and
+            # separate scaling each cost a pass and a temporary more)
+            weight = self.decoder_weight[rows, 0]
+            if self.decoder_bias is None:
+                return weight * (h * self.target_scale)
+            return torch.addcmul(self.decoder_bias[rows], weight, h).mul_(self.target_scale)
         return self.decode_normalized(h, rows) * self.target_scale
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM,
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from gradiend.arguments import DTYPES
-from gradiend.data import DataError
+from gradiend.data import DataError, length_batches
 from gradiend.gradients import GradientEngine
 from gradiend.model import GradiendConfig, GradiendModel
 from gradiend.objectives import CausalLMObjective, LMObjective, MaskedLMObjective
@@ -295,12 +295,9 @@ class ModelWithGradiend:
                 raise ValueError(f"Encoding with kind={kind!r} needs the alternative tokens")
             alternative = factual
         directions = self.gradiend.encoder_directions().detach()
-        out = []
-        for start in range(0, len(texts), batch_size):
-            end = start + batch_size
-            proj = self.engine.directional(texts[start:end], factual[start:end], alternative[start:end],
-                                           kind, directions)
-            out.append(self.gradiend.activate(proj).cpu())
-        if not out:
-            return np.zeros((0, self.config.latent_dim), dtype=np.float32)
-        return torch.cat(out).numpy()
+        out = np.zeros((len(texts), self.config.latent_dim), dtype=np.float32)
+        for rows in length_batches(self.objective.token_lengths(texts), batch_size):
+            proj = self.engine.directional([texts[i] for i in rows], [factual[i] for i in rows],
+                                           [alternative[i] for i in rows], kind, directions)
+            out[rows] = self.gradiend.activate(proj).cpu().numpy()
+        return out

@@ -78,6 +78,14 @@ class LMObjective:
         self._head: _HeadChain | None = None
         self._head_checked_for: int | None = None
 
+    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        """Approximate token counts (the texts as written), for grouping rows of similar length."""
+        if not texts:
+            return []
+        ids = self.tokenizer(list(texts), add_special_tokens=False, truncation=True,
+                             max_length=self.max_length)["input_ids"]
+        return [len(row) for row in ids]
+
     def _tokenize_target(self, token: str) -> list[int]:
         return self.tokenizer(token, add_special_tokens=False)["input_ids"]
 

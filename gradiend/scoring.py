@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradiend.data import DataError
+from gradiend.data import DataError, length_batches
 from gradiend.objectives import CausalLMObjective, LMObjective
 
 logger = logging.getLogger(__name__)
@@ -108,8 +108,8 @@ def class_probabilities(model: nn.Module, objective: LMObjective, texts: Sequenc
             by_length[len(ids)].append((ci, ids))
     out = np.zeros((len(texts), len(classes)), dtype=np.float64)
     device = next(model.parameters()).device
-    for start in range(0, len(texts), batch_size):
-        chunk = list(texts[start:start + batch_size])
+    for rows in length_batches(objective.token_lengths(texts), batch_size):
+        chunk = [texts[i] for i in rows]
         for k, entries in by_length.items():
             placeholder = [list(range(k))] * len(chunk)
             inputs = objective.encode_pieces(chunk, placeholder).to(device)
@@ -122,7 +122,7 @@ def class_probabilities(model: nn.Module, objective: LMObjective, texts: Sequenc
             for ci, ids in entries:
                 index = torch.tensor(ids, device=device)
                 picked = probs[:, :, torch.arange(k, device=device), index]  # (rows, slots, k)
-                out[start:start + len(chunk), ci] += picked.prod(dim=-1).prod(dim=-1).double().cpu().numpy()
+                out[rows, ci] += picked.prod(dim=-1).prod(dim=-1).double().cpu().numpy()
     return out
 
 
@@ -132,14 +132,14 @@ def _causal_class_probabilities(model: nn.Module, objective: CausalLMObjective, 
     index = {cls: [torch.tensor(sorted({i for f, i in entries if f == form}), dtype=torch.long, device=device)
                    for form in (AFTER_SPACE, GLUED)] for cls, entries in ids_by_class.items()}
     out = np.zeros((len(texts), len(ids_by_class)), dtype=np.float64)
-    for start in range(0, len(texts), batch_size):
-        tensors, positions, spaced = objective.encode_prefixes(list(texts[start:start + batch_size]))
+    for rows in length_batches(objective.token_lengths(texts), batch_size):
+        tensors, positions, spaced = objective.encode_prefixes([texts[i] for i in rows])
         tensors = {k: v.to(device) for k, v in tensors.items()}
         probs = torch.softmax(objective.logits_at_positions(model, tensors, positions.to(device)), dim=-1)
         after_space = torch.tensor(spaced, device=device)
         for ci, (after, glued) in enumerate(index.values()):
             p = torch.where(after_space, probs[:, after].sum(-1), probs[:, glued].sum(-1))
-            out[start:start + len(spaced), ci] = p.double().cpu().numpy()
+            out[rows, ci] = p.double().cpu().numpy()
     return out
 
 
@@ -178,8 +178,8 @@ def prepare_lms(objective: LMObjective, texts: Sequence[str], ignore_tokens: Ite
     ignore_ids = _ignored_ids(objective, ignore_tokens)
     rng = np.random.default_rng(seed)
     batches, total = [], 0
-    for start in range(0, len(texts), batch_size):
-        enc = tok(list(texts[start:start + batch_size]), padding=True, truncation=True,
+    for rows in length_batches(objective.token_lengths(texts), batch_size):
+        enc = tok([texts[i] for i in rows], padding=True, truncation=True,
                   max_length=objective.max_length, return_tensors="pt", return_special_tokens_mask=True)
         input_ids = enc["input_ids"].clone()
         special = enc.pop("special_tokens_mask").bool() | (enc["attention_mask"] == 0)
@@ -211,9 +211,9 @@ def _prepare_causal_lms(objective: CausalLMObjective, texts: Sequence[str], igno
                         batch_size: int) -> LMSData:
     lead = objective.lead_ids
     batches, total = [], 0
-    for start in range(0, len(texts), batch_size):
+    for rows in length_batches(objective.token_lengths(texts), batch_size):
         sequences, positions, targets = [], [], []
-        for text in texts[start:start + batch_size]:
+        for text in (texts[i] for i in rows):
             ids = lead + objective.tokenizer(text, add_special_tokens=False)["input_ids"]
             ids = ids[:objective.max_length]
             pairs = [(t, ids[t + 1]) for t in range(len(ids) - 1) if ids[t + 1] not in ignore_ids]

@@ -113,6 +113,39 @@ def test_class_probabilities_sum_over_case_variants(trained) -> None:
     assert 0 < probs[0, 0] < 1 and 0 < probs[0, 1] < 1
 
 
+def test_length_batches_cover_every_row_once_sorted_and_capped() -> None:
+    from gradiend.data import TOKENS_PER_ROW, length_batches
+
+    lengths = [5, 40, 12, 3, 90, 7, 7, 33, 60, 2, 1000]
+    batches = length_batches(lengths, batch_size=3)
+    assert sorted(i for b in batches for i in b.tolist()) == list(range(len(lengths)))
+    flat = [lengths[i] for b in batches for i in b.tolist()]
+    assert flat == sorted(lengths), "rows are grouped in length order"
+    for b in batches:
+        assert 1 <= len(b) <= 3
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 3 * TOKENS_PER_ROW
+    assert [len(b) for b in batches][-1] == 1, "a row longer than the budget still gets a batch"
+    with pytest.raises(ValueError, match="batch_size"):
+        length_batches(lengths, 0)
+
+
+def test_scores_and_encodings_do_not_depend_on_batching(trained) -> None:
+    """Length-sorted batches reorder rows internally; every result must land on its own row."""
+    mwg = trained.get_model()
+    texts = ["[MASK] went home .", "the children said that [MASK] were tired after the long walk home .",
+             "yesterday [MASK] was here .", "[MASK] are", "in the morning [MASK] saw the old ship in the harbour ."]
+    pieces = class_piece_sets(mwg.objective, {"3SG": {"he", "she"}, "3PL": {"they"}})
+    one = class_probabilities(mwg.base_model, mwg.objective, texts, pieces, batch_size=1)
+    many = class_probabilities(mwg.base_model, mwg.objective, texts, pieces, batch_size=64)
+    assert torch.allclose(torch.tensor(one), torch.tensor(many), rtol=1e-4, atol=1e-7)
+    assert len({round(float(v), 6) for v in one[:, 0]}) == len(texts), "rows differ, so a mix-up would show"
+    factual = ["he", "they", "she", "they", "he"]
+    alternative = ["they", "he", "they", "she", "they"]
+    enc_one = mwg.encode(texts, factual, alternative, batch_size=1)
+    enc_many = mwg.encode(texts, factual, alternative, batch_size=64)
+    assert torch.allclose(torch.tensor(enc_one), torch.tensor(enc_many), rtol=1e-4, atol=1e-6)
+
+
 def test_saved_rewrite_is_a_complete_checkpoint(trained, tmp_path) -> None:
     dec = trained.evaluate_decoder(target_class="3SG")
     path = trained.rewrite_base_model(decoder_results=dec, target_class="3SG", output_dir=str(tmp_path / "3sg"))

@@ -160,3 +160,16 @@ def test_shape_only_template_allocates_no_weights_and_seeds_like_a_real_one(tiny
     template.prune(keep)
     assert template.gradiend.shape_only and template.param_map.size == int(keep.sum())
     assert template.with_new_gradiend(1).gradiend.encoder_weight.shape == (1, int(keep.sum()))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_decode_vector_path_equals_the_matrix_formula(bias: bool) -> None:
+    config = GradiendConfig(input_dim=3_000, bias_decoder=bias)
+    model = GradiendModel(config, generator=torch.Generator().manual_seed(2))
+    model.target_scale.fill_(3.7)
+    for h in (0.5, -1.0, [0.25]):
+        for rows in (slice(None), slice(10, 1_700)):
+            fast = model.decode(h, rows)
+            matrix = model.decode_normalized(torch.as_tensor(h, dtype=torch.float32).reshape(1), rows) * 3.7
+            assert fast.shape == matrix.shape
+            assert torch.allclose(fast, matrix, rtol=1e-6, atol=1e-9), (h, rows)
