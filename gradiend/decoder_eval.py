@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from gradiend.allocator import reuse_large_blocks
 from gradiend.model_with_gradiend import ModelWithGradiend
 from gradiend.rewrite import ParameterSnapshot
 from gradiend.scoring import LMSData, class_probabilities, lm_score
@@ -65,7 +66,14 @@ def run_grid(model: ModelWithGradiend, rows: pd.DataFrame, pieces_by_class: Mapp
         return {"id": candidate_id(ff, lr), "feature_factor": ff, "learning_rate": lr,
                 "lms": lm_score(base_model, objective, lms_data), "probs": by_dataset}
 
-    snapshot = ParameterSnapshot(base_model, model.param_map)
+    with reuse_large_blocks():  # decoded update slices are tens of MB per candidate
+        return _score_grid(model, score, feature_factors, learning_rates, show_progress)
+
+
+def _score_grid(model: ModelWithGradiend, score: Callable[[float | None, float | None], Record],
+                feature_factors: Sequence[float], learning_rates: Sequence[float], show_progress: bool
+                ) -> list[Record]:
+    snapshot = ParameterSnapshot(model.base_model, model.param_map)
     total = 1 + len(feature_factors) * len(learning_rates)
     records = []
     with tqdm(total=total, desc="Decoder grid", disable=not show_progress, leave=False) as bar:

@@ -14,8 +14,6 @@ of MiniLM's), and the cache holds 2-8x more batches in the same memory.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hashlib
 import logging
 import shutil
@@ -26,6 +24,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from gradiend.allocator import release_freed_memory
 from gradiend.experiment import atomic_write_with
 
 logger = logging.getLogger(__name__)
@@ -57,21 +56,6 @@ def unpack(entry: dict[str, torch.Tensor], prefix: str, out: torch.Tensor) -> No
 
 def _nbytes(entry: dict[str, torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in entry.values())
-
-
-def release_freed_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc only; a no-op elsewhere).
-
-    Cached gradients are large blocks; once freed, glibc keeps them in the process heap, so the
-    resident size after a cached run would stay at its peak for the rest of the session.
-    """
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        trim = None
-    if trim is not None:
-        trim(0)
 
 
 def batch_key(texts: Sequence[str], factual: Sequence[str], alternative: Sequence[str]) -> str:

@@ -16,6 +16,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+from gradiend.allocator import reuse_large_blocks
 from gradiend.arguments import DTYPES
 from gradiend.data import DataError, length_batches
 from gradiend.gradients import GradientEngine
@@ -296,8 +297,9 @@ class ModelWithGradiend:
             alternative = factual
         directions = self.gradiend.encoder_directions().detach()
         out = np.zeros((len(texts), self.config.latent_dim), dtype=np.float32)
-        for rows in length_batches(self.objective.token_lengths(texts), batch_size):
-            proj = self.engine.directional([texts[i] for i in rows], [factual[i] for i in rows],
-                                           [alternative[i] for i in rows], kind, directions)
-            out[rows] = self.gradiend.activate(proj).cpu().numpy()
+        with reuse_large_blocks():  # forward-mode tangents are parameter-sized
+            for rows in length_batches(self.objective.token_lengths(texts), batch_size):
+                proj = self.engine.directional([texts[i] for i in rows], [factual[i] for i in rows],
+                                               [alternative[i] for i in rows], kind, directions)
+                out[rows] = self.gradiend.activate(proj).cpu().numpy()
         return out

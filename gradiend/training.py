@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from gradiend.allocator import reuse_large_blocks
 from gradiend.arguments import TrainingArguments
 from gradiend.data import BatchSchedule, cap_per_class
 from gradiend.encoder_eval import pearson
@@ -178,8 +179,16 @@ def train_gradiend(model: ModelWithGradiend, train_rows: pd.DataFrame, eval_rows
     """Train `model.gradiend` in place on `train_rows`; return the best weights and the stats.
 
     `gradient_store` (optional) serves and keeps per-batch base-model gradients, so repeated
-    batches (later epochs, other seeds sharing it) skip the base-model pass.
+    batches (later epochs, other seeds sharing it) skip the base-model pass. Large freed blocks
+    are reused rather than returned to the OS while training (`gradiend.allocator`).
     """
+    with reuse_large_blocks():
+        return _train(model, train_rows, eval_rows, pair, args, callbacks, gradient_store)
+
+
+def _train(model: ModelWithGradiend, train_rows: pd.DataFrame, eval_rows: pd.DataFrame | None,
+           pair: Sequence[str], args: TrainingArguments, callbacks: Sequence[TrainingCallback],
+           gradient_store: GradientStore | None) -> TrainingOutcome:
     t_start = time.perf_counter()
     if args.seed is not None:
         set_seed(args.seed)

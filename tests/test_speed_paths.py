@@ -173,3 +173,36 @@ def test_decode_vector_path_equals_the_matrix_formula(bias: bool) -> None:
             matrix = model.decode_normalized(torch.as_tensor(h, dtype=torch.float32).reshape(1), rows) * 3.7
             assert fast.shape == matrix.shape
             assert torch.allclose(fast, matrix, rtol=1e-6, atol=1e-9), (h, rows)
+
+
+def test_reuse_large_blocks_switches_only_at_the_outermost_level(monkeypatch) -> None:
+    from gradiend import allocator
+
+    calls: list[tuple[str, int, int]] = []
+
+    class FakeLibc:
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append(("mallopt", param, value))
+            return 1
+
+        def malloc_trim(self, pad: int) -> int:
+            calls.append(("trim", pad, 0))
+            return 1
+
+    monkeypatch.setattr(allocator, "_libc", lambda: FakeLibc())
+    with allocator.reuse_large_blocks():
+        with allocator.reuse_large_blocks():
+            pass
+        assert calls == [("mallopt", allocator.M_MMAP_THRESHOLD, allocator.TRAINING_MMAP_THRESHOLD),
+                         ("mallopt", allocator.M_TRIM_THRESHOLD, allocator.TRAINING_TRIM_THRESHOLD)]
+    assert calls[2:] == [("mallopt", allocator.M_MMAP_THRESHOLD, allocator.STEADY_MMAP_THRESHOLD),
+                         ("mallopt", allocator.M_TRIM_THRESHOLD, allocator.STEADY_TRIM_THRESHOLD), ("trim", 0, 0)]
+    calls.clear()
+    with pytest.raises(RuntimeError), allocator.reuse_large_blocks():  # restored on errors too
+        raise RuntimeError("boom")
+    assert calls[-1] == ("trim", 0, 0) and allocator._depth == 0
+    monkeypatch.setattr(allocator, "ENABLED", False)
+    calls.clear()
+    with allocator.reuse_large_blocks():
+        pass
+    assert calls == []
