@@ -80,6 +80,26 @@ def test_seed_report_early_stop_and_best_seed(tiny_mlm_dir, tiny_rows, tmp_path)
     assert trainer.get_model().param_map.size > 0
 
 
+def test_best_seed_trained_last_is_kept_in_memory_not_reloaded(tiny_mlm_dir, tiny_rows, tmp_path,
+                                                               monkeypatch) -> None:
+    loads = []
+    original = ModelWithGradiend.from_pretrained.__func__
+
+    def counting(cls, *a, **kw):
+        loads.append(a)
+        return original(cls, *a, **kw)
+
+    monkeypatch.setattr(ModelWithGradiend, "from_pretrained", classmethod(counting))
+    trainer = _trainer(tiny_mlm_dir, tiny_rows, _args(tmp_path, min_convergent_seeds=1))
+    trainer.train(callbacks=[FreezeSeeds({0})])  # seed 1, the last one trained, is the best
+    assert _report(trainer)["best_seed"] == 1
+    model = trainer.get_model()
+    assert loads == [], "the best seed's model came from memory"
+    saved = load_file(str(Path(trainer.model_path) / "model.safetensors"))
+    for name, value in model.gradiend.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+
+
 def test_no_convergent_seed_warns_or_raises(tiny_mlm_dir, tiny_rows, tmp_path) -> None:
     trainer = _trainer(tiny_mlm_dir, tiny_rows, _args(tmp_path, max_seeds=2))
     with pytest.warns(RuntimeWarning, match="none of the seeds"):

@@ -13,6 +13,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -205,9 +206,11 @@ class Trainer(abc.ABC):
                     self.post_training(result.model)
                     converged, reason = result.converged, result.reason
                 else:
-                    report = self._train_seeds(template, args, train_rows, eval_rows, pair, out, key, callbacks,
-                                               store)
-                    self._model_path, self._model_instance = str(out), None
+                    report, last = self._train_seeds(template, args, train_rows, eval_rows, pair, out, key,
+                                                     callbacks, store)
+                    # usually the last seed trained is the best: keep it instead of reloading model/
+                    best = last.model if last is not None and last.seed == report["best_seed"] else None
+                    self._model_path, self._model_instance = str(out), best
                     converged = report["convergent_count"] > 0
                     reason = f"none of the seeds {report['seeds_tried']} converged"
             finally:
@@ -273,8 +276,11 @@ class Trainer(abc.ABC):
 
     def _train_seeds(self, template: ModelWithGradiend, args: TrainingArguments, train_rows: pd.DataFrame,
                      eval_rows: pd.DataFrame | None, pair: tuple[str, str], out: Path, key: str,
-                     callbacks: Sequence[TrainingCallback], store: GradientStore | None) -> dict[str, Any]:
+                     callbacks: Sequence[TrainingCallback], store: GradientStore | None
+                     ) -> tuple[dict[str, Any], _LastSeed | None]:
+        """Run the seeds; return the seed report and the last trained seed's in-memory model."""
         base_seed = args.seed if args.seed is not None else 0
+        last: list[_LastSeed] = []
         data_seed = args.data_seed if args.data_seed is not None else base_seed
         seeds_dir = Path(args.seed_runs_dir) if args.seed_runs_dir else Path(self.experiment_dir) / "seeds"
 
@@ -289,8 +295,10 @@ class Trainer(abc.ABC):
             logger.info("Seed %d: training into %s", seed, directory)
             if store is not None and seed > base_seed:
                 store.shared = seed < base_seed + args.max_seeds - 1  # another seed may follow this one
-            return self._train_seed(template, seed_args, train_rows, eval_rows, pair, directory, seed_key,
-                                    callbacks, store)
+            result = self._train_seed(template, seed_args, train_rows, eval_rows, pair, directory, seed_key,
+                                      callbacks, store)
+            last[:] = [_LastSeed(seed, result.model)]  # holds one GRADIEND at most
+            return result
 
         selection_cap = args.seed_selection_eval_max_size or args.encoder_eval_max_size
         training_cap = args.encoder_eval_train_max_size or args.encoder_eval_max_size
@@ -305,7 +313,8 @@ class Trainer(abc.ABC):
             rows = cap_per_class(eval_rows, selection_cap, data_seed).reset_index(drop=True)
             return evaluate_during_training(model, rows, pair, args.eval_batch_size)["correlation"], "validation"
 
-        return run_seeds(args, seeds_dir, out, train_seed, eval_correlation)
+        report = run_seeds(args, seeds_dir, out, train_seed, eval_correlation)
+        return report, (last[0] if last else None)
 
     # -- pruning --------------------------------------------------------------------------------
     def pre_prune(self, pre_cfg: PrePruneConfig | None = None, *, inplace: bool = True) -> ModelWithGradiend:
@@ -724,6 +733,12 @@ class Trainer(abc.ABC):
         return (f"{type(self).__name__}(model={self._base_model_arg!r}, run_id={self.run_id!r}, "
                 f"target_classes={self._target_classes}, experiment_dir={self._args.experiment_dir!r}, "
                 f"model_path={self._model_path!r})")
+
+
+@dataclass
+class _LastSeed:
+    seed: int
+    model: ModelWithGradiend | None
 
 
 def _weights_stamp(path: str) -> str | None:
