@@ -141,7 +141,7 @@ def run_seeds(args: TrainingArguments, seeds_dir: Path, model_dir: Path,
         atomic_write_json(tmp / TRAINING_STATS, stats)
     atomic_write_json(seeds_dir / SEED_REPORT, report)
     _retain(runs, best, args)
-    logger.info("Best seed %d (selection score %s) copied to %s; report in %s", best.seed, best.selection_score,
+    logger.info("Best seed %d (selection score %s) linked into %s; report in %s", best.seed, best.selection_score,
                 model_dir, seeds_dir / SEED_REPORT)
     return report
 

@@ -171,7 +171,7 @@ class Trainer(abc.ABC):
         """Train the GRADIEND; keyword overrides replace `TrainingArguments` fields for this run.
 
         With `max_seeds > 1` seeds seed, seed+1, … are trained until `min_convergent_seeds`
-        converged; the best is copied to the model directory and `seeds/seed_report.json` is
+        converged; the best is linked into the model directory and `seeds/seed_report.json` is
         written. Returns the trainer, or `{seed: model}` when `keep_seed_runs=True`.
         """
         if overrides:
