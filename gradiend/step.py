@@ -30,8 +30,9 @@ class FusedLoss:
     def __init__(self, gradiend: GradiendModel, batch_size: int) -> None:
         self.gradiend = gradiend
         self.batch_size = batch_size
-        for param in gradiend.parameters():
-            param.grad = torch.zeros_like(param)
+        self.grads = [(param, torch.zeros_like(param)) for param in gradiend.parameters()]
+        for param, buffer in self.grads:
+            param.grad = buffer
         self.inv_target_scale = 1.0 / float(gradiend.target_scale)
         # one feature neuron and one row: matrix products degenerate to dot products and scaled
         # copies, which run 2-5x faster as vector ops; r then lives in ∂L/∂b_d's buffer
@@ -48,6 +49,9 @@ class FusedLoss:
         """Return (loss, h) for source x and target y (both (B, n)) and set every parameter's gradient."""
         if x.shape[0] != self.batch_size or y.shape[0] != self.batch_size:
             raise ValueError(f"FusedLoss was built for batches of {self.batch_size} rows, got {x.shape[0]}")
+        for param, buffer in self.grads:  # re-attach if a callback zeroed the gradients to None
+            if param.grad is not buffer:
+                param.grad = buffer
         if self.vector_path:
             return self._vector(x[0], y[0])
         return self._matrix(x, y)

@@ -120,6 +120,11 @@ def test_fused_loss_gradients_equal_autograd(activation: str, batch: int, latent
         assert torch.allclose(p.grad, expected[name], rtol=0, atol=1e-12 * float(scale)), name
     with pytest.raises(ValueError, match="batches of"):
         fused.loss_and_grad(x.new_zeros(batch + 1, n), x.new_zeros(batch + 1, n))
+    model.zero_grad(set_to_none=True)  # e.g. a callback: the next call attaches the gradients again
+    fused.loss_and_grad(x, y)
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.allclose(p.grad, expected[name], rtol=0,
+                                                     atol=1e-12 * float(expected[name].abs().max())), name
 
 
 def test_training_with_the_fused_loss_follows_the_autograd_trajectory() -> None:
