@@ -291,10 +291,15 @@ class ModelWithGradiend:
         needed for the `alternative` and `diff` kinds.
         """
         kind = kind or self.config.source
+        texts, factual = list(texts), list(factual)
+        alternative = list(alternative) if alternative is not None else None
         if alternative is None:
             if kind != "factual":
                 raise ValueError(f"Encoding with kind={kind!r} needs the alternative tokens")
             alternative = factual
+        if not len(texts) == len(factual) == len(alternative):
+            raise ValueError(f"encode needs one factual and one alternative token per text: got {len(texts)} texts, "
+                             f"{len(factual)} factual and {len(alternative)} alternative tokens")
         directions = self.gradiend.encoder_directions().detach()
         out = np.zeros((len(texts), self.config.latent_dim), dtype=np.float32)
         with reuse_large_blocks():  # forward-mode tangents are parameter-sized

@@ -99,6 +99,7 @@ def class_probabilities(model: nn.Module, objective: LMObjective, texts: Sequenc
     probabilities; a class's probability is the sum over its tokens. Causal objectives: the
     next-token probability after the slot's prefix, summed over the class's ids.
     """
+    texts = list(texts)  # positional indexing below (a Series would index by label)
     if isinstance(objective, CausalLMObjective):
         return _causal_class_probabilities(model, objective, texts, pieces_by_class, batch_size)
     classes = list(pieces_by_class)
@@ -172,6 +173,7 @@ def prepare_lms(objective: LMObjective, texts: Sequence[str], ignore_tokens: Ite
     every token after the first is predicted from its left context (no masking, `seed` and
     `fraction` unused); ignored ids are not scored.
     """
+    texts = list(texts)
     if isinstance(objective, CausalLMObjective):
         return _prepare_causal_lms(objective, texts, _ignored_ids(objective, ignore_tokens), batch_size)
     tok = objective.tokenizer

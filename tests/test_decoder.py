@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
@@ -144,6 +145,15 @@ def test_scores_and_encodings_do_not_depend_on_batching(trained) -> None:
     enc_one = mwg.encode(texts, factual, alternative, batch_size=1)
     enc_many = mwg.encode(texts, factual, alternative, batch_size=64)
     assert torch.allclose(torch.tensor(enc_one), torch.tensor(enc_many), rtol=1e-4, atol=1e-6)
+    # pandas Series with a shuffled index are read by position, like lists
+    index = [40, 3, 17, 9, 0]
+    series = [pd.Series(v, index=index) for v in (texts, factual, alternative)]
+    assert torch.allclose(torch.tensor(mwg.encode(*series, batch_size=2)), torch.tensor(enc_many), rtol=1e-4,
+                          atol=1e-6)
+    probs_series = class_probabilities(mwg.base_model, mwg.objective, series[0], pieces, batch_size=2)
+    assert torch.allclose(torch.tensor(probs_series), torch.tensor(many), rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="one factual and one alternative token per text"):
+        mwg.encode(texts, factual[:-1], alternative)
 
 
 def test_saved_rewrite_is_a_complete_checkpoint(trained, tmp_path) -> None:
