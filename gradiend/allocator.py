@@ -14,11 +14,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import logging
 from collections.abc import Iterator
 from functools import cache
-
-logger = logging.getLogger(__name__)
 
 ENABLED = True
 M_TRIM_THRESHOLD = -1
@@ -75,4 +72,4 @@ def reuse_large_blocks() -> Iterator[None]:
         if _depth == 0:
             libc.mallopt(M_MMAP_THRESHOLD, STEADY_MMAP_THRESHOLD)
             libc.mallopt(M_TRIM_THRESHOLD, STEADY_TRIM_THRESHOLD)
-            libc.malloc_trim(0)
+            release_freed_memory()

@@ -7,9 +7,9 @@ byte limit (batches beyond it are simply recomputed); bfloat16 storage halves th
 cost of rounding the cached gradients.
 
 Entries are stored block-sparse, losslessly: only the 64-value blocks holding a non-zero are kept.
-A batch touches a few hundred rows of an embedding matrix, so when embeddings are among the
-GRADIEND's inputs most of each gradient is exact zeros (89 % of a 2-layer BERT's inputs, half
-of MiniLM's), and the cache holds 2-8x more batches in the same memory.
+A batch touches few rows of the embedding matrices, so parts of each gradient are exact zeros
+(measured: entries 1.8x smaller on a 2-layer BERT, 1.4x on MiniLM, whose tied output head
+makes the word-embedding gradient mostly dense).
 """
 
 from __future__ import annotations

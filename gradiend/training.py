@@ -215,14 +215,16 @@ def _train(model: ModelWithGradiend, train_rows: pd.DataFrame, eval_rows: pd.Dat
     def batch_gradients(step: int, indices: Sequence[int], out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         texts, fac, alt = _batch_lists(train_rows, indices)
         key = batch_key(texts, fac, alt) if gradient_store is not None else ""
-        # without repeats, a cached batch (a scale-estimation one) is served once, then dropped
-        if gradient_store is not None and gradient_store.get(key, out, keep=keep_all or step == 0):
+        # scale-estimation batches (step 0) are kept for the first training steps; without repeats
+        # any other batch is not kept, and a cached one is served once, then dropped
+        keep = keep_all or step == 0
+        if gradient_store is not None and gradient_store.get(key, out, keep=keep):
             return out
         t_pass = time.perf_counter()
         grads = model.engine.gradients(texts, fac, alt, kinds, out=out)
         timings["base_passes"] += time.perf_counter() - t_pass
         _check_finite(step, grads, texts)
-        if gradient_store is not None and (keep_all or step == 0):
+        if gradient_store is not None and keep:
             gradient_store.put(key, grads)
         return grads
     do_eval = args.do_eval and eval_rows is not None

@@ -71,3 +71,18 @@ def make_rows(repeat: int = 4) -> pd.DataFrame:
 @pytest.fixture()
 def tiny_rows() -> pd.DataFrame:
     return make_rows()
+
+
+def count_gradient_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Patch `GradientEngine.gradients` to record each base-model gradient pass; returns the record."""
+    from gradiend.gradients import GradientEngine
+
+    calls: list[int] = []
+    original = GradientEngine.gradients
+
+    def counting(self, *a, **kw):
+        calls.append(1)
+        return original(self, *a, **kw)
+
+    monkeypatch.setattr(GradientEngine, "gradients", counting)
+    return calls

@@ -8,11 +8,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import count_gradient_passes
 from safetensors.torch import load_file
 
 from gradiend import TextPredictionTrainer, TrainingArguments, TrainingCallback
 from gradiend.gradient_cache import GradientStore
-from gradiend.gradients import GradientEngine
 from gradiend.model_with_gradiend import ModelWithGradiend
 
 RUN_FIELDS = {"seed", "output_dir", "trained", "used_cache", "training_score", "eval_correlation",
@@ -137,14 +137,7 @@ def test_keep_seed_runs_returns_models_per_seed(tiny_mlm_dir, tiny_rows, tmp_pat
 
 def test_gradient_cache_reuses_base_passes_and_matches_uncached(tiny_mlm_dir, tiny_rows, tmp_path,
                                                                 monkeypatch) -> None:
-    calls = []
-    original = GradientEngine.gradients
-
-    def counting(self, *a, **kw):
-        calls.append(1)
-        return original(self, *a, **kw)
-
-    monkeypatch.setattr(GradientEngine, "gradients", counting)
+    calls = count_gradient_passes(monkeypatch)
     results = {}
     for mode in ("off", "memory", "disk"):
         calls.clear()

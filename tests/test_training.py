@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import count_gradient_passes
 
 from gradiend import DataError, TextPredictionTrainer, TrainingArguments, TrainingCallback
 from gradiend.gradients import GradientEngine
@@ -74,14 +75,7 @@ def test_train_writes_checkpoint_and_reloads(tiny_mlm_dir, tiny_rows, tmp_path) 
 def test_use_cache_skips_a_finished_run_and_retrains_on_change(tiny_mlm_dir, tiny_rows, tmp_path, monkeypatch):
     trainer = _trainer(tiny_mlm_dir, tiny_rows, _args(tmp_path, use_cache=True))
     trainer.train()
-    calls = []
-    original = GradientEngine.gradients
-
-    def counting(self, *a, **kw):
-        calls.append(1)
-        return original(self, *a, **kw)
-
-    monkeypatch.setattr(GradientEngine, "gradients", counting)
+    calls = count_gradient_passes(monkeypatch)
     again = _trainer(tiny_mlm_dir, tiny_rows, _args(tmp_path, use_cache=True))
     again.train()
     assert calls == [] and again.model_path == trainer.model_path
