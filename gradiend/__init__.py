@@ -1,7 +1,6 @@
 """gradiend: learn, measure and rewrite a feature neuron from a language model's gradients."""
 
-__version__ = "0.1.0"
-
+from gradiend._version import __version__
 from gradiend.arguments import PostPruneConfig, PrePruneConfig, TrainingArguments
 from gradiend.data import DataError
 from gradiend.data_creation import TextFilterConfig, TextPredictionDataCreator, TextPreprocessConfig

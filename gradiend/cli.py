@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gradiend import __version__
+from gradiend._version import __version__
 
 logger = logging.getLogger(__name__)
 

@@ -62,7 +62,7 @@ class GradiendConfig:
                              f"got {self.activation_encoder!r}")
 
     def to_json(self) -> dict[str, Any]:
-        from gradiend import __version__
+        from gradiend._version import __version__
 
         return {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "library_version": __version__,
                 **{k: getattr(self, k) for k in self.__dataclass_fields__}}

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gradiend import __version__
+from gradiend._version import __version__
 from gradiend.experiment import atomic_write_bytes
 from gradiend.results import (
     OutputNotWritableError,

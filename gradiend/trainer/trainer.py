@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gradiend import __version__
+from gradiend._version import __version__
 from gradiend.arguments import PostPruneConfig, PrePruneConfig, TrainingArguments
 from gradiend.data import MASK, cap_per_class, require_split, unify
 from gradiend.decoder_eval import (
