@@ -3,17 +3,24 @@
 Evaluation runs at step 0, every `eval_steps` and at the end on the validation split. After
 each evaluation the feature sign is normalised (class A positive), the best checkpoint by
 correlation is kept in memory, and the run's statistics are returned for `training.json`.
+
+`TrainingLoop` is one run with its parts injected: the gradient source (`GradientProvider`),
+the evaluation and the callbacks. `train_gradiend` wires it to a `ModelWithGradiend`: the base
+model's engine behind the optional gradient cache, and encoder evaluation on validation rows.
+Nothing here touches process-wide random state: data order comes from the data seed's own
+generators and the GRADIEND's initial weights from the model's (see `ModelWithGradiend.create`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -21,13 +28,17 @@ import torch
 from tqdm.auto import tqdm
 
 from gradiend.allocator import reuse_large_blocks
-from gradiend.arguments import TrainingArguments
-from gradiend.data import BatchSchedule, cap_per_class
-from gradiend.encoder_eval import pearson
-from gradiend.gradient_cache import GradientStore, batch_key
-from gradiend.model_with_gradiend import ModelWithGradiend
-from gradiend.pruning import memory_estimate
+from gradiend.data import Batch, BatchSchedule, cap_per_class
+from gradiend.gradient_source import GradientProvider, GradientSource
+from gradiend.memory import memory_estimate
+from gradiend.metrics import pearson
 from gradiend.step import FusedLoss
+
+if TYPE_CHECKING:
+    from gradiend.arguments import TrainingArguments
+    from gradiend.gradient_cache import GradientStore
+    from gradiend.model import GradiendModel
+    from gradiend.model_with_gradiend import ModelWithGradiend
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +46,15 @@ logger = logging.getLogger(__name__)
 # decoder target to this root-mean-square value per coordinate.
 INPUT_L1_NORM = 1e4
 TARGET_RMS = 0.01
+
+Evaluator = Callable[[], dict[str, Any]]
+"""Validation metrics of the current weights: {"correlation", "mean_by_class": {class: mean}, "n": rows}."""
+
+
+class HasGradiend(Protocol):
+    """Anything holding the GRADIEND being trained (a `ModelWithGradiend`, or a bare holder in tests)."""
+
+    gradiend: GradiendModel
 
 
 class TrainingCallback:
@@ -63,7 +83,7 @@ class TrainingOutcome:
 
 
 def set_seed(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    """Seed Python, NumPy and torch (CPU and CUDA): a helper for user code; the library never calls it."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -88,21 +108,6 @@ def estimate_scales(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple
                                  f"first batches have zero or non-finite gradients. Check the selected "
                                  f"parameters and the target tokens.")
     return l1 / INPUT_L1_NORM, rms / TARGET_RMS
-
-
-def _batch_lists(rows: pd.DataFrame, indices: Sequence[int]) -> tuple[list[str], list[str], list[str]]:
-    sub = rows.iloc[list(indices)]
-    return list(sub["masked"]), list(sub["factual"]), list(sub["alternative"])
-
-
-def _check_finite(step: int, tensors: dict[str, torch.Tensor], texts: Sequence[str]) -> None:
-    for kind, vec in tensors.items():
-        # a NaN or inf anywhere makes the sum non-finite; the sum is 20x cheaper than an elementwise
-        # check, which then only confirms (a finite vector can still overflow the float sum)
-        if not torch.isfinite(vec.sum()) and not torch.isfinite(vec).all():
-            raise FloatingPointError(
-                f"Non-finite {kind} gradient at step {step} (batch starting {texts[0][:60]!r}); nothing was "
-                f"saved. Check the base model's dtype (use float32) and the data of this batch.")
 
 
 def evaluate_during_training(model: ModelWithGradiend, rows: pd.DataFrame, pair: Sequence[str],
@@ -173,176 +178,252 @@ def check_convergence(best: dict[str, Any] | None, args: TrainingArguments,
     return True, None
 
 
+def _batch_lists(rows: pd.DataFrame, indices: Sequence[int]) -> tuple[list[str], list[str], list[str]]:
+    sub = rows.iloc[list(indices)]
+    return list(sub["masked"]), list(sub["factual"]), list(sub["alternative"])
+
+
+def _data_seed(args: TrainingArguments) -> int | None:
+    return args.data_seed if args.data_seed is not None else args.seed
+
+
+def _snapshot(gradiend: GradiendModel) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in gradiend.state_dict().items()}
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The batches of one run: the rows, their single-class batch order and the step count."""
+
+    rows: pd.DataFrame
+    data_seed: int | None
+    schedule: BatchSchedule
+    steps_per_epoch: int
+    total_steps: int
+    repeats: bool  # the run draws more batches than an epoch holds, so every batch comes again
+
+    @classmethod
+    def build(cls, rows: pd.DataFrame, args: TrainingArguments) -> _Plan:
+        data_seed = _data_seed(args)
+        schedule = BatchSchedule(rows["label"].to_numpy(), args.train_batch_size, data_seed)
+        steps_per_epoch = -(-schedule.batches_per_epoch() // args.gradiend_batch_size)
+        total_steps = args.max_steps if args.max_steps > 0 else args.num_train_epochs * steps_per_epoch
+        repeats = total_steps * args.gradiend_batch_size > schedule.batches_per_epoch()
+        return cls(rows, data_seed, schedule, steps_per_epoch, total_steps, repeats)
+
+
+@dataclass
+class _History:
+    """What the run records, keyed by step (as a string, the `training.json` key)."""
+
+    scores: dict[str, float] = field(default_factory=dict)
+    mean_by_class: dict[str, dict[str, float]] = field(default_factory=dict)
+    encoder_norms: dict[str, float] = field(default_factory=dict)
+    losses: list[float] = field(default_factory=list)
+    flips: list[int] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    epoch: int = 0
+    n_eval_rows: int = 0
+
+    def latest_score(self) -> float | None:
+        return self.scores[max(self.scores, key=int)] if self.scores else None
+
+
+class TrainingLoop:
+    """One GRADIEND training run: `fit` = scale estimation, then `step`s with periodic `evaluate`.
+
+    `model` holds the GRADIEND (`.gradiend`, trained in place) and is what callbacks receive;
+    `source` serves each batch's gradients; `evaluate` (None: no in-training evaluation) scores
+    the current weights on validation data. From `args` the loop reads the step, batch, scale,
+    optimiser, sign-normalisation and convergence settings.
+    """
+
+    def __init__(self, model: HasGradiend, args: TrainingArguments, source: GradientProvider,
+                 evaluate: Evaluator | None = None, callbacks: Sequence[TrainingCallback] = ()) -> None:
+        self.model = model
+        self.gradiend = model.gradiend
+        self.args = args
+        self.source = source
+        self.evaluator = evaluate
+        self.callbacks = tuple(callbacks)
+        self.kinds = list(dict.fromkeys([args.source, args.target]))
+        self.history = _History()
+        self.timings = {"gradients": 0.0, "gradiend": 0.0, "eval": 0.0, "scale": 0.0}
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._plan: _Plan | None = None
+        self._buffers: dict[str, torch.Tensor] = {}
+        self._fused: FusedLoss | None = None
+
+    def fit(self, train_rows: pd.DataFrame) -> TrainingOutcome:
+        """Train on `train_rows` (masked, factual, alternative, label); the best weights and the stats."""
+        t_start, base_passes_before = time.perf_counter(), self.source.base_passes
+        args, config = self.args, self.gradiend.config
+        self._plan = _Plan.build(train_rows, args)
+        memory = memory_estimate(config.input_dim, config.latent_dim, config.bias_decoder, len(self.kinds),
+                                 args.gradiend_batch_size)
+        logger.info("GRADIEND memory: %.1f MB weights + %.1f MB optimizer state + %.1f MB gradient buffers "
+                    "= %.1f MB (besides the base model)", memory["gradiend_weights"] / 1e6,
+                    memory["optimizer_state"] / 1e6, memory["gradient_buffers"] / 1e6, memory["total"] / 1e6)
+        device = self.gradiend.encoder_weight.device
+        self._buffers = {k: torch.empty(args.gradiend_batch_size, config.input_dim, device=device)
+                         for k in self.kinds}
+        if args.standardize_gradients:
+            self.standardize()
+        self.optimizer = make_optimizer(self.gradiend.parameters(), args)
+        self._fused = FusedLoss(self.gradiend, args.gradiend_batch_size)
+        for cb in self.callbacks:
+            cb.on_train_begin(self.model, self.optimizer, args)
+        if self.evaluator is not None:
+            self.evaluate(0, 0)
+        self._run()
+        timings = {**self.timings, "base_passes": self.source.base_passes - base_passes_before,
+                   "total": time.perf_counter() - t_start}
+        return self._outcome(memory, timings)
+
+    def standardize(self) -> None:
+        """Set the input and target scales from the first `scale_estimation_batches` batches."""
+        t0 = time.perf_counter()
+        s_in, s_out = estimate_scales(self._probe_pairs())
+        self.gradiend.input_scale.fill_(s_in)
+        self.gradiend.target_scale.fill_(s_out)
+        self.timings["scale"] = time.perf_counter() - t0
+        logger.info("Gradient scales: input %.3g (L1 → %g), target %.3g (RMS → %g)", s_in, INPUT_L1_NORM,
+                    s_out, TARGET_RMS)
+
+    def _probe_pairs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(source, target) gradients of the batches training starts with, one at a time (kept: step 0)."""
+        plan, args = self._plan, self.args
+        probe = BatchSchedule(plan.rows["label"].to_numpy(), args.train_batch_size, plan.data_seed)
+        out = {k: self._buffers[k][0] for k in self.kinds}
+        for _, batch in probe.iterate(args.scale_estimation_batches):
+            grads = self._gradients(0, batch, out)
+            yield grads[args.source], grads[args.target]
+
+    def _gradients(self, step: int, batch: Batch, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # scale-estimation batches (step 0) come again as the first training batches
+        texts, factual, alternative = _batch_lists(self._plan.rows, batch.indices)
+        return self.source.gradients(step, texts, factual, alternative, out, keep=step == 0 or self._plan.repeats)
+
+    def _run(self) -> None:
+        """Steps 1..total_steps, evaluating every `eval_steps` and after the last step."""
+        args, total = self.args, self._plan.total_steps
+        batches = self._plan.schedule.iterate(total * args.gradiend_batch_size)
+        self.gradiend.train()
+        with tqdm(total=total, desc="GRADIEND training", disable=not args.show_progress) as bar:
+            for step in range(1, total + 1):
+                drawn = [next(batches) for _ in range(args.gradiend_batch_size)]
+                self.history.epoch = drawn[-1][0]
+                loss = self.step(step, [batch for _, batch in drawn])
+                bar.update(1)
+                score = self.history.latest_score()
+                bar.set_postfix(loss=f"{loss:.3g}", corr=f"{score:.3f}" if score is not None else "-")
+                if self.evaluator is not None and (step % args.eval_steps == 0 or step == total):
+                    self.evaluate(step, self.history.epoch)
+        self.gradiend.eval()
+
+    def step(self, step: int, batches: Sequence[Batch]) -> float:
+        """One optimizer step on `gradiend_batch_size` batches (one buffer row each); returns the loss."""
+        t0 = time.perf_counter()
+        for slot, batch in enumerate(batches):
+            self._gradients(step, batch, {k: self._buffers[k][slot] for k in self.kinds})
+        t1 = time.perf_counter()
+        loss, _ = self._fused.loss_and_grad(self._buffers[self.args.source], self._buffers[self.args.target])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"GRADIEND loss became {loss.item()} at step {step}; nothing was saved. "
+                                     f"Lower learning_rate.")
+        self.optimizer.step()
+        value = float(loss.detach())
+        self.history.losses.append(value)
+        self.timings["gradients"] += t1 - t0
+        self.timings["gradiend"] += time.perf_counter() - t1
+        for cb in self.callbacks:
+            cb.on_step_end(step, value)
+        return value
+
+    def evaluate(self, step: int, epoch: int) -> dict[str, Any]:
+        """Score the current weights, normalise the sign, record the metrics and the best checkpoint."""
+        if self.evaluator is None:
+            raise RuntimeError("This TrainingLoop has no evaluator (evaluate=None)")
+        t0 = time.perf_counter()
+        self.gradiend.eval()
+        metrics = self.evaluator()
+        if self.args.normalize_gradiend and self.gradiend.config.latent_dim == 1 and metrics["correlation"] < 0:
+            self._normalise_sign(step, metrics)
+        self._record(step, epoch, metrics)
+        for cb in self.callbacks:
+            cb.on_evaluate(step, metrics)
+        self.gradiend.train()
+        self.timings["eval"] += time.perf_counter() - t0
+        logger.info("step %d: correlation %.4f, class means %s", step, metrics["correlation"],
+                    {c: round(v, 3) for c, v in metrics["mean_by_class"].items()})
+        return metrics
+
+    def _normalise_sign(self, step: int, metrics: dict[str, Any]) -> None:
+        """Flip the feature (class A positive) and the metrics that already measured it."""
+        _flip(self.model, self.optimizer)
+        self.history.flips.append(step)
+        metrics["correlation"] = -metrics["correlation"]
+        metrics["mean_by_class"] = {c: -v for c, v in metrics["mean_by_class"].items()}
+
+    def _record(self, step: int, epoch: int, metrics: dict[str, Any]) -> None:
+        """Store the metrics of `step`; after step 0, keep the weights when |correlation| improved."""
+        h = self.history
+        h.scores[str(step)] = metrics["correlation"]
+        h.mean_by_class[str(step)] = metrics["mean_by_class"]
+        h.encoder_norms[str(step)] = float(self.gradiend.encoder_weight.detach().norm())
+        h.n_eval_rows = metrics["n"]
+        if step > 0 and (h.best is None or abs(metrics["correlation"]) > abs(h.best["correlation"])):
+            h.best = {"correlation": metrics["correlation"], "global_step": step, "epoch": epoch,
+                      "mean_by_class": metrics["mean_by_class"], "loss": h.losses[-1] if h.losses else None}
+            h.best_state = _snapshot(self.gradiend)
+
+    def _outcome(self, memory: dict[str, int], timings: dict[str, float]) -> TrainingOutcome:
+        h, plan, args = self.history, self._plan, self.args
+        final_loss = h.losses[-1] if h.losses else None
+        converged, reason = check_convergence(h.best, args, final_loss)
+        stats = {
+            "training_stats": {
+                "global_step": plan.total_steps, "steps_per_epoch": plan.steps_per_epoch, "epochs": h.epoch + 1,
+                "correlation": h.latest_score(), "scores": h.scores, "mean_by_class": h.mean_by_class,
+                "encoder_norms": h.encoder_norms, "sign_flips_at_steps": h.flips, "n_train_rows": len(plan.rows),
+                "n_eval_rows": h.n_eval_rows,
+            },
+            "best_score_checkpoint": h.best,
+            "losses": h.losses,
+            "gradient_scales": {"input": float(self.gradiend.input_scale), "target": float(self.gradiend.target_scale),
+                                "input_l1_norm": INPUT_L1_NORM, "target_rms": TARGET_RMS},
+            "convergence_info": {
+                "converged": converged, "reason": reason,
+                "convergent_score_threshold": args.convergent_score_threshold,
+                "convergent_mean_by_class_threshold": args.convergent_mean_by_class_threshold,
+            },
+            "time": {**timings, "seconds_per_step": (timings["gradients"] + timings["gradiend"]) / plan.total_steps},
+            "memory_estimate_bytes": memory,
+        }
+        best_state = h.best_state if h.best_state is not None else _snapshot(self.gradiend)
+        return TrainingOutcome(best_state, stats, converged, reason, timings)
+
+
 def train_gradiend(model: ModelWithGradiend, train_rows: pd.DataFrame, eval_rows: pd.DataFrame | None,
                    pair: Sequence[str], args: TrainingArguments, callbacks: Sequence[TrainingCallback] = (),
                    gradient_store: GradientStore | None = None) -> TrainingOutcome:
     """Train `model.gradiend` in place on `train_rows`; return the best weights and the stats.
 
-    `gradient_store` (optional) serves and keeps per-batch base-model gradients, so repeated
-    batches (later epochs, other seeds sharing it) skip the base-model pass. Large freed blocks
-    are reused rather than returned to the OS while training (`gradiend.allocator`).
+    Rows are capped per class (`train_max_size`, `encoder_eval_*_max_size`); the loop's gradients
+    come from the base model's engine. `gradient_store` (optional) serves and keeps per-batch
+    gradients, so repeated batches (later epochs, other seeds sharing it) skip the base-model pass.
+    Large freed blocks are reused rather than returned to the OS while training (`gradiend.allocator`).
     """
     with reuse_large_blocks():
-        return _train(model, train_rows, eval_rows, pair, args, callbacks, gradient_store)
-
-
-def _train(model: ModelWithGradiend, train_rows: pd.DataFrame, eval_rows: pd.DataFrame | None,
-           pair: Sequence[str], args: TrainingArguments, callbacks: Sequence[TrainingCallback],
-           gradient_store: GradientStore | None) -> TrainingOutcome:
-    t_start = time.perf_counter()
-    if args.seed is not None:
-        set_seed(args.seed)
-    gradiend = model.gradiend
-    data_seed = args.data_seed if args.data_seed is not None else args.seed
-    train_rows = cap_per_class(train_rows, args.train_max_size, data_seed).reset_index(drop=True)
-    schedule = BatchSchedule(train_rows["label"].to_numpy(), args.train_batch_size, data_seed)
-    steps_per_epoch = -(-schedule.batches_per_epoch() // args.gradiend_batch_size)
-    total_steps = args.max_steps if args.max_steps > 0 else args.num_train_epochs * steps_per_epoch
-    kinds = list(dict.fromkeys([args.source, args.target]))
-    n = model.param_map.size
-    device = model.device
-    memory = memory_estimate(n, args.latent_dim, args.bias_decoder, len(kinds), args.gradiend_batch_size)
-    logger.info("GRADIEND memory: %.1f MB weights + %.1f MB optimizer state + %.1f MB gradient buffers "
-                "= %.1f MB (besides the base model)", memory["gradiend_weights"] / 1e6,
-                memory["optimizer_state"] / 1e6, memory["gradient_buffers"] / 1e6, memory["total"] / 1e6)
-    buffers = {k: torch.empty(args.gradiend_batch_size, n, device=device) for k in kinds}
-
-    # Keep every batch's gradients only when batches repeat (several epochs, or seeds sharing the
-    # store); the scale-estimation batches are always kept since training starts with them.
-    keep_all = gradient_store is not None and (gradient_store.shared
-                                               or total_steps * args.gradiend_batch_size > schedule.batches_per_epoch())
-
-    def batch_gradients(step: int, indices: Sequence[int], out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        texts, fac, alt = _batch_lists(train_rows, indices)
-        key = batch_key(texts, fac, alt) if gradient_store is not None else ""
-        # scale-estimation batches (step 0) are kept for the first training steps; without repeats
-        # any other batch is not kept, and a cached one is served once, then dropped
-        keep = keep_all or step == 0
-        if gradient_store is not None and gradient_store.get(key, out, keep=keep):
-            return out
-        t_pass = time.perf_counter()
-        grads = model.engine.gradients(texts, fac, alt, kinds, out=out)
-        timings["base_passes"] += time.perf_counter() - t_pass
-        _check_finite(step, grads, texts)
-        if gradient_store is not None and keep:
-            gradient_store.put(key, grads)
-        return grads
-    do_eval = args.do_eval and eval_rows is not None
-    if do_eval:
-        eval_rows = cap_per_class(eval_rows, args.encoder_eval_train_max_size or args.encoder_eval_max_size,
-                                  args.seed).reset_index(drop=True)
-
-    batches = schedule.iterate(total_steps * args.gradiend_batch_size)
-    # base_passes: time inside the base model's forward/backward for training batches (scale
-    # estimation included; cache hits excluded): the floor no GRADIEND-side work can remove.
-    timings = {"gradients": 0.0, "gradiend": 0.0, "eval": 0.0, "scale": 0.0, "base_passes": 0.0}
-
-    if args.standardize_gradients:
-        t0 = time.perf_counter()
-        probe = BatchSchedule(train_rows["label"].to_numpy(), args.train_batch_size, data_seed)
-        probe_out = {k: buffers[k][0] for k in kinds}
-
-        def probe_pairs() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            for _, batch in probe.iterate(args.scale_estimation_batches):
-                grads = batch_gradients(0, batch.indices, probe_out)
-                yield grads[args.source], grads[args.target]
-
-        s_in, s_out = estimate_scales(probe_pairs())
-        gradiend.input_scale.fill_(s_in)
-        gradiend.target_scale.fill_(s_out)
-        timings["scale"] = time.perf_counter() - t0
-        logger.info("Gradient scales: input %.3g (L1 → %g), target %.3g (RMS → %g)", s_in, INPUT_L1_NORM,
-                    s_out, TARGET_RMS)
-
-    optimizer = make_optimizer(gradiend.parameters(), args)
-    fused = FusedLoss(gradiend, args.gradiend_batch_size)
-    for cb in callbacks:
-        cb.on_train_begin(model, optimizer, args)
-
-    scores: dict[str, float] = {}
-    means_by_step: dict[str, dict[str, float]] = {}
-    losses: list[float] = []
-    encoder_norms: dict[str, float] = {}
-    best: dict[str, Any] | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    flips: list[int] = []
-
-    def run_eval(step: int, epoch: int) -> None:
-        nonlocal best, best_state
-        t0 = time.perf_counter()
-        gradiend.eval()
-        metrics = evaluate_during_training(model, eval_rows, pair, args.eval_batch_size)
-        if args.normalize_gradiend and args.latent_dim == 1 and metrics["correlation"] < 0:
-            _flip(model, optimizer)
-            flips.append(step)
-            metrics["correlation"] = -metrics["correlation"]
-            metrics["mean_by_class"] = {c: -v for c, v in metrics["mean_by_class"].items()}
-        scores[str(step)] = metrics["correlation"]
-        means_by_step[str(step)] = metrics["mean_by_class"]
-        encoder_norms[str(step)] = float(gradiend.encoder_weight.detach().norm())
-        if step > 0 and (best is None or abs(metrics["correlation"]) > abs(best["correlation"])):
-            best = {"correlation": metrics["correlation"], "global_step": step, "epoch": epoch,
-                    "mean_by_class": metrics["mean_by_class"], "loss": losses[-1] if losses else None}
-            best_state = {k: v.detach().clone() for k, v in gradiend.state_dict().items()}
-        for cb in callbacks:
-            cb.on_evaluate(step, metrics)
-        gradiend.train()
-        timings["eval"] += time.perf_counter() - t0
-        logger.info("step %d: correlation %.4f, class means %s", step, metrics["correlation"],
-                    {c: round(v, 3) for c, v in metrics["mean_by_class"].items()})
-
-    if do_eval:
-        run_eval(0, 0)
-    gradiend.train()
-    bar = tqdm(total=total_steps, desc="GRADIEND training", disable=not args.show_progress)
-    epoch = 0
-    for step in range(1, total_steps + 1):
-        t0 = time.perf_counter()
-        for slot in range(args.gradiend_batch_size):
-            epoch, batch = next(batches)
-            batch_gradients(step, batch.indices, {k: buffers[k][slot] for k in kinds})
-        t1 = time.perf_counter()
-        loss, _ = fused.loss_and_grad(buffers[args.source], buffers[args.target])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"GRADIEND loss became {loss.item()} at step {step}; nothing was saved. "
-                                     f"Lower learning_rate.")
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        timings["gradients"] += t1 - t0
-        timings["gradiend"] += time.perf_counter() - t1
-        for cb in callbacks:
-            cb.on_step_end(step, losses[-1])
-        bar.update(1)
-        bar.set_postfix(loss=f"{losses[-1]:.3g}", corr=f"{scores[max(scores, key=int)]:.3f}" if scores else "-")
-        if do_eval and (step % args.eval_steps == 0 or step == total_steps):
-            run_eval(step, epoch)
-    bar.close()
-    gradiend.eval()
-
-    if best_state is None:
-        best_state = {k: v.detach().clone() for k, v in gradiend.state_dict().items()}
-    converged, reason = check_convergence(best, args, losses[-1] if losses else None)
-    timings["total"] = time.perf_counter() - t_start
-    stats = {
-        "training_stats": {
-            "global_step": total_steps, "steps_per_epoch": steps_per_epoch, "epochs": epoch + 1,
-            "correlation": scores[max(scores, key=int)] if scores else None,
-            "scores": scores, "mean_by_class": means_by_step, "encoder_norms": encoder_norms,
-            "sign_flips_at_steps": flips, "n_train_rows": len(train_rows),
-            "n_eval_rows": len(eval_rows) if do_eval else 0,
-        },
-        "best_score_checkpoint": best,
-        "losses": losses,
-        "gradient_scales": {"input": float(gradiend.input_scale), "target": float(gradiend.target_scale),
-                            "input_l1_norm": INPUT_L1_NORM, "target_rms": TARGET_RMS},
-        "convergence_info": {
-            "converged": converged, "reason": reason,
-            "convergent_score_threshold": args.convergent_score_threshold,
-            "convergent_mean_by_class_threshold": args.convergent_mean_by_class_threshold,
-        },
-        "time": {**timings, "seconds_per_step": (timings["gradients"] + timings["gradiend"]) / total_steps},
-        "memory_estimate_bytes": memory,
-    }
+        train_rows = cap_per_class(train_rows, args.train_max_size, _data_seed(args)).reset_index(drop=True)
+        evaluate = None
+        if args.do_eval and eval_rows is not None:
+            eval_rows = cap_per_class(eval_rows, args.encoder_eval_train_max_size or args.encoder_eval_max_size,
+                                      args.seed).reset_index(drop=True)
+            evaluate = functools.partial(evaluate_during_training, model, eval_rows, pair, args.eval_batch_size)
+        loop = TrainingLoop(model, args, GradientSource(model.engine, gradient_store), evaluate, callbacks)
+        outcome = loop.fit(train_rows)
     if gradient_store is not None:
-        stats["gradient_cache"] = gradient_store.summary()
-    return TrainingOutcome(best_state, stats, converged, reason, timings)
+        outcome.stats["gradient_cache"] = gradient_store.summary()
+    return outcome
