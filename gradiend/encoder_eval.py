@@ -12,6 +12,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from gradiend.data import MASK, cap_per_class
+from gradiend.metrics import pearson
 
 if TYPE_CHECKING:
     from gradiend.model_with_gradiend import ModelWithGradiend
@@ -23,14 +24,6 @@ NEUTRAL_MASKED = "neutral_training_masked"
 NEUTRAL_DATASET = "neutral_dataset"
 NEUTRAL_BOUNDS = (-0.5, 0.5)
 _WORD = re.compile(r"[A-Za-z]{2,}")
-
-
-def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson correlation; 0.0 when fewer than two rows or either side is constant."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if len(x) < 2 or x.std() == 0 or y.std() == 0:
-        return 0.0
-    return float(np.corrcoef(x, y)[0, 1])
 
 
 def mask_random_word(texts: Iterable[str], excluded: set[str], rng: np.random.Generator,
