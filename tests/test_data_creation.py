@@ -419,6 +419,35 @@ def test_output_files_are_atomic_and_load_back(tmp_path) -> None:
         assert pair == ("3SG", "3PL") and len(rows) == 60
 
 
+@pytest.mark.parametrize("show_progress", [False, True])
+@pytest.mark.parametrize("user_disabled", [False, True])
+def test_hf_output_leaves_the_datasets_progress_bar_switch_as_found(tmp_path, monkeypatch, show_progress: bool,
+                                                                    user_disabled: bool) -> None:
+    datasets = pytest.importorskip("datasets")
+    monkeypatch.delenv("HF_DATASETS_DISABLE_PROGRESS_BARS", raising=False)
+    seen: list[bool] = []
+    save = datasets.Dataset.save_to_disk
+
+    def recording_save(self, *args, **kwargs):
+        seen.append(datasets.are_progress_bars_disabled())
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", recording_save)
+    was_disabled = datasets.are_progress_bars_disabled()
+    try:
+        (datasets.disable_progress_bars if user_disabled else datasets.enable_progress_bars)()
+        creator = _creator(show_progress=show_progress)
+        creator.generate_training_data(format="minimal", output=tmp_path / "hf", output_format="hf")
+        assert seen == [user_disabled or not show_progress]  # hidden while saving only when asked or already off
+        assert datasets.are_progress_bars_disabled() is user_disabled
+        monkeypatch.setattr(datasets.Dataset, "save_to_disk", lambda self, path: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            creator.generate_training_data(format="minimal", output=tmp_path / "hf2", output_format="hf")
+        assert datasets.are_progress_bars_disabled() is user_disabled
+    finally:
+        (datasets.disable_progress_bars if was_disabled else datasets.enable_progress_bars)()
+
+
 def test_creator_output_trains(tiny_mlm_dir, tmp_path) -> None:
     creator = _creator()
     training = creator.generate_training_data(max_size_per_class=24, min_rows_per_class=3)
