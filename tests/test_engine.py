@@ -1,4 +1,5 @@
-"""Gradient engine and GRADIEND model on a tiny random BERT: exactness against naive computations."""
+"""Gradient engine and GRADIEND model on a tiny random BERT: exactness against naive computations; the
+gradient source's cache policy and finiteness check on a stand-in engine."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from safetensors.torch import save_file
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from gradiend.data import DataError
+from gradiend.gradient_cache import GradientStore
+from gradiend.gradient_source import GradientSource, check_finite
 from gradiend.gradients import GradientEngine
 from gradiend.model import GradiendConfig, GradiendModel
 from gradiend.objectives import MaskedLMObjective
@@ -150,3 +153,58 @@ def test_weights_that_do_not_match_config(tmp_path) -> None:
     save_file({"encoder_weight": torch.zeros(1, 7)}, str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match="do not match"):
         GradiendModel.from_pretrained(tmp_path)
+
+
+class _CountingEngine:
+    """Stands in for GradientEngine: one pass per call, gradients that depend on the texts."""
+
+    def __init__(self) -> None:
+        self.passes = 0
+
+    def gradients(self, texts, factual, alternative, kinds, out):
+        self.passes += 1
+        for kind in kinds:
+            out[kind].copy_(torch.arange(out[kind].numel(), dtype=torch.float32) * len(texts[0]))
+        return out
+
+
+def test_gradient_source_keep_serve_once_and_shared_policy() -> None:
+    engine, store = _CountingEngine(), GradientStore("memory")
+    source = GradientSource(engine, store)
+
+    def fetch(text: str, keep: bool) -> torch.Tensor:
+        out = {"diff": torch.empty(130)}
+        return source.gradients(1, [text], ["he"], ["they"], out, keep=keep)["diff"].clone()
+
+    first = fetch("a b", keep=False)
+    assert engine.passes == 1 and store.summary()["entries"] == 0, "a batch that will not repeat is not stored"
+    assert source.base_passes > 0
+    torch.testing.assert_close(fetch("a b", keep=True), first)
+    assert engine.passes == 2 and store.summary()["entries"] == 1
+    torch.testing.assert_close(fetch("a b", keep=True), first)
+    assert engine.passes == 2, "a kept batch is served from the store"
+    torch.testing.assert_close(fetch("a b", keep=False), first)
+    assert engine.passes == 2 and store.summary()["entries"] == 0, "served once, then dropped"
+    store.shared = True  # a later run will use the store: keep every batch
+    fetch("c d", keep=False)
+    assert store.summary()["entries"] == 1
+    uncached = GradientSource(engine)
+    passes = engine.passes
+    uncached.gradients(1, ["a b"], ["he"], ["they"], {"diff": torch.empty(130)}, keep=True)
+    assert engine.passes == passes + 1
+
+
+def test_gradient_source_rejects_non_finite_gradients_with_the_step() -> None:
+    class Poisoned(_CountingEngine):
+        def gradients(self, texts, factual, alternative, kinds, out):
+            super().gradients(texts, factual, alternative, kinds, out)
+            out[kinds[-1]][5] = float("inf")
+            return out
+
+    store = GradientStore("memory")
+    source = GradientSource(Poisoned(), store)
+    out = {"alternative": torch.empty(70), "diff": torch.empty(70)}
+    with pytest.raises(FloatingPointError, match=r"Non-finite diff gradient at step 7 \(batch starting 'x y'\)"):
+        source.gradients(7, ["x y"], ["he"], ["they"], out, keep=True)
+    assert store.summary()["entries"] == 0, "a non-finite batch is never cached"
+    check_finite(1, {"diff": torch.full((4,), 3e38)}, ["t"])  # a finite vector whose float sum overflows passes

@@ -1,17 +1,26 @@
-"""Training loop and Trainer facade on a tiny random BERT: determinism, caching, failures, errors."""
+"""Training loop and Trainer facade: determinism, caching, failures, errors (tiny random BERT), and the
+loop on its own with an injected synthetic gradient source."""
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from conftest import count_gradient_passes
 
 from gradiend import DataError, TextPredictionTrainer, TrainingArguments, TrainingCallback
+from gradiend.data import unify
 from gradiend.gradients import GradientEngine
+from gradiend.memory import memory_estimate
+from gradiend.metrics import pearson
+from gradiend.model import GradiendConfig, GradiendModel
+from gradiend.model_with_gradiend import ModelWithGradiend
+from gradiend.training import TrainingLoop, train_gradiend
 
 
 def _args(tmp_path: Path, name: str = "exp", **kw) -> TrainingArguments:
@@ -176,3 +185,124 @@ def test_lock_refuses_a_second_live_writer(tiny_mlm_dir, tiny_rows, tmp_path) ->
         sleeper.kill()
         sleeper.wait()
     assert os.path.exists(exp / ".gradiend.lock")
+
+
+class _Holder:
+    """Just enough of a ModelWithGradiend for the loop: the GRADIEND."""
+
+    def __init__(self, gradiend: GradiendModel) -> None:
+        self.gradiend = gradiend
+
+
+class _SyntheticGradients:
+    """A fake gradient source (a `GradientProvider`, no language model): class A rows get source
+    gradients +u and targets +v, class B rows −u and −v, plus noise. The class signal sits in 30 of
+    the 300 source coordinates and is as large as the noise there, so a random encoder barely
+    separates the classes: the loop has to find those coordinates."""
+
+    def __init__(self, n: int = 300, seed: int = 0) -> None:
+        self.gen = torch.Generator().manual_seed(seed)
+        self.u = torch.zeros(n)
+        self.u[:30] = 1e-3
+        self.v = torch.randn(n, generator=self.gen) * 1e-3
+        self.base_passes = 0.0
+        self.calls: list[tuple[int, bool]] = []
+
+    def sample(self, sign: float, rows: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = torch.randn(2, rows, self.u.numel(), generator=self.gen)
+        return sign * self.u + noise[0] * 1e-3, sign * self.v + noise[1] * 1e-4
+
+    def gradients(self, step: int, texts, factual, alternative, out: dict[str, torch.Tensor],
+                  keep: bool) -> dict[str, torch.Tensor]:
+        self.calls.append((step, keep))
+        x, y = self.sample(1.0 if factual[0] == "A" else -1.0)
+        out["alternative"].copy_(x[0])
+        out["diff"].copy_(y[0])
+        return out
+
+
+def test_training_loop_learns_from_an_injected_gradient_source() -> None:
+    source = _SyntheticGradients()
+    gradiend = GradiendModel(GradiendConfig(input_dim=300, feature_classes=["A", "B"]),
+                             torch.Generator().manual_seed(1))
+    gradiend.input_scale.fill_(0.008)  # fixed scales (standardize_gradients=False): inputs L1 ≈ 30, targets RMS ≈ 0.01
+    gradiend.target_scale.fill_(0.1)
+    eval_x = torch.cat([source.sample(1.0, 20)[0], source.sample(-1.0, 20)[0]])
+    eval_labels = [1] * 20 + [-1] * 20
+
+    def evaluate() -> dict:
+        with torch.no_grad():
+            h = gradiend.encode(eval_x)[:, 0]
+        return {"correlation": pearson(h, eval_labels), "n": len(eval_labels),
+                "mean_by_class": {"A": float(h[:20].mean()), "B": float(h[20:].mean())}}
+
+    rows = pd.DataFrame({"masked": [f"row {i} [MASK]" for i in range(16)], "factual": ["A", "B"] * 8,
+                         "alternative": ["B", "A"] * 8, "label": [1, -1] * 8})
+    args = TrainingArguments(train_batch_size=2, max_steps=200, eval_steps=50, learning_rate=1e-3, seed=0,
+                             show_progress=False, standardize_gradients=False, convergent_mean_by_class_threshold=None)
+    steps: list[int] = []
+
+    class Steps(TrainingCallback):
+        def on_step_end(self, step: int, loss: float) -> None:
+            steps.append(step)
+
+    outcome = TrainingLoop(_Holder(gradiend), args, source, evaluate, [Steps()]).fit(rows)
+    stats = outcome.stats["training_stats"]
+    assert steps == list(range(1, 201)) and list(stats["scores"]) == ["0", "50", "100", "150", "200"]
+    assert stats["scores"]["0"] < 0.5, "the random initial encoder should not separate the classes yet"
+    assert outcome.converged and outcome.stats["best_score_checkpoint"]["correlation"] > 0.9
+    assert all(c >= 0 for c in stats["scores"].values()), "sign-normalised"
+    means = stats["mean_by_class"]["200"]
+    assert means["A"] > 0 > means["B"]
+    # 200 steps over an epoch of 8 batches: every batch repeats, so the source is told to keep each one
+    assert source.calls[0] == (1, True) and all(keep for _, keep in source.calls)
+    assert stats["n_train_rows"] == 16 and stats["n_eval_rows"] == 40 and stats["epochs"] == 25
+    gradiend.load_state_dict(outcome.state)
+    assert abs(evaluate()["correlation"]) > 0.9
+
+
+def _global_random_state() -> tuple:
+    return torch.initial_seed(), torch.get_rng_state(), random.getstate(), np.random.get_state()
+
+
+def _same_random_state(a: tuple, b: tuple) -> bool:
+    return (a[0] == b[0] and torch.equal(a[1], b[1]) and a[2] == b[2]
+            and all(np.array_equal(x, y) for x, y in zip(a[3], b[3], strict=True)))
+
+
+@pytest.mark.filterwarnings("ignore:GRADIEND training did not converge")
+def test_training_leaves_global_random_state_alone_and_is_seeded_locally(tiny_mlm_dir, tiny_rows) -> None:
+    rows, pair = unify(tiny_rows, target_classes=["3SG", "3PL"], seed=0)
+    train, val = rows[rows["split"] == "train"], rows[rows["split"] == "validation"]
+    template = ModelWithGradiend.create(tiny_mlm_dir, feature_classes=pair, seed=0)
+    args = TrainingArguments(train_batch_size=4, max_steps=4, eval_steps=2, seed=5, show_progress=False,
+                             scale_estimation_batches=2)
+    outcomes = []
+    for global_seed in (1, 2):  # a different global state before each run must not matter
+        torch.manual_seed(global_seed)
+        random.seed(global_seed)
+        np.random.seed(global_seed)
+        before = _global_random_state()
+        outcomes.append(train_gradiend(template.with_new_gradiend(args.seed), train, val, pair, args))
+        assert _same_random_state(before, _global_random_state()), "training touched the global random state"
+    first, second = outcomes
+    assert first.state.keys() == second.state.keys()
+    assert all(torch.equal(first.state[k], second.state[k]) for k in first.state)
+    assert first.stats["losses"] == second.stats["losses"]
+    # training.json keeps its structure (key order included: the files stay byte-compatible)
+    stats = first.stats
+    assert list(stats) == ["training_stats", "best_score_checkpoint", "losses", "gradient_scales",
+                           "convergence_info", "time", "memory_estimate_bytes"]
+    assert list(stats["training_stats"]) == ["global_step", "steps_per_epoch", "epochs", "correlation", "scores",
+                                             "mean_by_class", "encoder_norms", "sign_flips_at_steps",
+                                             "n_train_rows", "n_eval_rows"]
+    assert list(stats["best_score_checkpoint"]) == ["correlation", "global_step", "epoch", "mean_by_class", "loss"]
+    assert list(stats["gradient_scales"]) == ["input", "target", "input_l1_norm", "target_rms"]
+    assert list(stats["convergence_info"]) == ["converged", "reason", "convergent_score_threshold",
+                                               "convergent_mean_by_class_threshold"]
+    assert list(stats["time"]) == ["gradients", "gradiend", "eval", "scale", "base_passes", "total",
+                                   "seconds_per_step"]
+    assert list(first.timings) == list(stats["time"])[:-1]
+    n = template.param_map.size
+    assert stats["memory_estimate_bytes"] == memory_estimate(n, 1, True, 2, 1)
+    assert stats["training_stats"]["n_train_rows"] == len(train) and stats["training_stats"]["n_eval_rows"] == len(val)
