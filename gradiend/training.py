@@ -141,7 +141,7 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], args: TrainingArguments
     return optim_cls(params, **kwargs)
 
 
-def _flip(model: ModelWithGradiend, optimizer: torch.optim.Optimizer) -> None:
+def _flip(model: HasGradiend, optimizer: torch.optim.Optimizer) -> None:
     """Negate the feature and the matching Adam first moments (an exact symmetry of training)."""
     g = model.gradiend
     g.flip_sign()
