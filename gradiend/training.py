@@ -257,6 +257,8 @@ class TrainingLoop:
 
     def fit(self, train_rows: pd.DataFrame) -> TrainingOutcome:
         """Train on `train_rows` (masked, factual, alternative, label); the best weights and the stats."""
+        if self._plan is not None:
+            raise RuntimeError("A TrainingLoop trains once; build a new one for another run")
         t_start, base_passes_before = time.perf_counter(), self.source.base_passes
         args, config = self.args, self.gradiend.config
         self._plan = _Plan.build(train_rows, args)
