@@ -1,23 +1,71 @@
-"""Typed, validated training configuration (`TrainingArguments`) and pruning configs."""
+"""Typed, validated training configuration: section dataclasses, the flat `TrainingArguments`, pruning configs.
+
+Each section (`OptimizationArgs`, `SeedArgs`, …) is a small dataclass with one job. Every field carries
+its help text and constraints in `field(metadata=doc(...))`; one generic validator reads the
+annotations (types, `Literal` choices, `Optional`, list elements) and that metadata (positive, >= 0,
+finite, in [0, 1], non-empty), so the rules are written once. The few rules that relate two fields stay
+explicit in a section's `_check`. `TrainingArguments` inherits every section, so it keeps the flat
+constructor and flat JSON of the reference API, and exposes each section as a typed view
+(`args.optimization`). The CLI builds its flags from the same metadata.
+
+torch is imported only when a torch dtype is needed (`dtype`, `DTYPES`), so reading the configuration
+(e.g. for `gradiend --help`) stays cheap.
+"""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import difflib
+import functools
+import logging
 import math
+import os
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-GRADIENT_KINDS = ("factual", "alternative", "diff")
-USE_CACHE_MODES = (False, True, "always", "only_convergent")
-SAVED_SEED_RUNS = ("best_only", "all_convergent", "all_tried")
-CONVERGENT_METRICS = ("correlation", "loss")
-GRADIENT_CACHE_MODES = ("off", "memory", "disk")
-GRADIENT_CACHE_DTYPES = ("float32", "bfloat16")
-PRUNE_PARTS = ("decoder-weight", "encoder-weight", "decoder-bias", "decoder-sum")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-          "float64": torch.float64}
+logger = logging.getLogger(__name__)
+
+GradientKind = Literal["factual", "alternative", "diff"]
+DtypeName = Literal["float32", "float16", "bfloat16", "float64"]
+Activation = Literal["tanh", "hardtanh"]
+Optimizer = Literal["adamw", "adam"]
+Objective = Literal["mlm", "clm"]
+CacheReuse = Literal["always", "only_convergent"]
+SavedSeedRuns = Literal["best_only", "all_convergent", "all_tried"]
+ConvergentMetric = Literal["correlation", "loss"]
+GradientCacheMode = Literal["off", "memory", "disk"]
+GradientCacheDtype = Literal["float32", "bfloat16"]
+PrunePart = Literal["decoder-weight", "encoder-weight", "decoder-bias", "decoder-sum"]
+
+GRADIENT_KINDS: tuple[str, ...] = typing.get_args(GradientKind)
+USE_CACHE_MODES: tuple[bool | str, ...] = (False, True, *typing.get_args(CacheReuse))
+SAVED_SEED_RUNS: tuple[str, ...] = typing.get_args(SavedSeedRuns)
+CONVERGENT_METRICS: tuple[str, ...] = typing.get_args(ConvergentMetric)
+GRADIENT_CACHE_MODES: tuple[str, ...] = typing.get_args(GradientCacheMode)
+GRADIENT_CACHE_DTYPES: tuple[str, ...] = typing.get_args(GradientCacheDtype)
+PRUNE_PARTS: tuple[str, ...] = typing.get_args(PrunePart)
+DTYPE_NAMES: tuple[str, ...] = typing.get_args(DtypeName)
+
+# constraint keys understood in field metadata (besides "help" and "unused")
+RULES = ("positive", "nonnegative", "finite", "unit_interval", "nonempty")
+
+
+def __getattr__(name: str) -> Any:
+    """`DTYPES` (name → torch dtype) is built on first use, so importing this module does not import torch."""
+    if name == "DTYPES":
+        import torch
+
+        table = {dtype: getattr(torch, dtype) for dtype in DTYPE_NAMES}
+        globals()["DTYPES"] = table
+        return table
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def dtype_name(dtype: torch.dtype | str | None) -> str | None:
@@ -26,83 +74,523 @@ def dtype_name(dtype: torch.dtype | str | None) -> str | None:
         return None
     if isinstance(dtype, str):
         name = dtype.removeprefix("torch.")
-        if name not in DTYPES:
-            raise ValueError(f"torch_dtype {dtype!r} is not supported; use one of {sorted(DTYPES)}")
-        return name
-    for name, value in DTYPES.items():
-        if value == dtype:
-            return name
-    raise ValueError(f"torch_dtype {dtype!r} is not supported; use one of {sorted(DTYPES)}")
+    else:
+        import torch  # already loaded: a torch.dtype was passed
+
+        name = str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else ""
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"torch_dtype {dtype!r} is not supported; use one of {sorted(DTYPE_NAMES)}")
+    return name
 
 
-def _check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+def doc(help_text: str, *, unused: bool = False, **rules: bool) -> dict[str, Any]:
+    """Field metadata: the help text, whether nothing reads the field, and its constraints (keys of `RULES`).
+
+    Used as `field(default=..., metadata=doc("what it does", positive=True))`.
+    """
+    bad = sorted(set(rules) - set(RULES))
+    if bad:
+        raise TypeError(f"unknown field rule(s) {bad}; known: {RULES}")
+    if not help_text.strip():
+        raise TypeError("every configuration field needs a help text")
+    return {"help": help_text, "unused": unused, **{k: v for k, v in rules.items() if v}}
 
 
-def _check_topk(name: str, value: Any) -> None:
+# -- generic validation ----------------------------------------------------------------------------------------
+@functools.cache
+def field_types(cls: type) -> dict[str, Any]:
+    """Resolved annotation of each dataclass field of `cls` (string annotations evaluated once)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _members(tp: Any) -> tuple[Any, ...]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return typing.get_args(tp)
+    return (tp,)
+
+
+def matches(value: Any, tp: Any) -> bool:
+    """Whether `value` has annotation `tp` (Literal, Optional/Union, list[...], dict[...], classes)."""
+    if tp is Any:
+        return True
+    if tp is None or tp is type(None):
+        return value is None
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(matches(value, member) for member in typing.get_args(tp))
+    if origin is Literal:  # exact type: True is not 1, "1" is not 1
+        return any(type(value) is type(choice) and value == choice for choice in typing.get_args(tp))
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is list:
+        (elem,) = typing.get_args(tp) or (Any,)
+        return isinstance(value, list) and all(matches(v, elem) for v in value)
+    if origin is dict:
+        key, val = typing.get_args(tp) or (Any, Any)
+        return isinstance(value, dict) and all(matches(k, key) and matches(v, val) for k, v in value.items())
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    raise TypeError(f"unsupported annotation {tp!r}")
+
+
+def describe(tp: Any) -> str:
+    """Readable expected-type text for an annotation ("a positive …" is added by the rules)."""
+    if tp is Any:
+        return "any value"
+    if tp is None or tp is type(None):
+        return "None"
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(describe(m) for m in typing.get_args(tp))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(tp))
+    if origin is list:
+        (elem,) = typing.get_args(tp) or (Any,)
+        return f"a list of {_plural(elem)}"
+    if origin is dict:
+        return "a mapping"
+    names = {bool: "a bool (true or false)", int: "an integer", float: "a number", str: "a string"}
+    if tp in names:
+        return names[tp]
+    return f"a {tp.__name__} (or a mapping of its fields)" if isinstance(tp, type) else repr(tp)
+
+
+def _plural(tp: Any) -> str:
+    return {int: "integers", float: "numbers", str: "strings", bool: "bools"}.get(tp, describe(tp))
+
+
+def _rule_problem(value: Any, meta: Mapping[str, Any]) -> str | None:
+    """What a (type-correct, not None) value violates among the field's rules, or None."""
+    if isinstance(value, list):
+        if meta.get("nonempty") and (not value or any(v == "" for v in value)):
+            return "must be a non-empty list (of non-empty items)"
+        return next((p for p in (_rule_problem(v, meta) for v in value) if p), None)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be an int count or a float fraction in (0, 1], got {value!r}")
+        return "must not be empty" if meta.get("nonempty") and value in ("", {}) else None
+    if meta.get("finite") and not math.isfinite(value):
+        return "must be a finite number"
+    if meta.get("positive") and not value > 0:
+        return "must be a positive integer" if isinstance(value, int) else "must be a positive number"
+    if meta.get("nonnegative") and not value >= 0:
+        return "must be a number >= 0"
+    if meta.get("unit_interval") and not 0.0 <= value <= 1.0:
+        return "must be in [0, 1]"
+    return None
+
+
+def field_problems(obj: Any) -> list[str]:
+    """One message per field of dataclass `obj` whose value breaks its annotation or metadata rules."""
+    hints = field_types(type(obj))
+    problems = []
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if not matches(value, hints[f.name]):
+            problems.append(f"{f.name} must be {describe(hints[f.name])}, got {value!r}")
+        elif value is not None:
+            problem = _rule_problem(value, f.metadata)
+            if problem:
+                problems.append(f"{f.name} {problem}, got {value!r}")
+    return problems
+
+
+def constraint_text(meta: Mapping[str, Any]) -> str:
+    """Short text of a field's rules for help output, e.g. '> 0' or 'in [0, 1]'."""
+    parts = [text for key, text in (("positive", "> 0"), ("nonnegative", ">= 0"), ("unit_interval", "in [0, 1]"),
+                                    ("finite", "finite"), ("nonempty", "non-empty")) if meta.get(key)]
+    return ", ".join(parts)
+
+
+def suggest(name: str, candidates: Any) -> str:
+    """' (did you mean X?)' for the closest candidate, or ''."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _fspath(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy: nested configs as dicts, tuples as lists."""
+    if isinstance(value, ConfigSection):
+        return value.to_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+_C = TypeVar("_C", bound="ConfigSection")
+
+
+class ConfigSection:
+    """Base of every configuration dataclass: generic validation plus dict conversion.
+
+    `__post_init__` runs, along the class hierarchy, each class's own `_prepare` (normalise inputs such as
+    aliases or paths), then the generic field validation, then each class's own `_check` (rules that relate
+    fields). All problems found by the generic validation are reported together.
+    """
+
+    error_prefix: typing.ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        own = [klass for klass in reversed(type(self).__mro__) if issubclass(klass, ConfigSection)]
+        for klass in own:
+            if "_prepare" in vars(klass):
+                vars(klass)["_prepare"](self)
+        problems = field_problems(self)
+        if problems:
+            raise ValueError("; ".join(self.error_prefix + p for p in problems))
+        for klass in own:
+            if "_check" in vars(klass):
+                vars(klass)["_check"](self)
+
+    @classmethod
+    def sections(cls) -> dict[str, type[ConfigSection]]:
+        """Named sub-sections whose fields this config holds (empty for a single section)."""
+        return {}
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]  # type: ignore[arg-type]
+
+    @classmethod
+    def flatten(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Flat field → value dict of `data`, where a section name may hold a mapping of that section's fields.
+
+        Unknown names (flat or inside a section) are a ValueError naming them and the closest known field.
+        """
+        known, sections = cls.field_names(), cls.sections()
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            if key in sections and key not in known and isinstance(value, Mapping):
+                allowed = sections[key].field_names()
+                _reject_unknown(f"{sections[key].__name__}", set(value) - set(allowed), allowed)
+                items = list(value.items())
+            else:
+                items = [(key, value)]
+            for name, item in items:
+                if name in flat:
+                    raise ValueError(f"{cls.__name__} field {name!r} is given twice (flat and in its section)")
+                flat[name] = item
+        _reject_unknown(cls.__name__, set(flat) - set(known), [*known, *sections])
+        return flat
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict of every field in declaration order; `from_dict` restores an equal object."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls: type[_C], data: Mapping[str, Any]) -> _C:
+        """Inverse of `to_dict`; also accepts section-nested dicts. Unknown keys are an error, not dropped."""
+        return cls(**cls.flatten(data))
+
+    def replace(self: _C, **overrides: Any) -> _C:
+        """A validated copy with `overrides` applied (unknown names are an error)."""
+        return dataclasses.replace(self, **type(self).flatten(overrides))  # type: ignore[type-var]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Dict-style access used by older scripts: the field's value, or `default` for unknown names."""
+        return getattr(self, key) if key in type(self).field_names() else default
+
+
+def _reject_unknown(owner: str, unknown: set[str], known: list[str]) -> None:
+    if unknown:
+        names = sorted(unknown)
+        raise ValueError(f"Unknown {owner} field(s): {names}{suggest(names[0], known)}")
+
+
+def _check_topk(name: str, value: int | float) -> None:
     if isinstance(value, float) and not 0.0 < value <= 1.0:
         raise ValueError(f"{name} as a fraction must be in (0, 1], got {value}")
     if isinstance(value, int) and value <= 0:
         raise ValueError(f"{name} as a count must be positive, got {value}")
 
 
+# -- pruning configs -------------------------------------------------------------------------------------------
 @dataclass
-class PrePruneConfig:
+class PrePruneConfig(ConfigSection):
     """Keep the top-k input coordinates by |mean source gradient| before training."""
 
-    n_samples: int = 8
-    topk: int | float = 0.1
-    threshold: float | None = None
-    source: str = "alternative"
-    batch_size: int = 8
-    seed: int | None = None
+    error_prefix: typing.ClassVar[str] = "PrePruneConfig."
 
-    def __post_init__(self) -> None:
-        _check_positive_int("PrePruneConfig.n_samples", self.n_samples)
-        _check_positive_int("PrePruneConfig.batch_size", self.batch_size)
+    n_samples: int = field(default=8, metadata=doc("gradient batches averaged to rank the coordinates", positive=True))
+    topk: int | float = field(default=0.1, metadata=doc("coordinates kept: an int count or a float fraction in (0, 1]"))
+    threshold: float | None = field(
+        default=None, metadata=doc("keep coordinates whose |mean gradient| reaches this instead", finite=True))
+    source: GradientKind = field(default="alternative", metadata=doc("gradient ranked: factual, alternative or diff"))
+    batch_size: int = field(default=8, metadata=doc("sentences per ranked gradient", positive=True))
+    seed: int | None = field(default=None, metadata=doc("seed of the sampled batches (None: the training seed)"))
+
+    def _check(self) -> None:
         _check_topk("PrePruneConfig.topk", self.topk)
-        if self.source not in GRADIENT_KINDS:
-            raise ValueError(f"PrePruneConfig.source must be one of {GRADIENT_KINDS}, got {self.source!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PrePruneConfig:
-        return cls(**data)
 
 
 @dataclass
-class PostPruneConfig:
+class PostPruneConfig(ConfigSection):
     """Keep the top-k input coordinates by trained-weight importance after training."""
 
-    topk: int | float = 0.01
-    threshold: float | None = None
-    part: str = "decoder-weight"
-    inplace: bool = True
+    error_prefix: typing.ClassVar[str] = "PostPruneConfig."
 
-    def __post_init__(self) -> None:
+    topk: int | float = field(
+        default=0.01, metadata=doc("coordinates kept: an int count or a float fraction in (0, 1]"))
+    threshold: float | None = field(
+        default=None, metadata=doc("keep coordinates whose importance reaches this instead", finite=True))
+    part: PrunePart = field(
+        default="decoder-weight", metadata=doc("importance measure: which trained weights rank the inputs"))
+    inplace: bool = field(default=True, metadata=doc("prune the trained GRADIEND itself instead of a copy"))
+
+    def _check(self) -> None:
         _check_topk("PostPruneConfig.topk", self.topk)
-        if not isinstance(self.inplace, bool):
-            raise ValueError(f"PostPruneConfig.inplace must be a bool, got {self.inplace!r}")
-        if self.part not in PRUNE_PARTS:
-            raise ValueError(f"PostPruneConfig.part must be one of {PRUNE_PARTS}, got {self.part!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PostPruneConfig:
-        return cls(**data)
+# -- sections ---------------------------------------------------------------------------------------------------
+@dataclass
+class OutputArgs(ConfigSection):
+    """Output: where the run writes, and whether a finished run is reused."""
+
+    experiment_dir: str | None = field(
+        default=None, metadata=doc("directory for the checkpoint, caches, plots and report (required by the CLI)"))
+    output_dir: str | None = field(
+        default=None, metadata=doc("save the checkpoint here instead of EXPERIMENT_DIR/model"))
+    use_cache: bool | CacheReuse = field(default=False, metadata=doc(
+        "reuse a finished run: true (same settings and data), always, only_convergent, false"))
+
+    def _prepare(self) -> None:
+        self.experiment_dir, self.output_dir = _fspath(self.experiment_dir), _fspath(self.output_dir)
 
 
 @dataclass
-class TrainingArguments:
+class GradiendArgs(ConfigSection):
+    """GRADIEND: which gradients go in and out, from which parameters, into what model."""
+
+    source: GradientKind = field(
+        default="alternative", metadata=doc("gradient fed to the encoder: factual, alternative or diff"))
+    target: GradientKind = field(
+        default="diff", metadata=doc("gradient the decoder reconstructs: factual, alternative or diff"))
+    params: list[str] | None = field(default=None, metadata=doc(
+        "parameter names or glob patterns to learn from (default: the backbone, heads excluded)", nonempty=True))
+    latent_dim: int = field(default=1, metadata=doc("number of feature neurons", positive=True))
+    activation_encoder: Activation = field(
+        default="tanh", metadata=doc("encoder activation (odd, bounded): tanh or hardtanh"))
+    bias_decoder: bool = field(default=True, metadata=doc("learn a decoder bias"))
+    torch_dtype: DtypeName = field(default="float32", metadata=doc(
+        "dtype of the GRADIEND: float32, float16, bfloat16 or float64 (a torch dtype is accepted)"))
+    normalize_gradiend: bool = field(
+        default=True, metadata=doc("flip the sign so that the first target class encodes positively"))
+    standardize_gradients: bool = field(
+        default=True, metadata=doc("scale encoder inputs and decoder targets to fixed norms (estimated once)"))
+    scale_estimation_batches: int = field(
+        default=4, metadata=doc("batches used to estimate the gradient scales", positive=True))
+    add_identity_for_other_classes: bool = field(default=False, metadata=doc(
+        "unused: accepted for reference compatibility; identity rows of other classes are never added", unused=True))
+
+    def _prepare(self) -> None:
+        self.torch_dtype = dtype_name(self.torch_dtype)  # type: ignore[assignment]
+        if isinstance(self.params, str):
+            self.params = [self.params]
+        elif isinstance(self.params, tuple):
+            self.params = list(self.params)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The torch dtype named by `torch_dtype`."""
+        import torch
+
+        return getattr(torch, self.torch_dtype)  # one of DTYPE_NAMES, checked on construction
+
+
+@dataclass
+class OptimizationArgs(ConfigSection):
+    """Optimisation: batch sizes, optimiser, schedule, seed and sequence length."""
+
+    train_batch_size: int = field(
+        default=32, metadata=doc("sentences per gradient (single-class batches)", positive=True))
+    gradiend_batch_size: int = field(default=1, metadata=doc("gradients per GRADIEND optimiser step", positive=True))
+    train_max_size: int | None = field(
+        default=None, metadata=doc("at most this many training rows per class", positive=True))
+    learning_rate: float = field(
+        default=1e-3, metadata=doc("AdamW learning rate of the GRADIEND", positive=True, finite=True))
+    weight_decay: float = field(default=1e-2, metadata=doc("AdamW weight decay", nonnegative=True, finite=True))
+    adam_epsilon: float = field(default=1e-8, metadata=doc("AdamW epsilon", positive=True, finite=True))
+    optim: Optimizer = field(default="adamw", metadata=doc("optimiser: adamw or adam"))
+    num_train_epochs: int = field(default=3, metadata=doc("epochs (ignored when max_steps > 0)", positive=True))
+    num_epochs: int | None = field(
+        default=None, metadata=doc("alias of num_train_epochs (moved there on construction)"))
+    max_steps: int = field(default=-1, metadata=doc("optimiser steps; -1 trains num_train_epochs epochs"))
+    seed: int | None = field(default=0, metadata=doc("random seed (batches, initialisation, sampling)"))
+    max_length: int = field(default=256, metadata=doc("tokens per sentence at most", positive=True))
+
+    def _prepare(self) -> None:
+        if self.num_epochs is not None:
+            if isinstance(self.num_epochs, bool) or not isinstance(self.num_epochs, int) or self.num_epochs <= 0:
+                raise ValueError(f"num_epochs must be a positive integer, got {self.num_epochs!r}")
+            self.num_train_epochs, self.num_epochs = self.num_epochs, None
+
+    def _check(self) -> None:
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be a positive integer (or -1 for epochs), got {self.max_steps}")
+
+
+@dataclass
+class ObjectiveArgs(ConfigSection):
+    """Prediction objective: masked token (mlm) or next token (clm)."""
+
+    objective: Objective | None = field(default=None, metadata=doc(
+        "prediction objective: mlm (masked token) or clm (next token); default: from the model"))
+    min_left_context_tokens: int = field(
+        default=3, metadata=doc("causal LMs: drop rows with fewer tokens left of the slot (logged)", positive=True))
+
+
+@dataclass
+class EvaluationArgs(ConfigSection):
+    """Evaluation: in-training evaluation and checkpoints."""
+
+    do_eval: bool = field(default=True, metadata=doc("evaluate on the validation split during training"))
+    eval_steps: int = field(default=250, metadata=doc("evaluate every this many steps (checked when do_eval)"))
+    eval_batch_size: int = field(default=32, metadata=doc("batch size of evaluations", positive=True))
+    encoder_eval_train_max_size: int | None = field(
+        default=None, metadata=doc("validation rows per class used during training", positive=True))
+    encoder_eval_max_size: int | None = field(
+        default=None, metadata=doc("rows per class of evaluate_encoder (default: all)", positive=True))
+    save_only_best: bool = field(default=True, metadata=doc(
+        "unused: accepted for reference compatibility; the best-correlation checkpoint is always kept", unused=True))
+
+    def _check(self) -> None:
+        if self.do_eval and self.eval_steps <= 0:
+            raise ValueError(f"eval_steps must be a positive integer when do_eval is set, got {self.eval_steps}")
+
+
+@dataclass
+class ConvergenceArgs(ConfigSection):
+    """Convergence: when a run counts as converged."""
+
+    convergent_score_threshold: float = field(
+        default=0.5, metadata=doc("|correlation| a converged run reaches", unit_interval=True))
+    convergent_mean_by_class_threshold: float | None = field(default=0.5, metadata=doc(
+        "|mean encoding| each class of a converged run reaches; None: correlation (or loss) alone decides",
+        unit_interval=True))
+    fail_on_non_convergence: bool = field(
+        default=False, metadata=doc("raise (CLI: exit with an error) when training does not converge"))
+
+
+@dataclass
+class SeedArgs(ConfigSection):
+    """Multiple seeds: train seed, seed+1, … until enough converged.
+
+    Training stops once `min_convergent_seeds` runs converged; the best run is copied to model/.
+    """
+
+    max_seeds: int = field(default=1, metadata=doc("train up to this many seeds", positive=True))
+    min_convergent_seeds: int = field(default=1, metadata=doc("stop after this many convergent seeds", positive=True))
+    convergent_metric: ConvergentMetric = field(
+        default="correlation", metadata=doc("what decides convergence: correlation or loss"))
+    seed_selection_eval_max_size: int | None = field(default=None, metadata=doc(
+        "rows per class used to pick the best seed (default: encoder_eval_max_size)", positive=True))
+    seed_runs_dir: str | None = field(
+        default=None, metadata=doc("where per-seed runs go (default: EXPERIMENT_DIR/seeds)"))
+    keep_seed_runs: bool = field(default=False, metadata=doc("Python API: train() returns every seed's model"))
+    saved_seed_runs: SavedSeedRuns = field(
+        default="best_only", metadata=doc("which seed runs to keep on disk: best_only, all_convergent or all_tried"))
+    data_seed: int | None = field(default=None, metadata=doc(
+        "seed of the batches (which rows, in which order; default: seed); shared by all seeds"))
+
+    def _prepare(self) -> None:
+        self.seed_runs_dir = _fspath(self.seed_runs_dir)
+
+    def _check(self) -> None:
+        if self.min_convergent_seeds > self.max_seeds:
+            raise ValueError(f"min_convergent_seeds ({self.min_convergent_seeds}) exceeds max_seeds "
+                             f"({self.max_seeds})")
+
+
+@dataclass
+class GradientCacheArgs(ConfigSection):
+    """Gradient cache: per-batch base-model gradients reused across epochs and seeds."""
+
+    gradient_cache: GradientCacheMode = field(
+        default="memory", metadata=doc("reuse base-model gradients across epochs and seeds: off, memory or disk"))
+    gradient_cache_max_gb: float = field(
+        default=2.0, metadata=doc("size limit of the gradient cache in GB", nonnegative=True))
+    gradient_cache_dtype: GradientCacheDtype = field(
+        default="float32", metadata=doc("dtype of cached gradients: float32 or bfloat16"))
+
+
+@dataclass
+class PruningArgs(ConfigSection):
+    """Pruning: drop GRADIEND inputs before and/or after training."""
+
+    pre_prune_config: PrePruneConfig | None = field(
+        default=None, metadata=doc("prune inputs before training, e.g. '{topk: 0.1, n_samples: 8}'"))
+    post_prune_config: PostPruneConfig | None = field(
+        default=None, metadata=doc("prune inputs after training, e.g. '{topk: 0.01}'"))
+
+    def _prepare(self) -> None:
+        if isinstance(self.pre_prune_config, Mapping):
+            self.pre_prune_config = PrePruneConfig.from_dict(self.pre_prune_config)
+        if isinstance(self.post_prune_config, Mapping):
+            self.post_prune_config = PostPruneConfig.from_dict(self.post_prune_config)
+
+
+@dataclass
+class DecoderEvalArgs(ConfigSection):
+    """Decoder evaluation: the feature factor × learning rate grid."""
+
+    decoder_eval_lrs: list[float] | None = field(
+        default=None, metadata=doc("learning rates of the decoder grid", nonempty=True, finite=True))
+    decoder_eval_feature_factors: list[float] | None = field(default=None, metadata=doc(
+        "feature factors of the decoder grid (default: the strengthening sign)", nonempty=True, finite=True))
+    decoder_eval_max_size_training_like: int | None = field(
+        default=None, metadata=doc("rows per class scored by the decoder grid", positive=True))
+    decoder_eval_max_size_neutral: int | None = field(
+        default=None, metadata=doc("neutral texts for the decoder grid's LMS", positive=True))
+
+    def _prepare(self) -> None:
+        for name in ("decoder_eval_lrs", "decoder_eval_feature_factors"):
+            if isinstance(getattr(self, name), tuple):
+                setattr(self, name, list(getattr(self, name)))
+
+
+@dataclass
+class MiscArgs(ConfigSection):
+    """Miscellaneous: remote model code, progress bars, free-form metadata."""
+
+    trust_remote_code: bool = field(default=False, metadata=doc("allow custom model code from the Hub"))
+    show_progress: bool = field(default=True, metadata=doc("progress bars (--quiet turns them off)"))
+    metadata: dict[str, Any] = field(
+        default_factory=dict, metadata=doc("free-form JSON/YAML mapping stored with the run"))
+
+
+_S = TypeVar("_S", bound=ConfigSection)
+
+
+class SectionView(Generic[_S]):
+    """Class attribute that reads one section of a `TrainingArguments` as its own validated config (a copy)."""
+
+    def __init__(self, section: type[_S]) -> None:
+        self.section = section
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> SectionView[_S]: ...
+
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> _S: ...
+
+    def __get__(self, obj: object | None, owner: type | None = None) -> SectionView[_S] | _S:
+        if obj is None:
+            return self
+        return self.section(**{f.name: copy.deepcopy(getattr(obj, f.name)) for f in fields(self.section)})
+
+
+@dataclass
+class TrainingArguments(MiscArgs, DecoderEvalArgs, PruningArgs, GradientCacheArgs, SeedArgs, ConvergenceArgs,
+                        EvaluationArgs, ObjectiveArgs, OptimizationArgs, GradiendArgs, OutputArgs):
     """Everything that shapes a GRADIEND training run.
 
     `max_steps` (> 0) wins over `num_train_epochs`. `num_epochs` is accepted as an alias of
@@ -112,204 +600,25 @@ class TrainingArguments:
     `objective` forces the prediction objective ("mlm" masked token, "clm" next token);
     None picks it from the model. Causal LMs only see text left of the slot: training and
     evaluation rows with fewer than `min_left_context_tokens` tokens there are dropped (logged).
+
+    Constructed flat (`TrainingArguments(learning_rate=1e-3, max_steps=10)`), it inherits the fields of
+    every section (in their order: the flat JSON keys of `to_dict`); each section is also readable on its
+    own (`args.optimization` is an `OptimizationArgs`), so code that needs a few settings can take one section.
     """
 
-    # where things go
-    experiment_dir: str | None = None
-    output_dir: str | None = None
-    use_cache: bool | str = False
-    # what is learned
-    source: str = "alternative"
-    target: str = "diff"
-    params: list[str] | None = None
-    latent_dim: int = 1
-    activation_encoder: str = "tanh"
-    bias_decoder: bool = True
-    torch_dtype: Any = "float32"
-    normalize_gradiend: bool = True
-    standardize_gradients: bool = True
-    scale_estimation_batches: int = 4
-    add_identity_for_other_classes: bool = False
-    # optimisation
-    train_batch_size: int = 32
-    gradiend_batch_size: int = 1
-    train_max_size: int | None = None
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-2
-    adam_epsilon: float = 1e-8
-    optim: str = "adamw"
-    num_train_epochs: int = 3
-    num_epochs: int | None = None
-    max_steps: int = -1
-    seed: int | None = 0
-    max_length: int = 256
-    # prediction objective: None = "mlm" for masked LMs, "clm" for causal LMs (see README)
-    objective: str | None = None
-    min_left_context_tokens: int = 3
-    # in-training evaluation and checkpoints
-    do_eval: bool = True
-    eval_steps: int = 250
-    eval_batch_size: int = 32
-    encoder_eval_train_max_size: int | None = None
-    encoder_eval_max_size: int | None = None
-    save_only_best: bool = True
-    # convergence
-    convergent_score_threshold: float = 0.5
-    convergent_mean_by_class_threshold: float | None = 0.5  # None: correlation (or loss) alone decides
-    fail_on_non_convergence: bool = False
-    # multi-seed: seeds seed, seed+1, …; stop once min_convergent_seeds converged; best copied to model/
-    max_seeds: int = 1
-    min_convergent_seeds: int = 1
-    convergent_metric: str = "correlation"
-    seed_selection_eval_max_size: int | None = None
-    seed_runs_dir: str | None = None
-    keep_seed_runs: bool = False
-    saved_seed_runs: str = "best_only"
-    # seed of the batches (which rows, in which order; None: `seed`); multi-seed runs share it
-    data_seed: int | None = None
-    # per-batch base-model gradients reused across epochs and seeds ("off" | "memory" | "disk")
-    gradient_cache: str = "memory"
-    gradient_cache_max_gb: float = 2.0
-    gradient_cache_dtype: str = "float32"
-    # pruning
-    pre_prune_config: PrePruneConfig | None = None
-    post_prune_config: PostPruneConfig | None = None
-    # decoder evaluation grid
-    decoder_eval_lrs: list[float] | None = None
-    decoder_eval_feature_factors: list[float] | None = None
-    decoder_eval_max_size_training_like: int | None = None
-    decoder_eval_max_size_neutral: int | None = None
-    # misc
-    trust_remote_code: bool = False
-    show_progress: bool = True
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.num_epochs is not None:
-            self.num_train_epochs = self.num_epochs
-            self.num_epochs = None
-        self.torch_dtype = dtype_name(self.torch_dtype)
-        if isinstance(self.pre_prune_config, dict):
-            self.pre_prune_config = PrePruneConfig.from_dict(self.pre_prune_config)
-        if isinstance(self.post_prune_config, dict):
-            self.post_prune_config = PostPruneConfig.from_dict(self.post_prune_config)
-        self._validate()
-
-    def _validate(self) -> None:
-        for name in ("source", "target"):
-            if getattr(self, name) not in GRADIENT_KINDS:
-                raise ValueError(f"{name} must be one of {GRADIENT_KINDS}, got {getattr(self, name)!r}")
-        if self.use_cache not in USE_CACHE_MODES:
-            raise ValueError(f"use_cache must be one of {USE_CACHE_MODES}, got {self.use_cache!r}")
-        for name in ("train_batch_size", "gradiend_batch_size", "eval_batch_size", "latent_dim",
-                     "num_train_epochs", "max_length", "scale_estimation_batches", "max_seeds",
-                     "min_convergent_seeds"):
-            _check_positive_int(name, getattr(self, name))
-        for name in ("train_max_size", "encoder_eval_train_max_size", "encoder_eval_max_size",
-                     "seed_selection_eval_max_size", "decoder_eval_max_size_training_like",
-                     "decoder_eval_max_size_neutral"):
-            _check_positive_int(name, getattr(self, name), allow_none=True)
-        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps == 0:
-            raise ValueError(f"max_steps must be a positive integer (or -1 for epochs), got {self.max_steps!r}")
-        if self.max_steps < -1:
-            raise ValueError(f"max_steps must be a positive integer (or -1 for epochs), got {self.max_steps}")
-        if self.do_eval:
-            _check_positive_int("eval_steps", self.eval_steps)
-        for name in ("learning_rate", "adam_epsilon"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.optim not in ("adamw", "adam"):
-            raise ValueError(f"optim must be 'adamw' or 'adam', got {self.optim!r}")
-        if self.activation_encoder not in ("tanh", "hardtanh"):
-            raise ValueError(f"activation_encoder must be 'tanh' or 'hardtanh' (odd, bounded), "
-                             f"got {self.activation_encoder!r}")
-        if self.objective not in (None, "mlm", "clm"):
-            raise ValueError(f"objective must be 'mlm', 'clm' or None (chosen from the model), got {self.objective!r}")
-        _check_positive_int("min_left_context_tokens", self.min_left_context_tokens)
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise ValueError(f"seed must be an int or None, got {self.seed!r}")
-        for name in ("convergent_score_threshold", "convergent_mean_by_class_threshold"):
-            value = getattr(self, name)
-            if value is None and name == "convergent_mean_by_class_threshold":
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-        if self.min_convergent_seeds > self.max_seeds:
-            raise ValueError(f"min_convergent_seeds ({self.min_convergent_seeds}) exceeds max_seeds "
-                             f"({self.max_seeds})")
-        if self.convergent_metric not in CONVERGENT_METRICS:
-            raise ValueError(f"convergent_metric must be one of {CONVERGENT_METRICS}, got {self.convergent_metric!r}")
-        if self.gradient_cache not in GRADIENT_CACHE_MODES:
-            raise ValueError(f"gradient_cache must be one of {GRADIENT_CACHE_MODES}, got {self.gradient_cache!r}")
-        if self.gradient_cache_dtype not in GRADIENT_CACHE_DTYPES:
-            raise ValueError(f"gradient_cache_dtype must be one of {GRADIENT_CACHE_DTYPES}, "
-                             f"got {self.gradient_cache_dtype!r}")
-        if (isinstance(self.gradient_cache_max_gb, bool) or not isinstance(self.gradient_cache_max_gb, (int, float))
-                or not self.gradient_cache_max_gb >= 0):
-            raise ValueError(f"gradient_cache_max_gb must be a number >= 0, got {self.gradient_cache_max_gb!r}")
-        if self.data_seed is not None and (isinstance(self.data_seed, bool) or not isinstance(self.data_seed, int)):
-            raise ValueError(f"data_seed must be an int or None, got {self.data_seed!r}")
-        if not isinstance(self.keep_seed_runs, bool):
-            raise ValueError(f"keep_seed_runs must be a bool, got {self.keep_seed_runs!r}")
-        if self.saved_seed_runs not in SAVED_SEED_RUNS:
-            raise ValueError(f"saved_seed_runs must be one of {SAVED_SEED_RUNS}, got {self.saved_seed_runs!r}")
-        if self.params is not None:
-            if isinstance(self.params, str):
-                self.params = [self.params]
-            if not self.params or not all(isinstance(p, str) and p for p in self.params):
-                raise ValueError(f"params must be a non-empty list of parameter names/patterns, got {self.params!r}")
-        for name in ("decoder_eval_lrs", "decoder_eval_feature_factors"):
-            value = getattr(self, name)
-            if value is not None and (not value or not all(isinstance(v, (int, float)) for v in value)):
-                raise ValueError(f"{name} must be a non-empty list of numbers, got {value!r}")
-        if not isinstance(self.metadata, dict):
-            raise ValueError(f"metadata must be a dict, got {type(self.metadata).__name__}")
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The torch dtype named by `torch_dtype`."""
-        return DTYPES[self.torch_dtype]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict of every field; `from_dict` restores an equal object."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, (PrePruneConfig, PostPruneConfig)):
-                value = value.to_dict()
-            elif isinstance(value, (list, dict)):
-                value = _json_copy(value)
-            out[f.name] = value
-        return out
+    output = SectionView(OutputArgs)
+    gradiend = SectionView(GradiendArgs)
+    optimization = SectionView(OptimizationArgs)
+    prediction = SectionView(ObjectiveArgs)
+    evaluation = SectionView(EvaluationArgs)
+    convergence = SectionView(ConvergenceArgs)
+    seeds = SectionView(SeedArgs)
+    caching = SectionView(GradientCacheArgs)
+    pruning = SectionView(PruningArgs)
+    decoder_eval = SectionView(DecoderEvalArgs)
+    misc = SectionView(MiscArgs)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainingArguments:
-        """Inverse of `to_dict`; unknown keys are an error, not silently dropped."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown TrainingArguments field(s): {unknown}")
-        return cls(**data)
-
-    def replace(self, **overrides: Any) -> TrainingArguments:
-        """A validated copy with `overrides` applied (unknown names are an error)."""
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"Unknown TrainingArguments field(s): {unknown}")
-        return dataclasses.replace(self, **overrides)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """Dict-style access used by older scripts."""
-        return getattr(self, key, default)
-
-
-def _json_copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _json_copy(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_copy(v) for v in value]
-    return value
+    def sections(cls) -> dict[str, type[ConfigSection]]:
+        """View name → section class, in field order (`from_dict` accepts these names as nested keys)."""
+        return {name: view.section for name, view in vars(cls).items() if isinstance(view, SectionView)}

@@ -1,27 +1,25 @@
 """The `gradiend` command line: argument handling around the Python API, nothing more.
 
 `gradiend train` builds `TrainingArguments` from a YAML/JSON file and/or flags generated from the
-dataclass fields (new fields appear automatically); `evaluate`, `rewrite` and `report` work on an
-experiment directory. Exit codes are listed in `gradiend --help`.
+dataclass fields and their metadata (help, type, default, choices, constraints; grouped by section), so new
+fields appear automatically; `evaluate`, `rewrite` and `report` work on an experiment directory. Exit codes
+are listed in `gradiend --help`. Module-level imports are stdlib only: `--version` and `--help` stay cheap.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
-import inspect
 import json
 import logging
 import os
-import re
 import sys
 import types
 import typing
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from gradiend._version import __version__
 
@@ -43,68 +41,9 @@ EXIT_CODES_HELP = """exit codes:
 # Trainer inputs that are not TrainingArguments fields (config-file keys and `train` flags).
 TRAINER_KEYS = ("model", "data", "target_classes", "eval_neutral_data", "run_id")
 ARGS_KEYS = ("training_args", "args")  # a config file may nest the TrainingArguments fields under these
-
-# One line per TrainingArguments field for `--help`; fields missing here fall back to the comments
-# in arguments.py (their section and any trailing comment), so new fields still get a help text.
-FIELD_DOCS: dict[str, str] = {
-    "experiment_dir": "directory for the checkpoint, caches, plots and report (required by the CLI)",
-    "output_dir": "save the checkpoint here instead of EXPERIMENT_DIR/model",
-    "use_cache": "reuse a finished run: true (same settings and data), always, only_convergent, false",
-    "source": "gradient fed to the encoder: factual, alternative or diff",
-    "target": "gradient the decoder reconstructs: factual, alternative or diff",
-    "params": "parameter names or glob patterns to learn from (default: the backbone, heads excluded)",
-    "latent_dim": "number of feature neurons",
-    "activation_encoder": "encoder activation: tanh or hardtanh",
-    "bias_decoder": "learn a decoder bias",
-    "torch_dtype": "dtype of the GRADIEND: float32, float16, bfloat16 or float64",
-    "normalize_gradiend": "flip the sign so that the first target class encodes positively",
-    "standardize_gradients": "scale encoder inputs and decoder targets to fixed norms (estimated once)",
-    "scale_estimation_batches": "batches used to estimate the gradient scales",
-    "add_identity_for_other_classes": "also train on identity rows of classes outside the pair",
-    "train_batch_size": "sentences per gradient (single-class batches)",
-    "gradiend_batch_size": "gradients per GRADIEND optimiser step",
-    "train_max_size": "at most this many training rows per class",
-    "learning_rate": "AdamW learning rate of the GRADIEND",
-    "weight_decay": "AdamW weight decay",
-    "adam_epsilon": "AdamW epsilon",
-    "optim": "optimiser: adamw or adam",
-    "num_train_epochs": "epochs (ignored when max_steps > 0)",
-    "num_epochs": "alias of num_train_epochs",
-    "max_steps": "optimiser steps; -1 trains num_train_epochs epochs",
-    "seed": "random seed (batches, initialisation, sampling)",
-    "max_length": "tokens per sentence at most",
-    "objective": "prediction objective: mlm (masked token) or clm (next token); default: from the model",
-    "min_left_context_tokens": "causal LMs: drop rows with fewer tokens left of the slot",
-    "do_eval": "evaluate on the validation split during training",
-    "eval_steps": "evaluate every this many steps",
-    "eval_batch_size": "batch size of evaluations",
-    "encoder_eval_train_max_size": "validation rows per class used during training",
-    "encoder_eval_max_size": "rows per class of evaluate_encoder (default: all)",
-    "save_only_best": "keep the checkpoint of the best validation correlation",
-    "convergent_score_threshold": "|correlation| a converged run reaches",
-    "convergent_mean_by_class_threshold": "|mean encoding| each class of a converged run reaches",
-    "fail_on_non_convergence": "exit with an error when training does not converge",
-    "max_seeds": "train up to this many seeds",
-    "min_convergent_seeds": "stop after this many convergent seeds",
-    "seed_selection_eval_max_size": "rows per class used to pick the best seed",
-    "saved_seed_runs": "which seed runs to keep: best_only, all_convergent or all_tried",
-    "pre_prune_config": "prune inputs before training, e.g. '{topk: 0.1, n_samples: 8}'",
-    "post_prune_config": "prune inputs after training, e.g. '{topk: 0.01}'",
-    "decoder_eval_lrs": "learning rates of the decoder grid",
-    "decoder_eval_feature_factors": "feature factors of the decoder grid (default: the strengthening sign)",
-    "decoder_eval_max_size_training_like": "rows per class scored by the decoder grid",
-    "decoder_eval_max_size_neutral": "neutral texts for the decoder grid's LMS",
-    "convergent_metric": "what decides convergence: correlation or loss",
-    "seed_runs_dir": "where per-seed runs go (default: EXPERIMENT_DIR/seeds)",
-    "keep_seed_runs": "Python API: train() returns every seed's model",
-    "data_seed": "seed of the batch order (default: seed); fixed across seeds",
-    "gradient_cache": "reuse base-model gradients across epochs and seeds: off, memory or disk",
-    "gradient_cache_max_gb": "size limit of the gradient cache in GB",
-    "gradient_cache_dtype": "dtype of cached gradients: float32 or bfloat16",
-    "trust_remote_code": "allow custom model code from the Hub",
-    "show_progress": "progress bars (--quiet turns them off)",
-    "metadata": "free-form JSON/YAML mapping stored with the run",
-}
+TRUE_TEXTS = ("true", "yes", "on", "1")
+FALSE_TEXTS = ("false", "no", "off", "0")
+NONE_TEXTS = ("none", "null", "~")
 
 
 class UsageError(ValueError):
@@ -112,38 +51,41 @@ class UsageError(ValueError):
 
 
 # -- TrainingArguments ↔ flags ------------------------------------------------------------------------
-def _training_arguments() -> type:
+def _training_arguments() -> Any:
     from gradiend.arguments import TrainingArguments
 
     return TrainingArguments
 
 
-def field_comments(cls: type) -> dict[str, tuple[str | None, str | None]]:
-    """(section comment, trailing comment) of each field, read from the dataclass source."""
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    out: dict[str, tuple[str | None, str | None]] = {}
-    section = None
-    for line in source.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("def "):
-            break
-        if stripped.startswith("#"):
-            section = stripped.lstrip("#").strip()
-            continue
-        match = re.match(r"^\s+([A-Za-z_]\w*)\s*:[^#]*?(?:#\s*(.*))?$", line)
-        if match:
-            out[match[1]] = (section, match[2].strip() if match[2] else None)
-    return out
+def _field_types() -> dict[str, Any]:
+    from gradiend.arguments import field_types
+
+    return field_types(_training_arguments())
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(cls)
-    except Exception:  # unresolvable annotations fall back to YAML values
-        return {}
+def _members(tp: Any) -> tuple[Any, ...]:
+    """The alternatives of a union annotation (the annotation itself otherwise)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return typing.get_args(tp)
+    return (tp,)
+
+
+def _optional(tp: Any) -> bool:
+    return type(None) in _members(tp)
+
+
+def _without_none(tp: Any) -> tuple[Any, ...]:
+    return tuple(m for m in _members(tp) if m is not type(None))
+
+
+def parse_bool(text: str) -> bool:
+    """true/false, yes/no, on/off, 1/0 (any case) → bool; anything else is a ValueError."""
+    lowered = text.strip().lower()
+    if lowered in TRUE_TEXTS:
+        return True
+    if lowered in FALSE_TEXTS:
+        return False
+    raise ValueError(f"expected a boolean ({'/'.join(TRUE_TEXTS)} or {'/'.join(FALSE_TEXTS)}), got {text!r}")
 
 
 def _yaml_value(text: str) -> Any:
@@ -156,121 +98,186 @@ def _yaml_value(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"not valid YAML/JSON: {text!r} ({err})") from err
 
 
-def _scalar(tp: type, optional: bool) -> Callable[[str], Any]:
-    def convert(text: str) -> Any:
-        if optional and text.strip().lower() in ("none", "null"):
-            return None
-        if tp is bool:
-            lowered = text.strip().lower()
-            if lowered in ("true", "yes", "1", "on"):
-                return True
-            if lowered in ("false", "no", "0", "off"):
-                return False
-            raise ValueError(text)
-        return tp(text)
+def type_text(tp: Any) -> str:
+    """Short annotation text for help output: 'int', 'float | None', "'tanh' | 'hardtanh'", 'list[str]'."""
+    if tp is type(None):
+        return "None"
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_text(m) for m in typing.get_args(tp))
+    if origin is Literal:
+        return " | ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in typing.get_args(tp))
+    if origin is list:
+        return f"list[{type_text((typing.get_args(tp) or (str,))[0])}]"
+    if origin is dict or tp is dict:
+        return "mapping"
+    if dataclasses.is_dataclass(tp):
+        return f"{tp.__name__} mapping"
+    return getattr(tp, "__name__", str(tp))
 
-    convert.__name__ = tp.__name__
+
+def _convert_one(tp: Any, text: str) -> Any:
+    """`text` read as one (non-union) annotation; ValueError when it does not fit."""
+    if typing.get_origin(tp) is Literal:
+        for choice in typing.get_args(tp):
+            if isinstance(choice, bool):
+                if text.strip().lower() in (TRUE_TEXTS if choice else FALSE_TEXTS):
+                    return choice
+            elif text == str(choice):
+                return choice
+        raise ValueError(text)
+    if tp is bool:
+        return parse_bool(text)
+    if tp is type(None):
+        if text.strip().lower() in NONE_TEXTS:
+            return None
+        raise ValueError(text)
+    if tp in (int, float, str):
+        return tp(text)
+    raise ValueError(text)
+
+
+def text_converter(tp: Any) -> Callable[[str], Any]:
+    """A converter of flag/config text to a scalar annotation: the first union member that reads it wins.
+
+    None ('none'/'null') is tried first, then bool, int, float, Literal choices and str, so `--seed none`,
+    `--use-cache always` and `--learning-rate 1e-3` all get their field's type.
+    """
+    order = {type(None): 0, bool: 1, int: 2, float: 3, str: 5}
+    members = sorted(_members(tp), key=lambda m: order.get(m, 4))
+
+    def convert(text: str) -> Any:
+        for member in members:
+            try:
+                return _convert_one(member, text)
+            except ValueError:
+                continue
+        from gradiend.arguments import suggest
+
+        choices = [str(c) for m in members if typing.get_origin(m) is Literal for c in typing.get_args(m)]
+        raise argparse.ArgumentTypeError(f"expected {type_text(tp)}, got {text!r}{suggest(text, choices)}")
+
+    convert.__name__ = type_text(tp)
     return convert
 
 
-def _split_optional(tp: Any) -> tuple[Any, bool, tuple[Any, ...]]:
-    """(inner type, optional?, union members) of an annotation."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        members = tuple(a for a in typing.get_args(tp) if a is not type(None))
-        optional = len(members) < len(typing.get_args(tp))
-        return (members[0] if len(members) == 1 else None), optional, members
-    return tp, False, (tp,)
+class _ListFlag(argparse.Action):
+    """A list field: `--x A B`, a YAML/JSON list `--x '[A, B]'`, or `--x none` for an optional list."""
+
+    def __init__(self, option_strings: list[str], dest: str, element: Any, optional: bool, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs="+", **kwargs)
+        self.element, self.optional = element, optional
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        items: list[Any] = list(values)
+        if len(items) == 1 and items[0].lstrip().startswith("["):
+            loaded = _yaml_value(items[0])
+            if not isinstance(loaded, list):
+                raise argparse.ArgumentError(self, f"expected a list, got {items[0]!r}")
+            items = loaded
+        if self.optional and len(items) == 1 and str(items[0]).strip().lower() in NONE_TEXTS:
+            setattr(namespace, self.dest, None)
+            return
+        convert = text_converter(self.element)
+        try:
+            result = [convert(str(item)) if isinstance(item, str) or self.element is not str else item
+                      for item in items]
+        except argparse.ArgumentTypeError as err:
+            raise argparse.ArgumentError(self, str(err)) from err
+        setattr(namespace, self.dest, result)
 
 
 def flag_spec(tp: Any) -> dict[str, Any]:
     """argparse keyword arguments for a field annotation."""
-    inner, optional, members = _split_optional(tp)
-    if inner is None:  # a union such as bool | str: read the value as YAML; a bare flag means true
-        spec: dict[str, Any] = {"type": _yaml_value, "metavar": "VALUE"}
-        if bool in members:
-            spec.update(nargs="?", const=True)
-        return spec
-    if inner is bool:
+    inner = _without_none(tp)
+    if inner == (bool,):
         return {"action": argparse.BooleanOptionalAction}
-    if inner in (int, float, str):
-        return {"type": _scalar(inner, optional), "metavar": inner.__name__.upper()}
-    if typing.get_origin(inner) in (list, tuple, Sequence):
-        elem = (typing.get_args(inner) or (str,))[0]
-        elem = elem if elem in (int, float, str) else str
-        return {"type": _scalar(elem, optional), "nargs": "+", "metavar": elem.__name__.upper()}
-    return {"type": _yaml_value, "metavar": "YAML"}
-
-
-def _type_text(field: dataclasses.Field) -> str:
-    return field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+    if len(inner) == 1 and typing.get_origin(inner[0]) is list:
+        element = (typing.get_args(inner[0]) or (str,))[0]
+        return {"action": _ListFlag, "element": element, "optional": _optional(tp),
+                "metavar": type_text(element).upper()}
+    scalar = all(m in (bool, int, float, str) or typing.get_origin(m) is Literal for m in inner)
+    if not scalar:  # mappings and nested configs: a YAML/JSON value
+        return {"type": _yaml_value, "metavar": "YAML"}
+    spec: dict[str, Any] = {"type": text_converter(tp)}
+    literals = [c for m in inner if typing.get_origin(m) is Literal for c in typing.get_args(m)]
+    if bool in inner:  # e.g. use_cache: true | false | always | …; a bare flag means true
+        spec.update(nargs="?", const=True, metavar="VALUE")
+    elif literals and len(inner) == 1:
+        spec["metavar"] = "{" + ",".join(map(str, literals)) + (",none}" if _optional(tp) else "}")
+    else:
+        spec["metavar"] = type_text(inner[0]).upper() if len(inner) == 1 else "VALUE"
+    return spec
 
 
 def _default_text(field: dataclasses.Field) -> str:
     if field.default is not dataclasses.MISSING:
         return repr(field.default)
-    if field.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return repr(field.default_factory())  # type: ignore[misc]
+    if field.default_factory is not dataclasses.MISSING:
+        return repr(field.default_factory())
     return "required"
 
 
-def field_help(field: dataclasses.Field, comments: dict[str, tuple[str | None, str | None]]) -> str:
-    section, trailing = comments.get(field.name, (None, None))
-    doc = FIELD_DOCS.get(field.name) or trailing or (f"({section})" if section else "")
-    if FIELD_DOCS.get(field.name) and trailing:
-        doc += f"; {trailing}"
-    return f"{doc} [{_type_text(field)}; default {_default_text(field)}]".replace("%", "%%").strip()
+def field_help(field: dataclasses.Field, tp: Any) -> str:
+    """'<help> [<type>, <constraints>; default <value>]' from the field's metadata and annotation."""
+    from gradiend.arguments import constraint_text
+
+    kind = ", ".join(part for part in (type_text(tp), constraint_text(field.metadata)) if part)
+    return f"{field.metadata['help']} [{kind}; default {_default_text(field)}]".replace("%", "%%")
 
 
 def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def _group_title(section: str) -> str:
-    """The head of a section comment: up to '; ' or a ': ' outside parentheses."""
-    head = section.split("; ")[0]
-    colon, paren = head.find(": "), head.find("(")
-    return head[:colon] if colon > 0 and (paren < 0 or colon < paren) else head
-
-
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainingArguments field, grouped by the section comments of arguments.py."""
-    cls = _training_arguments()
-    hints, comments = _hints(cls), field_comments(cls)
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for field in dataclasses.fields(cls):
-        section = _group_title(comments.get(field.name, (None, None))[0] or "other")
-        if section not in groups:
-            groups[section] = parser.add_argument_group(f"TrainingArguments: {section}")
-        spec = flag_spec(hints.get(field.name, Any))
-        groups[section].add_argument(flag_name(field.name), dest=f"ta_{field.name}", default=argparse.SUPPRESS,
-                                     help=field_help(field, comments), **spec)
+    """One flag per TrainingArguments field, grouped by section (the section's docstring heads its group)."""
+    cls, hints = _training_arguments(), _field_types()
+    for view, section in cls.sections().items():
+        title, _, details = (section.__doc__ or section.__name__).strip().partition("\n")
+        where = (f"TrainingArguments.{view} ({section.__name__}); config files may also nest these settings "
+                 f"under '{view}:'.")
+        group = parser.add_argument_group(title.rstrip("."), " ".join([*details.split(), where]))
+        for field in dataclasses.fields(section):
+            group.add_argument(flag_name(field.name), dest=f"ta_{field.name}", default=argparse.SUPPRESS,
+                               help=field_help(field, hints[field.name]), **flag_spec(hints[field.name]))
 
 
 def coerce_field(name: str, value: Any) -> Any:
-    """Convert a config-file value to the field's type where YAML left a string (e.g. `1e-3`)."""
-    cls = _training_arguments()
-    tp = _hints(cls).get(name, Any)
-    inner, optional, _ = _split_optional(tp)
-    if value is None:
-        return value
+    """A config-file value in its field's type where YAML/JSON left text (`1e-3`, `"false"`, `none`)."""
+    from gradiend.arguments import matches
+
+    tp = _field_types()[name]
+    inner = _without_none(tp)
     try:
-        if inner in (int, float) and isinstance(value, str):
-            return _scalar(inner, optional)(value)
-        if inner is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        if typing.get_origin(inner) in (list, tuple, Sequence) and isinstance(value, list):
-            elem = (typing.get_args(inner) or (str,))[0]
-            if elem in (int, float):
-                return [_scalar(elem, False)(v) if isinstance(v, str) else v for v in value]
-    except ValueError as err:
-        raise UsageError(f"{name}: cannot read {value!r} as {getattr(inner, '__name__', inner)}") from err
+        if len(inner) == 1 and typing.get_origin(inner[0]) is list and isinstance(value, list):
+            element = (typing.get_args(inner[0]) or (str,))[0]
+            return [_coerce_scalar(element, item) for item in value]
+        if all(m in (bool, int, float, str) or typing.get_origin(m) is Literal for m in inner):
+            return _coerce_scalar(tp, value)
+    except argparse.ArgumentTypeError as err:
+        raise UsageError(f"{name}: cannot read {value!r} as {type_text(tp)}") from err
+    if not matches(value, tp) and isinstance(value, str) and value.strip().lower() in NONE_TEXTS and _optional(tp):
+        return None
+    return value
+
+
+def _coerce_scalar(tp: Any, value: Any) -> Any:
+    from gradiend.arguments import matches
+
+    if isinstance(value, str) and not matches(value, tp):
+        return text_converter(tp)(value)
+    if float in _members(tp) and int not in _members(tp) and matches(value, int):
+        return float(value)  # `learning_rate: 1` is the float 1.0
     return value
 
 
 def suggest(name: str, candidates: Sequence[str]) -> str:
     """' (did you mean X?)' for the closest candidate, or ''."""
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
+    from gradiend.arguments import suggest as closest
+
+    return closest(name, candidates)
 
 
 # -- config files ------------------------------------------------------------------------------------------
@@ -280,14 +287,11 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"Config file not found: {path}")
     text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
+    import yaml
 
-            data = yaml.safe_load(text)
-    except Exception as err:  # JSON and YAML raise different types
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise UsageError(f"Config file {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
                          f"{err}") from err
     if data is None:
@@ -298,9 +302,15 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def split_config(data: dict[str, Any], origin: Path | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(trainer inputs, TrainingArguments fields) of a config mapping; unknown keys are an error."""
-    fields = [f.name for f in dataclasses.fields(_training_arguments())]
+    """(trainer inputs, TrainingArguments fields) of a config mapping; unknown keys are an error.
+
+    TrainingArguments fields may sit at the top level, under `training_args:`/`args:`, or nested under
+    their section's name (`optimization: {learning_rate: 1e-3}`).
+    """
+    cls = _training_arguments()
+    fields, sections = cls.field_names(), cls.sections()
     trainer, args = {}, {}
+    where = f" in {origin}" if origin else ""
     for key, value in data.items():
         if key in ARGS_KEYS:
             if not isinstance(value, dict):
@@ -313,9 +323,15 @@ def split_config(data: dict[str, Any], origin: Path | None = None) -> tuple[dict
             trainer[key] = value
         elif key in fields:
             args[key] = coerce_field(key, value)
+        elif key in sections and isinstance(value, dict):
+            allowed = sections[key].field_names()
+            for name, item in value.items():
+                if name not in allowed:
+                    raise UsageError(f"Unknown setting {key}.{name}{where}: not a field of {sections[key].__name__}"
+                                     f"{suggest(name, allowed)}")
+                args[name] = coerce_field(name, item)
         else:
-            where = f" in {origin}" if origin else ""
-            raise UsageError(f"Unknown setting {key!r}{where}{suggest(key, [*fields, *TRAINER_KEYS])}")
+            raise UsageError(f"Unknown setting {key!r}{where}{suggest(key, [*fields, *TRAINER_KEYS, *sections])}")
     if origin is not None:
         for key in ("model", "data", "eval_neutral_data"):
             value = trainer.get(key)
@@ -421,9 +437,6 @@ def _train(ns: argparse.Namespace) -> int:
         if getattr(ns, key, None) is not None:
             trainer_inputs[key] = getattr(ns, key)
     arg_values.update({k[3:]: v for k, v in vars(ns).items() if k.startswith("ta_")})
-    for key in ("params", "decoder_eval_lrs", "decoder_eval_feature_factors"):
-        if arg_values.get(key) == [None]:
-            arg_values[key] = None
     missing = [k for k in ("model", "data") if not trainer_inputs.get(k)]
     if missing:
         raise UsageError(f"gradiend train needs {' and '.join(missing)}: set them in the config file or pass "
@@ -672,14 +685,43 @@ def _add_data_overrides(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--base-model", default=None, help="base model id or path (default: the one trained on)")
 
 
-def _normalize_flags(argv: Sequence[str]) -> list[str]:
-    """Accept field spellings with underscores (`--max_steps` → `--max-steps`)."""
-    out = []
+def _bool_flags(parser: argparse.ArgumentParser) -> set[str]:
+    """The `--x` spellings of every `--x/--no-x` flag of the parser and its sub-commands."""
+    out = set()
+    for action in parser._actions:
+        if isinstance(action, argparse.BooleanOptionalAction):
+            out.update(s for s in action.option_strings if not s.startswith("--no-"))
+        elif isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out |= _bool_flags(sub)
+    return out
+
+
+def _normalize_flags(argv: Sequence[str], bool_flags: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
+    """Accept field spellings with underscores (`--max_steps` → `--max-steps`) and boolean flag values.
+
+    `--do-eval=false`, `--do-eval no` (any of true/false/yes/no/on/off/1/0) become `--no-do-eval`; the
+    value is only taken from the next token when it is such a word, so `--do-eval CONFIG.yaml` still works.
+    """
+    tokens = []
     for token in argv:
         if token.startswith("--") and "_" in token:
             name, sep, value = token.partition("=")
             token = name.replace("_", "-") + sep + value
-        out.append(token)
+        tokens.append(token)
+    out: list[str] = []
+    i = 0
+    while i < len(tokens):
+        name, sep, value = tokens[i].partition("=")
+        words = (*TRUE_TEXTS, *FALSE_TEXTS)
+        if name in bool_flags and not sep and i + 1 < len(tokens) and tokens[i + 1].strip().lower() in words:
+            sep, value = "=", tokens[i + 1]
+            i += 1
+        if name in bool_flags and sep and value.strip().lower() in words:
+            out.append(name if parse_bool(value) else "--no-" + name[2:])
+        else:
+            out.append(tokens[i])
+        i += 1
     return out
 
 
@@ -693,7 +735,7 @@ def _subparser(parser: _Parser, command: str | None) -> _Parser:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse; unknown flags exit with code 2 and the closest known flag."""
     parser = build_parser()
-    argv = _normalize_flags(sys.argv[1:] if argv is None else argv)
+    argv = _normalize_flags(sys.argv[1:] if argv is None else argv, _bool_flags(parser))
     ns, extra = parser.parse_known_args(argv)
     if extra:
         target = _subparser(parser, getattr(ns, "command", None))

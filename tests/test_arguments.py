@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from gradiend import PostPruneConfig, PrePruneConfig, TrainingArguments
+from gradiend import PostPruneConfig, PrePruneConfig, TrainingArguments, arguments
+from gradiend.arguments import OptimizationArgs, SeedArgs
 
 
 def _non_default_args() -> TrainingArguments:
@@ -95,3 +96,116 @@ def test_prune_config_validation() -> None:
         PrePruneConfig(topk=1.5)
     with pytest.raises(ValueError, match="part"):
         PostPruneConfig(part="everything")
+
+
+# -- sections, metadata and generic validation ------------------------------------------------------------------
+FLAT_KEYS = [  # training.json stores `to_dict()`: these keys, in this order
+    "experiment_dir", "output_dir", "use_cache", "source", "target", "params", "latent_dim", "activation_encoder",
+    "bias_decoder", "torch_dtype", "normalize_gradiend", "standardize_gradients", "scale_estimation_batches",
+    "add_identity_for_other_classes", "train_batch_size", "gradiend_batch_size", "train_max_size", "learning_rate",
+    "weight_decay", "adam_epsilon", "optim", "num_train_epochs", "num_epochs", "max_steps", "seed", "max_length",
+    "objective", "min_left_context_tokens", "do_eval", "eval_steps", "eval_batch_size",
+    "encoder_eval_train_max_size", "encoder_eval_max_size", "save_only_best", "convergent_score_threshold",
+    "convergent_mean_by_class_threshold", "fail_on_non_convergence", "max_seeds", "min_convergent_seeds",
+    "convergent_metric", "seed_selection_eval_max_size", "seed_runs_dir", "keep_seed_runs", "saved_seed_runs",
+    "data_seed", "gradient_cache", "gradient_cache_max_gb", "gradient_cache_dtype", "pre_prune_config",
+    "post_prune_config", "decoder_eval_lrs", "decoder_eval_feature_factors", "decoder_eval_max_size_training_like",
+    "decoder_eval_max_size_neutral", "trust_remote_code", "show_progress", "metadata"]
+
+
+def test_flat_keys_and_sections_partition_the_fields() -> None:
+    assert list(TrainingArguments().to_dict()) == FLAT_KEYS
+    sections = TrainingArguments.sections()
+    in_sections = [name for section in sections.values() for name in section.field_names()]
+    assert in_sections == FLAT_KEYS  # every field in exactly one section, in field order
+    assert all(section.__doc__ and section.__doc__.strip() for section in sections.values())
+
+
+def test_every_field_has_help_and_known_rules() -> None:
+    for cls in (TrainingArguments, PrePruneConfig, PostPruneConfig):
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help", "").strip(), f"{cls.__name__}.{f.name}"
+            assert set(f.metadata) <= {"help", "unused", *arguments.RULES}, f.name
+    unused = sorted(f.name for f in dataclasses.fields(TrainingArguments) if f.metadata["unused"])
+    assert unused == ["add_identity_for_other_classes", "save_only_best"]
+
+
+def test_section_views_are_typed_copies() -> None:
+    args = TrainingArguments(learning_rate=5e-4, max_steps=7, max_seeds=3, decoder_eval_lrs=[1.0],
+                             pre_prune_config={"topk": 0.2})
+    opt = args.optimization
+    assert isinstance(opt, OptimizationArgs) and opt.learning_rate == 5e-4 and opt.max_steps == 7
+    assert isinstance(args.seeds, SeedArgs) and args.seeds.max_seeds == 3
+    assert args.pruning.pre_prune_config == PrePruneConfig(topk=0.2)
+    args.decoder_eval.decoder_eval_lrs.append(2.0)  # a copy: the arguments do not change
+    assert args.decoder_eval_lrs == [1.0]
+    assert OptimizationArgs(learning_rate=1e-2).to_dict()["learning_rate"] == 1e-2  # usable on its own
+    with pytest.raises(ValueError, match="max_steps"):
+        OptimizationArgs(max_steps=0)
+    with pytest.raises(ValueError, match="min_convergent_seeds"):
+        SeedArgs(max_seeds=1, min_convergent_seeds=2)
+
+
+def test_from_dict_accepts_section_nested_dicts() -> None:
+    nested = {"optimization": {"learning_rate": 1e-2, "max_steps": 3}, "seeds": {"max_seeds": 2}, "do_eval": False}
+    args = TrainingArguments.from_dict(nested)
+    assert (args.learning_rate, args.max_steps, args.max_seeds, args.do_eval) == (1e-2, 3, 2, False)
+    assert args == TrainingArguments(learning_rate=1e-2, max_steps=3, max_seeds=2, do_eval=False)
+    assert TrainingArguments().replace(optimization={"seed": 4}).seed == 4
+    with pytest.raises(ValueError, match=r"Unknown OptimizationArgs field\(s\): \['max_seeds'\]"):
+        TrainingArguments.from_dict({"optimization": {"max_seeds": 2}})
+    with pytest.raises(ValueError, match="given twice"):
+        TrainingArguments.from_dict({"optimization": {"seed": 1}, "seed": 2})
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"do_eval": "false"}, r"do_eval must be a bool \(true or false\), got 'false'"),
+    ({"trust_remote_code": 1}, "trust_remote_code must be a bool"),
+    ({"use_cache": "true"}, "use_cache must be a bool"),
+    ({"learning_rate": float("inf")}, "learning_rate must be a finite number"),
+    ({"adam_epsilon": float("nan")}, "adam_epsilon"),
+    ({"weight_decay": float("nan")}, "weight_decay"),
+    ({"convergent_score_threshold": float("nan")}, r"convergent_score_threshold must be in \[0, 1\]"),
+    ({"learning_rate": "1e-3"}, "learning_rate must be a number"),
+    ({"max_steps": 2.0}, "max_steps must be an integer"),
+    ({"params": ["a", 3]}, "params must be a list of strings or None"),
+    ({"params": [""]}, "params must be a non-empty list"),
+    ({"decoder_eval_lrs": [1.0, float("nan")]}, "decoder_eval_lrs must be a finite number"),
+    ({"decoder_eval_feature_factors": []}, "decoder_eval_feature_factors must be a non-empty list"),
+    ({"activation_encoder": "relu"}, r"activation_encoder must be one of 'tanh', 'hardtanh'"),
+    ({"metadata": []}, "metadata must be a mapping"),
+    ({"pre_prune_config": 3}, "pre_prune_config must be a PrePruneConfig"),
+    ({"num_epochs": 0}, "num_epochs must be a positive integer"),
+])
+def test_bad_types_bools_and_nan_name_the_field(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainingArguments(**kwargs)
+
+
+def test_all_problems_reported_together_and_paths_accepted(tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"train_batch_size .*; .*learning_rate"):
+        TrainingArguments(train_batch_size=0, learning_rate=-1.0)
+    args = TrainingArguments(experiment_dir=tmp_path / "exp", params="encoder.*", decoder_eval_lrs=(1.0, 0.5))
+    assert args.experiment_dir == str(tmp_path / "exp") and args.params == ["encoder.*"]
+    assert args.decoder_eval_lrs == [1.0, 0.5]
+    assert TrainingArguments(use_cache="always").use_cache == "always"
+    assert TrainingArguments(torch_dtype="torch.float16").dtype is torch.float16
+    assert TrainingArguments().get("learning_rate") == 1e-3 and TrainingArguments().get("nope", 5) == 5
+
+
+def test_importing_the_configuration_does_not_import_torch() -> None:
+    """The module itself stays torch-free (the package `__init__` is bypassed: only this module is judged)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    package_dir = str(Path(arguments.__file__).parent)
+    probe = ("import sys, types\n"
+             "package = types.ModuleType('gradiend'); package.__path__ = [sys.argv[1]]\n"
+             "sys.modules['gradiend'] = package\n"
+             "from gradiend.arguments import TrainingArguments as T\n"
+             "a = T(max_steps=3).replace(seed=2); T.from_dict(a.to_dict()); a.optimization\n"
+             "print('torch' in sys.modules)\n")
+    done = subprocess.run([sys.executable, "-c", probe, package_dir], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

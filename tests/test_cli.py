@@ -105,21 +105,53 @@ def test_every_training_argument_has_a_documented_flag() -> None:
     flags = set(parser.known_flags())
     for field in dataclasses.fields(TrainingArguments):
         assert cli.flag_name(field.name) in flags, field.name
-    assert "TrainingArguments: optimisation" in help_text
-    assert "AdamW learning rate of the GRADIEND [float; default 0.001]" in " ".join(help_text.split())
+        is_bool = cli._field_types()[field.name] is bool
+        assert ("--no-" + cli.flag_name(field.name)[2:] in flags) == is_bool, field.name
+    flat = " ".join(help_text.split())
+    assert "Optimisation: batch sizes, optimiser, schedule, seed and sequence length:" in help_text
+    assert "TrainingArguments.optimization (OptimizationArgs)" in flat
+    assert "AdamW learning rate of the GRADIEND [float, > 0, finite; default 0.001]" in flat
+    assert "--activation-encoder {tanh,hardtanh}" in flat and "--objective {mlm,clm,none}" in flat
     assert "exit codes:" in help_text
 
 
-def test_fields_without_docs_fall_back_to_the_source_comments() -> None:
-    comments = cli.field_comments(TrainingArguments)
-    assert comments["learning_rate"][0] == "optimisation"
-    field = next(f for f in dataclasses.fields(TrainingArguments) if f.name == "max_seeds")
-    help_text = cli.field_help(field, {"max_seeds": ("multi-seed", None)})
-    assert help_text.startswith("train up to")
-    new = dataclasses.field(default=3)
-    new.name, new.type = "brand_new_field", "int"
-    assert cli.field_help(new, {"brand_new_field": ("multi-seed", "seeds kept")}) == "seeds kept [int; default 3]"
-    assert cli.field_help(new, {"brand_new_field": ("multi-seed", None)}) == "(multi-seed) [int; default 3]"
+def test_help_comes_from_metadata_not_source(monkeypatch) -> None:
+    """Help, types, defaults, choices and groups survive when the source code cannot be read."""
+    import inspect
+
+    def no_source(obj: object) -> str:
+        raise OSError("no source available")
+
+    monkeypatch.setattr(inspect, "getsource", no_source)
+    monkeypatch.setattr(inspect, "getsourcelines", no_source)
+    help_text = " ".join(cli._subparser(cli.build_parser(), "train").format_help().split())
+    for title in ("Output:", "GRADIEND:", "Optimisation:", "Prediction objective:", "Evaluation:", "Convergence:",
+                  "Multiple seeds:", "Gradient cache:", "Pruning:", "Decoder evaluation:", "Miscellaneous:"):
+        assert title in help_text, title
+    assert "train up to this many seeds [int, > 0; default 1]" in help_text
+    assert "--saved-seed-runs {best_only,all_convergent,all_tried}" in help_text
+    assert "[float | None, in [0, 1]; default 0.5]" in help_text
+    assert "--do-eval, --no-do-eval evaluate on the validation split during training [bool; default True]" in help_text
+    assert "unused: accepted for reference compatibility" in help_text
+    assert not hasattr(cli, "FIELD_DOCS") and not hasattr(cli, "field_comments")
+
+
+def test_version_and_help_do_not_import_torch() -> None:
+    """`gradiend --version` / `--help` stay cheap: the CLI module and the configuration never load torch."""
+    probe = ("import sys\n"
+             "from gradiend import cli\n"
+             "for argv in (['--version'], ['--help'], ['train', '--help']):\n"
+             "    try:\n"
+             "        cli.main(argv)\n"
+             "    except SystemExit as stop:\n"
+             "        assert stop.code == 0, stop.code\n"
+             "heavy = sorted(m for m in ('torch', 'transformers', 'datasets', 'pandas', 'yaml') if m in sys.modules)\n"
+             "print('HEAVY', heavy)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "gradiend " in done.stdout and "HEAVY []" in done.stdout
+    version = gradiend("--version")
+    assert version.returncode == 0 and version.stdout.strip().startswith("gradiend ")
 
 
 def test_flags_parse_to_field_types(tmp_path) -> None:
@@ -135,6 +167,44 @@ def test_flags_parse_to_field_types(tmp_path) -> None:
     with pytest.raises(SystemExit) as info:
         cli.parse_args(["train", "--max-steps", "many"])
     assert info.value.code == cli.EXIT_USAGE
+
+
+def test_text_booleans_lists_and_choices_on_flags() -> None:
+    def values(*argv: str) -> dict:
+        ns = cli.parse_args(["train", *argv])
+        return {k[3:]: v for k, v in vars(ns).items() if k.startswith("ta_")}
+
+    for word, expected in (("true", True), ("Yes", True), ("on", True), ("1", True),
+                           ("false", False), ("NO", False), ("off", False), ("0", False)):
+        assert values(f"--do-eval={word}") == {"do_eval": expected}, word
+        assert values("--bias_decoder", word) == {"bias_decoder": expected}, word
+    assert values("--no-do-eval", "--show-progress") == {"do_eval": False, "show_progress": True}
+    ns = cli.parse_args(["train", "--do-eval", "run.yaml"])  # a non-boolean word stays the config file
+    assert ns.ta_do_eval is True and ns.config == "run.yaml"
+    assert values("--use-cache", "false", "--objective", "none", "--params", "none", "--decoder-eval-lrs",
+                  "[1, 0.5]") == {"use_cache": False, "objective": None, "params": None,
+                                  "decoder_eval_lrs": [1.0, 0.5]}
+    assert values("--metadata", "{a: [1, 2]}") == {"metadata": {"a": [1, 2]}}
+    for bad in (["--activation-encoder", "relu"], ["--decoder-eval-lrs", "1", "x"], ["--seed", "1.5"],
+                ["--use-cache", "sometimes"], ["--learning-rate", "fast"]):
+        with pytest.raises(SystemExit) as info:
+            cli.parse_args(["train", *bad])
+        assert info.value.code == cli.EXIT_USAGE, bad
+
+
+def test_config_files_accept_sections_and_text_values() -> None:
+    _, args = cli.split_config({"optimization": {"learning_rate": "1e-4", "max_steps": "5"},
+                                "training_args": {"seeds": {"max_seeds": 2}, "do_eval": "false"},
+                                "show_progress": "off", "seed": "null", "use_cache": "always"})
+    assert args == {"learning_rate": 1e-4, "max_steps": 5, "max_seeds": 2, "do_eval": False,
+                    "show_progress": False, "seed": None, "use_cache": "always"}
+    assert TrainingArguments(**args).optimization.learning_rate == 1e-4
+    with pytest.raises(cli.UsageError, match=r"optimization\.learnig_rate.*did you mean learning_rate\?"):
+        cli.split_config({"optimization": {"learnig_rate": 1}})
+    with pytest.raises(cli.UsageError, match="did you mean optimization"):
+        cli.split_config({"optimisation": {"learning_rate": 1}})
+    with pytest.raises(cli.UsageError, match="do_eval: cannot read 'maybe' as bool"):
+        cli.split_config({"do_eval": "maybe"})
 
 
 def test_config_files(tmp_path, capsys) -> None:

@@ -1,5 +1,37 @@
-"""`TrainingArguments` at its reference import path."""
+"""`TrainingArguments` (and its section configs) at the reference import path."""
 
-from gradiend.arguments import TrainingArguments
+from gradiend.arguments import (
+    ConfigSection,
+    ConvergenceArgs,
+    DecoderEvalArgs,
+    EvaluationArgs,
+    GradiendArgs,
+    GradientCacheArgs,
+    MiscArgs,
+    ObjectiveArgs,
+    OptimizationArgs,
+    OutputArgs,
+    PostPruneConfig,
+    PrePruneConfig,
+    PruningArgs,
+    SeedArgs,
+    TrainingArguments,
+)
 
-__all__ = ["TrainingArguments"]
+__all__ = [
+    "ConfigSection",
+    "ConvergenceArgs",
+    "DecoderEvalArgs",
+    "EvaluationArgs",
+    "GradiendArgs",
+    "GradientCacheArgs",
+    "MiscArgs",
+    "ObjectiveArgs",
+    "OptimizationArgs",
+    "OutputArgs",
+    "PostPruneConfig",
+    "PrePruneConfig",
+    "PruningArgs",
+    "SeedArgs",
+    "TrainingArguments",
+]
