@@ -1,14 +1,46 @@
-"""gradiend: learn, measure and rewrite a feature neuron from a language model's gradients."""
+"""gradiend: learn, measure and rewrite a feature neuron from a language model's gradients.
 
+Public names are imported lazily on first access (PEP 562), so `import gradiend` does not pull in
+transformers, datasets, pandas or matplotlib; `from gradiend import X` works as usual.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gradiend._lazy import lazy_exports
 from gradiend._version import __version__
-from gradiend.arguments import PostPruneConfig, PrePruneConfig, TrainingArguments
-from gradiend.data import DataError
-from gradiend.data_creation import TextFilterConfig, TextPredictionDataCreator, TextPreprocessConfig
-from gradiend.embedded import embedded_model_path
-from gradiend.model import GradiendConfig, GradiendModel
-from gradiend.model_with_gradiend import ModelWithGradiend
-from gradiend.trainer import TextPredictionTrainer, Trainer, TrainingCallback
-from gradiend.training import set_seed
+
+if TYPE_CHECKING:
+    from gradiend.arguments import PostPruneConfig, PrePruneConfig, TrainingArguments
+    from gradiend.data import DataError
+    from gradiend.data_creation import TextFilterConfig, TextPredictionDataCreator, TextPreprocessConfig
+    from gradiend.embedded import embedded_model_path
+    from gradiend.model import GradiendConfig, GradiendModel
+    from gradiend.model_with_gradiend import ModelWithGradiend
+    from gradiend.trainer.text.prediction.trainer import TextPredictionTrainer
+    from gradiend.trainer.trainer import Trainer
+    from gradiend.training import TrainingCallback, set_seed
+
+_EXPORTS: dict[str, str] = {
+    "DataError": "gradiend.data",
+    "GradiendConfig": "gradiend.model",
+    "GradiendModel": "gradiend.model",
+    "ModelWithGradiend": "gradiend.model_with_gradiend",
+    "PostPruneConfig": "gradiend.arguments",
+    "PrePruneConfig": "gradiend.arguments",
+    "TextFilterConfig": "gradiend.data_creation",
+    "TextPredictionDataCreator": "gradiend.data_creation",
+    "TextPredictionTrainer": "gradiend.trainer.text.prediction.trainer",
+    "TextPreprocessConfig": "gradiend.data_creation",
+    "Trainer": "gradiend.trainer.trainer",
+    "TrainingArguments": "gradiend.arguments",
+    "TrainingCallback": "gradiend.training",
+    "embedded_model_path": "gradiend.embedded",
+    "set_seed": "gradiend.training",
+}
+
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 __all__ = [
     "DataError",

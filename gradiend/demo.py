@@ -11,14 +11,15 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from gradiend.arguments import TrainingArguments
 from gradiend.demo_data import demo_gender_data, load_demo_data, load_demo_neutral
 from gradiend.embedded import embedded_model_path
 from gradiend.trainer.text.prediction.trainer import TextPredictionTrainer
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 

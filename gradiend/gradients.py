@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -18,8 +19,10 @@ from torch.func import functional_call, jvp
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gradiend.arguments import GRADIENT_KINDS
-from gradiend.objectives import LMObjective, ModelInputs
-from gradiend.params import ParamMap
+
+if TYPE_CHECKING:
+    from gradiend.objectives import LMObjective, ModelInputs
+    from gradiend.params import ParamMap
 
 logger = logging.getLogger(__name__)
 

@@ -8,13 +8,11 @@ import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 from gradiend.allocator import reuse_large_blocks
 from gradiend.arguments import DTYPES
@@ -24,6 +22,9 @@ from gradiend.model import GradiendConfig, GradiendModel
 from gradiend.objectives import CausalLMObjective, LMObjective, MaskedLMObjective
 from gradiend.params import ParamMap
 from gradiend.rewrite import applied, rewritten_copy
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ def _looks_like_path(name: str) -> bool:
 
 
 OBJECTIVES = ("mlm", "clm")
-_LOADERS = {"mlm": AutoModelForMaskedLM, "clm": AutoModelForCausalLM}
 
 
 def detect_objective(config: Any) -> str:
@@ -47,6 +47,12 @@ def detect_objective(config: Any) -> str:
         return "mlm"
     if getattr(config, "is_decoder", False) or any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
         return "clm"
+    # transformers is imported here, not at module level, so that `import gradiend` stays cheap
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
     model_type = getattr(config, "model_type", None)
     if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
         return "mlm"
@@ -87,6 +93,8 @@ def load_model_for_objective(name_or_path: str, torch_dtype: str = "float32", tr
     `objective=None` picks "mlm" for masked LMs and "clm" for causal LMs; a forced objective that
     does not fit the model is an error.
     """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
     path = Path(name_or_path).expanduser()
     if _looks_like_path(name_or_path) and not path.exists():
         raise FileNotFoundError(f"Model path {name_or_path!r} does not exist; pass an existing local "
@@ -106,7 +114,7 @@ def load_model_for_objective(name_or_path: str, torch_dtype: str = "float32", tr
         raise FileNotFoundError(f"No usable tokenizer found for {name_or_path!r} ({err}); {fix}") from err
     if len(tokenizer) <= len(tokenizer.all_special_tokens):
         raise FileNotFoundError(f"The tokenizer of {name_or_path!r} has an empty vocabulary; {fix}")
-    loader = _LOADERS[kind]
+    loader = AutoModelForMaskedLM if kind == "mlm" else AutoModelForCausalLM
     model, info = loader.from_pretrained(name_or_path, dtype=DTYPES[torch_dtype], trust_remote_code=trust_remote_code,
                                          output_loading_info=True)
     prefix = getattr(model, "base_model_prefix", "")

@@ -16,9 +16,12 @@ allocated once per training run, and each n-sized array is read or written a few
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from gradiend.model import GradiendModel
+if TYPE_CHECKING:
+    from gradiend.model import GradiendModel
 
 
 class FusedLoss:

@@ -195,6 +195,8 @@ def test_reuse_large_blocks_switches_only_at_the_outermost_level(monkeypatch) ->
             return 1
 
     monkeypatch.setattr(allocator, "_libc", lambda: FakeLibc())
+    monkeypatch.setattr(allocator, "ENABLED", allocator.ENABLED)  # restored after the test
+    allocator.enable()
     with allocator.reuse_large_blocks():
         with allocator.reuse_large_blocks():
             pass
@@ -206,8 +208,18 @@ def test_reuse_large_blocks_switches_only_at_the_outermost_level(monkeypatch) ->
     with pytest.raises(RuntimeError), allocator.reuse_large_blocks():  # restored on errors too
         raise RuntimeError("boom")
     assert calls[-1] == ("trim", 0, 0) and allocator._depth == 0
-    monkeypatch.setattr(allocator, "ENABLED", False)
+    allocator.enable(False)
     calls.clear()
     with allocator.reuse_large_blocks():
         pass
     assert calls == []
+
+
+def test_malloc_tuning_is_opt_in() -> None:
+    """Off by default in a fresh process: no process-wide mallopt call unless the user enables it."""
+    import subprocess
+    import sys
+
+    code = "import gradiend, gradiend.allocator as a; print(a.ENABLED)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -1,7 +1,20 @@
-"""Trainer facades (import paths follow the reference API)."""
+"""Trainer facades (import paths follow the reference API), imported lazily on first access."""
 
-from gradiend.trainer.text.prediction.trainer import TextPredictionTrainer
-from gradiend.trainer.trainer import Trainer
-from gradiend.training import TrainingCallback
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from gradiend._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from gradiend.trainer.text.prediction.trainer import TextPredictionTrainer
+    from gradiend.trainer.trainer import Trainer
+    from gradiend.training import TrainingCallback
+
+__getattr__, __dir__ = lazy_exports(globals(), {
+    "TextPredictionTrainer": "gradiend.trainer.text.prediction.trainer",
+    "Trainer": "gradiend.trainer.trainer",
+    "TrainingCallback": "gradiend.training",
+})
 
 __all__ = ["TextPredictionTrainer", "Trainer", "TrainingCallback"]
