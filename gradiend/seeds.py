@@ -1,25 +1,28 @@
-"""Multi-seed training: run seeds until enough converge, pick the best, write `seed_report.json`.
+"""Multi-seed training: run seeds until enough converge, pick the best, write `seeds/seed_report.json`.
 
 The orchestration is independent of how one seed is trained or evaluated: the trainer passes
 `train_seed(seed, directory) -> SeedTraining` and `eval_correlation(directory) -> float | None`.
+Paths come from `ExperimentDir`; the report is a `SeedReport` record.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gradiend.arguments import TrainingArguments
-from gradiend.experiment import TRAINING_STATS, atomic_directory, atomic_write_json, link_or_copy, read_json
+from gradiend.experiment import SEED_REPORT, TRAINING_STATS, ExperimentDir, link_or_copy
+from gradiend.records import SeedReport, SeedRun, TrainingRecord
 
 logger = logging.getLogger(__name__)
 
-SEED_REPORT = "seed_report.json"
+__all__ = ["SEED_REPORT", "SeedReport", "SeedRun", "SeedTraining", "run_seeds", "run_seeds_in", "seed_values"]
 
 
 @dataclass
@@ -33,71 +36,49 @@ class SeedTraining:
     model: Any = None  # the trained ModelWithGradiend when still in memory
 
 
-@dataclass
-class SeedRun:
-    """One row of the seed report."""
-
-    seed: int
-    output_dir: str
-    trained: bool
-    used_cache: bool
-    training_score: float | None
-    eval_correlation: float | None
-    eval_correlation_source: str | None
-    selection_score: float | None
-    convergence_metric: str
-    convergence_metric_value: float | None
-    best_checkpoint_global_step: int | None
-    threshold: float
-    converged: bool
-    reason: str | None
-    seconds: float
-
-
 def seed_values(args: TrainingArguments) -> list[int]:
     """seed, seed+1, … (0, 1, … when seed is None)."""
     base = args.seed if args.seed is not None else 0
     return [base + i for i in range(args.max_seeds)]
 
 
-def _metric_value(stats: dict[str, Any], metric: str) -> float | None:
-    best = stats.get("best_score_checkpoint") or {}
-    if metric == "loss":
-        value = best.get("loss")
-        losses = stats.get("losses") or []
-        return value if value is not None else (losses[-1] if losses else None)
-    value = best.get("correlation")
-    return value if value is not None else (stats.get("training_stats") or {}).get("correlation")
-
-
 def run_seeds(args: TrainingArguments, seeds_dir: Path, model_dir: Path,
               train_seed: Callable[[int, Path], SeedTraining],
-              eval_correlation: Callable[[Path, SeedTraining], tuple[float | None, str | None]]) -> dict[str, Any]:
-    """Train seeds until `min_convergent_seeds` converged (or all tried); link the best into `model_dir`.
+              eval_correlation: Callable[[Path, SeedTraining], tuple[float | None, str | None]]) -> SeedReport:
+    """`run_seeds_in` for an explicit seeds and model directory (the report goes to `seeds_dir`)."""
+    experiment = ExperimentDir(Path(seeds_dir).parent, model_dir=model_dir, seeds_dir=seeds_dir)
+    return run_seeds_in(experiment, args, train_seed, eval_correlation)
 
-    Returns the report (also written to `seeds_dir/seed_report.json`). Seeds whose training passed
+
+def run_seeds_in(experiment: ExperimentDir, args: TrainingArguments,
+                 train_seed: Callable[[int, Path], SeedTraining],
+                 eval_correlation: Callable[[Path, SeedTraining], tuple[float | None, str | None]]) -> SeedReport:
+    """Train seeds until `min_convergent_seeds` converged (or all tried); link the best into `experiment.model`.
+
+    Returns the report (also written to `experiment.seed_report`). Seeds whose training passed
     the convergence check get an `eval_correlation` on the validation split; the selection score
     is that, else the training score (best in-training correlation). The best seed is the highest
     selection score among converged seeds, or among all seeds when none converged.
     """
-    seeds_dir.mkdir(parents=True, exist_ok=True)
+    experiment.seeds.mkdir(parents=True, exist_ok=True)
     metric, threshold = args.convergent_metric, args.convergent_score_threshold
     runs: list[SeedRun] = []
     early_stop: str | None = None
     for seed in seed_values(args):
         t0 = time.perf_counter()
-        directory = seeds_dir / f"seed_{seed}"
+        directory = experiment.seed_run(seed)
         result = train_seed(seed, directory)
-        stats = result.stats
-        score = (stats.get("best_score_checkpoint") or {}).get("correlation")
+        stats = TrainingRecord.from_json(result.stats)
+        score = stats.best_correlation
+        best_step = stats.best_score_checkpoint.global_step if stats.best_score_checkpoint is not None else None
         eval_corr, eval_source = eval_correlation(directory, result) if result.converged else (None, None)
         selection = eval_corr if eval_corr is not None else score
         runs.append(SeedRun(
             seed=seed, output_dir=str(directory), trained=not result.used_cache, used_cache=result.used_cache,
             training_score=score, eval_correlation=eval_corr, eval_correlation_source=eval_source,
             selection_score=selection, convergence_metric=metric,
-            convergence_metric_value=_metric_value(stats, metric),
-            best_checkpoint_global_step=(stats.get("best_score_checkpoint") or {}).get("global_step"),
+            convergence_metric_value=stats.convergence_metric_value(metric),
+            best_checkpoint_global_step=best_step,
             threshold=threshold, converged=result.converged, reason=result.reason,
             seconds=time.perf_counter() - t0))
         convergent = sum(r.converged for r in runs)
@@ -113,36 +94,29 @@ def run_seeds(args: TrainingArguments, seeds_dir: Path, model_dir: Path,
     pool = convergent_runs or runs
     scored = [r for r in pool if r.selection_score is not None]
     best = max(scored, key=lambda r: r.selection_score) if scored else pool[0]
-    report = {
-        "convergence_metric": metric,
-        "threshold": threshold,
-        "convergent_mean_by_class_threshold": args.convergent_mean_by_class_threshold,
-        "min_convergent_seeds": args.min_convergent_seeds,
-        "max_seeds": args.max_seeds,
-        "seeds_tried": [r.seed for r in runs],
-        "convergent_count": len(convergent_runs),
-        "convergent_seeds": [r.seed for r in convergent_runs],
-        "best_seed": best.seed,
-        "best_selection_score": best.selection_score,
-        "best_seed_selection_strategy": ("max selection_score among convergent seeds" if convergent_runs
-                                         else "max selection_score among all seeds (none converged)"),
-        "early_stop_reason": early_stop,
-        "runs": [asdict(r) for r in runs],
-    }
-    with atomic_directory(model_dir) as tmp:
+    report = SeedReport(
+        convergence_metric=metric, threshold=threshold,
+        convergent_mean_by_class_threshold=args.convergent_mean_by_class_threshold,
+        min_convergent_seeds=args.min_convergent_seeds, max_seeds=args.max_seeds,
+        seeds_tried=[r.seed for r in runs], convergent_count=len(convergent_runs),
+        convergent_seeds=[r.seed for r in convergent_runs], best_seed=best.seed,
+        best_selection_score=best.selection_score,
+        best_seed_selection_strategy=("max selection_score among convergent seeds" if convergent_runs
+                                      else "max selection_score among all seeds (none converged)"),
+        early_stop_reason=early_stop, runs=runs)
+    with experiment.replace_dir(experiment.model) as tmp:
         # hard links: the checkpoint is written once, however many seeds' directories are kept
         shutil.copytree(best.output_dir, tmp, dirs_exist_ok=True, copy_function=link_or_copy)
-        stats = read_json(tmp / TRAINING_STATS, "training stats of the best seed")
-        stats["convergence_info"] = {**stats.get("convergence_info", {}),
-                                     "converged": bool(convergent_runs), "convergent_count": len(convergent_runs),
-                                     "min_convergent_seeds": args.min_convergent_seeds,
-                                     "convergence_metric": metric, "threshold": threshold,
-                                     "best_seed": best.seed, "seeds_tried": report["seeds_tried"]}
-        atomic_write_json(tmp / TRAINING_STATS, stats)
-    atomic_write_json(seeds_dir / SEED_REPORT, report)
+        best_stats = ExperimentDir(experiment.root, model_dir=tmp).load_training()
+        best_stats.convergence_info = dataclasses.replace(
+            best_stats.convergence_info, converged=bool(convergent_runs), convergent_count=len(convergent_runs),
+            min_convergent_seeds=args.min_convergent_seeds, convergence_metric=metric, threshold=threshold,
+            best_seed=best.seed, seeds_tried=report.seeds_tried)
+        experiment.write_json(tmp / TRAINING_STATS, best_stats)
+    experiment.write_json(experiment.seed_report, report)
     _retain(runs, best, args)
     logger.info("Best seed %d (selection score %s) linked into %s; report in %s", best.seed, best.selection_score,
-                model_dir, seeds_dir / SEED_REPORT)
+                experiment.model, experiment.seed_report)
     return report
 
 
