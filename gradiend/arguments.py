@@ -18,7 +18,6 @@ import copy
 import dataclasses
 import difflib
 import functools
-import logging
 import math
 import os
 import types
@@ -29,8 +28,6 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 if TYPE_CHECKING:
     import torch
-
-logger = logging.getLogger(__name__)
 
 GradientKind = Literal["factual", "alternative", "diff"]
 DtypeName = Literal["float32", "float16", "bfloat16", "float64"]
@@ -102,12 +99,6 @@ def field_types(cls: type) -> dict[str, Any]:
     """Resolved annotation of each dataclass field of `cls` (string annotations evaluated once)."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in fields(cls)}
-
-
-def _members(tp: Any) -> tuple[Any, ...]:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return typing.get_args(tp)
-    return (tp,)
 
 
 def matches(value: Any, tp: Any) -> bool:
@@ -258,6 +249,7 @@ class ConfigSection:
 
     @classmethod
     def field_names(cls) -> list[str]:
+        """Names of this config's fields, in declaration order."""
         return [f.name for f in fields(cls)]  # type: ignore[arg-type]
 
     @classmethod

@@ -99,7 +99,7 @@ def _yaml_value(text: str) -> Any:
 
 
 def type_text(tp: Any) -> str:
-    """Short annotation text for help output: 'int', 'float | None', "'tanh' | 'hardtanh'", 'list[str]'."""
+    """Short annotation text for help output: 'int', 'float | None', 'tanh | hardtanh', 'list[str]'."""
     if tp is type(None):
         return "None"
     origin = typing.get_origin(tp)
@@ -181,8 +181,7 @@ class _ListFlag(argparse.Action):
             return
         convert = text_converter(self.element)
         try:
-            result = [convert(str(item)) if isinstance(item, str) or self.element is not str else item
-                      for item in items]
+            result = [convert(str(item)) for item in items]
         except argparse.ArgumentTypeError as err:
             raise argparse.ArgumentError(self, str(err)) from err
         setattr(namespace, self.dest, result)
