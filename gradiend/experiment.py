@@ -18,12 +18,12 @@ import math
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gradiend.records import DecoderSelection, DecoderSummaries, EncoderMeta, Record, SeedReport, TrainingRecord
+from gradiend.records import DecoderSummaries, EncoderMeta, Record, SeedReport, TrainingRecord
 
 logger = logging.getLogger(__name__)
 
@@ -410,11 +410,6 @@ class ExperimentDir:
             if (child / "config.json").is_file() and card.is_file() and "- gradiend" in card.read_text("utf-8")[:500]:
                 found.append(child)
         return found
-
-
-def as_selection(summary: Mapping[str, Any]) -> DecoderSelection:
-    """A decoder selection record from a summary dict (records pass through)."""
-    return summary if isinstance(summary, DecoderSelection) else DecoderSelection.from_json(summary)
 
 
 # ---------------------------------------------------------------- deprecated module-level helpers

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from gradiend.experiment import atomic_write_bytes, atomic_write_with
+from gradiend.records import DecoderSelection, TrainingRecord
 from gradiend.results import (
     OutputNotWritableError,
     experiment_root,
@@ -160,36 +161,40 @@ def infer_pair(encoder_df: pd.DataFrame) -> tuple[str, str]:
 
 # -- training convergence ------------------------------------------------------------------------------
 def training_convergence_figure(stats: Mapping[str, Any], *, best_step: bool = True, show: bool = False) -> Figure:
-    """Validation correlation, mean encoding per class and training loss against the step."""
-    train = stats["training_stats"]
+    """Validation correlation, mean encoding per class and training loss against the step.
+
+    `stats`: a `TrainingRecord` or the training.json dict.
+    """
+    record = stats if isinstance(stats, TrainingRecord) else TrainingRecord.from_json(stats)
+    train = record.training_stats
     steps = sorted(int(s) for s in train["scores"])
-    losses = list(stats.get("losses") or [])
+    losses = list(record.losses or [])
     fig = _new_figure((13 if losses else 9.5, 3.6), show)
     axes = fig.subplots(1, 3 if losses else 2)
     ax_corr, ax_means = axes[0], axes[1]
     ax_corr.plot(steps, [train["scores"][str(s)] for s in steps], marker="o", label="validation correlation")
     ax_corr.set(xlabel="step", ylabel="Pearson correlation", ylim=(-1.05, 1.05), title="Correlation (validation)")
-    classes = list(stats.get("pair") or (train["mean_by_class"][str(steps[0])] if steps else []))
+    classes = list(record.pair or (train["mean_by_class"][str(steps[0])] if steps else []))
     for cls in classes:
         ax_means.plot(steps, [train["mean_by_class"][str(s)].get(cls, np.nan) for s in steps], marker="o",
                       label=f"mean h ({cls})")
     ax_means.set(xlabel="step", ylabel="mean encoding h", ylim=(-1.05, 1.05), title="Class means (validation)")
-    best = stats.get("best_score_checkpoint")
+    best = record.best_score_checkpoint if best_step else None
+    best = best if best is not None and best.global_step is not None else None
     for ax in (ax_corr, ax_means):
         ax.axhline(0, color="grey", lw=0.5)
-        if best_step and best:
-            ax.axvline(best["global_step"], color="tab:red", ls="--", lw=1, label=f"best step {best['global_step']}")
+        if best is not None:
+            ax.axvline(best.global_step, color="tab:red", ls="--", lw=1, label=f"best step {best.global_step}")
         ax.legend(fontsize=8, loc="best")
     if losses:
         ax_loss = axes[2]
         ax_loss.plot(range(1, len(losses) + 1), losses, lw=1, label="reconstruction loss")
         if min(losses) > 0:
             ax_loss.set_yscale("log")
-        if best_step and best:
-            ax_loss.axvline(best["global_step"], color="tab:red", ls="--", lw=1)
+        if best is not None:
+            ax_loss.axvline(best.global_step, color="tab:red", ls="--", lw=1)
         ax_loss.set(xlabel="step", ylabel="loss", title="Training loss")
-    pair = stats.get("pair")
-    verdict = (stats.get("convergence_info") or {}).get("converged")
+    pair, verdict = record.pair, record.converged
     title = "Training convergence" + (f": {pair[0]} vs {pair[1]}" if pair else "")
     if verdict is not None:
         title += " (converged)" if verdict else " (not converged)"
@@ -404,18 +409,19 @@ def probability_shifts_figure(grid: Sequence[Mapping[str, Any]], target_class: s
     ax_lms.axhline(lms_ratio * base["lms"], color="tab:red", ls=":", label=f"{lms_ratio:g} × base LMS")
     ax_lms.set(xscale="log", xlabel="learning rate", ylabel="LMS", title="Language-modelling score (neutral)")
     if selected:
-        strengthen = bool(selected.get("strengthen", True))
+        selected = selected if isinstance(selected, DecoderSelection) else DecoderSelection.from_json(selected)
+        strengthen = selected.strengthen is not False  # absent: a strengthen goal
         # strengthen: metric is P(target) on another class's rows; weaken: 1 − P(target) on its own rows
         star_ax = axes[0] if strengthen and others else axes[len(others)]
-        star_y = selected["value"] if strengthen else 1.0 - selected["value"]
-        label = f"selected ({selected.get('id', '')})"
-        star_ax.scatter([selected["learning_rate"]], [star_y], marker="*", s=220, color="gold", edgecolor="black",
+        star_y = selected.value if strengthen else 1.0 - selected.value
+        label = f"selected ({selected.id or ''})"
+        star_ax.scatter([selected.learning_rate], [star_y], marker="*", s=220, color="gold", edgecolor="black",
                         zorder=5, label=label)
-        ax_lms.scatter([selected["learning_rate"]], [selected["lms"]], marker="*", s=220, color="gold",
+        ax_lms.scatter([selected.learning_rate], [selected.lms], marker="*", s=220, color="gold",
                        edgecolor="black", zorder=5, label=label)
     for ax in axes:
         ax.legend(fontsize=7)
-    goal = "" if not selected else (" (strengthen)" if selected.get("strengthen", True) else " (weaken)")
+    goal = "" if not selected else (" (strengthen)" if strengthen else " (weaken)")
     fig.suptitle(f"Decoder probability shifts: {target_class}{goal}")
     fig.tight_layout()
     return fig

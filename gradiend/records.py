@@ -41,7 +41,7 @@ class Record(Mapping[str, Any]):
 
     extra: dict[str, Any] = field(default_factory=dict, kw_only=True, repr=False)
     format_version: int = field(default=FORMAT_VERSION, kw_only=True, repr=False)
-    # known keys the file lacked: left out of `to_json` while they hold no value
+    # known keys the file lacked: left out of `to_json` while they hold their default
     absent: frozenset[str] = field(default=frozenset(), kw_only=True, repr=False)
 
     @classmethod
@@ -76,7 +76,7 @@ class Record(Mapping[str, Any]):
             yield "format_version", self.format_version
         for f in self._keys():
             value = getattr(self, f.name)
-            if value is None and (f.name in self.absent or f.name in self._OMIT_NONE):
+            if (value is None and f.name in self._OMIT_NONE) or (f.name in self.absent and _is_default(f, value)):
                 continue
             yield f.name, value
         yield from self.extra.items()
@@ -101,6 +101,12 @@ class Record(Mapping[str, Any]):
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={value!r}" for name, value in self._items())
         return f"{type(self).__name__}({shown})"
+
+
+def _is_default(f: dataclasses.Field[Any], value: Any) -> bool:
+    if f.default_factory is not dataclasses.MISSING:
+        return bool(value == f.default_factory())
+    return value is None or (f.default is not dataclasses.MISSING and value == f.default)
 
 
 def to_plain(value: Any) -> Any:
@@ -129,7 +135,7 @@ class BestCheckpoint(Record):
     correlation: float | None = None
     global_step: int | None = None
     epoch: int | None = None
-    mean_by_class: dict[str, float] = field(default_factory=dict)
+    mean_by_class: dict[str, float] | None = None
     loss: float | None = None
 
 
@@ -140,7 +146,7 @@ class ConvergenceInfo(Record):
     _OMIT_NONE: ClassVar[frozenset[str]] = frozenset({
         "convergent_count", "min_convergent_seeds", "convergence_metric", "threshold", "best_seed", "seeds_tried"})
 
-    converged: bool = False
+    converged: bool | None = None
     reason: str | None = None
     convergent_score_threshold: float | None = None
     convergent_mean_by_class_threshold: float | None = None
@@ -164,7 +170,7 @@ class TrainingRecord(Record):
     best_score_checkpoint: BestCheckpoint | None = None
     losses: list[float] = field(default_factory=list)
     gradient_scales: dict[str, float] = field(default_factory=dict)
-    convergence_info: ConvergenceInfo = field(default_factory=ConvergenceInfo)
+    convergence_info: ConvergenceInfo | None = None
     time: dict[str, float] = field(default_factory=dict)
     memory_estimate_bytes: dict[str, int] = field(default_factory=dict)
     gradient_cache: dict[str, Any] | None = None
@@ -181,8 +187,9 @@ class TrainingRecord(Record):
         return self.best_score_checkpoint.correlation if self.best_score_checkpoint is not None else None
 
     @property
-    def converged(self) -> bool:
-        return bool(self.convergence_info.converged)
+    def converged(self) -> bool | None:
+        """The convergence verdict; None when the file records none."""
+        return self.convergence_info.converged if self.convergence_info is not None else None
 
     def convergence_metric_value(self, metric: str) -> float | None:
         """The value `convergent_metric` judges: the kept checkpoint's loss or correlation, with fallbacks."""
@@ -194,23 +201,23 @@ class TrainingRecord(Record):
 
 @dataclass(eq=False, repr=False)
 class SeedRun(Record):
-    """One row of the seed report."""
+    """One row of the seed report (every key optional when read, so partial reports load)."""
 
-    seed: int
-    output_dir: str
-    trained: bool
-    used_cache: bool
-    training_score: float | None
-    eval_correlation: float | None
-    eval_correlation_source: str | None
-    selection_score: float | None
-    convergence_metric: str
-    convergence_metric_value: float | None
-    best_checkpoint_global_step: int | None
-    threshold: float
-    converged: bool
-    reason: str | None
-    seconds: float
+    seed: int | None = None
+    output_dir: str | None = None
+    trained: bool | None = None
+    used_cache: bool | None = None
+    training_score: float | None = None
+    eval_correlation: float | None = None
+    eval_correlation_source: str | None = None
+    selection_score: float | None = None
+    convergence_metric: str | None = None
+    convergence_metric_value: float | None = None
+    best_checkpoint_global_step: int | None = None
+    threshold: float | None = None
+    converged: bool | None = None
+    reason: str | None = None
+    seconds: float | None = None
 
 
 @dataclass(eq=False, repr=False)
@@ -219,19 +226,19 @@ class SeedReport(Record):
 
     _NESTED: ClassVar[dict[str, Callable[[Any], Any]]] = {"runs": _list_of(SeedRun)}
 
-    convergence_metric: str
-    threshold: float
-    convergent_mean_by_class_threshold: float | None
-    min_convergent_seeds: int
-    max_seeds: int
-    seeds_tried: list[int]
-    convergent_count: int
-    convergent_seeds: list[int]
-    best_seed: int
-    best_selection_score: float | None
-    best_seed_selection_strategy: str
-    early_stop_reason: str | None
-    runs: list[SeedRun]
+    convergence_metric: str | None = None
+    threshold: float | None = None
+    convergent_mean_by_class_threshold: float | None = None
+    min_convergent_seeds: int | None = None
+    max_seeds: int | None = None
+    seeds_tried: list[int] | None = None
+    convergent_count: int | None = None
+    convergent_seeds: list[int] | None = None
+    best_seed: int | None = None
+    best_selection_score: float | None = None
+    best_seed_selection_strategy: str | None = None
+    early_stop_reason: str | None = None
+    runs: list[SeedRun] = field(default_factory=list)
 
 
 @dataclass(eq=False, repr=False)

@@ -21,6 +21,7 @@ from typing import Any
 
 from gradiend._version import __version__
 from gradiend.experiment import atomic_write_bytes
+from gradiend.records import BestCheckpoint, ConvergenceInfo, DecoderSelection, SeedReport, TrainingRecord
 from gradiend.results import (
     OutputNotWritableError,
     encoder_results,
@@ -118,12 +119,12 @@ class _Plots:
 
 
 # -- sections ---------------------------------------------------------------------------------------------
-def _configuration(training: Mapping[str, Any], config: Mapping[str, Any] | None,
+def _configuration(training: TrainingRecord, config: Mapping[str, Any] | None,
                    run_config: Mapping[str, Any] | None) -> str:
     from gradiend.arguments import TrainingArguments
 
-    pair = training.get("pair") or (config or {}).get("feature_classes")
-    rows: list[tuple[str, Any]] = [("base model", training.get("base_model") or (config or {}).get("base_model")),
+    pair = training.pair or (config or {}).get("feature_classes")
+    rows: list[tuple[str, Any]] = [("base model", training.base_model or (config or {}).get("base_model")),
                                    ("target classes (+1, −1)", pair)]
     if config:
         n_entries = sum(int(_prod(p.get("shape", []))) for p in config.get("param_map", []))
@@ -135,7 +136,7 @@ def _configuration(training: Mapping[str, Any], config: Mapping[str, Any] | None
                  ("encoding direction", config.get("feature_class_encoding_direction"))]
     if run_config:
         rows += [(f"{k} (command line)", v) for k, v in run_config.items() if k != "training_args"]
-    args = training.get("training_args") or {}
+    args = training.training_args or {}
     defaults = {f.name: f.default for f in dataclasses.fields(TrainingArguments)
                 if f.default is not dataclasses.MISSING}
     arg_rows = sorted(args.items())
@@ -154,8 +155,8 @@ def _prod(shape: Iterable[int]) -> int:
     return out
 
 
-def _data(training: Mapping[str, Any], root: Path) -> str:
-    stats = training.get("training_stats", {})
+def _data(training: TrainingRecord, root: Path) -> str:
+    stats = training.training_stats
     rows: list[tuple[str, Any]] = [("training rows", stats.get("n_train_rows")),
                                    ("validation rows (in-training evaluation)", stats.get("n_eval_rows"))]
     for result in encoder_results(root):
@@ -171,40 +172,35 @@ def _data(training: Mapping[str, Any], root: Path) -> str:
     return _kv(rows)
 
 
-def _training(training: Mapping[str, Any], plots: _Plots) -> str:
+def _training(training: TrainingRecord, plots: _Plots) -> str:
     from gradiend.plots import training_convergence_figure
 
-    best = training.get("best_score_checkpoint") or {}
-    info = training.get("convergence_info") or {}
-    stats = training.get("training_stats", {})
-    converged = info.get("converged")
-    verdict = ('<p class="ok">Converged.</p>' if converged else
-               f'<p class="bad">Not converged: {_esc(info.get("reason") or "unknown reason")}</p>')
+    best = training.best_score_checkpoint or BestCheckpoint()
+    info = training.convergence_info or ConvergenceInfo()
+    stats, scales = training.training_stats, training.gradient_scales or {}
+    verdict = ('<p class="ok">Converged.</p>' if info.converged else
+               f'<p class="bad">Not converged: {_esc(info.reason or "unknown reason")}</p>')
     rows = [("steps (epochs)", f"{stats.get('global_step')} ({stats.get('epochs')})"),
-            ("best step", best.get("global_step")), ("best validation correlation", best.get("correlation")),
-            ("class means at best step", best.get("mean_by_class")),
+            ("best step", best.global_step), ("best validation correlation", best.correlation),
+            ("class means at best step", best.mean_by_class),
             ("sign flips at steps", stats.get("sign_flips_at_steps")),
             ("convergence thresholds (|ρ|, |class mean|)",
-             f"{info.get('convergent_score_threshold')}, {info.get('convergent_mean_by_class_threshold')}"),
-            ("gradient scales (input, target)",
-             f"{_fmt((training.get('gradient_scales') or {}).get('input'))}, "
-             f"{_fmt((training.get('gradient_scales') or {}).get('target'))}")]
+             f"{info.convergent_score_threshold}, {info.convergent_mean_by_class_threshold}"),
+            ("gradient scales (input, target)", f"{_fmt(scales.get('input'))}, {_fmt(scales.get('target'))}")]
     return verdict + _kv(rows) + plots.render(training_convergence_figure, "training convergence", training)
 
 
-def _seeds(report: Mapping[str, Any]) -> str:
-    runs = report.get("runs") or []
+def _seeds(report: SeedReport) -> str:
     keys = ["seed", "converged", "training_score", "eval_correlation", "selection_score",
             "best_checkpoint_global_step", "seconds", "reason"]
-    summary = {k: report.get(k) for k in ("max_seeds", "min_convergent_seeds", "seeds_tried", "convergent_count",
-                                          "best_seed", "best_seed_selection_strategy", "early_stop_reason")
+    summary = {k: report[k] for k in ("max_seeds", "min_convergent_seeds", "seeds_tried", "convergent_count",
+                                      "best_seed", "best_seed_selection_strategy", "early_stop_reason")
                if k in report}
-    return (_kv(summary) + _table(keys, [[r.get(k) for k in keys] for r in runs],
-                                  ["selected" if r.get("seed") == report.get("best_seed") else "" for r in runs]))
+    return (_kv(summary) + _table(keys, [[r.get(k) for k in keys] for r in report.runs],
+                                  ["selected" if r.seed == report.best_seed else "" for r in report.runs]))
 
 
 def _encoder(root: Path, plots: _Plots) -> str:
-    from gradiend.experiment import read_json
     from gradiend.plots import encoder_distributions_figure
 
     results = encoder_results(root)
@@ -214,18 +210,16 @@ def _encoder(root: Path, plots: _Plots) -> str:
     for result in results:
         title = f"Split {result.split}" + (f" (at most {result.max_size} rows per class)" if result.max_size else "")
         parts.append(f"<h3>{_esc(title)}</h3>")
-        metrics = (read_json(result.metrics_path, "encoder metrics").get("metrics", {})
-                   if result.metrics_path.is_file() else {})
+        metrics = result.load().metrics if result.meta.is_file() else None
         if metrics:
-            rows = [("correlation (target classes)", metrics.get("correlation")),
-                    ("accuracy (±0.5 boundaries)", metrics.get("accuracy")),
-                    ("correlation (all rows incl. neutral)", (metrics.get("all_data") or {}).get("correlation")),
-                    ("binary accuracy (target classes, sign)",
-                     (metrics.get("target_classes_only") or {}).get("accuracy"))]
-            rows += [(f"mean h ({c})", v) for c, v in (metrics.get("mean_by_class") or {}).items()]
-            rows += [(f"std h ({c})", v) for c, v in (metrics.get("std_by_class") or {}).items()]
-            rows += [(f"mean h ({t})", v) for t, v in (metrics.get("neutral_mean_by_type") or {}).items()]
-            rows += [(f"mean |h| ({t})", v) for t, v in (metrics.get("abs_mean_by_type") or {}).items()]
+            rows = [("correlation (target classes)", metrics.correlation),
+                    ("accuracy (±0.5 boundaries)", metrics.accuracy),
+                    ("correlation (all rows incl. neutral)", (metrics.all_data or {}).get("correlation")),
+                    ("binary accuracy (target classes, sign)", (metrics.target_classes_only or {}).get("accuracy"))]
+            rows += [(f"mean h ({c})", v) for c, v in (metrics.mean_by_class or {}).items()]
+            rows += [(f"std h ({c})", v) for c, v in (metrics.std_by_class or {}).items()]
+            rows += [(f"mean h ({t})", v) for t, v in (metrics.neutral_mean_by_type or {}).items()]
+            rows += [(f"mean |h| ({t})", v) for t, v in (metrics.abs_mean_by_type or {}).items()]
             parts.append(_kv(rows))
         try:
             frame = load_encodings(root, result.split)
@@ -236,7 +230,7 @@ def _encoder(root: Path, plots: _Plots) -> str:
     return "".join(parts)
 
 
-def _decoder(root: Path, plots: _Plots) -> tuple[str, Mapping[str, Any]]:
+def _decoder(root: Path, plots: _Plots) -> tuple[str, Mapping[str, DecoderSelection]]:
     from gradiend.plots import probability_shifts_figure
 
     try:
@@ -255,7 +249,7 @@ def _decoder(root: Path, plots: _Plots) -> tuple[str, Mapping[str, Any]]:
     classes = list(next((r["probs"] for r in grid if r["feature_factor"] is None), {}))
     header = ["candidate", "feature factor", "learning rate", "LMS",
               *[f"P({c}) on {d} rows" for d in classes for c in classes]]
-    chosen = {s.get("id") for s in summaries.values()}
+    chosen = {s.id for s in summaries.values()}
     rows = [[r["id"], r["feature_factor"], r["learning_rate"], r["lms"],
              *[r["probs"].get(d, {}).get(c) for d in classes for c in classes]] for r in grid]
     parts.append("<h3>Grid</h3>" + _table(header, rows, ["selected" if r["id"] in chosen else "" for r in grid]))
@@ -266,22 +260,22 @@ def _decoder(root: Path, plots: _Plots) -> tuple[str, Mapping[str, Any]]:
     return "".join(parts), summaries
 
 
-def _rewrites(root: Path, summaries: Mapping[str, Any]) -> str:
+def _rewrites(root: Path, summaries: Mapping[str, DecoderSelection]) -> str:
     models = rewritten_models(root)
     if not models:
         return _note(f"No rewritten model in {root}: run `gradiend rewrite {root} --target-class CLASS --out DIR` "
                      "(rewritten models saved elsewhere are not listed).")
     rows = []
     for path in models:
-        summary = summaries.get(path.name, {})
+        summary = summaries.get(path.name) or DecoderSelection()
         size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-        rows.append([path.name, summary.get("feature_factor"), summary.get("learning_rate"), summary.get("value"),
-                     summary.get("lms"), f"{size / 2**20:.1f} MiB"])
+        rows.append([path.name, summary.feature_factor, summary.learning_rate, summary.value, summary.lms,
+                     f"{size / 2**20:.1f} MiB"])
     return _table(["directory", "feature factor", "learning rate", "value", "LMS", "size"], rows)
 
 
-def _timings(training: Mapping[str, Any]) -> str:
-    times = training.get("time") or {}
+def _timings(training: TrainingRecord) -> str:
+    times = training.time or {}
     labels = {"scale": "gradient scale estimation", "gradients": "base-model gradients",
               "gradiend": "GRADIEND updates", "eval": "in-training evaluation", "total": "training total",
               "seconds_per_step": "seconds per step"}
@@ -303,8 +297,10 @@ def _versions(config: Mapping[str, Any] | None) -> str:
 
 # -- entry point --------------------------------------------------------------------------------------------
 def default_title(training: Mapping[str, Any]) -> str:
-    pair = training.get("pair") or ["?", "?"]
-    base = str(training.get("base_model") or "unknown model").rstrip("/")
+    """`GRADIEND report: <class> vs <class> on <model>` from a `TrainingRecord` (or training.json dict)."""
+    record = training if isinstance(training, TrainingRecord) else TrainingRecord.from_json(training)
+    pair = record.pair or ["?", "?"]
+    base = str(record.base_model or "unknown model").rstrip("/")
     return f"GRADIEND report: {pair[0]} vs {pair[1]} on {Path(base).name or base}"
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from gradiend.arguments import TrainingArguments
 from gradiend.experiment import SEED_REPORT, TRAINING_STATS, ExperimentDir, link_or_copy
-from gradiend.records import SeedReport, SeedRun, TrainingRecord
+from gradiend.records import ConvergenceInfo, SeedReport, SeedRun, TrainingRecord
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +109,9 @@ def run_seeds_in(experiment: ExperimentDir, args: TrainingArguments,
         shutil.copytree(best.output_dir, tmp, dirs_exist_ok=True, copy_function=link_or_copy)
         best_stats = ExperimentDir(experiment.root, model_dir=tmp).load_training()
         best_stats.convergence_info = dataclasses.replace(
-            best_stats.convergence_info, converged=bool(convergent_runs), convergent_count=len(convergent_runs),
-            min_convergent_seeds=args.min_convergent_seeds, convergence_metric=metric, threshold=threshold,
+            best_stats.convergence_info or ConvergenceInfo(), converged=bool(convergent_runs),
+            convergent_count=len(convergent_runs), min_convergent_seeds=args.min_convergent_seeds,
+            convergence_metric=metric, threshold=threshold,
             best_seed=best.seed, seeds_tried=report.seeds_tried)
         experiment.write_json(tmp / TRAINING_STATS, best_stats)
     experiment.write_json(experiment.seed_report, report)

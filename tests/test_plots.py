@@ -13,9 +13,8 @@ import pytest
 import tiny_experiment
 
 from gradiend import plots
+from gradiend.experiment import ExperimentDir
 from gradiend.results import (
-    DECODER_GRID,
-    DECODER_SUMMARIES,
     MissingResultError,
     OutputNotWritableError,
     load_decoder,
@@ -44,10 +43,13 @@ def _labels(ax) -> list[str]:
     return [line.get_label() for line in ax.get_lines()] + [c.get_label() for c in ax.collections]
 
 
-def test_results_file_names_match_the_trainer() -> None:
-    from gradiend.trainer import trainer
-
-    assert (DECODER_GRID, DECODER_SUMMARIES) == (trainer.DECODER_GRID, trainer.DECODER_SUMMARIES)
+def test_results_file_names_match_the_trainer(experiment) -> None:
+    exp, trainer = experiment
+    layout = ExperimentDir(exp)
+    for path in (layout.training_stats, layout.decoder_grid, layout.decoder_summaries,
+                 layout.encoder_csv("test", None), layout.encoder_meta("test", None)):
+        assert path.is_file(), path
+    assert Path(trainer.model_path) == layout.model
 
 
 def test_training_convergence_from_directory_and_dict(experiment, tmp_path) -> None:
@@ -203,5 +205,5 @@ def test_missing_plotly_gives_the_install_hint(experiment, monkeypatch) -> None:
 
 def test_saved_json_is_what_the_plots_read(experiment) -> None:
     exp, _ = experiment
-    grid = json.loads((exp / DECODER_GRID).read_text())["records"]
+    grid = json.loads(ExperimentDir(exp).decoder_grid.read_text())["records"]
     assert load_decoder(exp)["grid"] == grid
