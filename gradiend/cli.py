@@ -265,11 +265,19 @@ def coerce_field(name: str, value: Any) -> Any:
 def _coerce_scalar(tp: Any, value: Any) -> Any:
     from gradiend.arguments import matches
 
-    if isinstance(value, str) and not matches(value, tp):
+    if not isinstance(value, str) or matches(value, tp):
+        return float(value) if _int_for_float(tp, value) else value  # `learning_rate: 1` is the float 1.0
+    if _optional(tp) and value.strip().lower() in NONE_TEXTS:
+        return None
+    if not all(typing.get_origin(m) is Literal for m in _without_none(tp)):
         return text_converter(tp)(value)
-    if float in _members(tp) and int not in _members(tp) and matches(value, int):
-        return float(value)  # `learning_rate: 1` is the float 1.0
-    return value
+    return value  # not one of the choices: TrainingArguments judges it (it accepts e.g. 'torch.float16')
+
+
+def _int_for_float(tp: Any, value: Any) -> bool:
+    from gradiend.arguments import matches
+
+    return float in _members(tp) and int not in _members(tp) and matches(value, int)
 
 
 def suggest(name: str, candidates: Sequence[str]) -> str:
