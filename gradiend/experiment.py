@@ -307,8 +307,10 @@ class ExperimentDir:
     def lock(self) -> Iterator[None]:
         """Hold the directory for one run; a second holder (any process, any trainer) gets RuntimeError.
 
-        An OS file lock (`filelock`): the kernel releases it when its holder exits, so a killed
-        run leaves no stale lock to clean up.
+        An OS file lock (`filelock`, flock): the kernel releases it when its holder exits, so a
+        killed run leaves no stale lock to clean up (its file stays, unlocked). On a normal exit
+        the holder removes the file while still holding it; a peer that opened the old file then
+        locks an unlinked inode, which filelock detects and does not count as held.
         """
         import filelock  # ~20 ms; only runs that write need it
 
@@ -319,10 +321,16 @@ class ExperimentDir:
         except filelock.Timeout:
             raise RuntimeError(f"Experiment directory {self.root} is in use by another run (lock {self.lock_file}); "
                                f"wait for it to finish or use another experiment_dir") from None
+        held = os.stat(self.lock_file)
         try:
             yield
         finally:
-            lock.release()
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    if os.path.samestat(os.stat(self.lock_file), held):
+                        os.unlink(self.lock_file)
+            finally:
+                lock.release()
 
     # generic reads and writes
     def write_json(self, path: str | os.PathLike, obj: Any) -> None:

@@ -95,6 +95,32 @@ def test_lock_refuses_a_second_holder_in_another_process_and_frees_when_it_dies(
         holder.wait()
     with exp.lock():
         assert exp.lock_file.exists()
+    assert not exp.lock_file.exists()  # a finished run leaves no lock file
+
+
+_CONTEND = textwrap.dedent("""
+    import os, sys
+    from gradiend.experiment import ExperimentDir
+    exp, held = ExperimentDir(sys.argv[1]), 0
+    for _ in range(300):
+        try:
+            with exp.lock():
+                fd = os.open(os.path.join(sys.argv[1], "inside"), os.O_CREAT | os.O_EXCL)  # fails on overlap
+                os.close(fd)
+                os.unlink(os.path.join(sys.argv[1], "inside"))
+                held += 1
+        except RuntimeError:
+            pass
+    print(held)
+""")
+
+
+def test_lock_never_has_two_holders_while_runs_come_and_go(tmp_path: Path) -> None:
+    procs = [subprocess.Popen([sys.executable, "-c", _CONTEND, str(tmp_path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in results]
+    assert sum(int(out) for out, _ in results) > 0
 
 
 def test_lock_refuses_a_second_holder_in_the_same_process(tmp_path: Path) -> None:
