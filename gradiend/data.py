@@ -12,17 +12,20 @@ import logging
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from gradiend.data_sources import SPLIT_ALIASES, DataError, read_table, resolve_table_input
 
+if TYPE_CHECKING:
+    from gradiend.objectives import LMObjective
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["MASK", "SPLITS", "UNIFIED_COLUMNS", "Batch", "BatchSchedule", "DataError", "cap_per_class", "match_case",
-           "read_table", "require_split", "unify"]
+           "prepare_rows", "read_table", "require_split", "rows_with_context", "unify"]
 
 MASK = "[MASK]"
 SPLITS = ("train", "validation", "test")
@@ -219,6 +222,35 @@ def require_split(rows: pd.DataFrame, split: str, pair: Sequence[str], purpose: 
             raise DataError(f"Class {cls!r} has no rows in split {split!r}, needed for {purpose}. "
                             f"Rows per (split, class): {counts}. Add rows or change the split column.")
     return part
+
+
+def rows_with_context(rows: pd.DataFrame, objective: LMObjective, purpose: str) -> pd.DataFrame:
+    """`rows` the objective can score: causal LMs drop rows with too little text left of the slot.
+
+    Logs how many rows were dropped; a factual class losing all its rows is an error.
+    """
+    if rows.empty:
+        return rows
+    keep = np.array([objective.has_context(str(t)) for t in rows["masked"]], dtype=bool)
+    if keep.all():
+        return rows
+    logger.warning("Dropped %d of %d %s rows without enough context before the slot (%s)",
+                   int((~keep).sum()), len(rows), purpose, objective.context_requirement)
+    for cls in rows["factual_class"].unique():
+        if not keep[(rows["factual_class"] == cls).to_numpy()].any():
+            raise DataError(f"All rows of class {cls!r} for {purpose} lack context before {objective.mask}: "
+                            f"{objective.context_requirement}. Use rows with more left context.")
+    return rows[keep]
+
+
+def prepare_rows(rows: pd.DataFrame, split: str, pair: Sequence[str], objective: LMObjective, purpose: str,
+                 max_size: int | None = None, seed: int | None = None) -> pd.DataFrame:
+    """The rows of `split` that `objective` can score, at most `max_size` per class (seeded).
+
+    Errors name the class that has no rows (before or after the context filter) and the fix.
+    """
+    part = rows_with_context(require_split(rows, split, pair, purpose), objective, purpose)
+    return cap_per_class(part, max_size, seed)
 
 
 def cap_per_class(rows: pd.DataFrame, max_size: int | None, seed: int | None) -> pd.DataFrame:

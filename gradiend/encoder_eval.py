@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from gradiend.data import MASK, cap_per_class
+from gradiend.data import MASK, cap_per_class, prepare_rows
+from gradiend.experiment import atomic_write_json, atomic_write_with, fingerprint, read_json
 from gradiend.metrics import pearson
 
 if TYPE_CHECKING:
@@ -149,3 +153,46 @@ def encoder_metrics(frame: pd.DataFrame, pair: Sequence[str]) -> dict[str, Any]:
         "boundaries": {"neutral_lower": NEUTRAL_BOUNDS[0], "neutral_upper": NEUTRAL_BOUNDS[1], "binary": 0.0},
         "label_value_to_class_name": {"1": pair[0], "-1": pair[1], "0": "neutral"},
     }
+
+
+@dataclass(frozen=True)
+class EncoderCache:
+    """Where one split's encodings are cached, and what identifies the model that made them."""
+
+    csv: Path
+    meta: Path
+    model_identity: Mapping[str, Any]
+
+
+def split_encodings(model: ModelWithGradiend, rows: pd.DataFrame, pair: Sequence[str], split: str, *,
+                    max_size: int | None = None, neutral_texts: Sequence[str] | None = None, seed: int | None = 0,
+                    batch_size: int = 32, show_progress: bool = True, cache: EncoderCache | None = None,
+                    use_cache: bool = True) -> pd.DataFrame:
+    """Encode the pair's rows of `split` plus both neutral variants; reuse a cached result of the same inputs.
+
+    Words of every target token in `rows` are never masked in the neutral variants.
+    """
+    purpose = f"encoder evaluation on {split!r}"
+    part = prepare_rows(rows, split, pair, model.objective, purpose)
+    neutral = list(neutral_texts) if neutral_texts is not None else None
+    key = fingerprint({**(cache.model_identity if cache else {}), "split": split, "max_size": max_size,
+                       "rows": _hash_lines(part.to_csv(index=False).splitlines()), "seed": seed,
+                       "neutral": _hash_lines(neutral or [])})
+    if cache is not None and use_cache and cache.csv.is_file() and cache.meta.is_file() \
+            and read_json(cache.meta, "encoder cache metadata").get("fingerprint") == key:
+        logger.info("Reusing cached encodings %s", cache.csv)
+        return pd.read_csv(cache.csv, keep_default_na=False)
+    targets = {t.lower() for t in rows["factual"]} | {t.lower() for t in rows["alternative"]}
+    frame = build_encoder_frame(part, pair, neutral_texts=neutral, max_size=max_size, seed=seed,
+                                excluded_words=targets, usable=model.objective.is_known,
+                                context_ok=model.objective.has_context)
+    frame = encode_frame(model, frame, batch_size, show_progress)
+    if cache is not None:
+        atomic_write_with(cache.csv, lambda tmp: frame.to_csv(tmp, index=False))
+        atomic_write_json(cache.meta, {"fingerprint": key, "split": split, "max_size": max_size,
+                                       "metrics": encoder_metrics(frame, pair)})
+    return frame
+
+
+def _hash_lines(lines: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()[:16]

@@ -119,6 +119,11 @@ class LMObjective:
         """Whether a row can be scored at all (causal objectives need text left of the slot)."""
         return True
 
+    @property
+    def context_requirement(self) -> str:
+        """What `has_context` demands, in words (for messages about dropped rows)."""
+        return "none"
+
     def encode(self, texts: Sequence[str], tokens: Sequence[str]) -> ModelInputs:
         raise NotImplementedError
 
@@ -332,6 +337,12 @@ class CausalLMObjective(LMObjective):
     def left_context_tokens(self, text: str) -> int:
         """Number of tokens left of the slot (special tokens such as BOS not counted)."""
         return len(self._prefix_body(text)[0])
+
+    @property
+    def context_requirement(self) -> str:
+        return (f"a causal LM predicts the slot from its left context, so rows need at least "
+                f"{self.min_left_context_tokens} token(s) before it; TrainingArguments.min_left_context_tokens "
+                f"sets the threshold")
 
     def has_context(self, text: str) -> bool:
         """True when the row has at least `min_left_context_tokens` tokens left of the slot."""

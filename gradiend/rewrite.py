@@ -11,15 +11,18 @@ import contextlib
 import copy
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from gradiend.experiment import atomic_directory
 from gradiend.params import ParamMap
+
+if TYPE_CHECKING:
+    from gradiend.model_with_gradiend import ModelWithGradiend
 
 logger = logging.getLogger(__name__)
 
@@ -130,3 +133,46 @@ def save_rewritten(model: nn.Module, tokenizer: Any, output_dir: str | os.PathLi
         tokenizer.save_pretrained(tmp)
         (Path(tmp) / "README.md").write_text(model_card(card), encoding="utf-8")
     return str(output_dir)
+
+
+def save_selected_rewrite(model: ModelWithGradiend, selection: dict[str, Any], *, key: str, target_class: str,
+                          feature_classes: list[str], base_model: str, output_dir: str | os.PathLike) -> str:
+    """Rewrite a copy of the base model with a decoder selection and save it with a card describing the edit."""
+    from gradiend._version import __version__
+
+    rewritten = model.rewrite_base_model(selection["learning_rate"], selection["feature_factor"])
+    card = {**selection, "key": key, "target_class": target_class, "base_model": base_model,
+            "objective": model.objective.name, "feature_classes": feature_classes,
+            "n_parameters": model.param_map.size, "n_tensors": len(model.param_map.specs),
+            "library_version": __version__}
+    return save_rewritten(rewritten, model.tokenizer, output_dir, card)
+
+
+def rewrite_selected(model: ModelWithGradiend, selections: Mapping[str, Any], classes: Sequence[str],
+                     keys: Sequence[str], *, feature_classes: list[str], base_model: str,
+                     output_dir: str | os.PathLike | None, default_dir: Callable[[str], Path] | None) -> Any:
+    """Apply decoder selections to copies of the base model.
+
+    One class without `output_dir`: the rewritten model in memory. Otherwise each is saved (several
+    classes under `output_dir/<key>`, else `default_dir(key)`); returns the path or list of paths.
+    """
+    missing = [k for k in keys if k not in selections]
+    if missing:
+        available = sorted(k for k in selections if k not in ("grid", "plot_paths"))
+        raise KeyError(f"No decoder result for {missing}; available: {available}. Run evaluate_decoder("
+                       f"target_class=..., increase_target_probabilities=...) first")
+    if len(keys) == 1 and output_dir is None:
+        return model.rewrite_base_model(selections[keys[0]]["learning_rate"], selections[keys[0]]["feature_factor"])
+    if output_dir is None and default_dir is None:
+        raise ValueError("Rewriting several classes saves each under experiment_dir/<class>; set "
+                         "TrainingArguments.experiment_dir")
+
+    def target(key: str) -> Path:
+        if output_dir is None:
+            return default_dir(key)
+        return Path(output_dir) / key if len(keys) > 1 else Path(output_dir)
+
+    paths = [save_selected_rewrite(model, selections[key], key=key, target_class=cls, feature_classes=feature_classes,
+                                   base_model=base_model, output_dir=target(key))
+             for cls, key in zip(classes, keys, strict=True)]
+    return paths[0] if len(paths) == 1 else paths

@@ -169,22 +169,23 @@ def test_bad_inputs_get_clear_errors(tiny_mlm_dir, tiny_rows, tmp_path) -> None:
 
 
 def test_lock_refuses_a_second_live_writer(tiny_mlm_dir, tiny_rows, tmp_path) -> None:
-    import os
     import subprocess
     import sys
 
     trainer = _trainer(tiny_mlm_dir, tiny_rows, _args(tmp_path))
     exp = Path(trainer.experiment_dir)
-    exp.mkdir(parents=True)
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    code = ("import sys, time\nfrom gradiend.experiment import ExperimentDir\n"
+            "with ExperimentDir(sys.argv[1]).lock():\n    print('held', flush=True)\n    time.sleep(30)")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(exp)], stdout=subprocess.PIPE, text=True)
     try:
-        (exp / ".gradiend.lock").write_text(str(sleeper.pid))
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RuntimeError, match="in use"):
             trainer.train()
+        assert (exp / ".gradiend.lock").exists()
+        assert not (exp / "model").exists()  # nothing written while another process holds the directory
     finally:
-        sleeper.kill()
-        sleeper.wait()
-    assert os.path.exists(exp / ".gradiend.lock")
+        holder.kill()
+        holder.wait()
 
 
 class _Holder:

@@ -1,0 +1,276 @@
+"""One training run: the untrained template, pre-pruning, one or several seeds, the saved checkpoint.
+
+Also the run cache: a finished run whose fingerprint (arguments that change learning, base model,
+data) matches is reused instead of retrained. The Trainer calls `prepare_run` and `train_run`;
+everything here is a plain function of its inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gradiend.data import prepare_rows
+from gradiend.experiment import atomic_write_json, fingerprint, read_json
+from gradiend.gradient_cache import GradientStore
+from gradiend.model import CONFIG_FILE, is_checkpoint
+from gradiend.pruning import post_prune, pre_prune
+from gradiend.seeds import SeedTraining, run_seeds
+from gradiend.training import TrainingCallback, evaluate_during_training, train_gradiend
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+    from gradiend.arguments import PrePruneConfig, TrainingArguments
+    from gradiend.experiment import ExperimentDir
+    from gradiend.model_with_gradiend import ModelWithGradiend
+
+logger = logging.getLogger(__name__)
+
+# Arguments that do not change what a run learns (excluded from the run fingerprint).
+_NOT_LEARNING = {"experiment_dir", "output_dir", "use_cache", "show_progress", "fail_on_non_convergence",
+                 "eval_batch_size", "encoder_eval_max_size", "metadata", "keep_seed_runs", "saved_seed_runs",
+                 "seed_runs_dir", "gradient_cache", "gradient_cache_max_gb"}
+
+
+def rows_hash(rows: pd.DataFrame) -> str:
+    """Content hash of a rows frame (cache keys)."""
+    return hashlib.sha256(rows.to_csv(index=False).encode("utf-8")).hexdigest()[:16]
+
+
+def run_fingerprint(args: TrainingArguments, base_model: str, rows: pd.DataFrame,
+                    explicit_pre_prune: dict[str, Any] | None) -> str:
+    """Key of everything that changes what a run learns."""
+    learning = {k: v for k, v in args.to_dict().items()
+                if k not in _NOT_LEARNING and not k.startswith("decoder_eval_")}
+    return fingerprint({"args": learning, "base_model": base_model, "data": rows_hash(rows),
+                        "explicit_pre_prune": explicit_pre_prune})
+
+
+def finished_run(directory: Path, key: str, mode: bool | str) -> bool:
+    """Whether `directory` holds a finished run that `use_cache=mode` allows to reuse."""
+    stats_path = directory / "training.json"
+    if not mode or not is_checkpoint(directory) or not stats_path.is_file():
+        return False
+    if mode == "always":
+        return True
+    if read_json(directory / CONFIG_FILE, "GRADIEND config").get("fingerprint") != key:
+        logger.info("Existing run in %s has other settings or data; retraining", directory)
+        return False
+    if mode == "only_convergent":
+        return bool(read_json(stats_path, "training stats")["convergence_info"]["converged"])
+    return True
+
+
+def new_template(base_model: str, args: TrainingArguments, rows: pd.DataFrame, pair: tuple[str, str],
+                 device: torch.device | None = None) -> ModelWithGradiend:
+    """An untrained, weightless (meta) GRADIEND over the base model: the template every seed starts from.
+
+    Every target token is looked up once here, so an unknown word fails before any training.
+    """
+    from gradiend.model_with_gradiend import ModelWithGradiend
+
+    model = ModelWithGradiend.create(
+        base_model, params=args.params, latent_dim=args.latent_dim, activation_encoder=args.activation_encoder,
+        bias_decoder=args.bias_decoder, torch_dtype=args.torch_dtype, feature_classes=pair, source=args.source,
+        target=args.target, seed=args.seed, max_length=args.max_length, trust_remote_code=args.trust_remote_code,
+        device=device, objective=args.objective,
+        objective_options={"min_left_context_tokens": args.min_left_context_tokens}, shape_only=True)
+    for token in sorted(set(rows["factual"]) | set(rows["alternative"])):
+        model.objective.pieces(token)
+    return model
+
+
+def gradient_store(args: TrainingArguments, directory: Path) -> GradientStore | None:
+    """The per-batch gradient cache a run asks for (None when off); disk entries go to `directory`."""
+    if args.gradient_cache == "off" or args.gradient_cache_max_gb == 0:
+        return None
+    store = GradientStore(args.gradient_cache, int(args.gradient_cache_max_gb * 1024**3), args.gradient_cache_dtype,
+                          directory if args.gradient_cache == "disk" else None)
+    # a later seed reuses every batch, but with min_convergent_seeds=1 the usual run stops after
+    # seed 0: keep batches for later seeds only once one is certain to run (see _Seeds.train)
+    store.shared = args.min_convergent_seeds > 1
+    return store
+
+
+@dataclass
+class RunInputs:
+    """What every seed of one run shares."""
+
+    template: ModelWithGradiend
+    args: TrainingArguments
+    train_rows: pd.DataFrame
+    eval_rows: pd.DataFrame | None
+    pair: tuple[str, str]
+    base_model: str
+    key: str
+    callbacks: Sequence[TrainingCallback] = ()
+
+
+@dataclass
+class RunResult:
+    """A finished run: the selected model (when still in memory), its verdict, the seed report."""
+
+    model: ModelWithGradiend | None
+    converged: bool
+    reason: str | None
+    seed_report: dict[str, Any] | None = None
+
+
+def prepare_run(template: ModelWithGradiend, args: TrainingArguments, rows: pd.DataFrame, pair: tuple[str, str],
+                base_model: str, key: str, callbacks: Sequence[TrainingCallback] = (),
+                pre_pruned: bool = False) -> RunInputs:
+    """Training and validation rows the objective can score; pre-pruning of the template if configured."""
+    if args.post_prune_config is not None and not args.post_prune_config.inplace:
+        raise ValueError("post_prune_config.inplace=False makes no sense when train() post-prunes: the pruned "
+                         "model is what train() saves. Use inplace=True, or call "
+                         "trainer.post_prune(PostPruneConfig(..., inplace=False)) after training for a copy.")
+    train_rows = prepare_rows(rows, "train", pair, template.objective, "training")
+    eval_rows = (prepare_rows(rows, "validation", pair, template.objective, "in-training evaluation")
+                 if args.do_eval else None)
+    if not pre_pruned and args.pre_prune_config is not None:
+        pre_prune(template, train_rows, pair, args.pre_prune_config, args.show_progress)
+    return RunInputs(template, args, train_rows, eval_rows, pair, base_model, key, tuple(callbacks))
+
+
+def train_seed(inputs: RunInputs, args: TrainingArguments, directory: Path, key: str,
+               store: GradientStore | None) -> SeedTraining:
+    """Train one GRADIEND (fresh weights from `args.seed`), post-prune it if configured, save it atomically."""
+    from gradiend.experiment import atomic_directory
+
+    model = inputs.template.with_new_gradiend(args.seed)
+    outcome = train_gradiend(model, inputs.train_rows, inputs.eval_rows, inputs.pair, args, inputs.callbacks, store)
+    model.gradiend.load_state_dict(outcome.state)
+    stats = {**outcome.stats, "training_args": args.to_dict(), "fingerprint": key, "base_model": inputs.base_model,
+             "pair": list(inputs.pair), "n_inputs": model.param_map.size}
+    if args.post_prune_config is not None:
+        before = model.param_map.size
+        post_prune(model, args.post_prune_config)
+        stats["post_prune"] = {"config": args.post_prune_config.to_dict(), "inputs_before": before,
+                               "inputs_after": model.param_map.size}
+    with atomic_directory(directory) as tmp:
+        model.save_pretrained(tmp, extra_json={"fingerprint": key})
+        atomic_write_json(tmp / "training.json", stats)
+    logger.info("Saved GRADIEND to %s (best correlation %s)", directory,
+                (outcome.stats["best_score_checkpoint"] or {}).get("correlation"))
+    return SeedTraining(stats, outcome.converged, outcome.failure_reason, used_cache=False, model=model)
+
+
+def train_run(inputs: RunInputs, experiment: ExperimentDir) -> RunResult:
+    """Train the run's seed(s) into `experiment.model`; the gradient cache lives for this call only."""
+    args = inputs.args
+    store = gradient_store(args, experiment.gradient_cache)
+    try:
+        if args.max_seeds == 1:
+            result = train_seed(inputs, args, experiment.model, inputs.key, store)
+            return RunResult(result.model, result.converged, result.reason)
+        seeds = _Seeds(inputs, store)
+        report = run_seeds(args, experiment.seeds, experiment.model, seeds.train, seeds.eval_correlation)
+        # usually the last seed trained is the best: keep it instead of reloading model/
+        best = seeds.last_model if seeds.last_seed == report["best_seed"] else None
+        return RunResult(best, report["convergent_count"] > 0,
+                         f"none of the seeds {report['seeds_tried']} converged", report)
+    finally:
+        if store is not None:
+            logger.info("Gradient cache: %s", store.summary())
+            store.clear()
+
+
+class _Seeds:
+    """The two callbacks `run_seeds` needs: train one seed, score a converged one on validation rows."""
+
+    def __init__(self, inputs: RunInputs, store: GradientStore | None) -> None:
+        args = inputs.args
+        self.inputs, self.store = inputs, store
+        self.base_seed = args.seed if args.seed is not None else 0
+        self.data_seed = args.data_seed if args.data_seed is not None else self.base_seed
+        self.selection_cap = args.seed_selection_eval_max_size or args.encoder_eval_max_size
+        self.training_cap = args.encoder_eval_train_max_size or args.encoder_eval_max_size
+        self.last_seed: int | None = None
+        self.last_model: ModelWithGradiend | None = None  # one GRADIEND in memory at most
+
+    def train(self, seed: int, directory: Path) -> SeedTraining:
+        args = self.inputs.args
+        seed_args = args.replace(seed=seed, data_seed=self.data_seed)
+        seed_key = fingerprint({"run": self.inputs.key, "seed": seed})
+        if args.use_cache and finished_run(directory, seed_key, args.use_cache):
+            logger.info("Seed %d: reusing the finished run in %s", seed, directory)
+            stats = read_json(directory / "training.json", "training stats")
+            info = stats.get("convergence_info", {})
+            return SeedTraining(stats, bool(info.get("converged")), info.get("reason"), used_cache=True)
+        logger.info("Seed %d: training into %s", seed, directory)
+        if self.store is not None and seed > self.base_seed:
+            self.store.shared = seed < self.base_seed + args.max_seeds - 1  # another seed may follow this one
+        self.last_seed, self.last_model = None, None  # drop the previous seed before the next one trains
+        result = train_seed(self.inputs, seed_args, directory, seed_key, self.store)
+        self.last_seed, self.last_model = seed, result.model
+        return result
+
+    def eval_correlation(self, directory: Path, result: SeedTraining) -> tuple[float | None, str | None]:
+        inputs = self.inputs
+        if inputs.eval_rows is None:
+            return None, None
+        if self.selection_cap == self.training_cap and inputs.args.post_prune_config is None:
+            # the best checkpoint was chosen on exactly these rows with exactly these weights
+            return (result.stats.get("best_score_checkpoint") or {}).get("correlation"), "training"
+        from gradiend.data import cap_per_class
+        from gradiend.model_with_gradiend import ModelWithGradiend
+
+        model = result.model or ModelWithGradiend.from_pretrained(
+            directory, trust_remote_code=inputs.args.trust_remote_code, max_length=inputs.args.max_length)
+        rows = cap_per_class(inputs.eval_rows, self.selection_cap, self.data_seed).reset_index(drop=True)
+        metrics = evaluate_during_training(model, rows, inputs.pair, inputs.args.eval_batch_size)
+        return metrics["correlation"], "validation"
+
+
+def pruned_template(base_model: str, args: TrainingArguments, rows: pd.DataFrame, pair: tuple[str, str],
+                    config: PrePruneConfig, device: torch.device | None = None) -> ModelWithGradiend:
+    """An untrained GRADIEND pre-pruned by gradient importance on the training rows (real weights, pruned size)."""
+    model = new_template(base_model, args, rows, pair, device)
+    pre_prune(model, prepare_rows(rows, "train", pair, model.objective, "pre-pruning"), pair, config,
+              args.show_progress)
+    return model.with_new_gradiend(args.seed)
+
+
+def report_verdict(result: RunResult, args: TrainingArguments, model_dir: Path) -> None:
+    """Warn about (or, with `fail_on_non_convergence`, raise on) a run that did not converge."""
+    if result.converged:
+        return
+    message = f"GRADIEND training did not converge: {result.reason} (model saved in {model_dir})"
+    if args.fail_on_non_convergence:
+        raise RuntimeError(message + "; try more steps, more seeds or another learning_rate")
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def reattach_settings(experiment: ExperimentDir, data: Any = None, eval_neutral_data: Any = None,
+                      model: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """Trainer keyword arguments that rebuild a finished run's inputs from its directory (nothing is hashed).
+
+    Model, data and classes come from `run_config.json` (written by `gradiend train`) and the
+    checkpoint's `training.json`; explicit arguments win; `overrides` replace `TrainingArguments` fields.
+    """
+    from gradiend.arguments import TrainingArguments
+
+    training = experiment.load_training()
+    run = experiment.load_run_config() or {}
+    data = data if data is not None else run.get("data")
+    if data is None:
+        raise ValueError(f"{experiment.root} has no run_config.json (written by `gradiend train`); pass data= "
+                         f"(CLI: --data) with the training data so its splits can be rebuilt")
+    stored = dict(run.get("training_args") or training.training_args or {})
+    known = TrainingArguments.__dataclass_fields__
+    dropped = sorted(set(stored) - set(known))
+    if dropped:
+        logger.warning("Ignoring saved arguments this version does not know: %s", dropped)
+    stored = {k: v for k, v in stored.items() if k in known}
+    args = TrainingArguments.from_dict({**stored, **overrides, "experiment_dir": str(experiment.root),
+                                        "output_dir": None})
+    return {"model": model or run.get("model") or training.base_model, "data": data, "args": args,
+            "target_classes": run.get("target_classes") or training.pair,
+            "eval_neutral_data": eval_neutral_data or run.get("eval_neutral_data")}

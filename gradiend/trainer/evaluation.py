@@ -1,0 +1,190 @@
+"""The trainer's evaluation and rewriting methods: each builds a request and calls `encoder_eval`,
+`decoder_eval` or `rewrite`, with caches in the experiment directory keyed by the model's identity."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from gradiend.arguments import TrainingArguments
+    from gradiend.decoder_eval import Selector, SummaryExtractor
+    from gradiend.experiment import ExperimentDir
+    from gradiend.model_with_gradiend import ModelWithGradiend
+
+
+class EvaluationMethods:
+    """`evaluate_encoder`, `encode`, `evaluate_decoder`, `evaluate`, `rewrite_base_model` of the Trainer."""
+
+    _args: TrainingArguments
+    _model_path: str
+    _base_model_arg: str
+    _prune_revision: int
+    pair: tuple[str, str]
+    experiment: ExperimentDir
+
+    # provided by Trainer
+    unified_data: Callable[[], tuple[pd.DataFrame, tuple[str, str]]]
+    neutral_texts: Callable[[], list[str] | None]
+    get_model: Callable[[], ModelWithGradiend]
+    load_model: Callable[[str | os.PathLike], ModelWithGradiend]
+    plot_probability_shifts: Callable[..., str]
+    plot_encoder_distributions: Callable[..., str]
+
+    def _model_identity(self) -> dict[str, Any]:
+        """What identifies the current model's weights in evaluation caches (path, file stamp, in-memory prunes)."""
+        from gradiend.model import WEIGHTS_FILE
+
+        weights = Path(self._model_path) / WEIGHTS_FILE
+        stamp = f"{weights.stat().st_mtime_ns}-{weights.stat().st_size}" if weights.is_file() else None
+        if self._prune_revision:
+            stamp = f"{stamp}+post-pruned-{self._prune_revision}"
+        return {"model": self._model_path, "weights": stamp}
+
+    # -- encoder evaluation ---------------------------------------------------------------------
+    def evaluate_encoder(self, split: str = "test", max_size: int | None = None,
+                         neutral_data_df: pd.DataFrame | None = None, use_cache: bool | None = None,
+                         return_df: bool = False, encoder_df: pd.DataFrame | None = None,
+                         model_with_gradiend: ModelWithGradiend | None = None, plot: bool = False,
+                         show_progress: bool | None = None, plot_kwargs: dict[str, Any] | None = None,
+                         ) -> dict[str, Any]:
+        """Encode a split plus neutral variants; return correlation, class means, accuracies.
+
+        `plot=True` also saves the encoder distribution plot (`result["plot_path"]`); `plot_kwargs`
+        go to `plot_encoder_distributions` (`show` defaults to True, a no-op without a display).
+        """
+        from gradiend.encoder_eval import EncoderCache, encoder_metrics, split_encodings
+
+        if not isinstance(split, str):
+            raise TypeError(f"split must be a str, got {type(split).__name__}")
+        _check_optional_positive("max_size", max_size)
+        if plot_kwargs is not None and not isinstance(plot_kwargs, dict):
+            raise TypeError(f"plot_kwargs must be a dict or None, got {type(plot_kwargs).__name__}")
+        args = self._args
+        if encoder_df is None:
+            rows, pair = self.unified_data()
+            max_size = max_size if max_size is not None else args.encoder_eval_max_size
+            experiment = self.experiment
+            cache = EncoderCache(experiment.encoder_csv(split, max_size), experiment.encoder_meta(split, max_size),
+                                 self._model_identity())
+            encoder_df = split_encodings(
+                model_with_gradiend or self.get_model(), rows, pair, split, max_size=max_size,
+                neutral_texts=list(neutral_data_df["text"]) if neutral_data_df is not None else self.neutral_texts(),
+                seed=args.seed, batch_size=args.eval_batch_size, cache=cache,
+                use_cache=bool(args.use_cache if use_cache is None else use_cache),
+                show_progress=args.show_progress if show_progress is None else show_progress)
+        result = encoder_metrics(encoder_df, self.pair)
+        if plot:
+            options = {"split": split, "show": True, **(plot_kwargs or {})}
+            result["plot_path"] = self.plot_encoder_distributions(encoder_df=encoder_df, **options)
+        if return_df:
+            result["encoder_df"] = encoder_df
+        return result
+
+    def get_encoder_metrics(self, model_path: str | None = None, encoder_df: pd.DataFrame | None = None,
+                            **kwargs: Any) -> dict[str, Any]:
+        """Encoder metrics from `encoder_df`, or from a (cached) evaluation."""
+        if model_path is not None and model_path != self._model_path:
+            kwargs["model_with_gradiend"] = self.load_model(model_path)
+        return self.evaluate_encoder(encoder_df=encoder_df, use_cache=kwargs.pop("use_cache", True), **kwargs)
+
+    def get_encodings(self, model_path: str | None = None, **kwargs: Any) -> pd.DataFrame:
+        """The per-row encoder DataFrame (text, encoded, label, type, …)."""
+        if model_path is not None and model_path != self._model_path:
+            kwargs["model_with_gradiend"] = self.load_model(model_path)
+        return self.evaluate_encoder(return_df=True, use_cache=kwargs.pop("use_cache", True), **kwargs)["encoder_df"]
+
+    def encode(self, texts: Sequence[str] | None = None, factual: Sequence[str] | None = None,
+               alternative: Sequence[str] | None = None, *, split: str = "test", kind: str | None = None,
+               max_size: int | None = None) -> list[float]:
+        """Feature values of given rows, or of the pair rows of `split` when no texts are given."""
+        from gradiend.data import prepare_rows
+
+        model = self.get_model()
+        if texts is None:
+            rows, pair = self.unified_data()
+            part = prepare_rows(rows, split, pair, model.objective, f"encoding {split!r}")
+            part = part.head(max_size) if max_size is not None else part
+            texts, factual, alternative = list(part["masked"]), list(part["factual"]), list(part["alternative"])
+        if factual is None:
+            raise ValueError("encode(texts=...) also needs factual= (the token that fills each slot)")
+        return model.encode(list(texts), list(factual), None if alternative is None else list(alternative),
+                            kind=kind, batch_size=self._args.eval_batch_size)[:, 0].tolist()
+
+    # -- decoder evaluation and rewriting ------------------------------------------------------
+    def evaluate_decoder(self, lrs: Sequence[float] | None = None, feature_factors: Sequence[float] | None = None,
+                         use_cache: bool | None = None, max_size_training_like: int | None = None,
+                         max_size_neutral: int | None = None, eval_batch_size: int | None = None,
+                         training_like_df: pd.DataFrame | None = None, neutral_df: pd.DataFrame | None = None,
+                         selector: Selector | None = None, summary_extractor: SummaryExtractor | None = None,
+                         summary_metrics: Sequence[str] | None = None, target_class: str | None = None,
+                         increase_target_probabilities: bool = True, plot: bool = False,
+                         show: bool | None = None) -> dict[str, Any]:
+        """Grid of rewrites (feature factor × learning rate) → the selected candidate per class.
+
+        Returns `{class: summary}` (or `{class}_weaken`) with value, feature_factor, learning_rate,
+        id, strengthen, lms, base_lms, base_value, plus `"grid"`: every candidate as a record.
+        """
+        from gradiend.decoder_eval import DecoderRequest, evaluate_decoder, lms_threshold_selector
+
+        classes = list(summary_metrics) if summary_metrics is not None else (
+            [target_class] if target_class is not None else list(self.pair))
+        request = DecoderRequest.from_arguments(
+            self._args, classes, strengthen=increase_target_probabilities, lrs=lrs, feature_factors=feature_factors,
+            max_size_training_like=max_size_training_like, max_size_neutral=max_size_neutral,
+            batch_size=eval_batch_size, training_like=training_like_df, selector=selector or lms_threshold_selector(),
+            neutral_texts=list(neutral_df["text"]) if neutral_df is not None else self.neutral_texts(),
+            summary_extractor=summary_extractor)
+        use_cache = self._args.use_cache if use_cache is None else use_cache
+        result = evaluate_decoder(self.get_model(), *self.unified_data(), request, self._decoder_cache(use_cache))
+        if plot:
+            result["plot_paths"] = [self.plot_probability_shifts(result, cls, increase_target_probabilities,
+                                                                 show=True if show is None else bool(show))
+                                    for cls in classes]
+            if len(result["plot_paths"]) == 1:
+                result["plot_path"] = result["plot_paths"][0]
+        return result
+
+    def _decoder_cache(self, use: bool | str = True) -> Any:
+        from gradiend.decoder_eval import DecoderCache
+
+        experiment = self.experiment
+        return DecoderCache(experiment.decoder_grid, experiment.decoder_summaries, self._model_identity(), bool(use))
+
+    def evaluate(self, *, kwargs_encoder: dict[str, Any] | None = None, kwargs_decoder: dict[str, Any] | None = None,
+                 ) -> dict[str, Any]:
+        """Encoder and decoder evaluation: `{"encoder": ..., "decoder": ...}`."""
+        for name, value in (("kwargs_encoder", kwargs_encoder), ("kwargs_decoder", kwargs_decoder)):
+            if value is not None and not isinstance(value, dict):
+                raise TypeError(f"{name} must be a dict or None, got {type(value).__name__}")
+        return {"encoder": self.evaluate_encoder(**(kwargs_encoder or {})),
+                "decoder": self.evaluate_decoder(**(kwargs_decoder or {}))}
+
+    def rewrite_base_model(self, decoder_results: dict[str, Any] | None = None,
+                           target_class: str | Sequence[str] | None = None, increase_target_probabilities: bool = True,
+                           output_dir: str | os.PathLike | None = None) -> Any:
+        """Apply the selected (feature factor, learning rate) to a copy of the base model.
+
+        One class: the rewritten HF model, or its saved path when `output_dir` is given. Several
+        classes: saved under `experiment_dir/<key>`; returns the list of paths.
+        """
+        from gradiend.decoder_eval import load_selections, selection_key
+        from gradiend.rewrite import rewrite_selected
+
+        if output_dir is not None and not str(output_dir).strip():
+            raise ValueError("output_dir is an empty string; pass a directory path or None")
+        selections = decoder_results if decoder_results is not None else load_selections(self._decoder_cache())
+        classes = [target_class] if isinstance(target_class, str) else list(target_class or self.pair)
+        return rewrite_selected(self.get_model(), selections, classes,
+                                [selection_key(c, increase_target_probabilities) for c in classes],
+                                feature_classes=list(self.pair), base_model=self._base_model_arg, output_dir=output_dir,
+                                default_dir=self.experiment.rewritten if self._args.experiment_dir else None)
+
+
+def _check_optional_positive(name: str, value: Any) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
