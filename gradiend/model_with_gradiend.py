@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import torch
 
 from gradiend.allocator import reuse_large_blocks
 from gradiend.arguments import DTYPES
-from gradiend.data import DataError, length_batches
+from gradiend.data import length_batches
 from gradiend.gradients import GradientEngine
 from gradiend.model import GradiendConfig, GradiendModel
 from gradiend.objectives import CausalLMObjective, LMObjective, MaskedLMObjective
@@ -213,28 +212,6 @@ class ModelWithGradiend:
         model, tokenizer, _ = load_model_for_objective(base, gradiend.config.torch_dtype, trust_remote_code, device,
                                                        gradiend.config.objective)
         return cls(model, tokenizer, gradiend, max_length=max_length)
-
-    def rows_with_context(self, rows: pd.DataFrame, purpose: str, column: str = "masked") -> pd.DataFrame:
-        """`rows` the objective can score: causal LMs drop rows with too little text left of the slot.
-
-        Logs how many rows were dropped; a factual class losing all its rows is an error.
-        """
-        if not self.objective.is_causal or rows.empty:
-            return rows
-        keep = np.array([self.objective.has_context(str(t)) for t in rows[column]], dtype=bool)
-        if keep.all():
-            return rows
-        minimum = getattr(self.objective, "min_left_context_tokens", 1)
-        logger.warning("Dropped %d of %d %s rows with fewer than %d token(s) before the slot: a causal LM "
-                       "predicts the slot from its left context (TrainingArguments.min_left_context_tokens "
-                       "sets the threshold)", int((~keep).sum()), len(rows), purpose, minimum)
-        if "factual_class" in rows.columns:
-            for cls in rows["factual_class"].unique():
-                if not keep[(rows["factual_class"] == cls).to_numpy()].any():
-                    raise DataError(f"All rows of class {cls!r} for {purpose} have fewer than {minimum} token(s) "
-                                    f"before {self.objective.mask}, so a causal LM cannot score them. Use rows "
-                                    f"with more left context or lower TrainingArguments.min_left_context_tokens.")
-        return rows[keep]
 
     def save_pretrained(self, directory: str | os.PathLike, extra_json: dict[str, Any] | None = None) -> None:
         self.gradiend.save_pretrained(directory, extra_json)

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gradiend.data import prepare_rows
-from gradiend.experiment import atomic_write_json, fingerprint, read_json
+from gradiend.experiment import TRAINING_STATS, atomic_directory, atomic_write_json, fingerprint, read_json
 from gradiend.gradient_cache import GradientStore
 from gradiend.model import CONFIG_FILE, is_checkpoint
 from gradiend.pruning import post_prune, pre_prune
-from gradiend.seeds import SeedTraining, run_seeds
+from gradiend.records import TrainingRecord
+from gradiend.seeds import SeedTraining, run_seeds_in
 from gradiend.training import TrainingCallback, evaluate_during_training, train_gradiend
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from gradiend.arguments import PrePruneConfig, TrainingArguments
     from gradiend.experiment import ExperimentDir
     from gradiend.model_with_gradiend import ModelWithGradiend
+    from gradiend.records import SeedReport
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ def run_fingerprint(args: TrainingArguments, base_model: str, rows: pd.DataFrame
 
 def finished_run(directory: Path, key: str, mode: bool | str) -> bool:
     """Whether `directory` holds a finished run that `use_cache=mode` allows to reuse."""
-    stats_path = directory / "training.json"
+    stats_path = directory / TRAINING_STATS
     if not mode or not is_checkpoint(directory) or not stats_path.is_file():
         return False
     if mode == "always":
@@ -64,7 +66,7 @@ def finished_run(directory: Path, key: str, mode: bool | str) -> bool:
         logger.info("Existing run in %s has other settings or data; retraining", directory)
         return False
     if mode == "only_convergent":
-        return bool(read_json(stats_path, "training stats")["convergence_info"]["converged"])
+        return bool(TrainingRecord.from_json(read_json(stats_path, "training stats")).converged)
     return True
 
 
@@ -120,7 +122,7 @@ class RunResult:
     model: ModelWithGradiend | None
     converged: bool
     reason: str | None
-    seed_report: dict[str, Any] | None = None
+    seed_report: SeedReport | None = None
 
 
 def prepare_run(template: ModelWithGradiend, args: TrainingArguments, rows: pd.DataFrame, pair: tuple[str, str],
@@ -142,8 +144,6 @@ def prepare_run(template: ModelWithGradiend, args: TrainingArguments, rows: pd.D
 def train_seed(inputs: RunInputs, args: TrainingArguments, directory: Path, key: str,
                store: GradientStore | None) -> SeedTraining:
     """Train one GRADIEND (fresh weights from `args.seed`), post-prune it if configured, save it atomically."""
-    from gradiend.experiment import atomic_directory
-
     model = inputs.template.with_new_gradiend(args.seed)
     outcome = train_gradiend(model, inputs.train_rows, inputs.eval_rows, inputs.pair, args, inputs.callbacks, store)
     model.gradiend.load_state_dict(outcome.state)
@@ -156,10 +156,10 @@ def train_seed(inputs: RunInputs, args: TrainingArguments, directory: Path, key:
                                "inputs_after": model.param_map.size}
     with atomic_directory(directory) as tmp:
         model.save_pretrained(tmp, extra_json={"fingerprint": key})
-        atomic_write_json(tmp / "training.json", stats)
-    logger.info("Saved GRADIEND to %s (best correlation %s)", directory,
-                (outcome.stats["best_score_checkpoint"] or {}).get("correlation"))
-    return SeedTraining(stats, outcome.converged, outcome.failure_reason, used_cache=False, model=model)
+        atomic_write_json(tmp / TRAINING_STATS, stats)
+    record = TrainingRecord.from_json(stats)
+    logger.info("Saved GRADIEND to %s (best correlation %s)", directory, record.best_correlation)
+    return SeedTraining(record, outcome.converged, outcome.failure_reason, used_cache=False, model=model)
 
 
 def train_run(inputs: RunInputs, experiment: ExperimentDir) -> RunResult:
@@ -171,11 +171,11 @@ def train_run(inputs: RunInputs, experiment: ExperimentDir) -> RunResult:
             result = train_seed(inputs, args, experiment.model, inputs.key, store)
             return RunResult(result.model, result.converged, result.reason)
         seeds = _Seeds(inputs, store)
-        report = run_seeds(args, experiment.seeds, experiment.model, seeds.train, seeds.eval_correlation)
+        report = run_seeds_in(experiment, args, seeds.train, seeds.eval_correlation)
         # usually the last seed trained is the best: keep it instead of reloading model/
-        best = seeds.last_model if seeds.last_seed == report["best_seed"] else None
-        return RunResult(best, report["convergent_count"] > 0,
-                         f"none of the seeds {report['seeds_tried']} converged", report)
+        best = seeds.last_model if seeds.last_seed == report.best_seed else None
+        return RunResult(best, report.convergent_count > 0, f"none of the seeds {report.seeds_tried} converged",
+                         report)
     finally:
         if store is not None:
             logger.info("Gradient cache: %s", store.summary())
@@ -201,9 +201,9 @@ class _Seeds:
         seed_key = fingerprint({"run": self.inputs.key, "seed": seed})
         if args.use_cache and finished_run(directory, seed_key, args.use_cache):
             logger.info("Seed %d: reusing the finished run in %s", seed, directory)
-            stats = read_json(directory / "training.json", "training stats")
-            info = stats.get("convergence_info", {})
-            return SeedTraining(stats, bool(info.get("converged")), info.get("reason"), used_cache=True)
+            record = TrainingRecord.from_json(read_json(directory / TRAINING_STATS, "training stats"))
+            info = record.convergence_info
+            return SeedTraining(record, bool(record.converged), info.reason if info else None, used_cache=True)
         logger.info("Seed %d: training into %s", seed, directory)
         if self.store is not None and seed > self.base_seed:
             self.store.shared = seed < self.base_seed + args.max_seeds - 1  # another seed may follow this one
@@ -218,7 +218,7 @@ class _Seeds:
             return None, None
         if self.selection_cap == self.training_cap and inputs.args.post_prune_config is None:
             # the best checkpoint was chosen on exactly these rows with exactly these weights
-            return (result.stats.get("best_score_checkpoint") or {}).get("correlation"), "training"
+            return result.stats.best_correlation, "training"
         from gradiend.data import cap_per_class
         from gradiend.model_with_gradiend import ModelWithGradiend
 

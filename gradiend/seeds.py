@@ -22,14 +22,14 @@ from gradiend.records import ConvergenceInfo, SeedReport, SeedRun, TrainingRecor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SEED_REPORT", "SeedReport", "SeedRun", "SeedTraining", "run_seeds", "run_seeds_in", "seed_values"]
+__all__ = ["SEED_REPORT", "SeedReport", "SeedRun", "SeedTraining", "run_seeds_in", "seed_values"]
 
 
 @dataclass
 class SeedTraining:
     """What training one seed produced (its checkpoint is in the seed's directory)."""
 
-    stats: dict[str, Any]
+    stats: TrainingRecord
     converged: bool
     reason: str | None
     used_cache: bool
@@ -40,14 +40,6 @@ def seed_values(args: TrainingArguments) -> list[int]:
     """seed, seed+1, … (0, 1, … when seed is None)."""
     base = args.seed if args.seed is not None else 0
     return [base + i for i in range(args.max_seeds)]
-
-
-def run_seeds(args: TrainingArguments, seeds_dir: Path, model_dir: Path,
-              train_seed: Callable[[int, Path], SeedTraining],
-              eval_correlation: Callable[[Path, SeedTraining], tuple[float | None, str | None]]) -> SeedReport:
-    """`run_seeds_in` for an explicit seeds and model directory (the report goes to `seeds_dir`)."""
-    experiment = ExperimentDir(Path(seeds_dir).parent, model_dir=model_dir, seeds_dir=seeds_dir)
-    return run_seeds_in(experiment, args, train_seed, eval_correlation)
 
 
 def run_seeds_in(experiment: ExperimentDir, args: TrainingArguments,
@@ -68,7 +60,7 @@ def run_seeds_in(experiment: ExperimentDir, args: TrainingArguments,
         t0 = time.perf_counter()
         directory = experiment.seed_run(seed)
         result = train_seed(seed, directory)
-        stats = TrainingRecord.from_json(result.stats)
+        stats = result.stats
         score = stats.best_correlation
         best_step = stats.best_score_checkpoint.global_step if stats.best_score_checkpoint is not None else None
         eval_corr, eval_source = eval_correlation(directory, result) if result.converged else (None, None)

@@ -14,6 +14,7 @@ from conftest import make_rows
 
 from gradiend import cli
 from gradiend.arguments import TrainingArguments
+from gradiend.records import TrainingRecord
 
 NEUTRAL = ["the man walked home and was happy .", "the sea was very old and the ship was little .",
            "the woman saw the house at night .", "then the children talked of the letter again ."]
@@ -271,7 +272,7 @@ def test_demo_setups_and_report_text() -> None:
                "accuracy": 0.95}
     decoder = {"base_value": 0.1, "value": 0.3, "feature_factor": 1.0, "learning_rate": 3.0, "base_lms": 0.5,
                "lms": 0.49}
-    text = format_report(DemoResult("exp", "exp/model", encoder, {}, decoder, "exp/rewritten_F",
+    text = format_report(DemoResult("exp", "exp/model", encoder, TrainingRecord(), decoder, "exp/rewritten_F",
                                     {"training": 1.0, "encoder_evaluation": 1.0, "decoder_evaluation": 1.0,
                                      "total": 3.0}, ["a.png"], DEMOS["clm"].description, "F", "M", "exp/report.html"))
     assert "P(F) on M rows: rewritten" in text and "report: exp/report.html" in text

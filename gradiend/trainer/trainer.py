@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from gradiend.experiment import ExperimentDir
     from gradiend.model_with_gradiend import ModelWithGradiend
+    from gradiend.records import TrainingRecord
     from gradiend.training import TrainingCallback
 
 logger = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ class Trainer(EvaluationMethods, PlotMethods, abc.ABC):
         if args.max_seeds > 1:
             self.post_training(self.get_model())
             if args.keep_seed_runs:
-                return {run["seed"]: self.load_model(run["output_dir"]) for run in result.seed_report["runs"]}
+                return {run.seed: self.load_model(run.output_dir) for run in result.seed_report.runs}
         return self
 
     def _attach(self, directory: Path, model: ModelWithGradiend | None) -> None:
@@ -251,12 +252,13 @@ class Trainer(EvaluationMethods, PlotMethods, abc.ABC):
     def cuda(self, device: int | str | torch.device | None = None) -> Trainer:
         return self.to("cuda" if device is None else f"cuda:{device}" if isinstance(device, int) else device)
 
-    def get_training_stats(self, model_path: str | None = None) -> dict[str, Any] | None:
-        """`training.json` of a trained model (None before training)."""
-        from gradiend.experiment import read_json
+    def get_training_stats(self, model_path: str | None = None) -> TrainingRecord | None:
+        """`training.json` of a trained model (None before training); reads like the dict it stores."""
+        from gradiend.experiment import TRAINING_STATS, read_json
+        from gradiend.records import TrainingRecord
 
-        path = Path(model_path or self._model_path) / "training.json"
-        return read_json(path, "training stats") if path.is_file() else None
+        path = Path(model_path or self._model_path) / TRAINING_STATS
+        return TrainingRecord.from_json(read_json(path, "training stats")) if path.is_file() else None
 
     def __str__(self) -> str:
         return (f"{type(self).__name__}(model={self._base_model_arg!r}, run_id={self.run_id!r}, "
