@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from gradiend.arguments import PrePruneConfig, TrainingArguments
+    from gradiend.arguments import GradientCacheArgs, PrePruneConfig, TrainingArguments
     from gradiend.experiment import ExperimentDir
     from gradiend.model_with_gradiend import ModelWithGradiend
     from gradiend.records import SeedReport
@@ -89,15 +89,16 @@ def new_template(base_model: str, args: TrainingArguments, rows: pd.DataFrame, p
     return model
 
 
-def gradient_store(args: TrainingArguments, directory: Path) -> GradientStore | None:
-    """The per-batch gradient cache a run asks for (None when off); disk entries go to `directory`."""
-    if args.gradient_cache == "off" or args.gradient_cache_max_gb == 0:
+def gradient_store(settings: GradientCacheArgs, directory: Path, shared: bool) -> GradientStore | None:
+    """The per-batch gradient cache a run asks for (None when off); disk entries go to `directory`.
+
+    `shared`: keep every batch for later seeds from the start (else only once one is certain to run).
+    """
+    if settings.gradient_cache == "off" or settings.gradient_cache_max_gb == 0:
         return None
-    store = GradientStore(args.gradient_cache, int(args.gradient_cache_max_gb * 1024**3), args.gradient_cache_dtype,
-                          directory if args.gradient_cache == "disk" else None)
-    # a later seed reuses every batch, but with min_convergent_seeds=1 the usual run stops after
-    # seed 0: keep batches for later seeds only once one is certain to run (see _Seeds.train)
-    store.shared = args.min_convergent_seeds > 1
+    store = GradientStore(settings.gradient_cache, int(settings.gradient_cache_max_gb * 1024**3),
+                          settings.gradient_cache_dtype, directory if settings.gradient_cache == "disk" else None)
+    store.shared = shared
     return store
 
 
@@ -165,7 +166,9 @@ def train_seed(inputs: RunInputs, args: TrainingArguments, directory: Path, key:
 def train_run(inputs: RunInputs, experiment: ExperimentDir) -> RunResult:
     """Train the run's seed(s) into `experiment.model`; the gradient cache lives for this call only."""
     args = inputs.args
-    store = gradient_store(args, experiment.gradient_cache)
+    # a later seed reuses every batch, but with min_convergent_seeds=1 the usual run stops after
+    # seed 0: keep batches for later seeds only once one is certain to run (see _Seeds.train)
+    store = gradient_store(args, experiment.gradient_cache, shared=args.min_convergent_seeds > 1)
     try:
         if args.max_seeds == 1:
             result = train_seed(inputs, args, experiment.model, inputs.key, store)

@@ -35,7 +35,7 @@ from gradiend.metrics import pearson
 from gradiend.step import FusedLoss
 
 if TYPE_CHECKING:
-    from gradiend.arguments import TrainingArguments
+    from gradiend.arguments import OptimizationArgs, TrainingArguments
     from gradiend.gradient_cache import GradientStore
     from gradiend.model import GradiendModel
     from gradiend.model_with_gradiend import ModelWithGradiend
@@ -120,7 +120,7 @@ def evaluate_during_training(model: ModelWithGradiend, rows: pd.DataFrame, pair:
     return {"correlation": pearson(h, labels), "mean_by_class": means, "n": len(rows)}
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], args: TrainingArguments,
+def make_optimizer(params: Iterable[torch.nn.Parameter], args: OptimizationArgs,
                    fused: bool | None = None) -> torch.optim.Optimizer:
     """AdamW (or Adam) for the GRADIEND weights, with torch's fused kernel where it exists.
 
