@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gradiend.records import DecoderSummaries, EncoderMeta, Record, SeedReport, TrainingRecord
+from gradiend.records import DecoderSummaries, EncoderMeta, Record, RunConfig, SeedReport, TrainingRecord
 
 logger = logging.getLogger(__name__)
 
@@ -369,9 +369,11 @@ class ExperimentDir:
         path = next((p for p in candidates if p.is_file()), None)
         return SeedReport.from_json(read_json(path, "seed report")) if path is not None else None
 
-    def load_run_config(self) -> dict[str, Any] | None:
+    def load_run_config(self) -> RunConfig | None:
         """`run_config.json` (model, data, classes, arguments) written by `gradiend train`, None when absent."""
-        return read_json(self.run_config, "run configuration") if self.run_config.is_file() else None
+        if not self.run_config.is_file():
+            return None
+        return RunConfig.from_json(read_json(self.run_config, "run configuration"))
 
     def load_model_config(self) -> dict[str, Any] | None:
         """`model/gradiend_config.json` (architecture, base model, parameter map), None when absent."""

@@ -298,3 +298,15 @@ class DecoderSummaries(Record):
 
     model: str | None = None
     summaries: dict[str, DecoderSelection] = field(default_factory=dict)
+
+
+@dataclass(eq=False, repr=False)
+class RunConfig(Record):
+    """`run_config.json`: the inputs `gradiend train` was given, so later commands need only the directory."""
+
+    model: str | None = None
+    data: Any = None
+    target_classes: list[str] | None = None
+    run_id: str | None = None
+    eval_neutral_data: Any = None
+    training_args: dict[str, Any] = field(default_factory=dict)

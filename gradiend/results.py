@@ -24,7 +24,7 @@ from gradiend.experiment import (
     ExperimentDir,
     MissingResultError,
 )
-from gradiend.records import EncoderMetrics, SeedReport, TrainingRecord
+from gradiend.records import EncoderMetrics, RunConfig, SeedReport, TrainingRecord
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def load_seed_report(experiment_dir: str | os.PathLike) -> SeedReport | None:
     return ExperimentDir.find(experiment_dir).load_seed_report()
 
 
-def load_run_config(experiment_dir: str | os.PathLike) -> dict[str, Any] | None:
+def load_run_config(experiment_dir: str | os.PathLike) -> RunConfig | None:
     """`run_config.json` (model, data, classes, arguments) written by `gradiend train`, None when absent."""
     return ExperimentDir.find(experiment_dir).load_run_config()
 

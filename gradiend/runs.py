@@ -20,7 +20,7 @@ from gradiend.experiment import TRAINING_STATS, atomic_directory, atomic_write_j
 from gradiend.gradient_cache import GradientStore
 from gradiend.model import CONFIG_FILE, is_checkpoint
 from gradiend.pruning import post_prune, pre_prune
-from gradiend.records import TrainingRecord
+from gradiend.records import RunConfig, TrainingRecord
 from gradiend.seeds import SeedTraining, run_seeds_in
 from gradiend.training import TrainingCallback, evaluate_during_training, train_gradiend
 
@@ -261,12 +261,12 @@ def reattach_settings(experiment: ExperimentDir, data: Any = None, eval_neutral_
     from gradiend.arguments import TrainingArguments
 
     training = experiment.load_training()
-    run = experiment.load_run_config() or {}
-    data = data if data is not None else run.get("data")
+    run = experiment.load_run_config() or RunConfig()
+    data = data if data is not None else run.data
     if data is None:
         raise ValueError(f"{experiment.root} has no run_config.json (written by `gradiend train`); pass data= "
                          f"(CLI: --data) with the training data so its splits can be rebuilt")
-    stored = dict(run.get("training_args") or training.training_args or {})
+    stored = dict(run.training_args or training.training_args or {})
     known = TrainingArguments.__dataclass_fields__
     dropped = sorted(set(stored) - set(known))
     if dropped:
@@ -274,6 +274,6 @@ def reattach_settings(experiment: ExperimentDir, data: Any = None, eval_neutral_
     stored = {k: v for k, v in stored.items() if k in known}
     args = TrainingArguments.from_dict({**stored, **overrides, "experiment_dir": str(experiment.root),
                                         "output_dir": None})
-    return {"model": model or run.get("model") or training.base_model, "data": data, "args": args,
-            "target_classes": run.get("target_classes") or training.pair,
-            "eval_neutral_data": eval_neutral_data or run.get("eval_neutral_data")}
+    return {"model": model or run.model or training.base_model, "data": data, "args": args,
+            "target_classes": run.target_classes or training.pair,
+            "eval_neutral_data": eval_neutral_data or run.eval_neutral_data}

@@ -57,3 +57,20 @@ def test_run_fingerprint_ignores_settings_that_do_not_change_learning(tiny_mlm_d
     assert stored == key
     assert finished_run(model_dir, key, True) and finished_run(model_dir, "other", "always")
     assert not finished_run(model_dir, "other", True) and not finished_run(model_dir, key, False)
+
+
+def test_from_experiment_reads_the_run_config(tiny_mlm_dir, tmp_path) -> None:
+    from gradiend.experiment import ExperimentDir, atomic_write_json
+
+    trained = build(tiny_mlm_dir, tmp_path / "exp", encoder=False, decoder=False)
+    data_path = tmp_path / "training.csv"
+    make_rows().to_csv(data_path, index=False)
+    run_config = {"model": tiny_mlm_dir, "data": str(data_path), "target_classes": ["3SG", "3PL"], "run_id": None,
+                  "eval_neutral_data": NEUTRAL, "training_args": trained.training_args.to_dict()}
+    experiment = ExperimentDir(tmp_path / "exp")
+    atomic_write_json(experiment.run_config, run_config)
+    record = experiment.load_run_config()
+    assert record.to_json() == run_config and record.data == str(data_path)
+    again = Trainer.from_experiment(tmp_path / "exp")
+    assert again.neutral_texts() == NEUTRAL and again.base_model_path == tiny_mlm_dir
+    assert len(again.unified_data()[0]) == len(trained.unified_data()[0])
