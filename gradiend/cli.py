@@ -455,7 +455,7 @@ def _train(ns: argparse.Namespace) -> int:
     atomic_write_json(exp / RUN_CONFIG, run_config)
     if not ns.no_plots:
         _plot_or_hint(trainer.plot_training_convergence)
-    stats = trainer.get_training_stats()
+    stats = trainer.get_training_record()
     best = stats.best_score_checkpoint or BestCheckpoint()
     if ns.json:
         _print_json({"experiment_dir": str(exp), "model": trainer.model_path, "converged": stats.converged,

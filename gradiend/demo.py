@@ -111,7 +111,7 @@ def run_demo(experiment_dir: str | None = None, max_steps: int = 100, train_batc
 
         report = write_report(trainer.experiment_dir)
     other = setup.classes[1] if setup.target == setup.classes[0] else setup.classes[0]
-    training = trainer.get_training_stats() or TrainingRecord()
+    training = trainer.get_training_record() or TrainingRecord()
     return DemoResult(trainer.experiment_dir, trainer.model_path, encoder, training, decoder[setup.target], rewritten,
                       {"model_setup": t_model, "training": t_train, "encoder_evaluation": t_eval,
                        "decoder_evaluation": t_dec, "total": time.perf_counter() - t0}, paths,

@@ -266,14 +266,14 @@ def reattach_settings(experiment: ExperimentDir, data: Any = None, eval_neutral_
     if data is None:
         raise ValueError(f"{experiment.root} has no run_config.json (written by `gradiend train`); pass data= "
                          f"(CLI: --data) with the training data so its splits can be rebuilt")
-    stored = dict(run.training_args or training.training_args or {})
+    stored = dict(run.training_args or training.training_args)
     known = TrainingArguments.__dataclass_fields__
     dropped = sorted(set(stored) - set(known))
     if dropped:
         logger.warning("Ignoring saved arguments this version does not know: %s", dropped)
     stored = {k: v for k, v in stored.items() if k in known}
-    args = TrainingArguments.from_dict({**stored, **overrides, "experiment_dir": str(experiment.root),
-                                        "output_dir": None})
+    args = TrainingArguments.from_dict({**stored, **TrainingArguments.flatten(overrides),
+                                        "experiment_dir": str(experiment.root), "output_dir": None})
     return {"model": model or run.model or training.base_model, "data": data, "args": args,
             "target_classes": run.target_classes or training.pair,
-            "eval_neutral_data": eval_neutral_data or run.eval_neutral_data}
+            "eval_neutral_data": eval_neutral_data if eval_neutral_data is not None else run.eval_neutral_data}

@@ -74,3 +74,24 @@ def test_from_experiment_reads_the_run_config(tiny_mlm_dir, tmp_path) -> None:
     again = Trainer.from_experiment(tmp_path / "exp")
     assert again.neutral_texts() == NEUTRAL and again.base_model_path == tiny_mlm_dir
     assert len(again.unified_data()[0]) == len(trained.unified_data()[0])
+
+
+def test_training_stats_is_a_plain_dict_and_the_record_is_typed(tiny_mlm_dir, tmp_path) -> None:
+    trained = build(tiny_mlm_dir, tmp_path / "exp", encoder=False, decoder=False)
+    stats = trained.get_training_stats()
+    assert isinstance(stats, dict) and json.loads(json.dumps(stats)) == stats
+    stats["note"] = "mine"  # a copy the caller may change
+    assert "note" not in trained.get_training_stats()
+    record = trained.get_training_record()
+    assert record.best_correlation == stats["best_score_checkpoint"]["correlation"]
+    assert record.converged == stats["convergence_info"]["converged"]
+
+
+def test_from_experiment_takes_a_neutral_frame_and_nested_overrides(tiny_mlm_dir, tmp_path) -> None:
+    import pandas as pd
+
+    build(tiny_mlm_dir, tmp_path / "exp", encoder=False, decoder=False)
+    neutral = pd.DataFrame({"text": NEUTRAL})
+    again = Trainer.from_experiment(tmp_path / "exp", data=make_rows(), eval_neutral_data=neutral,
+                                    evaluation={"eval_batch_size": 3})
+    assert again.neutral_texts() == NEUTRAL and again.training_args.eval_batch_size == 3

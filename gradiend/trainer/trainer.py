@@ -252,8 +252,13 @@ class Trainer(EvaluationMethods, PlotMethods, abc.ABC):
     def cuda(self, device: int | str | torch.device | None = None) -> Trainer:
         return self.to("cuda" if device is None else f"cuda:{device}" if isinstance(device, int) else device)
 
-    def get_training_stats(self, model_path: str | None = None) -> TrainingRecord | None:
-        """`training.json` of a trained model (None before training); reads like the dict it stores."""
+    def get_training_stats(self, model_path: str | None = None) -> dict[str, Any] | None:
+        """`training.json` of a trained model as the dict it stores (None before training)."""
+        record = self.get_training_record(model_path)
+        return record.to_json() if record is not None else None
+
+    def get_training_record(self, model_path: str | None = None) -> TrainingRecord | None:
+        """`training.json` as a typed `TrainingRecord` (fields such as `best_correlation`, `converged`)."""
         from gradiend.experiment import TRAINING_STATS, read_json
         from gradiend.records import TrainingRecord
 
