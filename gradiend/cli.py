@@ -412,12 +412,19 @@ def _embedded(ns: argparse.Namespace) -> int:
 
 
 def _train(ns: argparse.Namespace) -> int:
-    from gradiend.arguments import TrainingArguments
-    from gradiend.experiment import atomic_write_json
-    from gradiend.records import BestCheckpoint
-    from gradiend.results import RUN_CONFIG
-    from gradiend.trainer.text.prediction.trainer import TextPredictionTrainer
+    trainer_inputs, arg_values = _train_settings(ns)
+    args = _make_training_arguments(arg_values)
+    _ensure_writable(Path(args.experiment_dir))
+    trainer = _run_training(trainer_inputs, args)
+    exp = _write_run_config(trainer, trainer_inputs, args)
+    if not ns.no_plots:
+        _plot_or_hint(trainer.plot_training_convergence)
+    _print_training_outcome(ns, trainer, exp)
+    return EXIT_OK
 
+
+def _train_settings(ns: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(trainer inputs, TrainingArguments values) from the config file, then the flags (which win)."""
     trainer_inputs, arg_values = ({}, {}) if ns.config is None else split_config(read_config(ns.config),
                                                                                  Path(ns.config))
     for key in TRAINER_KEYS:
@@ -432,11 +439,21 @@ def _train(ns: argparse.Namespace) -> int:
         raise UsageError("gradiend train needs experiment_dir: set it in the config file or pass --experiment-dir")
     if ns.quiet and "show_progress" not in arg_values:
         arg_values["show_progress"] = False
+    return trainer_inputs, arg_values
+
+
+def _make_training_arguments(values: dict[str, Any]) -> Any:
+    """`TrainingArguments(**values)`; invalid values are a usage error."""
     try:
-        args = TrainingArguments(**arg_values)
+        return _training_arguments()(**values)
     except (TypeError, ValueError) as err:
         raise UsageError(f"Invalid TrainingArguments: {err}") from err
-    _ensure_writable(Path(args.experiment_dir))
+
+
+def _run_training(trainer_inputs: dict[str, Any], args: Any) -> Any:
+    """Build the trainer and train; runtime warnings are printed to stderr once training is done."""
+    from gradiend.trainer.text.prediction.trainer import TextPredictionTrainer
+
     trainer = TextPredictionTrainer(model=trainer_inputs["model"], data=trainer_inputs["data"], args=args,
                                     target_classes=trainer_inputs.get("target_classes"),
                                     run_id=trainer_inputs.get("run_id"),
@@ -446,6 +463,14 @@ def _train(ns: argparse.Namespace) -> int:
         trainer.train()
     for warning in caught:
         print(f"gradiend: warning: {warning.message}", file=sys.stderr)
+    return trainer
+
+
+def _write_run_config(trainer: Any, trainer_inputs: dict[str, Any], args: Any) -> Path:
+    """Write run_config.json (what `evaluate`/`rewrite` reattach with) into the experiment; its directory."""
+    from gradiend.experiment import atomic_write_json
+    from gradiend.results import RUN_CONFIG
+
     exp = Path(trainer.experiment_dir)
     run_config = {"model": _absolute_if_local(trainer_inputs["model"]),
                   "data": _absolute_if_local(trainer_inputs["data"]),
@@ -453,8 +478,13 @@ def _train(ns: argparse.Namespace) -> int:
                   "eval_neutral_data": _absolute_if_local(trainer_inputs.get("eval_neutral_data")),
                   "training_args": args.to_dict()}
     atomic_write_json(exp / RUN_CONFIG, run_config)
-    if not ns.no_plots:
-        _plot_or_hint(trainer.plot_training_convergence)
+    return exp
+
+
+def _print_training_outcome(ns: argparse.Namespace, trainer: Any, exp: Path) -> None:
+    """The outcome as JSON (--json), the directory only (--quiet) or a short summary."""
+    from gradiend.records import BestCheckpoint
+
     stats = trainer.get_training_record()
     best = stats.best_score_checkpoint or BestCheckpoint()
     if ns.json:
@@ -466,7 +496,6 @@ def _train(ns: argparse.Namespace) -> int:
         print(f"experiment directory: {exp}\nGRADIEND checkpoint:  {trainer.model_path}\n"
               f"best validation correlation: {best.correlation} (step {best.global_step})\n"
               f"converged: {stats.converged}\nnext: gradiend evaluate {exp}")
-    return EXIT_OK
 
 
 def _evaluate(ns: argparse.Namespace) -> int:
@@ -580,7 +609,11 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
+_CommandFactory = Callable[..., _Parser]  # command(name, help_text, description=None) -> sub-parser
+
+
 def build_parser() -> _Parser:
+    """The `gradiend` parser with one sub-command per command function."""
     common = _common()
     parser = _Parser(prog="gradiend", parents=[common], allow_abbrev=False,
                      formatter_class=_HelpFormatter, epilog=EXIT_CODES_HELP,
@@ -593,6 +626,13 @@ def build_parser() -> _Parser:
                               allow_abbrev=False, formatter_class=_HelpFormatter,
                               epilog=EXIT_CODES_HELP)
 
+    for add in (_add_demo_command, _add_train_command, _add_evaluate_command, _add_rewrite_command,
+                _add_report_command, _add_embedded_command):
+        add(command)
+    return parser
+
+
+def _add_demo_command(command: _CommandFactory) -> None:
     demo = command("demo", "offline demo on an embedded model (3SG vs 3PL with mlm, he vs she with clm)")
     demo.add_argument("--model", choices=("mlm", "clm"), default="mlm",
                       help="embedded masked LM (MiniLM) or causal LM (SmolLM2-135M)")
@@ -605,6 +645,8 @@ def build_parser() -> _Parser:
     demo.add_argument("--no-plots", action="store_true", help="skip the plots and the HTML report")
     demo.set_defaults(func=_demo)
 
+
+def _add_train_command(command: _CommandFactory) -> None:
     train = command("train", "train a GRADIEND → experiment directory",
                     "Train a GRADIEND. Settings come from CONFIG (YAML or JSON: model, data, target_classes, "
                     "eval_neutral_data, run_id and any TrainingArguments field, top level or under "
@@ -621,6 +663,8 @@ def build_parser() -> _Parser:
     add_training_arguments(train)
     train.set_defaults(func=_train)
 
+
+def _add_evaluate_command(command: _CommandFactory) -> None:
     evaluate = command("evaluate", "evaluate the encoder and/or the decoder of a trained experiment",
                        "Evaluate a trained experiment (both parts unless --encoder or --decoder is given); "
                        "results, caches and plots go into EXPERIMENT_DIR.")
@@ -640,6 +684,8 @@ def build_parser() -> _Parser:
     evaluate.add_argument("--json", action="store_true", help="print the results as JSON")
     evaluate.set_defaults(func=_evaluate)
 
+
+def _add_rewrite_command(command: _CommandFactory) -> None:
     rewrite = command("rewrite", "save the base model rewritten with the selected decoder update")
     rewrite.add_argument("experiment_dir", metavar="EXPERIMENT_DIR")
     rewrite.add_argument("--target-class", required=True, metavar="CLASS", help="class to strengthen (or weaken)")
@@ -648,6 +694,8 @@ def build_parser() -> _Parser:
     _add_data_overrides(rewrite)
     rewrite.set_defaults(func=_rewrite)
 
+
+def _add_report_command(command: _CommandFactory) -> None:
     report = command("report", "write EXPERIMENT_DIR/report.html: one self-contained HTML report")
     report.add_argument("experiment_dir", metavar="EXPERIMENT_DIR")
     report.add_argument("--out", default=None, metavar="PATH", help="default: EXPERIMENT_DIR/report.html")
@@ -658,10 +706,11 @@ def build_parser() -> _Parser:
     report.add_argument("--split", default="test", help="split shown in the scatter")
     report.set_defaults(func=_report)
 
+
+def _add_embedded_command(command: _CommandFactory) -> None:
     emb = command("embedded-model", "build (once) and print the path of an embedded default model")
     emb.add_argument("kind", nargs="?", default="mlm", choices=("mlm", "clm"))
     emb.set_defaults(func=_embedded)
-    return parser
 
 
 def _add_data_overrides(parser: argparse.ArgumentParser) -> None:

@@ -53,41 +53,70 @@ def run_seeds_in(experiment: ExperimentDir, args: TrainingArguments,
     selection score among converged seeds, or among all seeds when none converged.
     """
     experiment.seeds.mkdir(parents=True, exist_ok=True)
+    runs, early_stop = _train_seeds(experiment, args, train_seed, eval_correlation)
+    best = _best_run(runs)
+    report = _seed_report(args, runs, best, early_stop)
+    _link_best(experiment, args, report, best)
+    experiment.write_json(experiment.seed_report, report)
+    _retain(runs, best, args)
+    logger.info("Best seed %d (selection score %s) linked into %s; report in %s", best.seed, best.selection_score,
+                experiment.model, experiment.seed_report)
+    return report
+
+
+def _train_seeds(experiment: ExperimentDir, args: TrainingArguments,
+                 train_seed: Callable[[int, Path], SeedTraining],
+                 eval_correlation: Callable[[Path, SeedTraining], tuple[float | None, str | None]],
+                 ) -> tuple[list[SeedRun], str | None]:
+    """Train the seeds in order until enough converged: (the runs, the early-stop reason or None)."""
     metric, threshold = args.convergent_metric, args.convergent_score_threshold
     runs: list[SeedRun] = []
-    early_stop: str | None = None
     for seed in seed_values(args):
-        t0 = time.perf_counter()
-        directory = experiment.seed_run(seed)
-        result = train_seed(seed, directory)
-        stats = result.stats
-        score = stats.best_correlation
-        best_step = stats.best_score_checkpoint.global_step if stats.best_score_checkpoint is not None else None
-        eval_corr, eval_source = eval_correlation(directory, result) if result.converged else (None, None)
-        selection = eval_corr if eval_corr is not None else score
-        runs.append(SeedRun(
-            seed=seed, output_dir=str(directory), trained=not result.used_cache, used_cache=result.used_cache,
-            training_score=score, eval_correlation=eval_corr, eval_correlation_source=eval_source,
-            selection_score=selection, convergence_metric=metric,
-            convergence_metric_value=stats.convergence_metric_value(metric),
-            best_checkpoint_global_step=best_step,
-            threshold=threshold, converged=result.converged, reason=result.reason,
-            seconds=time.perf_counter() - t0))
+        run = _train_one_seed(experiment, args, seed, train_seed, eval_correlation)
+        runs.append(run)
         convergent = sum(r.converged for r in runs)
         logger.info("Seed %d: %s (%s=%s); %d of %d required seeds converged", seed,
-                    "converged" if result.converged else f"not converged ({result.reason})", metric,
-                    runs[-1].convergence_metric_value, convergent, args.min_convergent_seeds)
+                    "converged" if run.converged else f"not converged ({run.reason})", metric,
+                    run.convergence_metric_value, convergent, args.min_convergent_seeds)
         if convergent >= args.min_convergent_seeds:
-            early_stop = (f"min_convergent_seeds reached: {convergent} >= {args.min_convergent_seeds} "
+            return runs, (f"min_convergent_seeds reached: {convergent} >= {args.min_convergent_seeds} "
                           f"(metric={metric}, threshold={threshold})")
-            break
+    return runs, None
 
-    convergent_runs = [r for r in runs if r.converged]
-    pool = convergent_runs or runs
+
+def _train_one_seed(experiment: ExperimentDir, args: TrainingArguments, seed: int,
+                    train_seed: Callable[[int, Path], SeedTraining],
+                    eval_correlation: Callable[[Path, SeedTraining], tuple[float | None, str | None]]) -> SeedRun:
+    """Train one seed in its directory and score it (validation correlation only when it converged)."""
+    t0 = time.perf_counter()
+    directory = experiment.seed_run(seed)
+    result = train_seed(seed, directory)
+    stats = result.stats
+    score = stats.best_correlation
+    best_step = stats.best_score_checkpoint.global_step if stats.best_score_checkpoint is not None else None
+    eval_corr, eval_source = eval_correlation(directory, result) if result.converged else (None, None)
+    return SeedRun(
+        seed=seed, output_dir=str(directory), trained=not result.used_cache, used_cache=result.used_cache,
+        training_score=score, eval_correlation=eval_corr, eval_correlation_source=eval_source,
+        selection_score=eval_corr if eval_corr is not None else score, convergence_metric=args.convergent_metric,
+        convergence_metric_value=stats.convergence_metric_value(args.convergent_metric),
+        best_checkpoint_global_step=best_step,
+        threshold=args.convergent_score_threshold, converged=result.converged, reason=result.reason,
+        seconds=time.perf_counter() - t0)
+
+
+def _best_run(runs: Sequence[SeedRun]) -> SeedRun:
+    """Highest selection score among the converged runs (all runs when none converged); the first if unscored."""
+    pool = [r for r in runs if r.converged] or list(runs)
     scored = [r for r in pool if r.selection_score is not None]
-    best = max(scored, key=lambda r: r.selection_score) if scored else pool[0]
-    report = SeedReport(
-        convergence_metric=metric, threshold=threshold,
+    return max(scored, key=lambda r: r.selection_score) if scored else pool[0]
+
+
+def _seed_report(args: TrainingArguments, runs: list[SeedRun], best: SeedRun, early_stop: str | None) -> SeedReport:
+    """The `SeedReport` of the tried runs with `best` selected."""
+    convergent_runs = [r for r in runs if r.converged]
+    return SeedReport(
+        convergence_metric=args.convergent_metric, threshold=args.convergent_score_threshold,
         convergent_mean_by_class_threshold=args.convergent_mean_by_class_threshold,
         min_convergent_seeds=args.min_convergent_seeds, max_seeds=args.max_seeds,
         seeds_tried=[r.seed for r in runs], convergent_count=len(convergent_runs),
@@ -96,21 +125,20 @@ def run_seeds_in(experiment: ExperimentDir, args: TrainingArguments,
         best_seed_selection_strategy=("max selection_score among convergent seeds" if convergent_runs
                                       else "max selection_score among all seeds (none converged)"),
         early_stop_reason=early_stop, runs=runs)
+
+
+def _link_best(experiment: ExperimentDir, args: TrainingArguments, report: SeedReport, best: SeedRun) -> None:
+    """Replace `experiment.model` with the best seed's checkpoint; its training record gets the seed summary."""
     with experiment.replace_dir(experiment.model) as tmp:
         # hard links: the checkpoint is written once, however many seeds' directories are kept
         shutil.copytree(best.output_dir, tmp, dirs_exist_ok=True, copy_function=link_or_copy)
         best_stats = ExperimentDir(experiment.root, model_dir=tmp).load_training()
         best_stats.convergence_info = dataclasses.replace(
-            best_stats.convergence_info or ConvergenceInfo(), converged=bool(convergent_runs),
-            convergent_count=len(convergent_runs), min_convergent_seeds=args.min_convergent_seeds,
-            convergence_metric=metric, threshold=threshold,
+            best_stats.convergence_info or ConvergenceInfo(), converged=bool(report.convergent_count),
+            convergent_count=report.convergent_count, min_convergent_seeds=args.min_convergent_seeds,
+            convergence_metric=args.convergent_metric, threshold=args.convergent_score_threshold,
             best_seed=best.seed, seeds_tried=report.seeds_tried)
         experiment.write_json(tmp / TRAINING_STATS, best_stats)
-    experiment.write_json(experiment.seed_report, report)
-    _retain(runs, best, args)
-    logger.info("Best seed %d (selection score %s) linked into %s; report in %s", best.seed, best.selection_score,
-                experiment.model, experiment.seed_report)
-    return report
 
 
 def _retain(runs: Sequence[SeedRun], best: SeedRun, args: TrainingArguments) -> None:

@@ -247,6 +247,19 @@ def test_config_files(tmp_path, capsys) -> None:
     assert cli.main(["train", str(tmp_path / "nope.yaml")]) == cli.EXIT_MISSING
 
 
+def test_train_settings_flags_win_over_the_config_file(tmp_path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("model: from-config\ndata: d\nrun_id: r\nmax_steps: 7\nlearning_rate: 1e-4\n")
+    ns = cli.parse_args(["train", str(config), "--model", "from-flag", "--max-steps", "9",
+                         "--experiment-dir", str(tmp_path / "e"), "-q"])
+    trainer_inputs, arg_values = cli._train_settings(ns)
+    assert trainer_inputs == {"model": "from-flag", "data": "d", "run_id": "r"}
+    assert arg_values == {"max_steps": 9, "learning_rate": 1e-4, "experiment_dir": str(tmp_path / "e"),
+                          "show_progress": False}  # --quiet turns progress off unless set explicitly
+    with pytest.raises(cli.UsageError, match="needs experiment_dir"):
+        cli._train_settings(cli.parse_args(["train", "--model", "m", "--data", "d"]))
+
+
 def test_output_errors_in_process(tmp_path, capsys) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -238,3 +238,16 @@ def test_multi_seed_argument_errors() -> None:
         TrainingArguments(convergent_metric="accuracy")
     with pytest.raises(ValueError, match="gradient_cache"):
         TrainingArguments(gradient_cache="gpu")
+
+
+def test_best_seed_prefers_converged_then_score_then_first() -> None:
+    from gradiend.records import SeedRun
+    from gradiend.seeds import _best_run
+
+    failed_high = SeedRun(seed=0, converged=False, selection_score=0.9)
+    converged_low = SeedRun(seed=1, converged=True, selection_score=0.4)
+    converged_high = SeedRun(seed=2, converged=True, selection_score=0.6)
+    assert _best_run([failed_high, converged_low, converged_high]).seed == 2  # converged beats a higher score
+    assert _best_run([failed_high, SeedRun(seed=1, converged=False, selection_score=0.2)]).seed == 0  # none converged
+    unscored = [SeedRun(seed=5, converged=True), SeedRun(seed=6, converged=True)]
+    assert _best_run(unscored).seed == 5  # nothing scored: the first candidate
