@@ -9,6 +9,7 @@ are listed in `gradiend --help`. Module-level imports are stdlib only: `--versio
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -17,7 +18,7 @@ import sys
 import types
 import typing
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -782,17 +783,46 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return ns
 
 
-def _configure_logging(ns: argparse.Namespace) -> None:
+@contextlib.contextmanager
+def _command_process(ns: argparse.Namespace) -> Iterator[None]:
+    """Process settings a command runs with, restored afterwards (so `main()` may also run in-process).
+
+    A handler on the package's logger (never the root's); malloc tuning, which the library leaves off
+    (1.35x per MiniLM gradient pass, see gradiend.allocator); with --quiet, Hugging Face's loading bars.
+    """
+    from gradiend import allocator
+
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s: %(message)s"))
-    package_logger = logging.getLogger("gradiend")  # the package's logger only, never the root
+    package_logger = logging.getLogger("gradiend")
+    level, tuned = package_logger.level, allocator.ENABLED
     package_logger.addHandler(handler)
     package_logger.setLevel(logging.ERROR if ns.quiet else logging.INFO if ns.verbose else logging.WARNING)
-    if ns.quiet:  # the user asked for silence: also the Hugging Face loading bars
-        from transformers.utils import logging as hf_logging
+    allocator.enable()
+    with contextlib.ExitStack() as stack:
+        if ns.quiet:
+            stack.enter_context(_quiet_transformers())
+        try:
+            yield
+        finally:
+            package_logger.removeHandler(handler)
+            package_logger.setLevel(level)
+            allocator.enable(tuned)
 
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _exit_code(err: BaseException) -> int:
@@ -812,14 +842,9 @@ def _exit_code(err: BaseException) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ns = parse_args(argv)
-    _configure_logging(ns)
-    from gradiend import allocator
-
-    # the command owns its process, so it may tune malloc process-wide (the library leaves it off;
-    # 1.35x per MiniLM gradient pass, see gradiend.allocator)
-    allocator.enable()
     try:
-        return ns.func(ns)
+        with _command_process(ns):
+            return ns.func(ns)
     except KeyboardInterrupt:
         print("gradiend: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

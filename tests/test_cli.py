@@ -290,3 +290,16 @@ def test_demo_setups_and_report_text() -> None:
                                      "total": 3.0}, ["a.png"], DEMOS["clm"].description, "F", "M", "exp/report.html"))
     assert "P(F) on M rows: rewritten" in text and "report: exp/report.html" in text
     assert text.startswith("GRADIEND demo: M (he) vs F (she) on the embedded SmolLM2 causal LM")
+
+
+def test_main_in_process_leaves_logging_and_malloc_tuning_as_found(tmp_path) -> None:
+    import logging
+
+    from gradiend import allocator
+
+    package_logger = logging.getLogger("gradiend")
+    handlers, level, tuned = list(package_logger.handlers), package_logger.level, allocator.ENABLED
+    for _ in range(2):
+        assert cli.main(["report", str(tmp_path / "missing"), "--quiet"]) == cli.EXIT_MISSING
+    assert package_logger.handlers == handlers and package_logger.level == level
+    assert allocator.ENABLED is tuned
