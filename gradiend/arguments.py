@@ -50,6 +50,9 @@ GRADIENT_CACHE_DTYPES: tuple[str, ...] = typing.get_args(GradientCacheDtype)
 PRUNE_PARTS: tuple[str, ...] = typing.get_args(PrunePart)
 DTYPE_NAMES: tuple[str, ...] = typing.get_args(DtypeName)
 
+# shortest useful sequence: a start token, the slot and an end token
+MIN_MAX_LENGTH = 3
+
 # constraint keys understood in field metadata (besides "help" and "unused")
 RULES = ("positive", "nonnegative", "finite", "unit_interval", "nonempty")
 
@@ -426,6 +429,9 @@ class OptimizationArgs(ConfigSection):
             self.num_train_epochs, self.num_epochs = self.num_epochs, None
 
     def _check(self) -> None:
+        if self.max_length < MIN_MAX_LENGTH:
+            raise ValueError(f"max_length must be at least {MIN_MAX_LENGTH} (room for the special tokens and the "
+                             f"target slot), got {self.max_length}; the default is 256")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError(f"max_steps must be a positive integer (or -1 for epochs), got {self.max_steps}")
 

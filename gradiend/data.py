@@ -111,7 +111,7 @@ def _complete_alternatives(rows: pd.DataFrame, target_classes: Sequence[str] | N
     if not need.any():
         return rows
     classes = sorted(rows["factual_class"].unique())
-    pair = list(target_classes) if target_classes is not None else classes
+    pair = list(_resolve_pair(classes, target_classes)) if target_classes is not None else classes
     if len(pair) != 2:
         raise DataError(f"Without 'alternative' columns the data needs exactly two classes to pair up; "
                         f"found {classes}. Pass target_classes=[A, B] or add alternative columns.")
@@ -171,6 +171,9 @@ def unify(
     alternative), a `datasets.Dataset`/`DatasetDict`, a file or directory path, or a Hugging
     Face dataset id (see `gradiend.data_sources.resolve_table_input`).
     """
+    if target_classes is not None and (isinstance(target_classes, str) or len(target_classes) != 2):
+        raise DataError(f"target_classes must name exactly two classes (a GRADIEND learns one pair), got "
+                        f"{target_classes!r}; train one GRADIEND per pair of classes")
     data = resolve_table_input(data, "Training data")
     if isinstance(data, Mapping):
         if target_classes is None and len(data) == 2:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from gradiend.allocator import reuse_large_blocks
 from gradiend.data import MASK, cap_per_class, prepare_rows, rows_with_context, unify
 from gradiend.experiment import atomic_write_json, fingerprint, read_json
+from gradiend.params import NonFiniteUpdateError
 from gradiend.rewrite import ParameterSnapshot
 from gradiend.scoring import LMSData, class_piece_sets, class_probabilities, lm_score, prepare_lms
 
@@ -50,6 +52,11 @@ def strengthen_factor(target: str, direction: Mapping[str, int], cls: str) -> fl
     if sign == 0:
         raise ValueError(f"Class {cls!r} has no encoding direction; it is not one of the trained pair")
     return float(sign if target == "alternative" else -sign)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool) \
+        and math.isfinite(value)
 
 
 def candidate_id(feature_factor: float | None, learning_rate: float | None) -> str:
@@ -95,6 +102,8 @@ def _score_grid(model: ModelWithGradiend, score: Callable[[float | None, float |
                 try:
                     snapshot.add(update, float(lr))
                     records.append(score(float(ff), float(lr)))
+                except NonFiniteUpdateError as err:  # never scored, so never selected
+                    logger.warning("Decoder grid: skipping ff=%g, lr=%g: %s", ff, lr, err)
                 finally:
                     snapshot.restore()
                 bar.update(1)
@@ -114,10 +123,17 @@ def lms_threshold_selector(ratio: float = LMS_RATIO) -> Selector:
     def select(candidates: list[Record], base: Record) -> Record:
         if not candidates:
             raise ValueError("The decoder grid has no candidates to select from")
-        keep = [c for c in candidates if c["lms"] >= ratio * base["lms"]]
+        if not _finite(base["lms"]):
+            raise ValueError(f"The base model's LMS is {base['lms']} (not finite); the base model itself gives "
+                             f"NaN/inf probabilities. Check its weights and torch_dtype.")
+        finite = [c for c in candidates if _finite(c["lms"]) and _finite(c["value"])]
+        if not finite:
+            raise ValueError("Every decoder-grid candidate has a non-finite LMS or probability (NaN/inf); use "
+                             "smaller learning rates or feature factors, or check the GRADIEND weights for NaN")
+        keep = [c for c in finite if c["lms"] >= ratio * base["lms"]]
         if keep:
             return max(keep, key=lambda c: c["value"])
-        return min(candidates, key=lambda c: abs(c["learning_rate"]))
+        return min(finite, key=lambda c: abs(c["learning_rate"]))
 
     return select
 
@@ -162,6 +178,13 @@ class DecoderRequest:
     def __post_init__(self) -> None:
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise ValueError(f"eval_batch_size must be a positive int, got {self.batch_size!r}")
+        for name, values in (("learning_rates", self.learning_rates), ("feature_factors", self.feature_factors)):
+            if values is None:
+                continue
+            bad = [v for v in values if not _finite(v)]
+            if bad or not len(values):
+                raise ValueError(f"decoder grid {name} must be a non-empty list of finite numbers, got {list(values)!r}"
+                                 f" (bad: {bad})")
 
     @classmethod
     def from_arguments(cls, args: TrainingArguments, classes: Sequence[str], *, strengthen: bool = True,

@@ -53,8 +53,17 @@ class GradiendConfig:
     objective: str = "mlm"
     objective_options: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
+    # the base model's absolute path (local models) and content key (`gradiend.base_identity`); None in
+    # checkpoints written before these were recorded
+    base_model_resolved: str | None = None
+    base_model_fingerprint: str | None = None
 
     def __post_init__(self) -> None:
+        from gradiend.arguments import field_problems
+
+        problems = field_problems(self)
+        if problems:
+            raise ValueError("GradiendConfig: " + "; ".join(problems))
         if self.input_dim <= 0 or self.latent_dim <= 0:
             raise ValueError(f"input_dim and latent_dim must be positive, got {self.input_dim}, {self.latent_dim}")
         if self.activation_encoder not in ACTIVATIONS:
@@ -75,7 +84,14 @@ class GradiendConfig:
             raise ValueError(f"{where} has format_version {data.get('format_version')}; this gradiend reads "
                              f"version {FORMAT_VERSION}. Upgrade gradiend or re-train.")
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        if "input_dim" not in data:
+            raise ValueError(f"{where} lacks the required field 'input_dim'; the file is damaged or was edited. "
+                             f"Restore it from a copy or re-train.")
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except ValueError as err:
+            raise ValueError(f"{where} has invalid fields ({err}); the file is damaged or was edited. Restore it "
+                             f"from a copy or re-train.") from err
 
 
 class GradiendModel(nn.Module):

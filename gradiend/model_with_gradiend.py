@@ -6,6 +6,7 @@ import contextlib
 import copy
 import logging
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ import torch
 
 from gradiend.allocator import reuse_large_blocks
 from gradiend.arguments import DTYPES
+from gradiend.base_identity import base_model_fingerprint, check_weight_files, local_model_dir, resolve_base_model
 from gradiend.data import length_batches
 from gradiend.gradients import GradientEngine
 from gradiend.model import GradiendConfig, GradiendModel
@@ -37,6 +39,28 @@ def _looks_like_path(name: str) -> bool:
 
 
 OBJECTIVES = ("mlm", "clm")
+
+
+def recorded_base_model(config: GradiendConfig) -> str | None:
+    """The base model a checkpoint was trained on: its resolved absolute path when that still exists
+    (a relative spelling would mean another model from another directory), else the original spelling."""
+    resolved = config.base_model_resolved
+    if resolved is not None and local_model_dir(resolved) is not None:
+        return resolved
+    return config.base_model
+
+
+def warn_if_other_weights(config: GradiendConfig, base: str, directory: str | os.PathLike) -> None:
+    """Warn when the base model's weights differ from those the checkpoint recorded at training time."""
+    recorded = config.base_model_fingerprint
+    if recorded is None or local_model_dir(base) is None:
+        return
+    current = base_model_fingerprint(base)
+    if current != recorded:
+        warnings.warn(f"GRADIEND checkpoint {directory} was trained on base-model weights other than those now at "
+                      f"{base} (their files changed since training: fingerprint {current}, recorded {recorded}), so "
+                      f"its results may not apply. Pass the base model it was trained on (base_model=), or re-train.",
+                      UserWarning, stacklevel=3)
 
 
 def detect_objective(config: Any) -> str:
@@ -98,6 +122,11 @@ def load_model_for_objective(name_or_path: str, torch_dtype: str = "float32", tr
     if _looks_like_path(name_or_path) and not path.exists():
         raise FileNotFoundError(f"Model path {name_or_path!r} does not exist; pass an existing local "
                                 f"checkpoint directory or a Hugging Face model id")
+    if path.is_file():
+        raise NotADirectoryError(f"Model path {name_or_path!r} is a file; pass the directory that holds the "
+                                 f"model (config.json, weights and tokenizer files), e.g. {str(path.parent)!r}")
+    if path.is_dir():
+        check_weight_files(path)  # a truncated safetensors file fails here, with its path
     try:
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except OSError as err:
@@ -190,6 +219,8 @@ class ModelWithGradiend:
         config = GradiendConfig(
             input_dim=param_map.size, latent_dim=latent_dim, activation_encoder=activation_encoder,
             bias_decoder=bias_decoder, torch_dtype=torch_dtype, base_model=str(base_model),
+            base_model_resolved=resolve_base_model(base_model),
+            base_model_fingerprint=base_model_fingerprint(base_model),
             param_map=param_map.to_json(), feature_classes=list(feature_classes),
             feature_class_encoding_direction=direction, source=source, target=target, objective=kind,
             objective_options=dict(objective_options or {}) if kind == "clm" else {})
@@ -206,9 +237,10 @@ class ModelWithGradiend:
                         max_length: int = 256) -> ModelWithGradiend:
         """Load a GRADIEND checkpoint and the base model it names (or `base_model`)."""
         gradiend = GradiendModel.from_pretrained(directory)
-        base = base_model or gradiend.config.base_model
+        base = base_model or recorded_base_model(gradiend.config)
         if base is None:
             raise ValueError(f"Checkpoint {directory} does not name its base model; pass base_model=")
+        warn_if_other_weights(gradiend.config, base, directory)
         model, tokenizer, _ = load_model_for_objective(base, gradiend.config.torch_dtype, trust_remote_code, device,
                                                        gradiend.config.objective)
         return cls(model, tokenizer, gradiend, max_length=max_length)

@@ -102,10 +102,17 @@ class LMObjective:
         cached = self._pieces.get(token)
         if cached is not None:
             return cached
+        special = [str(t) for t in self.tokenizer.all_special_tokens]
+        if token.strip().lower() in {t.lower() for t in special} or self.mask.lower() in token.lower():
+            raise DataError(f"Target token {token!r} is a special token of the tokenizer ({special}) or the "
+                            f"{self.mask} placeholder; labels must be ordinary words. Fix the 'label' column.")
         ids = self._tokenize_target(token) if token.strip() else []
         self._check_known(token, ids)
         self._pieces[token] = ids
         return ids
+
+    def check_rows_fit(self, texts: Sequence[str]) -> None:
+        """Error (before any training) when a row's slot would be cut off at `max_length`; nothing by default."""
 
     def is_known(self, token: str) -> bool:
         """True when `token` tokenizes to known pieces (usable as a label)."""
@@ -219,6 +226,28 @@ class MaskedLMObjective(LMObjective):
         positions = rows * input_ids.shape[1] + cols
         tensors = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
         return ModelInputs(tensors, positions, rows, labels, len(texts))
+
+    def check_rows_fit(self, texts: Sequence[str]) -> None:
+        """Error naming the rows whose (last) slot lies beyond `max_length` tokens (one tokenizer pass, no model)."""
+        texts = list(dict.fromkeys(str(t) for t in texts))
+        if not texts:
+            return
+        mask_token = self.tokenizer.mask_token
+        filled = [text.replace(self.mask, mask_token) for text in texts]
+        ids = self.tokenizer(filled, add_special_tokens=True, truncation=False)["input_ids"]
+        mask_id = self.tokenizer.mask_token_id
+        # the slot's last piece must fit, and truncation keeps the closing special token(s)
+        plain = self.tokenizer("a", add_special_tokens=False)["input_ids"]
+        framed = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+        tail = len(framed) - framed.index(plain[0]) - len(plain) if plain and plain[0] in framed else 0
+        limit = self.max_length - tail
+        needed = [max(i for i, t in enumerate(row) if t == mask_id) + 1 if mask_id in row else 0 for row in ids]
+        bad = [i for i, n in enumerate(needed) if n > limit]
+        if bad:
+            longest = max(needed[i] for i in bad) + tail
+            raise DataError(f"{len(bad)} row(s) have their {self.mask} slot beyond max_length={self.max_length} "
+                            f"tokens, e.g. {texts[bad[0]][:80]!r}; they would be cut off. Raise max_length to at "
+                            f"least {longest} (plus the target's extra pieces) or shorten those rows.")
 
     def _probe(self) -> dict[str, torch.Tensor]:
         return self.encode([f"a {self.mask} is here ."], ["the"]).tensors

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,10 @@ import torch
 from torch import nn
 
 EXCLUDED_BY_DEFAULT = (".pooler.",)
+
+
+class NonFiniteUpdateError(FloatingPointError):
+    """An update (or its learning rate) that would write NaN or inf into the base model's weights."""
 
 
 INDEX_SUFFIX = ".index"
@@ -138,8 +143,22 @@ class ParamMap:
 
     @torch.no_grad()
     def add_to(self, param: torch.Tensor, spec: ParamSpec, delta: torch.Tensor, alpha: float) -> None:
-        """param += alpha · delta at the spec's selected entries (delta: its flat slice)."""
+        """param += alpha · delta at the spec's selected entries (delta: its flat slice).
+
+        A non-finite `alpha` or update entry is refused (`NonFiniteUpdateError`) before `param` changes:
+        NaN weights would be written silently otherwise.
+        """
+        if not math.isfinite(alpha):
+            raise NonFiniteUpdateError(f"Refusing to add an update to {spec.name} with learning rate {alpha}: it must "
+                                       f"be a finite number")
         delta = delta.to(device=param.device, dtype=param.dtype)
+        # one reduction, no copy: the largest |entry| is NaN/inf when any entry is, and bounds the scaled update
+        peak = float(torch.linalg.vector_norm(delta, ord=math.inf)) if delta.numel() else 0.0
+        if not math.isfinite(peak) or peak * abs(alpha) > torch.finfo(param.dtype).max:
+            raise NonFiniteUpdateError(
+                f"Refusing to add a non-finite update (NaN or inf) to {spec.name} (learning rate {alpha}): the "
+                f"decoded update, or its product with the learning rate in {param.dtype}, is not finite. Use a "
+                f"smaller learning rate or feature factor, or check the GRADIEND weights for NaN.")
         if spec.index is None:
             param.add_(delta.view(spec.shape), alpha=alpha)
         else:

@@ -164,7 +164,8 @@ class TrainingRecord(Record):
 
     _NESTED: ClassVar[dict[str, Callable[[Any], Any]]] = {
         "best_score_checkpoint": BestCheckpoint.from_json, "convergence_info": ConvergenceInfo.from_json}
-    _OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"gradient_cache", "post_prune"})
+    _OMIT_NONE: ClassVar[frozenset[str]] = frozenset(
+        {"gradient_cache", "post_prune", "base_model_resolved", "base_model_fingerprint"})
 
     training_stats: dict[str, Any] = field(default_factory=dict)
     best_score_checkpoint: BestCheckpoint | None = None
@@ -177,6 +178,8 @@ class TrainingRecord(Record):
     training_args: dict[str, Any] = field(default_factory=dict)
     fingerprint: str | None = None
     base_model: str | None = None
+    base_model_resolved: str | None = None  # absolute path of a local base model (None: older files)
+    base_model_fingerprint: str | None = None  # content key of its weights (`gradiend.base_identity`)
     pair: list[str] = field(default_factory=list)
     n_inputs: int | None = None
     post_prune: dict[str, Any] | None = None

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gradiend.base_identity import base_model_fingerprint, resolve_base_model
 from gradiend.data import prepare_rows
 from gradiend.experiment import TRAINING_STATS, atomic_directory, atomic_write_json, fingerprint, read_json
 from gradiend.gradient_cache import GradientStore
@@ -22,7 +23,7 @@ from gradiend.model import CONFIG_FILE, is_checkpoint
 from gradiend.pruning import post_prune, pre_prune
 from gradiend.records import RunConfig, TrainingRecord
 from gradiend.seeds import SeedTraining, run_seeds_in
-from gradiend.training import TrainingCallback, evaluate_during_training, train_gradiend
+from gradiend.training import TrainingCallback, check_trainable_dtype, evaluate_during_training, train_gradiend
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -48,10 +49,14 @@ def rows_hash(rows: pd.DataFrame) -> str:
 
 def run_fingerprint(args: TrainingArguments, base_model: str, rows: pd.DataFrame,
                     explicit_pre_prune: dict[str, Any] | None) -> str:
-    """Key of everything that changes what a run learns."""
+    """Key of everything that changes what a run learns.
+
+    The base model is keyed by content (`base_model_fingerprint`: its weight files' headers, sizes and
+    modification times), not by the path string: new weights saved at the same path make a new run.
+    """
     learning = {k: v for k, v in args.to_dict().items()
                 if k not in _NOT_LEARNING and not k.startswith("decoder_eval_")}
-    return fingerprint({"args": learning, "base_model": base_model, "data": rows_hash(rows),
+    return fingerprint({"args": learning, "base_model": base_model_fingerprint(base_model), "data": rows_hash(rows),
                         "explicit_pre_prune": explicit_pre_prune})
 
 
@@ -78,6 +83,7 @@ def new_template(base_model: str, args: TrainingArguments, rows: pd.DataFrame, p
     """
     from gradiend.model_with_gradiend import ModelWithGradiend
 
+    check_trainable_dtype(args.torch_dtype)  # before the base model is loaded
     model = ModelWithGradiend.create(
         base_model, params=args.params, latent_dim=args.latent_dim, activation_encoder=args.activation_encoder,
         bias_decoder=args.bias_decoder, torch_dtype=args.torch_dtype, feature_classes=pair, source=args.source,
@@ -86,6 +92,7 @@ def new_template(base_model: str, args: TrainingArguments, rows: pd.DataFrame, p
         objective_options={"min_left_context_tokens": args.min_left_context_tokens}, shape_only=True)
     for token in sorted(set(rows["factual"]) | set(rows["alternative"])):
         model.objective.pieces(token)
+    model.objective.check_rows_fit(rows["masked"])  # a slot beyond max_length fails now, not mid-training
     return model
 
 
@@ -149,6 +156,8 @@ def train_seed(inputs: RunInputs, args: TrainingArguments, directory: Path, key:
     outcome = train_gradiend(model, inputs.train_rows, inputs.eval_rows, inputs.pair, args, inputs.callbacks, store)
     model.gradiend.load_state_dict(outcome.state)
     stats = {**outcome.stats, "training_args": args.to_dict(), "fingerprint": key, "base_model": inputs.base_model,
+             "base_model_resolved": resolve_base_model(inputs.base_model),
+             "base_model_fingerprint": model.config.base_model_fingerprint,
              "pair": list(inputs.pair), "n_inputs": model.param_map.size}
     if args.post_prune_config is not None:
         before = model.param_map.size

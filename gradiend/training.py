@@ -151,21 +151,36 @@ def _flip(model: HasGradiend, optimizer: torch.optim.Optimizer) -> None:
             state["exp_avg"].neg_()
 
 
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_convergence(best: dict[str, Any] | None, args: TrainingArguments,
                       final_loss: float | None = None) -> tuple[bool, str | None]:
     """`convergent_metric="correlation"`: converged iff a step > 0 reached |ρ| ≥ threshold with class
     means of opposite sign, each ≥ `convergent_mean_by_class_threshold` (None: not checked).
-    `"loss"`: converged iff the best checkpoint's (else the final) loss ≤ threshold."""
+    `"loss"`: converged iff the best checkpoint's (else the final) loss ≤ threshold.
+
+    A non-finite metric (NaN or inf) is never success: every comparison with NaN is False, so it is
+    rejected explicitly, with the reason.
+    """
     if args.convergent_metric == "loss":
         loss = best["loss"] if best is not None and best.get("loss") is not None else final_loss
         if loss is None:
             return False, "no training loss recorded"
+        if not _finite(loss):
+            return False, f"training loss is {loss} (not finite)"
         if loss > args.convergent_score_threshold:
             return False, f"loss {loss:.4g} above convergent_score_threshold {args.convergent_score_threshold}"
         return True, None
     if best is None:
-        return False, "no evaluation after step 0 (do_eval=False or max_steps too small)"
+        return False, ("no evaluation after step 0 with a finite correlation (do_eval=False, max_steps too small, "
+                       "or every evaluation gave NaN)")
     corr, means = best["correlation"], list(best["mean_by_class"].values())
+    if not _finite(corr):
+        return False, f"correlation is {corr} (not finite)"
+    if not all(_finite(m) for m in means):
+        return False, f"class means {best['mean_by_class']} are not all finite"
     if abs(corr) < args.convergent_score_threshold:
         return False, f"correlation {corr:.3f} below convergent_score_threshold {args.convergent_score_threshold}"
     if args.convergent_mean_by_class_threshold is None:
@@ -176,6 +191,15 @@ def check_convergence(best: dict[str, Any] | None, args: TrainingArguments,
     if means[0] * means[1] >= 0:
         return False, f"class means {best['mean_by_class']} have the same sign"
     return True, None
+
+
+def check_trainable_dtype(torch_dtype: str) -> None:
+    """Refuse `torch_dtype="float16"` for training: there is no loss scaling, so gradients under/overflow."""
+    if torch_dtype == "float16":
+        raise ValueError("torch_dtype='float16' cannot train a GRADIEND: training has no loss scaling, so "
+                         "float16 gradients underflow or overflow and every evaluation gives NaN. Use "
+                         "torch_dtype='bfloat16' (same memory, float32 range) or 'float32'. A trained "
+                         "checkpoint may still be loaded in float16 for evaluation or rewriting.")
 
 
 def _batch_lists(rows: pd.DataFrame, indices: Sequence[int]) -> tuple[list[str], list[str], list[str]]:
@@ -261,6 +285,7 @@ class TrainingLoop:
             raise RuntimeError("A TrainingLoop trains once; build a new one for another run")
         t_start, base_passes_before = time.perf_counter(), self.source.base_passes
         args, config = self.args, self.gradiend.config
+        check_trainable_dtype(config.torch_dtype)
         self._plan = _Plan.build(train_rows, args)
         memory = memory_estimate(config.input_dim, config.latent_dim, config.bias_decoder, len(self.kinds),
                                  args.gradiend_batch_size)
@@ -375,7 +400,11 @@ class TrainingLoop:
         h.mean_by_class[str(step)] = metrics["mean_by_class"]
         h.encoder_norms[str(step)] = float(self.gradiend.encoder_weight.detach().norm())
         h.n_eval_rows = metrics["n"]
-        if step > 0 and (h.best is None or abs(metrics["correlation"]) > abs(h.best["correlation"])):
+        finite = _finite(metrics["correlation"]) and all(_finite(m) for m in metrics["mean_by_class"].values())
+        if not finite:
+            logger.warning("step %d: non-finite evaluation (correlation %s, class means %s); not a best checkpoint",
+                           step, metrics["correlation"], metrics["mean_by_class"])
+        if step > 0 and finite and (h.best is None or abs(metrics["correlation"]) > abs(h.best["correlation"])):
             h.best = {"correlation": metrics["correlation"], "global_step": step, "epoch": epoch,
                       "mean_by_class": metrics["mean_by_class"], "loss": h.losses[-1] if h.losses else None}
             h.best_state = _snapshot(self.gradiend)
