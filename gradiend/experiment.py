@@ -6,6 +6,13 @@ the same directory, fsync, `os.replace`), so an interrupted run leaves either th
 new one, never a torn one. Directories (checkpoints) are built in a sibling temp dir and swapped
 in. Temp entries are created with the usual modes (0o666 / 0o777), so the process umask applies
 as for any other file; nothing touches the umask.
+
+Nothing of the user's is ever deleted: a directory is replaced only when it is ours (absent, empty,
+carrying our `.gradiend-output.json` manifest with only the files listed there, or holding only the
+files of a checkpoint, rewrite or dataset an earlier version wrote), unless the caller passes
+`overwrite=True`. Names that become path parts go through `safe_path_part`. A directory swap that
+dies between its two renames is undone by the next writer (`recover_interrupted`), and `lock()`
+removes the temp entries of killed runs.
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +45,63 @@ DECODER_SUMMARIES = "decoder_summaries.json"
 RUN_CONFIG = "run_config.json"
 LOCK_FILE = ".gradiend.lock"
 MODEL_CONFIG = "gradiend_config.json"  # the GRADIEND checkpoint config (gradiend.model.CONFIG_FILE)
+OUTPUT_MARKER = ".gradiend-output.json"  # the manifest in every directory atomic_directory creates
 _ENCODER_PREFIX = "encoded_values_split_"
 _MAX_SIZE_TAG = "_max_size_"
+# our temp entries: ".<name>.<8 hex>.tmp"; a target moved aside during a swap: ".<name>.<pid>-<8 hex>.old"
+_TEMP_RE = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+_ASIDE_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>[0-9]+)-[0-9a-f]{8}\.old$")
+_SAFE_PART_RE = re.compile(r"[^A-Za-z0-9._-]")
+_MAX_PART_LEN = 100
 
 
 class MissingResultError(FileNotFoundError):
     """An experiment directory lacks a result; the message says which command produces it."""
+
+
+class OutputNotOursError(FileExistsError):
+    """A directory to be replaced holds files the library did not write; it is left untouched."""
+
+
+class UnsafePathError(ValueError):
+    """A name or path would escape its parent directory or clash with the experiment's own layout."""
+
+
+# ---------------------------------------------------------------- safe path parts
+
+def safe_path_part(name: str, what: str = "name") -> str:
+    """`name` as one safe file name. Safe names ([A-Za-z0-9._-], no leading dot, ≤ 100 characters)
+    stay as they are; otherwise other characters and a leading dot become `_`, the result is cut to
+    length and gets `-<8 hex of the original>` (no hidden or temp-like names, no clashes).
+    Empty names, `.` and `..` are refused."""
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str, got {type(name).__name__}")
+    if name.strip() in ("", ".", ".."):
+        raise UnsafePathError(f"{what} {name!r} cannot be used as a file name; use a name with letters or digits")
+    safe = _SAFE_PART_RE.sub("_", name)
+    if safe.startswith("."):
+        safe = "_" + safe[1:]
+    if safe != name or len(safe) > _MAX_PART_LEN:
+        # a hash of the original keeps changed names distinct ("男" and "女" are not both "_")
+        digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
+        safe = f"{safe[:_MAX_PART_LEN - 9]}-{digest}"
+    if safe != name:
+        logger.info("Using %r as the file name for %s %r", safe, what, name)
+    return safe
+
+
+def child_path(parent: str | os.PathLike, part: str, what: str = "name") -> Path:
+    """`parent / safe_path_part(part)`, checked to stay inside `parent`."""
+    parent = Path(parent)
+    path = parent / safe_path_part(part, what)
+    if not is_within(path, parent) or path.resolve() == parent.resolve():
+        raise UnsafePathError(f"{what} {part!r} would leave {parent}; use a plain name")
+    return path
+
+
+def is_within(path: str | os.PathLike, parent: str | os.PathLike) -> bool:
+    """Whether `path` is `parent` or below it once both are resolved (symlinks and `..` followed)."""
+    return Path(path).resolve().is_relative_to(Path(parent).resolve())
 
 
 # ---------------------------------------------------------------- atomic writes and reads
@@ -141,11 +201,213 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise ValueError(f"{what} {path} is corrupt ({err}); delete it and re-run to regenerate it") from err
 
 
+# ---------------------------------------------------------------- directories we own
+
+# what earlier versions wrote without a manifest: checkpoint (model/, seeds/seed_<n>), rewrite, dataset
+_CHECKPOINT_FILES = frozenset({MODEL_CONFIG, "model.safetensors", "param_map.safetensors", TRAINING_STATS})
+_REWRITE_PATTERNS = ("config.json", "generation_config.json", "README.md", "*.safetensors", "*.safetensors.index.json",
+                     "tokenizer*.json", "tokenizer.model", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
+                     "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "chat_template.*")
+_DATASET_PATTERNS = ("dataset_dict.json", "dataset_info.json", "state.json", "data-*.arrow")
+# files that mark a directory as an experiment directory (never replaced as a whole)
+_EXPERIMENT_FILES = (LOCK_FILE, RUN_CONFIG, DECODER_GRID, DECODER_SUMMARIES, f"{MODEL_DIR}/{MODEL_CONFIG}")
+
+
+def _files_below(directory: Path) -> list[str]:
+    """Relative POSIX paths of every file (and symlink) below `directory`, without following links."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(directory):
+        base = Path(dirpath).relative_to(directory)
+        links = [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        found.extend((base / name).as_posix() for name in [*filenames, *links])
+    return sorted(found)
+
+
+def _manifest_files(directory: Path) -> set[str] | None:
+    """The files our manifest in `directory` lists, None without a readable manifest of ours."""
+    marker = directory / OUTPUT_MARKER
+    if not marker.is_file():
+        return None
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        logger.warning("Unreadable output manifest %s (%s); treating the directory as not ours", marker, err)
+        return None
+    if not (isinstance(data, dict) and data.get("written_by") == "gradiend" and isinstance(data.get("files"), list)):
+        return None
+    return {str(name) for name in data["files"]}
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(Path(name).match(pattern) for pattern in patterns)
+
+
+def _legacy_layout(directory: Path, files: list[str]) -> bool:
+    """Whether `files` are exactly what an earlier version wrote here (no manifest then)."""
+    top = set(files)
+    flat = all("/" not in name for name in files)
+    if flat and top <= _CHECKPOINT_FILES and top & {MODEL_CONFIG, TRAINING_STATS}:
+        return True
+    if flat and {"config.json", "README.md"} <= top and all(_matches(n, _REWRITE_PATTERNS) for n in files):
+        return "- gradiend" in (directory / "README.md").read_text("utf-8", errors="replace")[:500]
+    return (bool(top & {"dataset_dict.json", "state.json"}) and all(n.count("/") <= 1 for n in files)
+            and all(_matches(n.rpartition("/")[2], _DATASET_PATTERNS) for n in files))
+
+
+def foreign_files(directory: str | os.PathLike) -> list[str]:
+    """Files in `directory` the library did not write ([] when it is absent, empty or ours)."""
+    directory = Path(directory)
+    if not directory.is_dir() or directory.is_symlink():
+        return []
+    files = _files_below(directory)
+    listed = _manifest_files(directory)
+    if listed is not None:
+        return [name for name in files if name != OUTPUT_MARKER and name not in listed]
+    if not files or _legacy_layout(directory, files):
+        return []
+    return files
+
+
+def check_replaceable(target: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Refuse (OutputNotOursError / UnsafePathError) to replace `target` unless it is ours or `overwrite`.
+
+    Never replaced, whatever `overwrite` says: files and symlinks, experiment directories, and
+    directories holding the current directory or the home directory.
+    """
+    target = Path(target)
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise OutputNotOursError(f"Refusing to replace {target}: it is a file or a link, not a directory we wrote; "
+                                 f"pass a directory path")
+    if not target.exists():
+        return
+    if target.resolve() in (Path.cwd().resolve(), *Path.cwd().resolve().parents, Path.home().resolve(),
+                            *Path.home().resolve().parents):
+        raise UnsafePathError(f"Refusing to replace {target}: it holds the current or the home directory; "
+                              f"pass a new sub-directory")
+    marks = [name for name in _EXPERIMENT_FILES if (target / name).exists()]
+    if marks:
+        raise UnsafePathError(f"Refusing to replace {target}: it is an experiment directory ({marks[0]}); "
+                              f"write the output to a directory outside it or to a new sub-directory")
+    if overwrite:
+        return
+    foreign = foreign_files(target)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputNotOursError(
+            f"Refusing to replace {target}: it holds files gradiend did not write ({shown}). Choose another "
+            f"output directory, or replace it as a whole with overwrite=True (`--overwrite` on the command line)")
+
+
+def _write_manifest(directory: Path, kind: str) -> None:
+    """Record what we wrote in `directory` (the file list decides later whether it is ours to replace)."""
+    from gradiend._version import __version__
+
+    files = [name for name in _files_below(directory) if name != OUTPUT_MARKER]
+    atomic_write_json(directory / OUTPUT_MARKER, {"written_by": "gradiend", "version": __version__, "kind": kind,
+                                                  "files": files})
+
+
+def _remove_tree(path: Path) -> None:
+    try:
+        shutil.rmtree(path)
+    except OSError as err:
+        logger.warning("Could not remove %s (%s); delete it by hand", path, err)
+
+
+def _remove_entry(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        _remove_tree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_interrupted(parent: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Undo directory swaps whose process died between the two renames (of `name`, or of any entry).
+
+    Where the target is missing, its moved-aside original is renamed back (the old version is
+    restored); where the target exists, the swap finished and the leftover original is removed.
+    Leftovers of live processes are skipped. Returns the restored paths.
+    """
+    parent = Path(parent)
+    if not parent.is_dir():
+        return []
+    restored = []
+    for entry in sorted(parent.iterdir()):
+        match = _ASIDE_RE.match(entry.name)
+        if match is None or (name is not None and match["name"] != name) or _process_alive(int(match["pid"])):
+            continue
+        original = entry.with_name(match["name"])
+        if original.exists() or original.is_symlink():
+            logger.info("Removing %s, left by a replacement of %s that was interrupted after it finished",
+                        entry, original)
+            _remove_tree(entry)
+        else:
+            os.replace(entry, original)
+            logger.warning("Restored %s: the run that was replacing it died mid-swap", original)
+            restored.append(original)
+    return restored
+
+
+def remove_orphan_temps(directory: str | os.PathLike) -> list[Path]:
+    """Remove our temp entries (`.<name>.<8 hex>.tmp`) below `directory`, left by killed runs.
+
+    Call only while holding the experiment lock: a live writer's temp entries look the same.
+    """
+    removed = []
+    for dirpath, dirnames, filenames in os.walk(directory):
+        for name in [*dirnames, *filenames]:
+            if _TEMP_RE.match(name):
+                path = Path(dirpath, name)
+                _remove_entry(path)
+                removed.append(path)
+        dirnames[:] = [d for d in dirnames if not _TEMP_RE.match(d)]
+    if removed:
+        logger.info("Removed %d temp entries left by an interrupted run in %s", len(removed), directory)
+    return removed
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    """Move the finished `tmp` to `target`; an existing target is moved aside first, then removed.
+
+    A process killed between the two renames leaves the aside copy, which `recover_interrupted`
+    restores on the next start.
+    """
+    if not (target.exists() or target.is_symlink()):
+        os.replace(tmp, target)
+        return
+    aside = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.old")
+    os.replace(target, aside)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        os.replace(aside, target)
+        raise
+    _remove_tree(aside)
+
+
 @contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp dir next to `target`; on success it replaces `target` as a whole."""
+def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False, kind: str = "output") -> Iterator[Path]:
+    """Yield a temp dir next to `target`; on success it replaces `target` as a whole.
+
+    `target` must be ours (see `check_replaceable`) unless `overwrite`; it is checked before and
+    again right before the swap. The new directory gets our manifest (`kind` says what it holds).
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted(target.parent, target.name)
+    check_replaceable(target, overwrite=overwrite)
     while True:
         tmp = _temp_name(target)
         try:
@@ -155,13 +417,9 @@ def atomic_directory(target: str | os.PathLike) -> Iterator[Path]:
             continue
     try:
         yield tmp
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        _write_manifest(tmp, kind)
+        check_replaceable(target, overwrite=overwrite)
+        _swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -187,6 +445,16 @@ def fingerprint(obj: Any) -> str:
 
 
 # ---------------------------------------------------------------- the experiment directory
+
+_THREAD = threading.local()
+
+
+def _held_roots() -> set[Path]:
+    """The experiment roots whose lock this thread holds."""
+    if not hasattr(_THREAD, "roots"):
+        _THREAD.roots = set()
+    return _THREAD.roots
+
 
 @dataclass(frozen=True)
 class EncoderResultFile:
@@ -234,6 +502,10 @@ class ExperimentDir:
         self.root = Path(root)
         self.model = Path(model_dir) if model_dir is not None else self.root / MODEL_DIR
         self.seeds = Path(seeds_dir) if seeds_dir is not None else self.root / SEEDS_DIR
+        for name, path in (("output_dir (the model directory)", self.model), ("seed_runs_dir", self.seeds)):
+            if path.resolve() == self.root.resolve() or is_within(self.root, path):
+                raise UnsafePathError(f"{name} {path} is or holds the experiment directory {self.root}, whose "
+                                      f"results it would replace; use a sub-directory such as {self.root / MODEL_DIR}")
 
     def __repr__(self) -> str:
         return f"ExperimentDir({str(self.root)!r})"
@@ -288,6 +560,7 @@ class ExperimentDir:
         return self.root / LOCK_FILE
 
     def _encoder_stem(self, split: str, max_size: int | None) -> str:
+        split = safe_path_part(split, "split")
         return f"{_ENCODER_PREFIX}{split}{f'{_MAX_SIZE_TAG}{max_size}' if max_size is not None else ''}"
 
     def encoder_csv(self, split: str, max_size: int | None) -> Path:
@@ -299,10 +572,53 @@ class ExperimentDir:
         return self.root / f"{self._encoder_stem(split, max_size)}.json"
 
     def rewritten(self, key: str) -> Path:
-        """Where the base model rewritten for `key` (`<class>[_weaken]`) is saved."""
-        return self.root / key
+        """Where the base model rewritten for `key` (`<class>[_weaken]`) is saved (`key` made a safe name)."""
+        path = child_path(self.root, key, "class key")
+        if path.name in (MODEL_DIR, SEEDS_DIR, "cache"):
+            raise UnsafePathError(f"class key {key!r} names the experiment's own {path.name}/ directory; pass "
+                                  f"rewrite(output_dir=...) to save the rewrite elsewhere")
+        return path
+
+    def check_output_dir(self, path: str | os.PathLike) -> Path:
+        """Refuse an output directory that is, holds, or lies inside a part of this experiment it would replace.
+
+        Allowed: any directory outside the experiment, or a new sub-directory of it other than
+        `model/`, `seeds/` and `cache/`.
+        """
+        path = Path(path)
+        if path.resolve() == self.root.resolve() or is_within(self.root, path):
+            raise UnsafePathError(f"Output directory {path} is or holds the experiment directory {self.root}; "
+                                  f"choose a directory outside it or a new sub-directory of it")
+        for part in (self.model, self.seeds, self.root / "cache"):
+            if is_within(path, part):
+                raise UnsafePathError(f"Output directory {path} lies inside {part}, which the experiment manages; "
+                                      f"choose a directory outside it")
+        return path
 
     # the lock
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the lock for a write, unless this thread already holds it (a write inside `train()`)."""
+        if self.root.resolve() in _held_roots():
+            yield
+            return
+        with self.lock():
+            yield
+
+    def _clean_leftovers(self) -> None:
+        """Restore swaps and remove temp entries a killed run left (called with the lock held)."""
+        recover_interrupted(self.root)
+        recover_interrupted(self.model.parent, self.model.name)
+        recover_interrupted(self.seeds)
+        for directory in dict.fromkeys((self.root, self.model, self.seeds)):
+            if directory.is_dir():
+                remove_orphan_temps(directory)
+        if self.model.parent.is_dir() and not is_within(self.model.parent, self.root):
+            # a model directory outside the experiment: only the temp entries of its own name
+            for entry in self.model.parent.iterdir():
+                if _TEMP_RE.match(entry.name) and entry.name.startswith(f".{self.model.name}."):
+                    _remove_entry(entry)
+
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the directory for one run; a second holder (any process, any trainer) gets RuntimeError.
@@ -322,9 +638,14 @@ class ExperimentDir:
             raise RuntimeError(f"Experiment directory {self.root} is in use by another run (lock {self.lock_file}); "
                                f"wait for it to finish or use another experiment_dir") from None
         held = os.stat(self.lock_file)
+        roots = _held_roots()
+        key = self.root.resolve()
+        roots.add(key)
         try:
+            self._clean_leftovers()
             yield
         finally:
+            roots.discard(key)
             try:
                 with contextlib.suppress(FileNotFoundError):
                     if os.path.samestat(os.stat(self.lock_file), held):
@@ -344,9 +665,13 @@ class ExperimentDir:
         atomic_write_with(self.root / path, writer)
 
     @contextlib.contextmanager
-    def replace_dir(self, path: str | os.PathLike) -> Iterator[Path]:
-        """A temp dir that replaces `path` as a whole when the block succeeds."""
-        with atomic_directory(self.root / path) as tmp:
+    def replace_dir(self, path: str | os.PathLike, *, overwrite: bool = False,
+                    kind: str = "output") -> Iterator[Path]:
+        """A temp dir that replaces `path` (ours only, see `check_replaceable`) as a whole when the block succeeds."""
+        target = self.root / path
+        if target.resolve() == self.root.resolve() or is_within(self.root, target):
+            raise UnsafePathError(f"Refusing to replace {target}: it is or holds the experiment directory {self.root}")
+        with atomic_directory(target, overwrite=overwrite, kind=kind) as tmp:
             yield tmp
 
     # typed loads

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from gradiend.experiment import atomic_directory
+from gradiend.experiment import UnsafePathError, atomic_directory, check_replaceable, child_path
 from gradiend.params import ParamMap
 
 if TYPE_CHECKING:
+    from gradiend.experiment import ExperimentDir
     from gradiend.model_with_gradiend import ModelWithGradiend
 
 logger = logging.getLogger(__name__)
@@ -126,9 +127,13 @@ def model_card(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def save_rewritten(model: nn.Module, tokenizer: Any, output_dir: str | os.PathLike, card: dict[str, Any]) -> str:
-    """Save a complete HF checkpoint (safetensors weights, config, tokenizer, model card) atomically."""
-    with atomic_directory(output_dir) as tmp:
+def save_rewritten(model: nn.Module, tokenizer: Any, output_dir: str | os.PathLike, card: dict[str, Any], *,
+                   overwrite: bool = False) -> str:
+    """Save a complete HF checkpoint (safetensors weights, config, tokenizer, model card) atomically.
+
+    An existing `output_dir` is replaced only when it is ours (or `overwrite`), see `atomic_directory`.
+    """
+    with atomic_directory(output_dir, overwrite=overwrite, kind="rewrite") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         (Path(tmp) / "README.md").write_text(model_card(card), encoding="utf-8")
@@ -136,7 +141,8 @@ def save_rewritten(model: nn.Module, tokenizer: Any, output_dir: str | os.PathLi
 
 
 def save_selected_rewrite(model: ModelWithGradiend, selection: dict[str, Any], *, key: str, target_class: str,
-                          feature_classes: list[str], base_model: str, output_dir: str | os.PathLike) -> str:
+                          feature_classes: list[str], base_model: str, output_dir: str | os.PathLike,
+                          overwrite: bool = False) -> str:
     """Rewrite a copy of the base model with a decoder selection and save it with a card describing the edit."""
     from gradiend._version import __version__
 
@@ -145,16 +151,19 @@ def save_selected_rewrite(model: ModelWithGradiend, selection: dict[str, Any], *
             "objective": model.objective.name, "feature_classes": feature_classes,
             "n_parameters": model.param_map.size, "n_tensors": len(model.param_map.specs),
             "library_version": __version__}
-    return save_rewritten(rewritten, model.tokenizer, output_dir, card)
+    return save_rewritten(rewritten, model.tokenizer, output_dir, card, overwrite=overwrite)
 
 
 def rewrite_selected(model: ModelWithGradiend, selections: Mapping[str, Any], classes: Sequence[str],
                      keys: Sequence[str], *, feature_classes: list[str], base_model: str,
-                     output_dir: str | os.PathLike | None, default_dir: Callable[[str], Path] | None) -> Any:
+                     output_dir: str | os.PathLike | None, default_dir: Callable[[str], Path] | None,
+                     overwrite: bool = False, experiment: ExperimentDir | None = None) -> Any:
     """Apply decoder selections to copies of the base model.
 
     One class without `output_dir`: the rewritten model in memory. Otherwise each is saved (several
-    classes under `output_dir/<key>`, else `default_dir(key)`); returns the path or list of paths.
+    classes under `output_dir/<key>` with the key made a safe file name, else `default_dir(key)`);
+    returns the path or list of paths. Every target is checked before anything is written: it must
+    stay out of `experiment`'s own files, and be ours to replace unless `overwrite`.
     """
     missing = [k for k in keys if k not in selections]
     if missing:
@@ -170,9 +179,18 @@ def rewrite_selected(model: ModelWithGradiend, selections: Mapping[str, Any], cl
     def target(key: str) -> Path:
         if output_dir is None:
             return default_dir(key)
-        return Path(output_dir) / key if len(keys) > 1 else Path(output_dir)
+        return child_path(output_dir, key, "class key") if len(keys) > 1 else Path(output_dir)
 
+    targets = [target(key) for key in keys]
+    if len({t.resolve() for t in targets}) < len(targets):
+        raise UnsafePathError(f"The classes {list(classes)} map to the same directories {[str(t) for t in targets]}; "
+                              f"rewrite them one at a time with separate output_dir values")
+    if experiment is not None:
+        for path in targets:
+            experiment.check_output_dir(path)
+    for path in targets:
+        check_replaceable(path, overwrite=overwrite)
     paths = [save_selected_rewrite(model, selections[key], key=key, target_class=cls, feature_classes=feature_classes,
-                                   base_model=base_model, output_dir=target(key))
-             for cls, key in zip(classes, keys, strict=True)]
+                                   base_model=base_model, output_dir=path, overwrite=overwrite)
+             for cls, key, path in zip(classes, keys, targets, strict=True)]
     return paths[0] if len(paths) == 1 else paths

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -57,13 +58,22 @@ class EvaluationMethods:
         `plot=True` also saves the encoder distribution plot (`result["plot_path"]`); `plot_kwargs`
         go to `plot_encoder_distributions` (`show` defaults to True, a no-op without a display).
         """
-        from gradiend.encoder_eval import EncoderCache, encoder_metrics, split_encodings
-
         if not isinstance(split, str):
             raise TypeError(f"split must be a str, got {type(split).__name__}")
         _check_optional_positive("max_size", max_size)
         if plot_kwargs is not None and not isinstance(plot_kwargs, dict):
             raise TypeError(f"plot_kwargs must be a dict or None, got {type(plot_kwargs).__name__}")
+        writes = encoder_df is None or plot  # the encodings cache and plots go into the experiment
+        with self.experiment.writing() if writes else contextlib.nullcontext():
+            return self._evaluate_encoder(split, max_size, neutral_data_df, use_cache, return_df, encoder_df,
+                                          model_with_gradiend, plot, show_progress, plot_kwargs)
+
+    def _evaluate_encoder(self, split: str, max_size: int | None, neutral_data_df: pd.DataFrame | None,
+                          use_cache: bool | None, return_df: bool, encoder_df: pd.DataFrame | None,
+                          model_with_gradiend: ModelWithGradiend | None, plot: bool, show_progress: bool | None,
+                          plot_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+        from gradiend.encoder_eval import EncoderCache, encoder_metrics, split_encodings
+
         args = self._args
         if encoder_df is None:
             rows, pair = self.unified_data()
@@ -140,13 +150,14 @@ class EvaluationMethods:
             neutral_texts=list(neutral_df["text"]) if neutral_df is not None else self.neutral_texts(),
             summary_extractor=summary_extractor)
         use_cache = self._args.use_cache if use_cache is None else use_cache
-        result = evaluate_decoder(self.get_model(), *self.unified_data(), request, self._decoder_cache(use_cache))
-        if plot:
-            result["plot_paths"] = [self.plot_probability_shifts(result, cls, increase_target_probabilities,
-                                                                 show=True if show is None else bool(show))
-                                    for cls in classes]
-            if len(result["plot_paths"]) == 1:
-                result["plot_path"] = result["plot_paths"][0]
+        with self.experiment.writing():  # the decoder grid, its summaries and plots go into the experiment
+            result = evaluate_decoder(self.get_model(), *self.unified_data(), request, self._decoder_cache(use_cache))
+            if plot:
+                result["plot_paths"] = [self.plot_probability_shifts(result, cls, increase_target_probabilities,
+                                                                     show=True if show is None else bool(show))
+                                        for cls in classes]
+                if len(result["plot_paths"]) == 1:
+                    result["plot_path"] = result["plot_paths"][0]
         return result
 
     def _decoder_cache(self, use: bool | str = True) -> Any:
@@ -166,23 +177,31 @@ class EvaluationMethods:
 
     def rewrite_base_model(self, decoder_results: dict[str, Any] | None = None,
                            target_class: str | Sequence[str] | None = None, increase_target_probabilities: bool = True,
-                           output_dir: str | os.PathLike | None = None) -> Any:
+                           output_dir: str | os.PathLike | None = None, overwrite: bool = False) -> Any:
         """Apply the selected (feature factor, learning rate) to a copy of the base model.
 
         One class: the rewritten HF model, or its saved path when `output_dir` is given. Several
-        classes: saved under `experiment_dir/<key>`; returns the list of paths.
+        classes: saved under `output_dir/<key>` or `experiment_dir/<key>`; returns the list of paths.
+        An existing output directory is replaced only when gradiend wrote it, unless `overwrite`;
+        it must not be the experiment directory, hold it, or lie inside its `model/`.
         """
         from gradiend.decoder_eval import load_selections, selection_key
         from gradiend.rewrite import rewrite_selected
 
         if output_dir is not None and not str(output_dir).strip():
             raise ValueError("output_dir is an empty string; pass a directory path or None")
-        selections = decoder_results if decoder_results is not None else load_selections(self._decoder_cache())
+        if not isinstance(overwrite, bool):
+            raise TypeError(f"overwrite must be a bool, got {type(overwrite).__name__}")
         classes = [target_class] if isinstance(target_class, str) else list(target_class or self.pair)
-        return rewrite_selected(self.get_model(), selections, classes,
-                                [selection_key(c, increase_target_probabilities) for c in classes],
-                                feature_classes=list(self.pair), base_model=self._base_model_arg, output_dir=output_dir,
-                                default_dir=self.experiment.rewritten if self._args.experiment_dir else None)
+        saves = output_dir is not None or len(classes) > 1
+        # saving takes the lock: the selections and the checkpoint read must not change mid-write
+        with self.experiment.writing() if saves else contextlib.nullcontext():
+            selections = decoder_results if decoder_results is not None else load_selections(self._decoder_cache())
+            return rewrite_selected(self.get_model(), selections, classes,
+                                    [selection_key(c, increase_target_probabilities) for c in classes],
+                                    feature_classes=list(self.pair), base_model=self._base_model_arg,
+                                    output_dir=output_dir, overwrite=overwrite, experiment=self.experiment,
+                                    default_dir=self.experiment.rewritten if self._args.experiment_dir else None)
 
 
 def _check_optional_positive(name: str, value: Any) -> None:
