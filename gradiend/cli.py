@@ -560,11 +560,13 @@ def _rewrite(ns: argparse.Namespace) -> int:
     if key not in decoder:
         have = sorted(k for k in decoder if k != "grid")
         raise MissingResultError(f"No decoder selection {key!r} in {root} (have {have}); run `{command}` first")
-    out = Path(ns.out) if ns.out else root / key
+    from gradiend.experiment import ExperimentDir
+
+    out = Path(ns.out) if ns.out else ExperimentDir(root).rewritten(key)  # the class as a safe directory name
     _ensure_writable(out)
     trainer = _trainer_for(str(root), ns)
     path = trainer.rewrite_base_model(target_class=ns.target_class, increase_target_probabilities=not ns.weaken,
-                                      output_dir=out)
+                                      output_dir=out, overwrite=ns.overwrite)
     print(path)
     return EXIT_OK
 
@@ -692,6 +694,8 @@ def _add_rewrite_command(command: _CommandFactory) -> None:
     rewrite.add_argument("--target-class", required=True, metavar="CLASS", help="class to strengthen (or weaken)")
     rewrite.add_argument("--weaken", action="store_true", help="weaken the class instead")
     rewrite.add_argument("--out", default=None, metavar="DIR", help="default: EXPERIMENT_DIR/CLASS[_weaken]")
+    rewrite.add_argument("--overwrite", action="store_true",
+                         help="replace --out even if it holds files gradiend did not write (they are deleted)")
     _add_data_overrides(rewrite)
     rewrite.set_defaults(func=_rewrite)
 
@@ -827,9 +831,10 @@ def _quiet_transformers() -> Iterator[None]:
 
 def _exit_code(err: BaseException) -> int:
     from gradiend.data import DataError
+    from gradiend.experiment import OutputNotOursError
     from gradiend.results import OutputNotWritableError
 
-    if isinstance(err, (OutputNotWritableError, PermissionError)):
+    if isinstance(err, (OutputNotWritableError, OutputNotOursError, PermissionError)):
         return EXIT_UNWRITABLE
     if isinstance(err, (FileNotFoundError, NotADirectoryError)):
         return EXIT_MISSING

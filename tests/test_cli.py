@@ -50,7 +50,7 @@ training_args:
     return tmp_path
 
 
-def test_train_evaluate_rewrite_report_end_to_end(inputs) -> None:
+def test_train_evaluate_rewrite_report_end_to_end(inputs, capsys) -> None:
     exp = inputs / "exp"
     done = gradiend("train", str(inputs / "run.yaml"), "--seed", "1", "--quiet", cwd=inputs)
     assert done.returncode == 0, done.stderr
@@ -81,12 +81,34 @@ def test_train_evaluate_rewrite_report_end_to_end(inputs) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(inputs / "rewritten")
     assert (inputs / "rewritten" / "config.json").is_file() and (inputs / "rewritten" / "README.md").is_file()
+    _rewrite_never_deletes_the_users_files(exp, inputs, capsys)
 
     done = gradiend("report", str(exp))
     assert done.returncode == 0, done.stderr
     text = (exp / "report.html").read_text(encoding="utf-8")
     assert done.stdout.strip() == str(exp / "report.html")
     assert "<title>GRADIEND report: 3SG vs 3PL on" in text and text.count("data:image/png;base64,") == 3
+
+
+def _rewrite_never_deletes_the_users_files(exp: Path, inputs: Path, capsys: pytest.CaptureFixture) -> None:
+    """`gradiend rewrite --out` (in process): a user's directory needs --overwrite, the experiment is refused."""
+    rewrite = ["rewrite", str(exp), "--target-class", "3SG", "-q", "--out"]
+    thesis = inputs / "thesis"
+    thesis.mkdir()
+    (thesis / "thesis.tex").write_text("mine")
+    capsys.readouterr()
+    assert cli.main([*rewrite, str(thesis)]) == cli.EXIT_UNWRITABLE
+    err = capsys.readouterr().err
+    assert f"Refusing to replace {thesis}" in err and "thesis.tex" in err and "--overwrite" in err
+    assert (thesis / "thesis.tex").read_text() == "mine"
+    before = sorted(p.name for p in exp.iterdir())
+    for bad in (exp, exp / "model", inputs):
+        assert cli.main([*rewrite, str(bad), "--overwrite"]) == cli.EXIT_USAGE
+        assert "experiment" in capsys.readouterr().err
+    assert sorted(p.name for p in exp.iterdir()) == before and (thesis / "thesis.tex").is_file()
+    assert cli.main([*rewrite, str(inputs / "rewritten")]) == cli.EXIT_OK  # ours: replaced
+    assert cli.main([*rewrite, str(thesis), "--overwrite"]) == cli.EXIT_OK
+    assert not (thesis / "thesis.tex").exists() and (thesis / "config.json").is_file()
 
 
 def test_cli_errors_through_the_console(tmp_path) -> None:
