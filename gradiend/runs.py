@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gradiend.base_identity import base_model_fingerprint, resolve_base_model
+from gradiend.base_identity import base_model_fingerprint, local_model_dir, resolve_base_model
 from gradiend.data import prepare_rows
 from gradiend.experiment import TRAINING_STATS, atomic_directory, atomic_write_json, fingerprint, read_json
 from gradiend.gradient_cache import GradientStore
@@ -283,6 +283,10 @@ def reattach_settings(experiment: ExperimentDir, data: Any = None, eval_neutral_
     stored = {k: v for k, v in stored.items() if k in known}
     args = TrainingArguments.from_dict({**stored, **TrainingArguments.flatten(overrides),
                                         "experiment_dir": str(experiment.root), "output_dir": None})
-    return {"model": model or run.model or training.base_model, "data": data, "args": args,
+    recorded = run.model or training.base_model
+    if recorded == training.base_model and training.base_model_resolved is not None \
+            and local_model_dir(training.base_model_resolved) is not None:
+        recorded = training.base_model_resolved  # a relative spelling means another model from another directory
+    return {"model": model or recorded, "data": data, "args": args,
             "target_classes": run.target_classes or training.pair,
             "eval_neutral_data": eval_neutral_data if eval_neutral_data is not None else run.eval_neutral_data}

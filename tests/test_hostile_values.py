@@ -308,3 +308,17 @@ def test_mask_beyond_max_length_is_found_before_training(tiny_mlm_dir: str, tmp_
         _trainer(tiny_mlm_dir, tmp_path, rows=rows, max_length=32).train()
     assert passes == []
     _train(_trainer(tiny_mlm_dir, tmp_path, rows=rows, max_length=64))  # fits: trains
+
+
+def test_reattach_from_another_directory_uses_the_resolved_base_model(tiny_mlm_dir: str, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from gradiend import Trainer
+
+    _copy_model(tiny_mlm_dir, tmp_path / "m")
+    monkeypatch.chdir(tmp_path)
+    _train(_trainer("m", tmp_path))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    again = Trainer.from_experiment(tmp_path / "exp", data=make_rows(), show_progress=False)
+    assert again.base_model_path == str((tmp_path / "m").resolve())
