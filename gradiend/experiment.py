@@ -295,7 +295,8 @@ def check_replaceable(target: str | os.PathLike, *, overwrite: bool = False) -> 
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise OutputNotOursError(
             f"Refusing to replace {target}: it holds files gradiend did not write ({shown}). Choose another "
-            f"output directory, or replace it as a whole with overwrite=True (`--overwrite` on the command line)")
+            f"directory or move those files away; a rewrite can replace it as a whole with "
+            f"rewrite_base_model(..., overwrite=True) or `gradiend rewrite ... --overwrite`")
 
 
 def _write_manifest(directory: Path, kind: str) -> None:
