@@ -158,23 +158,34 @@ def _plural(tp: Any) -> str:
     return {int: "integers", float: "numbers", str: "strings", bool: "bools"}.get(tp, describe(tp))
 
 
-def _rule_problem(value: Any, meta: Mapping[str, Any]) -> str | None:
-    """What a (type-correct, not None) value violates among the field's rules, or None."""
+def _rule_problem(value: Any, meta: Mapping[str, Any], noun: str = "number") -> str | None:
+    """What a (type-correct, not None) value violates among the field's rules, or None.
+
+    `noun` comes from the field's annotation ("integer" for int fields), not from the value's type.
+    """
     if isinstance(value, list):
         if meta.get("nonempty") and (not value or any(v == "" for v in value)):
             return "must be a non-empty list (of non-empty items)"
-        return next((p for p in (_rule_problem(v, meta) for v in value) if p), None)
+        return next((f"{p} (item {v!r})" for v in value if (p := _rule_problem(v, meta, noun))), None)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "must not be empty" if meta.get("nonempty") and value in ("", {}) else None
     if meta.get("finite") and not math.isfinite(value):
-        return "must be a finite number"
+        return f"must be a finite {noun}"
     if meta.get("positive") and not value > 0:
-        return "must be a positive integer" if isinstance(value, int) else "must be a positive number"
+        return f"must be a positive {noun}"
     if meta.get("nonnegative") and not value >= 0:
         return "must be a number >= 0"
     if meta.get("unit_interval") and not 0.0 <= value <= 1.0:
         return "must be in [0, 1]"
     return None
+
+
+def _noun(hint: Any) -> str:
+    """'integer' for int fields (also optional or lists of int), else 'number'."""
+    members = {hint} | set(typing.get_args(hint))
+    for member in list(members):
+        members |= set(typing.get_args(member))
+    return "integer" if int in members and float not in members else "number"
 
 
 def field_problems(obj: Any) -> list[str]:
@@ -186,7 +197,7 @@ def field_problems(obj: Any) -> list[str]:
         if not matches(value, hints[f.name]):
             problems.append(f"{f.name} must be {describe(hints[f.name])}, got {value!r}")
         elif value is not None:
-            problem = _rule_problem(value, f.metadata)
+            problem = _rule_problem(value, f.metadata, _noun(hints[f.name]))
             if problem:
                 problems.append(f"{f.name} {problem}, got {value!r}")
     return problems

@@ -6,7 +6,6 @@ training-like rows, LMS on neutral text) and undone bitwise; the base model is n
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import warnings
@@ -21,7 +20,7 @@ from tqdm.auto import tqdm
 
 from gradiend.allocator import reuse_large_blocks
 from gradiend.data import MASK, cap_per_class, prepare_rows, rows_with_context, unify
-from gradiend.experiment import atomic_write_json, fingerprint, read_json
+from gradiend.experiment import atomic_write_json, fingerprint, read_json, short_hash
 from gradiend.params import NonFiniteUpdateError
 from gradiend.rewrite import ParameterSnapshot
 from gradiend.scoring import LMSData, class_piece_sets, class_probabilities, lm_score, prepare_lms
@@ -235,8 +234,8 @@ def evaluate_decoder(model: ModelWithGradiend, rows: pd.DataFrame, pair: Sequenc
     like, neutral = _grid_texts(model, rows, pair, request)
     tokens = {c: set(rows.loc[rows["factual_class"] == c, "factual"]) | set(
         rows.loc[rows["alternative_class"] == c, "alternative"]) for c in pair}
-    key = fingerprint({**(cache.model_identity if cache else {}), "rows": _hash(like.to_csv(index=False)),
-                       "lrs": lrs, "factors": factors, "neutral": _hash("\n".join(neutral)),
+    key = fingerprint({**(cache.model_identity if cache else {}), "rows": short_hash(like.to_csv(index=False)),
+                       "lrs": lrs, "factors": factors, "neutral": short_hash("\n".join(neutral)),
                        "tokens": {c: sorted(t) for c, t in tokens.items()}, "lms_seed": LMS_SEED})
     records = _cached_grid(cache.grid, key) if cache is not None and cache.use else None
     if records is None:
@@ -316,7 +315,3 @@ def load_selections(cache: DecoderCache) -> dict[str, Record]:
     if stored.get("model") != cache.model_identity.get("weights"):
         raise ValueError(f"{cache.summaries} belongs to another GRADIEND model; re-run evaluate_decoder()")
     return stored["summaries"]
-
-
-def _hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -15,7 +14,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from gradiend.data import MASK, cap_per_class, prepare_rows
-from gradiend.experiment import atomic_write_json, atomic_write_with, fingerprint, read_json
+from gradiend.experiment import atomic_write_json, atomic_write_with, fingerprint, read_json, short_hash
 from gradiend.metrics import pearson
 
 if TYPE_CHECKING:
@@ -176,8 +175,8 @@ def split_encodings(model: ModelWithGradiend, rows: pd.DataFrame, pair: Sequence
     part = prepare_rows(rows, split, pair, model.objective, purpose)
     neutral = list(neutral_texts) if neutral_texts is not None else None
     key = fingerprint({**(cache.model_identity if cache else {}), "split": split, "max_size": max_size,
-                       "rows": _hash_lines(part.to_csv(index=False).splitlines()), "seed": seed,
-                       "neutral": _hash_lines(neutral or [])})
+                       "rows": short_hash(part.to_csv(index=False)), "seed": seed,
+                       "neutral": short_hash("\n".join(neutral or []))})
     if cache is not None and use_cache and cache.csv.is_file() and cache.meta.is_file() \
             and read_json(cache.meta, "encoder cache metadata").get("fingerprint") == key:
         logger.info("Reusing cached encodings %s", cache.csv)
@@ -192,7 +191,3 @@ def split_encodings(model: ModelWithGradiend, rows: pd.DataFrame, pair: Sequence
         atomic_write_json(cache.meta, {"fingerprint": key, "split": split, "max_size": max_size,
                                        "metrics": encoder_metrics(frame, pair)})
     return frame
-
-
-def _hash_lines(lines: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join(lines).encode("utf-8")).hexdigest()[:16]

@@ -439,10 +439,14 @@ def link_or_copy(src: str, dst: str) -> str:
     return dst
 
 
+def short_hash(text: str) -> str:
+    """16 hex digits of the SHA-256 of `text` (cache keys of data and texts)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
 def fingerprint(obj: Any) -> str:
     """Stable short hash of a JSON-serialisable object (cache keys)."""
-    text = json.dumps(obj, sort_keys=True, default=_json_default)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return short_hash(json.dumps(obj, sort_keys=True, default=_json_default))
 
 
 # ---------------------------------------------------------------- the experiment directory
@@ -658,12 +662,6 @@ class ExperimentDir:
     def write_json(self, path: str | os.PathLike, obj: Any) -> None:
         """Write `obj` (a record or JSON data) atomically; relative paths are under the root."""
         atomic_write_json(self.root / path, obj)
-
-    def read_json(self, path: str | os.PathLike, what: str = "file") -> Any:
-        return read_json(self.root / path, what)
-
-    def write_with(self, path: str | os.PathLike, writer: Callable[[str], None]) -> None:
-        atomic_write_with(self.root / path, writer)
 
     @contextlib.contextmanager
     def replace_dir(self, path: str | os.PathLike, *, overwrite: bool = False,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from gradiend.experiment import atomic_write_bytes, atomic_write_with
+from gradiend.experiment import atomic_write_bytes, atomic_write_with, safe_path_part
 from gradiend.records import DecoderSelection, TrainingRecord
 from gradiend.results import (
     OutputNotWritableError,
@@ -97,7 +97,11 @@ def figure_png(fig: Figure, dpi: int = 100) -> bytes:
 
 def resolve_output(output: str | os.PathLike | None, directory: str | os.PathLike | None, stem: str,
                    img_format: str) -> Path:
-    """Where a plot goes: `output` (a file, or a directory to put `<stem>.<fmt>` in), else `directory`."""
+    """Where a plot goes: `output` (a file, or a directory to put `<stem>.<fmt>` in), else `directory`.
+
+    The stem carries class and split names, so it is made one safe file name (it cannot leave the directory).
+    """
+    stem = safe_path_part(stem, "plot name")
     suffix = "." + img_format.lstrip(".").lower()
     if output is None:
         if directory is None:

@@ -168,8 +168,9 @@ def rewrite_selected(model: ModelWithGradiend, selections: Mapping[str, Any], cl
     missing = [k for k in keys if k not in selections]
     if missing:
         available = sorted(k for k in selections if k not in ("grid", "plot_paths"))
+        weaken = missing[0].endswith("_weaken")
         raise KeyError(f"No decoder result for {missing}; available: {available}. Run evaluate_decoder("
-                       f"target_class=..., increase_target_probabilities=...) first")
+                       f"target_class=..., increase_target_probabilities={not weaken}) first")
     if len(keys) == 1 and output_dir is None:
         return model.rewrite_base_model(selections[keys[0]]["learning_rate"], selections[keys[0]]["feature_factor"])
     if output_dir is None and default_dir is None:

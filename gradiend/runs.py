@@ -7,7 +7,6 @@ everything here is a plain function of its inputs.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import warnings
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from gradiend.base_identity import base_model_fingerprint, local_model_dir, resolve_base_model
 from gradiend.data import prepare_rows
-from gradiend.experiment import TRAINING_STATS, atomic_directory, atomic_write_json, fingerprint, read_json
+from gradiend.experiment import TRAINING_STATS, atomic_directory, atomic_write_json, fingerprint, read_json, short_hash
 from gradiend.gradient_cache import GradientStore
 from gradiend.model import CONFIG_FILE, is_checkpoint
 from gradiend.pruning import post_prune, pre_prune
@@ -44,7 +43,7 @@ _NOT_LEARNING = {"experiment_dir", "output_dir", "use_cache", "show_progress", "
 
 def rows_hash(rows: pd.DataFrame) -> str:
     """Content hash of a rows frame (cache keys)."""
-    return hashlib.sha256(rows.to_csv(index=False).encode("utf-8")).hexdigest()[:16]
+    return short_hash(rows.to_csv(index=False))
 
 
 def run_fingerprint(args: TrainingArguments, base_model: str, rows: pd.DataFrame,

@@ -207,3 +207,11 @@ def test_saved_json_is_what_the_plots_read(experiment) -> None:
     exp, _ = experiment
     grid = json.loads(ExperimentDir(exp).decoder_grid.read_text())["records"]
     assert load_decoder(exp)["grid"] == grid
+
+
+def test_plot_names_from_hostile_class_names_stay_in_the_directory(tmp_path) -> None:
+    from gradiend.plots import resolve_output
+
+    path = resolve_output(None, tmp_path, "decoder_probability_shifts_../../X", "png")
+    assert path.parent == tmp_path and "/" not in path.name and path.suffix == ".png"
+    assert resolve_output(None, tmp_path, "training_convergence", "png") == tmp_path / "training_convergence.png"

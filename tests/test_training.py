@@ -58,8 +58,8 @@ def test_train_writes_checkpoint_and_reloads(tiny_mlm_dir, tiny_rows, tmp_path) 
     trainer.train()
     model_dir = Path(trainer.experiment_dir) / "model"
     assert trainer.model_path == str(model_dir)
-    assert sorted(p.name for p in model_dir.iterdir()) == ["gradiend_config.json", "model.safetensors",
-                                                           "training.json"]
+    assert sorted(p.name for p in model_dir.iterdir()) == [".gradiend-output.json", "gradiend_config.json",
+                                                           "model.safetensors", "training.json"]
     config = json.loads((model_dir / "gradiend_config.json").read_text())
     assert config["base_model"] == tiny_mlm_dir and config["feature_classes"] == ["3SG", "3PL"]
     assert config["feature_class_encoding_direction"] == {"3SG": 1, "3PL": -1}

@@ -37,14 +37,15 @@ class EvaluationMethods:
     plot_encoder_distributions: Callable[..., str]
 
     def _model_identity(self) -> dict[str, Any]:
-        """What identifies the current model's weights in evaluation caches (path, file stamp, in-memory prunes)."""
+        """What identifies the current model in evaluation caches: path, file stamp, in-memory prunes, and
+        `max_length` (it changes tokenisation, so a reattached trainer with another value recomputes)."""
         from gradiend.model import WEIGHTS_FILE
 
         weights = Path(self._model_path) / WEIGHTS_FILE
         stamp = f"{weights.stat().st_mtime_ns}-{weights.stat().st_size}" if weights.is_file() else None
         if self._prune_revision:
             stamp = f"{stamp}+post-pruned-{self._prune_revision}"
-        return {"model": self._model_path, "weights": stamp}
+        return {"model": self._model_path, "weights": stamp, "max_length": self._args.max_length}
 
     # -- encoder evaluation ---------------------------------------------------------------------
     def evaluate_encoder(self, split: str = "test", max_size: int | None = None,
