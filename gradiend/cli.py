@@ -41,6 +41,8 @@ EXIT_CODES_HELP = """exit codes:
 
 # Trainer inputs that are not TrainingArguments fields (config-file keys and `train` flags).
 TRAINER_KEYS = ("model", "data", "target_classes", "eval_neutral_data", "run_id")
+# TrainingArguments paths that a config file's relative values resolve against (the file's directory)
+OUTPUT_PATH_KEYS = ("experiment_dir", "output_dir", "seed_runs_dir")
 ARGS_KEYS = ("training_args", "args")  # a config file may nest the TrainingArguments fields under these
 TRUE_TEXTS = ("true", "yes", "on", "1")
 FALSE_TEXTS = ("false", "no", "off", "0")
@@ -345,6 +347,10 @@ def split_config(data: dict[str, Any], origin: Path | None = None) -> tuple[dict
             value = trainer.get(key)
             if isinstance(value, str) and not Path(value).is_absolute() and (origin.parent / value).exists():
                 trainer[key] = str((origin.parent / value).resolve())
+        for key in OUTPUT_PATH_KEYS:  # outputs need not exist yet: relative ones always belong to the file
+            value = args.get(key)
+            if isinstance(value, str) and not Path(value).is_absolute():
+                args[key] = str((origin.parent / value).resolve())
     return trainer, args
 
 

@@ -325,3 +325,16 @@ def test_main_in_process_leaves_logging_and_malloc_tuning_as_found(tmp_path) -> 
         assert cli.main(["report", str(tmp_path / "missing"), "--quiet"]) == cli.EXIT_MISSING
     assert package_logger.handlers == handlers and package_logger.level == level
     assert allocator.ENABLED is tuned
+
+
+def test_config_file_output_paths_resolve_against_the_file(tmp_path, monkeypatch) -> None:
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    config = folder / "run.yaml"
+    config.write_text("experiment_dir: runs/x\noptimization: {learning_rate: 0.01}\n"
+                      f"training_args: {{seed_runs_dir: seeds, output_dir: {tmp_path / 'abs'}}}\n")
+    monkeypatch.chdir(tmp_path)  # another working directory than the file's
+    _, args = cli.split_config(cli.read_config(config), config)
+    assert args["experiment_dir"] == str(folder / "runs" / "x")
+    assert args["seed_runs_dir"] == str(folder / "seeds") and args["output_dir"] == str(tmp_path / "abs")
+    assert args["learning_rate"] == 0.01
