@@ -188,6 +188,7 @@ def split_encodings(model: ModelWithGradiend, rows: pd.DataFrame, pair: Sequence
     frame = encode_frame(model, frame, batch_size, show_progress)
     if cache is not None:
         atomic_write_with(cache.csv, lambda tmp: frame.to_csv(tmp, index=False))
-        atomic_write_json(cache.meta, {"fingerprint": key, "split": split, "max_size": max_size,
+        atomic_write_json(cache.meta, {"fingerprint": key, "model": cache.model_identity.get("weights"),
+                                       "split": split, "max_size": max_size,
                                        "metrics": encoder_metrics(frame, pair)})
     return frame

@@ -44,6 +44,7 @@ DECODER_GRID = "decoder_grid.json"
 DECODER_SUMMARIES = "decoder_summaries.json"
 RUN_CONFIG = "run_config.json"
 LOCK_FILE = ".gradiend.lock"
+MODEL_WEIGHTS = "model.safetensors"  # the GRADIEND checkpoint weights (gradiend.model.WEIGHTS_FILE)
 MODEL_CONFIG = "gradiend_config.json"  # the GRADIEND checkpoint config (gradiend.model.CONFIG_FILE)
 OUTPUT_MARKER = ".gradiend-output.json"  # the manifest in every directory atomic_directory creates
 _ENCODER_PREFIX = "encoded_values_split_"
@@ -437,6 +438,18 @@ def link_or_copy(src: str, dst: str) -> str:
     except OSError:
         shutil.copy2(src, dst)
     return dst
+
+
+def weights_stamp(model_dir: str | os.PathLike) -> str | None:
+    """Identity of a GRADIEND checkpoint's weights file (mtime + size; every save is a new file), or None.
+
+    Evaluation results record it, so results of an earlier model in the same directory are recognised.
+    """
+    weights = Path(model_dir) / MODEL_WEIGHTS
+    if not weights.is_file():
+        return None
+    stat = weights.stat()
+    return f"{stat.st_mtime_ns}-{stat.st_size}"
 
 
 def short_hash(text: str) -> str:

@@ -23,14 +23,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from gradiend.experiment import MODEL_CONFIG, atomic_write_json, atomic_write_with, read_json
+from gradiend.experiment import MODEL_CONFIG, MODEL_WEIGHTS, atomic_write_json, atomic_write_with, read_json
 
 logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "gradiend"
 FORMAT_VERSION = 1
 CONFIG_FILE = MODEL_CONFIG
-WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_FILE = MODEL_WEIGHTS
 PARAM_MAP_FILE = "param_map.safetensors"
 ACTIVATIONS = {"tanh": torch.tanh, "hardtanh": nn.functional.hardtanh}
 

@@ -274,6 +274,7 @@ class EncoderMeta(Record):
     _NESTED: ClassVar[dict[str, Callable[[Any], Any]]] = {"metrics": EncoderMetrics.from_json}
 
     fingerprint: str | None = None
+    model: str | None = None  # weights stamp of the GRADIEND that made it (experiment.weights_stamp)
     split: str | None = None
     max_size: int | None = None
     metrics: EncoderMetrics = field(default_factory=EncoderMetrics)

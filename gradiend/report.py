@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gradiend._version import __version__
-from gradiend.experiment import atomic_write_bytes
+from gradiend.experiment import ExperimentDir, atomic_write_bytes, weights_stamp
 from gradiend.records import BestCheckpoint, ConvergenceInfo, DecoderSelection, SeedReport, TrainingRecord
 from gradiend.results import (
     OutputNotWritableError,
@@ -206,11 +206,17 @@ def _encoder(root: Path, plots: _Plots) -> str:
     results = encoder_results(root)
     if not results:
         return _note(f"No encoder evaluation yet: run `gradiend evaluate {root} --encoder`.")
+    current = weights_stamp(ExperimentDir(root).model)
     parts = []
     for result in results:
         title = f"Split {result.split}" + (f" (at most {result.max_size} rows per class)" if result.max_size else "")
         parts.append(f"<h3>{_esc(title)}</h3>")
-        metrics = result.load().metrics if result.meta.is_file() else None
+        meta = result.load() if result.meta.is_file() else None
+        if meta is not None and meta.model is not None and meta.model != current:
+            parts.append(_note(f"These encodings belong to an earlier model in this directory (retrained since); "
+                               f"not shown. Run `gradiend evaluate {root} --encoder --split {result.split}`."))
+            continue
+        metrics = meta.metrics if meta is not None else None
         if metrics:
             rows = [("correlation (target classes)", metrics.correlation),
                     ("accuracy (±0.5 boundaries)", metrics.accuracy),
@@ -237,6 +243,10 @@ def _decoder(root: Path, plots: _Plots) -> tuple[str, Mapping[str, DecoderSelect
         decoder = load_decoder(root)
     except FileNotFoundError:
         return _note(f"No decoder evaluation yet: run `gradiend evaluate {root} --decoder`."), {}
+    stored = ExperimentDir(root).load_decoder_summaries()
+    if stored.model is not None and stored.model != weights_stamp(ExperimentDir(root).model):
+        return _note(f"The decoder evaluation belongs to an earlier model in this directory (retrained since); not "
+                     f"shown. Run `gradiend evaluate {root} --decoder`."), {}
     grid = decoder["grid"]
     summaries = {k: v for k, v in decoder.items() if k != "grid"}
     parts = []

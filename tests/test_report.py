@@ -144,3 +144,21 @@ def test_report_shows_the_seed_runs(experiment, tmp_path) -> None:
     text = build_report(exp, plots=False)
     assert "seeds" in _parse(text).ids
     assert re.search(r'<tr class="selected"><td class="num">1</td><td>True</td>', text)
+
+
+def test_report_hides_results_of_an_earlier_model(tiny_mlm_dir, tmp_path) -> None:
+    import warnings
+
+    from tiny_experiment import build
+
+    trainer = build(tiny_mlm_dir, tmp_path / "exp")
+    html = build_report(tmp_path / "exp", plots=False)
+    assert "earlier model" not in html and "Selected candidates" in html
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        trainer.train(learning_rate=0.5)  # retrained in place: the saved evaluations are now stale
+    html = build_report(tmp_path / "exp", plots=False)
+    assert html.count("to an earlier model in this directory") == 2 and "Selected candidates" not in html
+    trainer.evaluate_encoder()
+    trainer.evaluate_decoder(target_class="3SG")
+    assert "earlier model" not in build_report(tmp_path / "exp", plots=False)

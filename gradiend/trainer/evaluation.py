@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -39,10 +38,9 @@ class EvaluationMethods:
     def _model_identity(self) -> dict[str, Any]:
         """What identifies the current model in evaluation caches: path, file stamp, in-memory prunes, and
         `max_length` (it changes tokenisation, so a reattached trainer with another value recomputes)."""
-        from gradiend.model import WEIGHTS_FILE
+        from gradiend.experiment import weights_stamp
 
-        weights = Path(self._model_path) / WEIGHTS_FILE
-        stamp = f"{weights.stat().st_mtime_ns}-{weights.stat().st_size}" if weights.is_file() else None
+        stamp = weights_stamp(self._model_path)
         if self._prune_revision:
             stamp = f"{stamp}+post-pruned-{self._prune_revision}"
         return {"model": self._model_path, "weights": stamp, "max_length": self._args.max_length}
