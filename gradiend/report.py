@@ -23,6 +23,7 @@ from gradiend._version import __version__
 from gradiend.experiment import ExperimentDir, atomic_write_bytes, weights_stamp
 from gradiend.records import BestCheckpoint, ConvergenceInfo, DecoderSelection, SeedReport, TrainingRecord
 from gradiend.results import (
+    MissingResultError,
     OutputNotWritableError,
     encoder_results,
     experiment_root,
@@ -162,6 +163,9 @@ def _data(training: TrainingRecord, root: Path) -> str:
     for result in encoder_results(root):
         try:
             frame = load_encodings(root, result.split)
+        except MissingResultError as err:  # e.g. made by an earlier model in this directory
+            rows.append((f"encoder evaluation ({result.split})", str(err)))
+            continue
         except (OSError, ValueError) as err:
             rows.append((f"encoder evaluation ({result.split})", f"unreadable: {err}"))
             continue
@@ -206,13 +210,13 @@ def _encoder(root: Path, plots: _Plots) -> str:
     results = encoder_results(root)
     if not results:
         return _note(f"No encoder evaluation yet: run `gradiend evaluate {root} --encoder`.")
-    current = weights_stamp(ExperimentDir(root).model)
+    current = weights_stamp(ExperimentDir(root).model)  # None: no weights here, nothing to compare
     parts = []
     for result in results:
         title = f"Split {result.split}" + (f" (at most {result.max_size} rows per class)" if result.max_size else "")
         parts.append(f"<h3>{_esc(title)}</h3>")
         meta = result.load() if result.meta.is_file() else None
-        if meta is not None and meta.model is not None and meta.model != current:
+        if meta is not None and None not in (meta.model, current) and meta.model != current:
             parts.append(_note(f"These encodings belong to an earlier model in this directory (retrained since); "
                                f"not shown. Run `gradiend evaluate {root} --encoder --split {result.split}`."))
             continue
@@ -239,14 +243,14 @@ def _encoder(root: Path, plots: _Plots) -> str:
 def _decoder(root: Path, plots: _Plots) -> tuple[str, Mapping[str, DecoderSelection]]:
     from gradiend.plots import probability_shifts_figure
 
+    stored, current = ExperimentDir(root).load_decoder_summaries(), weights_stamp(ExperimentDir(root).model)
+    if None not in (stored.model, current) and stored.model != current:
+        return _note(f"The decoder evaluation belongs to an earlier model in this directory (retrained since); not "
+                     f"shown. Run `gradiend evaluate {root} --decoder`."), {}
     try:
         decoder = load_decoder(root)
     except FileNotFoundError:
         return _note(f"No decoder evaluation yet: run `gradiend evaluate {root} --decoder`."), {}
-    stored = ExperimentDir(root).load_decoder_summaries()
-    if stored.model is not None and stored.model != weights_stamp(ExperimentDir(root).model):
-        return _note(f"The decoder evaluation belongs to an earlier model in this directory (retrained since); not "
-                     f"shown. Run `gradiend evaluate {root} --decoder`."), {}
     grid = decoder["grid"]
     summaries = {k: v for k, v in decoder.items() if k != "grid"}
     parts = []

@@ -23,6 +23,7 @@ from gradiend.experiment import (
     EncoderResultFile,
     ExperimentDir,
     MissingResultError,
+    weights_stamp,
 )
 from gradiend.records import EncoderMetrics, RunConfig, SeedReport, TrainingRecord
 
@@ -85,6 +86,24 @@ def _pick_encoder_result(experiment: ExperimentDir, split: str | None) -> Encode
     return max(chosen, key=lambda r: (r.max_size is None, r.max_size or 0))
 
 
+def _require_current(experiment: ExperimentDir, model: str | None, what: str, command: str) -> None:
+    """Refuse a result recorded for other weights than the directory's current model (retrained since).
+
+    Nothing is refused when either side is unknown (older files, or no checkpoint weights in the directory)."""
+    current = weights_stamp(experiment.model)
+    if model is not None and current is not None and model != current:
+        raise MissingResultError(f"The {what} in {experiment.root} belongs to an earlier model in this directory "
+                                 f"(retrained since); run `{command}` again")
+
+
+def _current_encoder_result(experiment: ExperimentDir, split: str | None) -> EncoderResultFile:
+    result = _pick_encoder_result(experiment, split)
+    if result.meta.is_file():
+        _require_current(experiment, result.load().model, f"encoder evaluation of split {result.split!r}",
+                         f"gradiend evaluate {experiment.root} --encoder --split {result.split}")
+    return result
+
+
 def load_encodings(experiment_dir: str | os.PathLike, split: str | None = "test") -> pd.DataFrame:
     """The per-row encodings of one split (`split=None`: every saved split, with an `eval_split` column)."""
     experiment = ExperimentDir.find(experiment_dir)
@@ -93,7 +112,7 @@ def load_encodings(experiment_dir: str | os.PathLike, split: str | None = "test"
         if not splits:
             _pick_encoder_result(experiment, None)  # raises with the command to run
         return pd.concat([load_encodings(experiment.root, s) for s in splits], ignore_index=True)
-    result = _pick_encoder_result(experiment, split)
+    result = _current_encoder_result(experiment, split)
     frame = pd.read_csv(result.csv, keep_default_na=False)
     frame["eval_split"] = result.split
     return frame
@@ -102,7 +121,7 @@ def load_encodings(experiment_dir: str | os.PathLike, split: str | None = "test"
 def load_encoder_metrics(experiment_dir: str | os.PathLike, split: str = "test") -> EncoderMetrics:
     """The metrics saved next to an encoder evaluation (correlation, accuracies, class means, …)."""
     experiment = ExperimentDir.find(experiment_dir)
-    result = _pick_encoder_result(experiment, split)
+    result = _current_encoder_result(experiment, split)
     if not result.meta.is_file():
         raise MissingResultError(f"No encoder metrics in {experiment.root} ({result.meta.name} is missing); run "
                                  f"`gradiend evaluate {experiment.root} --encoder --split {split}` first")
@@ -111,7 +130,10 @@ def load_encoder_metrics(experiment_dir: str | os.PathLike, split: str = "test")
 
 def load_decoder(experiment_dir: str | os.PathLike) -> dict[str, Any]:
     """The decoder grid and the selected candidates: `{"grid": records, <class>: summary, …}`."""
-    return ExperimentDir.find(experiment_dir).load_decoder()
+    experiment = ExperimentDir.find(experiment_dir)
+    _require_current(experiment, experiment.load_decoder_summaries().model, "decoder evaluation",
+                     f"gradiend evaluate {experiment.root} --decoder")
+    return experiment.load_decoder()
 
 
 def load_seed_report(experiment_dir: str | os.PathLike) -> SeedReport | None:

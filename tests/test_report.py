@@ -158,7 +158,13 @@ def test_report_hides_results_of_an_earlier_model(tiny_mlm_dir, tmp_path) -> Non
         warnings.simplefilter("ignore", RuntimeWarning)
         trainer.train(learning_rate=0.5)  # retrained in place: the saved evaluations are now stale
     html = build_report(tmp_path / "exp", plots=False)
-    assert html.count("to an earlier model in this directory") == 2 and "Selected candidates" not in html
+    assert "These encodings belong to an earlier model" in html and "Selected candidates" not in html
+    assert "The decoder evaluation belongs to an earlier model" in html
+    from gradiend.results import MissingResultError, load_decoder, load_encoder_metrics, load_encodings
+
+    for load in (load_decoder, load_encoder_metrics, load_encodings):
+        with pytest.raises(MissingResultError, match=r"earlier model.*gradiend evaluate"):
+            load(tmp_path / "exp")
     trainer.evaluate_encoder()
     trainer.evaluate_decoder(target_class="3SG")
     assert "earlier model" not in build_report(tmp_path / "exp", plots=False)
