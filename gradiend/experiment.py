@@ -363,18 +363,17 @@ def recover_interrupted(parent: str | os.PathLike, name: str | None = None) -> l
 
 
 def remove_orphan_temps(directory: str | os.PathLike) -> list[Path]:
-    """Remove our temp entries (`.<name>.<8 hex>.tmp`) below `directory`, left by killed runs.
+    """Remove our temp entries (`.<name>.<8 hex>.tmp`) directly in `directory`, left by killed runs.
 
+    Not recursive: our temp entries sit next to what they replace (the experiment root, the seeds
+    and gradient-cache directories), and folders of the user's inside the experiment are never walked.
     Call only while holding the experiment lock: a live writer's temp entries look the same.
     """
     removed = []
-    for dirpath, dirnames, filenames in os.walk(directory):
-        for name in [*dirnames, *filenames]:
-            if _TEMP_RE.match(name):
-                path = Path(dirpath, name)
-                _remove_entry(path)
-                removed.append(path)
-        dirnames[:] = [d for d in dirnames if not _TEMP_RE.match(d)]
+    for path in Path(directory).iterdir():
+        if _TEMP_RE.match(path.name):
+            _remove_entry(path)
+            removed.append(path)
     if removed:
         logger.info("Removed %d temp entries left by an interrupted run in %s", len(removed), directory)
     return removed
@@ -628,7 +627,7 @@ class ExperimentDir:
         recover_interrupted(self.root)
         recover_interrupted(self.model.parent, self.model.name)
         recover_interrupted(self.seeds)
-        for directory in dict.fromkeys((self.root, self.model, self.seeds)):
+        for directory in dict.fromkeys((self.root, self.model, self.seeds, self.gradient_cache)):
             if directory.is_dir():
                 remove_orphan_temps(directory)
         if self.model.parent.is_dir() and not is_within(self.model.parent, self.root):

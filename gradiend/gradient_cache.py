@@ -14,9 +14,9 @@ makes the word-embedding gradient mostly dense).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -143,15 +143,18 @@ class GradientStore:
         self.bytes += size
 
     def clear(self) -> None:
-        """Drop every entry (and the disk directory)."""
+        """Drop every entry: the files this store wrote, then its directory if nothing else is left in it."""
         had_memory = bool(self._memory)
         self._memory.clear()
+        if self.directory is not None:
+            for key in self._on_disk:
+                (self.directory / f"{key}.safetensors").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # missing, or not empty: files we did not write stay
+                self.directory.rmdir()
         self._on_disk.clear()
         self.bytes = self.dense_bytes = 0
         if had_memory:
             release_freed_memory()
-        if self.mode == "disk" and self.directory is not None and self.directory.exists():
-            shutil.rmtree(self.directory)
 
     def summary(self) -> dict[str, Any]:
         return {"mode": self.mode, "entries": len(self._memory) + len(self._on_disk), "hits": self.hits,

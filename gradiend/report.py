@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from gradiend._version import __version__
-from gradiend.experiment import ExperimentDir, atomic_write_bytes, weights_stamp
+from gradiend.experiment import atomic_write_bytes
 from gradiend.records import BestCheckpoint, ConvergenceInfo, DecoderSelection, SeedReport, TrainingRecord
 from gradiend.results import (
     MissingResultError,
     OutputNotWritableError,
+    StaleResultError,
     encoder_results,
     experiment_root,
     load_decoder,
@@ -210,17 +211,20 @@ def _encoder(root: Path, plots: _Plots) -> str:
     results = encoder_results(root)
     if not results:
         return _note(f"No encoder evaluation yet: run `gradiend evaluate {root} --encoder`.")
-    current = weights_stamp(ExperimentDir(root).model)  # None: no weights here, nothing to compare
     parts = []
     for result in results:
         title = f"Split {result.split}" + (f" (at most {result.max_size} rows per class)" if result.max_size else "")
         parts.append(f"<h3>{_esc(title)}</h3>")
-        meta = result.load() if result.meta.is_file() else None
-        if meta is not None and None not in (meta.model, current) and meta.model != current:
+        try:
+            frame = load_encodings(root, result.split)
+        except StaleResultError:
             parts.append(_note(f"These encodings belong to an earlier model in this directory (retrained since); "
                                f"not shown. Run `gradiend evaluate {root} --encoder --split {result.split}`."))
             continue
-        metrics = meta.metrics if meta is not None else None
+        except (OSError, ValueError) as err:
+            parts.append(_note(f"Encodings unreadable: {err}"))
+            continue
+        metrics = result.load().metrics if result.meta.is_file() else None
         if metrics:
             rows = [("correlation (target classes)", metrics.correlation),
                     ("accuracy (±0.5 boundaries)", metrics.accuracy),
@@ -231,11 +235,6 @@ def _encoder(root: Path, plots: _Plots) -> str:
             rows += [(f"mean h ({t})", v) for t, v in (metrics.neutral_mean_by_type or {}).items()]
             rows += [(f"mean |h| ({t})", v) for t, v in (metrics.abs_mean_by_type or {}).items()]
             parts.append(_kv(rows))
-        try:
-            frame = load_encodings(root, result.split)
-        except (OSError, ValueError) as err:
-            parts.append(_note(f"Encodings unreadable: {err}"))
-            continue
         parts.append(plots.render(encoder_distributions_figure, f"encoder distributions ({result.split})", frame))
     return "".join(parts)
 
@@ -243,12 +242,11 @@ def _encoder(root: Path, plots: _Plots) -> str:
 def _decoder(root: Path, plots: _Plots) -> tuple[str, Mapping[str, DecoderSelection]]:
     from gradiend.plots import probability_shifts_figure
 
-    stored, current = ExperimentDir(root).load_decoder_summaries(), weights_stamp(ExperimentDir(root).model)
-    if None not in (stored.model, current) and stored.model != current:
-        return _note(f"The decoder evaluation belongs to an earlier model in this directory (retrained since); not "
-                     f"shown. Run `gradiend evaluate {root} --decoder`."), {}
     try:
         decoder = load_decoder(root)
+    except StaleResultError:
+        return _note(f"The decoder evaluation belongs to an earlier model in this directory (retrained since); not "
+                     f"shown. Run `gradiend evaluate {root} --decoder`."), {}
     except FileNotFoundError:
         return _note(f"No decoder evaluation yet: run `gradiend evaluate {root} --decoder`."), {}
     grid = decoder["grid"]

@@ -38,6 +38,7 @@ __all__ = [
     "EncoderResult",
     "MissingResultError",
     "OutputNotWritableError",
+    "StaleResultError",
     "encoder_results",
     "experiment_root",
     "load_decoder",
@@ -86,13 +87,17 @@ def _pick_encoder_result(experiment: ExperimentDir, split: str | None) -> Encode
     return max(chosen, key=lambda r: (r.max_size is None, r.max_size or 0))
 
 
+class StaleResultError(MissingResultError):
+    """A saved result was made by an earlier model in the same directory (retrained since)."""
+
+
 def _require_current(experiment: ExperimentDir, model: str | None, what: str, command: str) -> None:
     """Refuse a result recorded for other weights than the directory's current model (retrained since).
 
     Nothing is refused when either side is unknown (older files, or no checkpoint weights in the directory)."""
     current = weights_stamp(experiment.model)
     if model is not None and current is not None and model != current:
-        raise MissingResultError(f"The {what} in {experiment.root} belongs to an earlier model in this directory "
+        raise StaleResultError(f"The {what} in {experiment.root} belongs to an earlier model in this directory "
                                  f"(retrained since); run `{command}` again")
 
 
