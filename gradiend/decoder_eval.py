@@ -22,6 +22,7 @@ from gradiend.allocator import reuse_large_blocks
 from gradiend.data import MASK, cap_per_class, prepare_rows, rows_with_context, unify
 from gradiend.experiment import atomic_write_json, fingerprint, read_json, short_hash
 from gradiend.params import NonFiniteUpdateError
+from gradiend.records import DecoderSelection, DecoderSummaries
 from gradiend.rewrite import ParameterSnapshot
 from gradiend.scoring import LMSData, class_piece_sets, class_probabilities, lm_score, prepare_lms
 
@@ -293,16 +294,16 @@ def _cached_grid(path: Path, key: str) -> list[Record] | None:
 
 def store_selections(cache: DecoderCache, selections: dict[str, Record]) -> None:
     """Merge `selections` into the saved ones of the same model (another model's are replaced)."""
-    stored: dict[str, Any] = {}
+    model_key = cache.model_identity.get("weights")
+    stored = DecoderSummaries(model=model_key)
     if cache.summaries.is_file():
         try:
-            stored = read_json(cache.summaries, "decoder summaries")
+            stored = DecoderSummaries.from_json(read_json(cache.summaries, "decoder summaries"))
         except ValueError as err:
             warnings.warn(f"Replacing unreadable {cache.summaries} ({err})", stacklevel=3)
-    model_key = cache.model_identity.get("weights")
-    if stored.get("model") != model_key:
-        stored = {"model": model_key, "summaries": {}}
-    stored["summaries"].update(selections)
+    if stored.model != model_key:
+        stored = DecoderSummaries(model=model_key)
+    stored.summaries.update({key: DecoderSelection.from_json(value) for key, value in selections.items()})
     atomic_write_json(cache.summaries, stored)
 
 
@@ -311,7 +312,7 @@ def load_selections(cache: DecoderCache) -> dict[str, Record]:
     if not cache.summaries.is_file():
         raise FileNotFoundError(f"No decoder results in {cache.summaries}; run evaluate_decoder() first or pass "
                                 f"decoder_results=")
-    stored = read_json(cache.summaries, "decoder summaries")
-    if stored.get("model") != cache.model_identity.get("weights"):
+    stored = DecoderSummaries.from_json(read_json(cache.summaries, "decoder summaries"))
+    if stored.model != cache.model_identity.get("weights"):
         raise ValueError(f"{cache.summaries} belongs to another GRADIEND model; re-run evaluate_decoder()")
-    return stored["summaries"]
+    return stored.summaries

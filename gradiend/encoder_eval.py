@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from gradiend.data import MASK, cap_per_class, prepare_rows
 from gradiend.experiment import atomic_write_json, atomic_write_with, fingerprint, read_json, short_hash
 from gradiend.metrics import pearson
+from gradiend.records import EncoderMeta
 
 if TYPE_CHECKING:
     from gradiend.model_with_gradiend import ModelWithGradiend
@@ -178,7 +179,7 @@ def split_encodings(model: ModelWithGradiend, rows: pd.DataFrame, pair: Sequence
                        "rows": short_hash(part.to_csv(index=False)), "seed": seed,
                        "neutral": short_hash("\n".join(neutral or []))})
     if cache is not None and use_cache and cache.csv.is_file() and cache.meta.is_file() \
-            and read_json(cache.meta, "encoder cache metadata").get("fingerprint") == key:
+            and EncoderMeta.from_json(read_json(cache.meta, "encoder cache metadata")).fingerprint == key:
         logger.info("Reusing cached encodings %s", cache.csv)
         return pd.read_csv(cache.csv, keep_default_na=False)
     targets = {t.lower() for t in rows["factual"]} | {t.lower() for t in rows["alternative"]}
