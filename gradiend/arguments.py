@@ -367,6 +367,13 @@ class OutputArgs(ConfigSection):
         default=None, metadata=doc("save the checkpoint here instead of EXPERIMENT_DIR/model"))
     use_cache: bool | CacheReuse = field(default=False, metadata=doc(
         "reuse a finished run: true (same settings and data), always, only_convergent, false"))
+    overwrite_output_dir: bool = field(default=False, metadata=doc(
+        "replace an existing output directory that is not ours (by default only empty or gradiend-made "
+        "directories are replaced)"))
+    save_steps: int = field(default=500, metadata=doc(
+        "write a resume checkpoint every this many optimiser steps (0: never)", nonnegative=True))
+    resume_from_checkpoint: bool = field(default=True, metadata=doc(
+        "continue an interrupted run from its last resume checkpoint (same settings, data and model)"))
 
     def _prepare(self) -> None:
         self.experiment_dir, self.output_dir = _fspath(self.experiment_dir), _fspath(self.output_dir)

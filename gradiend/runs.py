@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 # Arguments that do not change what a run learns (excluded from the run fingerprint).
 _NOT_LEARNING = {"experiment_dir", "output_dir", "use_cache", "show_progress", "fail_on_non_convergence",
                  "eval_batch_size", "encoder_eval_max_size", "metadata", "keep_seed_runs", "saved_seed_runs",
-                 "seed_runs_dir", "gradient_cache", "gradient_cache_max_gb"}
+                 "seed_runs_dir", "gradient_cache", "gradient_cache_max_gb", "overwrite_output_dir", "save_steps",
+                 "resume_from_checkpoint"}
 
 
 def rows_hash(rows: pd.DataFrame) -> str:

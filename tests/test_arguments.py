@@ -15,7 +15,8 @@ from gradiend.arguments import OptimizationArgs, SeedArgs
 def _non_default_args() -> TrainingArguments:
     """Every field set to a value different from its default."""
     return TrainingArguments(
-        experiment_dir="runs/x", output_dir="runs/x/out", use_cache="only_convergent", source="factual",
+        experiment_dir="runs/x", output_dir="runs/x/out", use_cache="only_convergent", overwrite_output_dir=True,
+        save_steps=7, resume_from_checkpoint=False, source="factual",
         target="alternative", params=["bert.encoder.layer.0.*"], latent_dim=2, activation_encoder="hardtanh",
         bias_decoder=False, torch_dtype=torch.bfloat16, normalize_gradiend=False, standardize_gradients=False,
         scale_estimation_batches=2, add_identity_for_other_classes=True, train_batch_size=4,
@@ -100,7 +101,8 @@ def test_prune_config_validation() -> None:
 
 # -- sections, metadata and generic validation ------------------------------------------------------------------
 FLAT_KEYS = [  # training.json stores `to_dict()`: these keys, in this order
-    "experiment_dir", "output_dir", "use_cache", "source", "target", "params", "latent_dim", "activation_encoder",
+    "experiment_dir", "output_dir", "use_cache", "overwrite_output_dir", "save_steps", "resume_from_checkpoint",
+    "source", "target", "params", "latent_dim", "activation_encoder",
     "bias_decoder", "torch_dtype", "normalize_gradiend", "standardize_gradients", "scale_estimation_batches",
     "add_identity_for_other_classes", "train_batch_size", "gradiend_batch_size", "train_max_size", "learning_rate",
     "weight_decay", "adam_epsilon", "optim", "num_train_epochs", "num_epochs", "max_steps", "seed", "max_length",
