@@ -20,6 +20,7 @@ class NonFiniteUpdateError(FloatingPointError):
 
 
 INDEX_SUFFIX = ".index"
+EDIT_CHUNK = 1 << 24  # entries of a low-precision weight upcast to float32 at a time (64 MiB)
 MASK_SUFFIX = ".mask"
 
 
@@ -142,27 +143,44 @@ class ParamMap:
         return out
 
     @torch.no_grad()
-    def add_to(self, param: torch.Tensor, spec: ParamSpec, delta: torch.Tensor, alpha: float) -> None:
+    def add_to(self, param: torch.Tensor, spec: ParamSpec, delta: torch.Tensor, alpha: float,
+               chunk: int = EDIT_CHUNK) -> None:
         """param += alpha · delta at the spec's selected entries (delta: its flat slice).
 
-        A non-finite `alpha` or update entry is refused (`NonFiniteUpdateError`) before `param` changes:
-        NaN weights would be written silently otherwise.
+        Low-precision weights (bf16/fp16) are edited in float32 and rounded once: θ' = round(θ + α·δ),
+        upcasting `chunk` entries at a time so the extra memory stays bounded. Casting δ to the weight
+        dtype first would round twice (and flush small fp16 entries to zero). A non-finite `alpha`,
+        update entry or result is refused (`NonFiniteUpdateError`) before `param` changes.
         """
         if not math.isfinite(alpha):
             raise NonFiniteUpdateError(f"Refusing to add an update to {spec.name} with learning rate {alpha}: it must "
                                        f"be a finite number")
-        delta = delta.to(device=param.device, dtype=param.dtype)
-        # one reduction, no copy: the largest |entry| is NaN/inf when any entry is, and bounds the scaled update
-        peak = float(torch.linalg.vector_norm(delta, ord=math.inf)) if delta.numel() else 0.0
-        if not math.isfinite(peak) or peak * abs(alpha) > torch.finfo(param.dtype).max:
-            raise NonFiniteUpdateError(
-                f"Refusing to add a non-finite update (NaN or inf) to {spec.name} (learning rate {alpha}): the "
-                f"decoded update, or its product with the learning rate in {param.dtype}, is not finite. Use a "
-                f"smaller learning rate or feature factor, or check the GRADIEND weights for NaN.")
-        if spec.index is None:
-            param.add_(delta.view(spec.shape), alpha=alpha)
-        else:
-            param.view(-1).index_add_(0, spec.index.to(param.device), delta, alpha=alpha)
+        compute = torch.promote_types(param.dtype, torch.float32)
+        delta = delta.to(device=param.device)
+        _check_finite_result(param, spec, delta, alpha, compute)
+        if not param.is_contiguous():  # rare (a transposed view): edit a contiguous copy, then write it back
+            work = param.contiguous()
+            self.add_to(work, spec, delta, alpha, chunk)
+            param.copy_(work)
+            return
+        flat = param.view(-1)
+        if compute == param.dtype:  # already full precision: one rounding in place
+            if spec.index is None:
+                flat.add_(delta.to(compute), alpha=alpha)
+            else:
+                flat.index_add_(0, spec.index.to(param.device), delta.to(compute), alpha=alpha)
+            return
+        index = None if spec.index is None else spec.index.to(param.device)
+        for start in range(0, spec.numel, chunk):
+            rows = slice(start, min(start + chunk, spec.numel))
+            part = delta[rows].to(compute)
+            if index is None:
+                target = flat[rows]
+                target.copy_(target.to(compute).add_(part, alpha=alpha))
+            else:
+                where = index[rows]
+                flat.index_copy_(0, where, flat.index_select(0, where).to(compute).add_(part, alpha=alpha)
+                                 .to(param.dtype))
 
     def restrict(self, keep: torch.Tensor) -> ParamMap:
         """The map of the entries where the boolean vector `keep` (over this map) is True.
@@ -238,6 +256,29 @@ class ParamMap:
             if tuple(params[spec.name].shape) != spec.shape:
                 raise ValueError(f"Parameter {spec.name!r} has shape {tuple(params[spec.name].shape)} in "
                                  f"the base model but {spec.shape} in the GRADIEND checkpoint")
+
+
+def _check_finite_result(param: torch.Tensor, spec: ParamSpec, delta: torch.Tensor, alpha: float,
+                         compute: torch.dtype) -> None:
+    """Refuse an update whose entries are non-finite, or whose result would not fit the weight dtype.
+
+    One reduction per tensor in the common case: max|δ| is NaN/inf when any entry is, and max|θ| + |α|·max|δ|
+    bounds every result; only when that bound exceeds the dtype's range is the exact result checked.
+    """
+    peak = float(torch.linalg.vector_norm(delta, ord=math.inf)) if delta.numel() else 0.0
+    limit = torch.finfo(param.dtype).max
+    if math.isfinite(peak) and peak * abs(alpha) <= limit:
+        if peak * abs(alpha) + float(torch.linalg.vector_norm(param.detach(), ord=math.inf)) <= limit:
+            return
+        flat = param.detach().reshape(-1)
+        selected = flat if spec.index is None else flat[spec.index.to(param.device)]
+        result = selected.to(compute) + alpha * delta.to(compute)
+        if bool(torch.isfinite(result.to(param.dtype)).all()):
+            return
+    raise NonFiniteUpdateError(
+        f"Refusing to add a non-finite update (NaN or inf) to {spec.name} (learning rate {alpha}): the decoded "
+        f"update, its product with the learning rate, or the rewritten weight does not fit {param.dtype}. Use a "
+        f"smaller learning rate or feature factor, or check the GRADIEND weights for NaN.")
 
 
 def _decode_index(name: str, shape: tuple[int, ...], kept: int, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
