@@ -25,9 +25,14 @@ logger = logging.getLogger(__name__)
 
 
 def select_top(importance: torch.Tensor, topk: int | float, threshold: float | None = None) -> torch.Tensor:
-    """Boolean keep-mask: importance ≥ `threshold` when one is given, else the top-k entries
-    (int = count, float in (0, 1] = fraction). Ties go to the lower index (deterministic)."""
-    importance = importance.detach().reshape(-1).float().cpu()
+    """Boolean keep-mask (on the CPU): importance ≥ `threshold` when one is given, else the top-k entries
+    (int = count, float in (0, 1] = fraction). Ties go to the lower index (deterministic).
+
+    The selection runs where `importance` lives, without sorting: the k-th largest value is found by a
+    selection kernel, every entry above it is kept, and the ties at it are filled by index order. An argsort
+    would take an n-sized int64 index vector plus a sort on the host (n is the GRADIEND's input count).
+    """
+    importance = importance.detach().reshape(-1).float()
     n = importance.numel()
     if not bool(torch.isfinite(importance).all()):
         raise FloatingPointError("Pruning importance has non-finite entries (NaN/inf gradients or weights); "
@@ -37,7 +42,7 @@ def select_top(importance: torch.Tensor, topk: int | float, threshold: float | N
         if not bool(keep.any()):
             raise ValueError(f"threshold {threshold} keeps no coordinate (max importance "
                              f"{float(importance.max()):.3g}); lower it")
-        return keep
+        return keep.cpu()
     if isinstance(topk, float):
         count = max(1, round(topk * n))
     else:
@@ -45,10 +50,27 @@ def select_top(importance: torch.Tensor, topk: int | float, threshold: float | N
             raise ValueError(f"topk={topk} exceeds the number of GRADIEND inputs ({n}); use a count ≤ {n} or a "
                              f"fraction in (0, 1]")
         count = topk
-    order = torch.argsort(importance, descending=True, stable=True)[:count]
-    keep = torch.zeros(n, dtype=torch.bool)
-    keep[order] = True
+    return _top_count(importance, count).cpu()
+
+
+def _top_count(importance: torch.Tensor, count: int) -> torch.Tensor:
+    """Mask of the `count` largest entries, ties at the cut broken toward the lower index."""
+    cut = _kth_largest(importance, count)
+    keep = importance > cut
+    missing = count - int(keep.sum())
+    if missing > 0:  # entries equal to the cut value, first by index (nonzero returns them sorted)
+        tied = torch.nonzero(importance == cut).view(-1)[:missing]
+        keep[tied] = True
     return keep
+
+
+def _kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest entry (k = 1: the maximum), by a selection kernel on the values' device."""
+    try:
+        return torch.kthvalue(values, values.numel() - k + 1).values
+    except NotImplementedError:  # a device without the kernel (e.g. MPS): select on the host
+        logger.debug("kthvalue unavailable on %s; selecting on the CPU", values.device)
+        return torch.kthvalue(values.cpu(), values.numel() - k + 1).values.to(values.device)
 
 
 def weight_importance(gradiend: GradiendModel, part: str) -> torch.Tensor:
@@ -101,7 +123,7 @@ def gradient_importance(model: ModelWithGradiend, rows: pd.DataFrame, pair: Sequ
         grad = model.engine.gradients(list(batch["masked"]), list(batch["factual"]), list(batch["alternative"]),
                                       [cfg.source], out={cfg.source: buffer})[cfg.source]
         total.add_(grad, alpha=len(batch))
-    return (total / len(sample)).abs()
+    return total.div_(len(sample)).abs_()  # in place: no n-sized temporaries
 
 
 def pre_prune(model: ModelWithGradiend, rows: pd.DataFrame, pair: Sequence[str], cfg: PrePruneConfig,

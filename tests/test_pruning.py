@@ -30,6 +30,40 @@ def test_select_top_counts_fractions_ties_and_threshold() -> None:
         select_top(torch.tensor([1.0, float("nan")]), 1)
 
 
+def _argsort_selection(importance: torch.Tensor, count: int) -> torch.Tensor:
+    """The former selection: a stable descending argsort on the host, first `count` entries."""
+    keep = torch.zeros(importance.numel(), dtype=torch.bool)
+    keep[torch.argsort(importance, descending=True, stable=True)[:count]] = True
+    return keep
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_select_top_equals_the_stable_argsort_selection_including_ties(seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    n = 5000
+    # few distinct values (many ties at every cut), exact zeros (untouched embedding rows) and a few large ones
+    importance = torch.randint(0, 7, (n,), generator=gen).float() / 4
+    importance[torch.rand(n, generator=gen) < 0.3] = 0.0
+    importance[:3] = 9.0
+    for count in (1, 2, 3, 4, 17, 700, 1234, 2500, n - 1, n):
+        got = select_top(importance, count)
+        assert got.device.type == "cpu" and got.dtype == torch.bool
+        assert torch.equal(got, _argsort_selection(importance, count)), count
+    for fraction in (0.001, 0.05, 0.5, 1.0):
+        assert torch.equal(select_top(importance, fraction),
+                           _argsort_selection(importance, max(1, round(fraction * n))))
+    continuous = torch.rand(n, generator=gen)
+    assert torch.equal(select_top(continuous, 0.1), _argsort_selection(continuous, 500))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_select_top_on_the_gpu_equals_the_host_selection() -> None:
+    importance = (torch.randint(0, 5, (100_000,), generator=torch.Generator().manual_seed(0)).float())
+    for count in (1, 999, 50_000):
+        assert torch.equal(select_top(importance.cuda(), count), _argsort_selection(importance, count))
+
+
 def test_prune_config_errors() -> None:
     for bad in (0, -1, 0.0, 1.5, True):
         with pytest.raises(ValueError, match="topk"):
