@@ -9,6 +9,7 @@ displays a plot when a display exists; a headless process only saves it.
 from __future__ import annotations
 
 import html
+import itertools
 import logging
 import os
 import sys
@@ -445,4 +446,136 @@ def plot_probability_shifts(source: DecoderSource, target_class: str, increase_t
         raise KeyError(f"No decoder summary {key!r} in the results; available: {available}")
     path = resolve_output(output, directory or found, f"decoder_probability_shifts_{key}", img_format)
     fig = probability_shifts_figure(grid, target_class, selected, lms_ratio=lms_ratio, show=show)
+    return _save(fig, path, show, dpi)
+
+
+# -- top-k overlap -------------------------------------------------------------------------------------
+def _topk_payload(models: Any, topk: int | float, part: str, value: str) -> Mapping[str, Any]:
+    """A `topk_overlap` payload: given as it is, or computed from models / paths / sets."""
+    from gradiend.topk import topk_overlap
+
+    if isinstance(models, Mapping) and "model_ids" in models and "sets" in models:
+        return models
+    return topk_overlap(models, topk, part=part, value=value)  # type: ignore[arg-type]
+
+
+def topk_overlap_heatmap_figure(payload: Mapping[str, Any], *, value: str | None = None, title: str | None = None,
+                                figsize: tuple[float, float] | None = None, annot: bool = True, cmap: str = "viridis",
+                                show: bool = False) -> Figure:
+    """Heatmap of a `topk_overlap` payload (`value`: intersection, intersection_frac or jaccard)."""
+    value = value or payload["value"]
+    if value not in ("intersection", "intersection_frac", "jaccard"):
+        raise ValueError(f"value must be 'intersection', 'intersection_frac' or 'jaccard', got {value!r}")
+    ids = list(payload["model_ids"])
+    matrix = np.asarray(payload[value], dtype=float)
+    n = len(ids)
+    fig = _new_figure(figsize or (1.2 * n + 2.5, 1.0 * n + 1.8), show)
+    ax = fig.subplots()
+    vmax = float(matrix.max()) if value == "intersection" else 1.0
+    image = ax.imshow(matrix, cmap=cmap, vmin=0.0, vmax=vmax or 1.0)
+    ax.set_xticks(range(n), ids, rotation=45, ha="right")
+    ax.set_yticks(range(n), ids)
+    if annot:
+        for i in range(n):
+            for j in range(n):
+                text = f"{int(matrix[i, j])}" if value == "intersection" else f"{matrix[i, j]:.2f}"
+                dark = matrix[i, j] < 0.5 * (vmax or 1.0)
+                ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
+    fig.colorbar(image, ax=ax, label=value.replace("_", " "))
+    ax.set_title(title or f"Top-{payload['topk']} overlap ({payload['part']})")
+    fig.tight_layout()
+    return fig
+
+
+def plot_topk_overlap_heatmap(models: Any, topk: int | float = 1000, *, part: str = "decoder-weight",
+                              value: str = "intersection", output: str | os.PathLike | None = None,
+                              show: bool = False, title: str | None = None, figsize: tuple[float, float] | None = None,
+                              annot: bool = True, cmap: str = "viridis", img_format: str = "png",
+                              dpi: int = 120) -> str:
+    """Save a heatmap of the pairwise overlap of the models' top-k weight sets; returns the file path.
+
+    `models`: what `gradiend.topk.topk_overlap` takes (a list or dict of models, checkpoint or
+    experiment paths, trainers, coordinate sets) or its payload. `output` is required (a file or
+    directory): there is no single experiment directory for several models.
+    """
+    payload = _topk_payload(models, topk, part, value)
+    stem = f"topk_overlap_{payload['part']}_{payload['topk']}"
+    path = resolve_output(output, None, stem, img_format)
+    fig = topk_overlap_heatmap_figure(payload, value=value, title=title, figsize=figsize, annot=annot, cmap=cmap,
+                                      show=show)
+    return _save(fig, path, show, dpi)
+
+
+_VENN_LAYOUT = {2: ((-0.5, 0.0), (0.5, 0.0)), 3: ((-0.5, 0.3), (0.5, 0.3), (0.0, -0.55))}
+
+
+def _venn_regions(sets: Sequence[frozenset]) -> dict[tuple[bool, ...], int]:
+    """Size of every non-empty Venn region, keyed by membership (in set i or not)."""
+    universe = frozenset().union(*sets)
+    counts = {key: 0 for key in itertools.product((True, False), repeat=len(sets)) if any(key)}
+    for item in universe:
+        key = tuple(item in s for s in sets)
+        counts[key] += 1
+    return counts
+
+
+def topk_venn_figure(payload: Mapping[str, Any], *, title: str | None = None,
+                     figsize: tuple[float, float] | None = None, show: bool = False) -> Figure:
+    """Venn diagram (2 or 3 circles, drawn with matplotlib only) of a `topk_overlap` payload's sets."""
+    from matplotlib.patches import Circle
+
+    ids = list(payload["model_ids"])
+    if len(ids) not in _VENN_LAYOUT:
+        raise ValueError(f"A Venn diagram shows 2 or 3 sets, got {len(ids)}; use plot_topk_overlap_heatmap for more")
+    sets = [payload["sets"][i] for i in ids]
+    centers = _VENN_LAYOUT[len(ids)]
+    radius = 0.8
+    fig = _new_figure(figsize or (6.0, 5.5), show)
+    ax = fig.subplots()
+    for k, ((x, y), name) in enumerate(zip(centers, ids, strict=True)):
+        ax.add_patch(Circle((x, y), radius, alpha=0.3, color=_COLORS[k], lw=1.5))
+        ax.text(x + (x * 0.9), y + (0.95 if y >= 0 else -1.0), f"{name}\n({len(sets[k])})", ha="center",
+                va="center", fontsize=10, color=_COLORS[k], fontweight="bold")
+    for key, count in _venn_regions(sets).items():
+        inside = [centers[i] for i, member in enumerate(key) if member]
+        outside = [centers[i] for i, member in enumerate(key) if not member]
+        x0, y0 = float(np.mean([c[0] for c in inside])), float(np.mean([c[1] for c in inside]))
+        # push the label away from the circles the region lies outside of
+        cx = x0 + sum(0.25 * (x0 - ox) for ox, _ in outside)
+        cy = y0 + sum(0.25 * (y0 - oy) for _, oy in outside)
+        ax.text(cx, cy, str(count), ha="center", va="center", fontsize=11)
+    ax.set_xlim(-1.7, 1.7)
+    ax.set_ylim(-1.7, 1.7)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_title(title or f"Top-{payload['topk']} weights ({payload['part']})")
+    return fig
+
+
+def plot_topk_overlap_venn(models: Any, topk: int | float = 1000, *, part: str = "decoder-weight",
+                           output: str | os.PathLike | None = None, show: bool = False, title: str | None = None,
+                           figsize: tuple[float, float] | None = None, img_format: str = "png",
+                           dpi: int = 120) -> str:
+    """Save a Venn diagram of 2 or 3 models' top-k weight sets (region sizes printed); returns the path.
+
+    `models` as for `plot_topk_overlap_heatmap`; `output` (file or directory) is required.
+    """
+    payload = _topk_payload(models, topk, part, "intersection")
+    path = resolve_output(output, None, f"topk_venn_{payload['part']}_{payload['topk']}", img_format)
+    return _save(topk_venn_figure(payload, title=title, figsize=figsize, show=show), path, show, dpi)
+
+
+def plot_seed_stability_topk(experiment_dir: str | os.PathLike, topk: int | float = 1000, *,
+                             part: str = "decoder-weight", selection: str = "all_convergent",
+                             output: str | os.PathLike | None = None, show: bool = False,
+                             img_format: str = "png", dpi: int = 120) -> str:
+    """Save the Jaccard heatmap of the seeds' top-k sets of a multi-seed run (default file in the experiment dir)."""
+    from gradiend.experiment import ExperimentDir
+    from gradiend.topk import seed_stability_topk
+
+    payload = seed_stability_topk(experiment_dir, topk, part=part, selection=selection)  # type: ignore[arg-type]
+    path = resolve_output(output, ExperimentDir.find(experiment_dir).root, f"seed_stability_topk_{topk}", img_format)
+    title = (f"Top-{topk} stability across seeds (mean Jaccard {payload['mean_pairwise_jaccard']:.2f}, "
+             f"{payload['common_to_all']} common)")
+    fig = topk_overlap_heatmap_figure(payload, value="jaccard", title=title, show=show)
     return _save(fig, path, show, dpi)

@@ -215,3 +215,36 @@ def test_plot_names_from_hostile_class_names_stay_in_the_directory(tmp_path) -> 
     path = resolve_output(None, tmp_path, "decoder_probability_shifts_../../X", "png")
     assert path.parent == tmp_path and "/" not in path.name and path.suffix == ".png"
     assert resolve_output(None, tmp_path, "training_convergence", "png") == tmp_path / "training_convergence.png"
+
+
+def _texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+def test_topk_overlap_heatmap_shows_the_matrix(tmp_path) -> None:
+    sets = {"a": {("p", i) for i in range(10)}, "b": {("p", i) for i in range(4, 14)}, "c": {("q", 0)}}
+    payload = plots._topk_payload(sets, 10, "decoder-weight", "intersection")
+    fig = plots.topk_overlap_heatmap_figure(payload)
+    assert _texts(fig) == ["10", "6", "0", "6", "10", "0", "0", "0", "1"]
+    assert fig.axes[0].get_images()[0].get_array().tolist() == [[10, 6, 0], [6, 10, 0], [0, 0, 1]]
+    jaccard = plots.topk_overlap_heatmap_figure(payload, value="jaccard")
+    assert _texts(jaccard)[1] == f"{6 / 14:.2f}"
+    path = plots.plot_topk_overlap_heatmap(sets, output=tmp_path / "heat.png", title="overlap")
+    _png(path)
+    with pytest.raises(ValueError, match="pass output="):
+        plots.plot_topk_overlap_heatmap(sets)
+
+
+def test_topk_venn_counts_every_region(tmp_path) -> None:
+    a, b, c = set(range(0, 10)), set(range(5, 15)), set(range(8, 20))
+    payload = plots._topk_payload({"a": a, "b": b, "c": c}, 10, "decoder-weight", "intersection")
+    fig = plots.topk_venn_figure(payload)
+    counts = sorted(int(t) for t in _texts(fig) if t.isdigit())
+    # only a: 0-4 (5), a&b: 5-7 (3), a&b&c: 8-9 (2), b&c: 10-14 (5), only c: 15-19 (5)
+    assert counts == sorted([5, 3, 2, 5, 5, 0, 0])  # a&c only and b only are empty
+    two = plots.topk_venn_figure(plots._topk_payload({"a": a, "b": b}, 10, "decoder-weight", "intersection"))
+    assert sorted(int(t) for t in _texts(two) if t.isdigit()) == [5, 5, 5]
+    _png(plots.plot_topk_overlap_venn({"a": a, "b": b, "c": c}, output=tmp_path / "venn"))
+    assert (tmp_path / "venn.png").is_file()
+    with pytest.raises(ValueError, match="2 or 3 sets"):
+        plots.plot_topk_overlap_venn({str(i): {i} for i in range(4)}, output=tmp_path / "v4.png")

@@ -1,0 +1,148 @@
+"""Top-k weight sets: importance, coordinates, overlaps between GRADIENDs and across seeds."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_rows
+from test_reference_format import write_reference_checkpoint
+
+from gradiend import TextPredictionTrainer, TrainingArguments
+from gradiend.model import GradiendConfig, GradiendModel
+from gradiend.params import ParamMap, ParamSpec
+from gradiend.topk import (
+    export_topk_features,
+    get_topk_coordinates,
+    get_topk_feature_metadata,
+    get_topk_weights,
+    get_weight_importance,
+    seed_stability_topk,
+    topk_overlap,
+)
+
+
+def _gradiend(decoder_rows: list[float], *, pruned: bool = False, target_scale: float = 1.0) -> GradiendModel:
+    """A GRADIEND over a (2, 3) and a (4,) parameter; `pruned` keeps entries 1, 4, 5 of the first."""
+    if pruned:
+        param_map = ParamMap([ParamSpec("a.weight", (2, 3), 0, torch.tensor([1, 4, 5])), ParamSpec("b.bias", (4,), 3)])
+    else:
+        param_map = ParamMap.from_shapes([("a.weight", (2, 3)), ("b.bias", (4,))])
+    assert param_map.size == len(decoder_rows)
+    config = GradiendConfig(input_dim=param_map.size, param_map=param_map.to_json(), base_model="x")
+    model = GradiendModel(config)
+    with torch.no_grad():
+        model.decoder_weight.copy_(torch.tensor(decoder_rows).reshape(-1, 1))
+        model.decoder_bias.fill_(0.0)
+        model.encoder_weight.copy_(torch.arange(param_map.size, dtype=torch.float32).reshape(1, -1))
+        model.target_scale.fill_(target_scale)
+    model.param_index = param_map.index_tensors()
+    return model
+
+
+def test_importance_parts_and_units():
+    model = _gradiend([1.0, -5.0, 2.0, 0.0, 3.0, -4.0, 0.5, 0.0, 0.0, 0.0], target_scale=2.0)
+    importance = get_weight_importance(model)
+    torch.testing.assert_close(importance, 2.0 * torch.tensor([1.0, 5, 2, 0, 3, 4, 0.5, 0, 0, 0]))
+    torch.testing.assert_close(get_weight_importance(model, "encoder-weight"), torch.arange(10, dtype=torch.float32))
+    with torch.no_grad():
+        model.decoder_bias.copy_(torch.full((10,), -1.0))
+    torch.testing.assert_close(get_weight_importance(model, "decoder-sum"),
+                               2.0 * (torch.tensor([1.0, -5, 2, 0, 3, -4, 0.5, 0, 0, 0]) - 1).abs())
+    with pytest.raises(ValueError, match="part must be one of"):
+        get_weight_importance(model, "decoder")
+
+
+def test_topk_coordinates_and_base_global_indices():
+    model = _gradiend([1.0, -5.0, 2.0, 0.0, 3.0, 0.0, 0.5, 4.0, 0.0, 0.0])
+    assert get_topk_coordinates(model, topk=3) == [("a.weight", 1), ("b.bias", 1), ("a.weight", 4)]
+    assert get_topk_weights(model, topk=3) == [1, 7, 4]  # b.bias starts after the 6 entries of a.weight
+    assert len(get_topk_weights(model, topk=0.25)) == 3  # fractions round up (2.5 → 3)
+    assert len(get_topk_weights(model, topk=1000)) == 10  # a count above the size means all
+    # the zeros at inputs 3, 5, 8, 9 tie: the lower indices come first
+    assert get_topk_weights(model, topk=9)[-3:] == [3, 5, 8]
+    for bad, error in ((0, ValueError), (1.5, ValueError), (True, TypeError), ("10", TypeError)):
+        with pytest.raises(error, match="topk"):
+            get_topk_weights(model, topk=bad)
+
+
+def test_pruned_gradiend_maps_back_to_parameter_coordinates():
+    # inputs: a.weight entries 1, 4, 5 (coords (0,1), (1,1), (1,2)), then b.bias 0..3
+    model = _gradiend([0.1, 9.0, 0.2, 0.3, 8.0, 0.0, 0.0], pruned=True)
+    assert get_topk_coordinates(model, topk=2) == [("a.weight", 4), ("b.bias", 1)]
+    rows = get_topk_feature_metadata(model, topk=2)
+    assert rows[0] == {"rank": 1, "part": "decoder-weight", "importance": pytest.approx(9.0),
+                       "local_input_index": 1, "base_global_index": 4, "param": "a.weight", "shape": [2, 3],
+                       "flat_index": 4, "coords": [1, 1]}
+    assert rows[1]["coords"] == [1] and rows[1]["base_global_index"] == 7
+
+
+def test_export_topk_features(tmp_path):
+    model = _gradiend([1.0, -5.0, 2.0, 0.0, 3.0, -4.0, 0.5, 0.0, 0.0, 0.0])
+    rows = export_topk_features(model, tmp_path / "out" / "top.json", topk=2)
+    assert json.loads((tmp_path / "out" / "top.json").read_text()) == rows
+    export_topk_features(model, tmp_path / "top.csv", topk=2)
+    lines = (tmp_path / "top.csv").read_text().splitlines()
+    assert lines[0].startswith("rank,part,importance") and lines[1].endswith("a.weight,2x3,1,\"0,1\"")
+    with pytest.raises(ValueError, match=r"\.json or \.csv"):
+        export_topk_features(model, tmp_path / "top.txt")
+
+
+def test_overlap_matrices():
+    a = _gradiend([9.0, 8.0, 7.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    b = _gradiend([9.0, 0.0, 7.0, 8.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    c = _gradiend([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 9.0, 8.0, 7.0])
+    payload = topk_overlap({"a": a, "b": b, "c": c}, topk=3)
+    assert payload["model_ids"] == ["a", "b", "c"]
+    assert payload["matrix"] == payload["intersection"] == [[3, 2, 0], [2, 3, 0], [0, 0, 3]]
+    assert payload["jaccard"][0][1] == pytest.approx(2 / 4)
+    assert payload["intersection_frac"][0][1] == pytest.approx(2 / 3)
+    given = topk_overlap({"x": {("p", 1), ("p", 2)}, "y": {("p", 2)}}, value="intersection_frac")
+    assert given["matrix"] == [[1.0, 1.0], [1.0, 1.0]] and given["intersection"] == [[2, 1], [1, 1]]
+    with pytest.raises(ValueError, match="at least two"):
+        topk_overlap([a])
+    with pytest.raises(ValueError, match="value must be"):
+        topk_overlap([a, b], value="dice")
+
+
+def test_checkpoint_paths_ours_and_reference(tmp_path, tiny_mlm_dir):
+    model = _gradiend([1.0, -5.0, 2.0, 0.0, 3.0, -4.0, 0.5, 0.0, 0.0, 0.0])
+    model.save_pretrained(tmp_path / "ours")
+    assert get_topk_weights(str(tmp_path / "ours"), topk=3) == get_topk_weights(model, topk=3)
+    weights = write_reference_checkpoint(tmp_path / "ref", tiny_mlm_dir,
+                                         {"bert.pooler.dense.bias": ((32,), "all", None)})
+    expected = torch.argsort(weights["decoder.0.linear.weight"].abs().sum(dim=1), descending=True, stable=True)[:5]
+    assert get_topk_weights(tmp_path / "ref", topk=5) == expected.tolist()
+    with pytest.raises(FileNotFoundError, match="holds no GRADIEND"):
+        get_topk_weights(tmp_path)
+
+
+def _multi_seed_run(model_dir: str, directory: Path) -> TextPredictionTrainer:
+    args = TrainingArguments(experiment_dir=str(directory), train_batch_size=4, max_steps=3, eval_steps=3, seed=0,
+                             show_progress=False, scale_estimation_batches=1, params=["encoder.layer.1.output.*"],
+                             max_seeds=3, min_convergent_seeds=3, saved_seed_runs="all_tried")
+    trainer = TextPredictionTrainer(model=model_dir, data=make_rows(1), args=args, target_classes=["3SG", "3PL"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        trainer.train()
+    return trainer
+
+
+def test_seed_stability_over_a_multi_seed_run(tmp_path, tiny_mlm_dir):
+    from gradiend.plots import plot_seed_stability_topk
+
+    trainer = _multi_seed_run(tiny_mlm_dir, tmp_path / "exp")
+    stability = seed_stability_topk(trainer.experiment_dir, topk=50, selection="all")
+    assert stability["seeds"] == ["seed_0", "seed_1", "seed_2"]
+    sets = list(stability["sets"].values())
+    assert all(len(s) == 50 for s in sets)
+    expected = [len(a & b) / len(a | b) for i, a in enumerate(sets) for b in sets[i + 1:]]
+    assert stability["mean_pairwise_jaccard"] == pytest.approx(sum(expected) / 3)
+    assert stability["common_to_all"] == len(sets[0] & sets[1] & sets[2])
+    path = plot_seed_stability_topk(trainer.experiment_dir, topk=50, selection="all")
+    assert Path(path).parent == Path(trainer.experiment_dir) and Path(path).stat().st_size > 1000
+    with pytest.raises(FileNotFoundError, match=r"seed_report\.json"):
+        seed_stability_topk(tmp_path)
