@@ -21,6 +21,7 @@ from gradiend.gradient_cache import GradientStore
 from gradiend.model import CONFIG_FILE, is_checkpoint
 from gradiend.pruning import post_prune, pre_prune
 from gradiend.records import RunConfig, TrainingRecord
+from gradiend.resume import SEEDS_MARKER, ResumeCheckpoint, clean_resume_root, resume_root
 from gradiend.seeds import SeedTraining, run_seeds_in
 from gradiend.training import TrainingCallback, check_trainable_dtype, evaluate_during_training, train_gradiend
 
@@ -150,10 +151,14 @@ def prepare_run(template: ModelWithGradiend, args: TrainingArguments, rows: pd.D
 
 
 def train_seed(inputs: RunInputs, args: TrainingArguments, directory: Path, key: str,
-               store: GradientStore | None) -> SeedTraining:
-    """Train one GRADIEND (fresh weights from `args.seed`), post-prune it if configured, save it atomically."""
+               store: GradientStore | None, checkpoint: ResumeCheckpoint | None = None) -> SeedTraining:
+    """Train one GRADIEND (fresh weights from `args.seed`), post-prune it if configured, save it atomically.
+
+    `checkpoint`: the run's resume checkpoint (continued from when it matches, removed once the model is saved).
+    """
     model = inputs.template.with_new_gradiend(args.seed)
-    outcome = train_gradiend(model, inputs.train_rows, inputs.eval_rows, inputs.pair, args, inputs.callbacks, store)
+    outcome = train_gradiend(model, inputs.train_rows, inputs.eval_rows, inputs.pair, args, inputs.callbacks, store,
+                             checkpoint)
     model.gradiend.load_state_dict(outcome.state)
     stats = {**outcome.stats, "training_args": args.to_dict(), "fingerprint": key, "base_model": inputs.base_model,
              "base_model_resolved": resolve_base_model(inputs.base_model),
@@ -167,6 +172,8 @@ def train_seed(inputs: RunInputs, args: TrainingArguments, directory: Path, key:
     with atomic_directory(directory) as tmp:
         model.save_pretrained(tmp, extra_json={"fingerprint": key})
         atomic_write_json(tmp / TRAINING_STATS, stats)
+    if checkpoint is not None:
+        checkpoint.remove()
     record = TrainingRecord.from_json(stats)
     logger.info("Saved GRADIEND to %s (best correlation %s)", directory, record.best_correlation)
     return SeedTraining(record, outcome.converged, outcome.failure_reason, used_cache=False, model=model)
@@ -178,12 +185,16 @@ def train_run(inputs: RunInputs, experiment: ExperimentDir) -> RunResult:
     # a later seed reuses every batch, but with min_convergent_seeds=1 the usual run stops after
     # seed 0: keep batches for later seeds only once one is certain to run (see _Seeds.train)
     store = gradient_store(args, experiment.gradient_cache, shared=args.min_convergent_seeds > 1)
+    clean_resume_root(experiment.root)
     try:
         if args.max_seeds == 1:
-            result = train_seed(inputs, args, experiment.model, inputs.key, store)
+            checkpoint = ResumeCheckpoint(resume_root(experiment.root) / "model", inputs.key, args.save_steps,
+                                          args.resume_from_checkpoint)
+            result = train_seed(inputs, args, experiment.model, inputs.key, store, checkpoint)
             return RunResult(result.model, result.converged, result.reason)
-        seeds = _Seeds(inputs, store)
+        seeds = _Seeds(inputs, store, resume_root(experiment.root))
         report = run_seeds_in(experiment, args, seeds.train, seeds.eval_correlation)
+        seeds.finished_run_marker.unlink(missing_ok=True)
         # usually the last seed trained is the best: keep it instead of reloading model/
         best = seeds.last_model if seeds.last_seed == report.best_seed else None
         return RunResult(best, report.convergent_count > 0, f"none of the seeds {report.seeds_tried} converged",
@@ -195,11 +206,18 @@ def train_run(inputs: RunInputs, experiment: ExperimentDir) -> RunResult:
 
 
 class _Seeds:
-    """The two callbacks `run_seeds` needs: train one seed, score a converged one on validation rows."""
+    """The two callbacks `run_seeds` needs: train one seed, score a converged one on validation rows.
 
-    def __init__(self, inputs: RunInputs, store: GradientStore | None) -> None:
+    Resume: each seed keeps its own checkpoint (`<resume>/seed_<n>`), and `<resume>/seeds.json` lists
+    the seeds this run finished, so after a crash in seed 2 a rerun reuses seeds 0 and 1 (their saved
+    runs, whatever `use_cache` says), continues seed 2 from its checkpoint, then goes on as usual.
+    The list is removed when the run completes: a later run retrains unless `use_cache` says otherwise.
+    """
+
+    def __init__(self, inputs: RunInputs, store: GradientStore | None, resume: Path) -> None:
         args = inputs.args
-        self.inputs, self.store = inputs, store
+        self.inputs, self.store, self.resume = inputs, store, resume
+        self.finished_run_marker = resume / SEEDS_MARKER
         self.base_seed = args.seed if args.seed is not None else 0
         self.data_seed = args.data_seed if args.data_seed is not None else self.base_seed
         self.selection_cap = args.seed_selection_eval_max_size or args.encoder_eval_max_size
@@ -211,18 +229,51 @@ class _Seeds:
         args = self.inputs.args
         seed_args = args.replace(seed=seed, data_seed=self.data_seed)
         seed_key = fingerprint({"run": self.inputs.key, "seed": seed})
-        if args.use_cache and finished_run(directory, seed_key, args.use_cache):
+        if (args.use_cache and finished_run(directory, seed_key, args.use_cache)) or self._finished_before(
+                seed, directory, seed_key):
             logger.info("Seed %d: reusing the finished run in %s", seed, directory)
             record = TrainingRecord.from_json(read_json(directory / TRAINING_STATS, "training stats"))
             info = record.convergence_info
+            self._mark_finished(seed)
             return SeedTraining(record, bool(record.converged), info.reason if info else None, used_cache=True)
         logger.info("Seed %d: training into %s", seed, directory)
         if self.store is not None and seed > self.base_seed:
             self.store.shared = seed < self.base_seed + args.max_seeds - 1  # another seed may follow this one
         self.last_seed, self.last_model = None, None  # drop the previous seed before the next one trains
-        result = train_seed(self.inputs, seed_args, directory, seed_key, self.store)
+        checkpoint = ResumeCheckpoint(self.resume / f"seed_{seed}", seed_key, args.save_steps,
+                                      args.resume_from_checkpoint)
+        result = train_seed(self.inputs, seed_args, directory, seed_key, self.store, checkpoint)
         self.last_seed, self.last_model = seed, result.model
+        self._mark_finished(seed)
         return result
+
+    def _finished_seeds(self) -> list[int]:
+        """The seeds an interrupted run with this key finished ([] when there is none)."""
+        path = self.finished_run_marker
+        if not path.is_file():
+            return []
+        try:
+            data = read_json(path, "finished seeds")
+        except ValueError as err:
+            logger.warning("%s; retraining every seed", err)
+            return []
+        if not isinstance(data, dict) or data.get("key") != self.inputs.key:
+            return []
+        return [int(s) for s in data.get("finished", [])]
+
+    def _finished_before(self, seed: int, directory: Path, seed_key: str) -> bool:
+        """Whether an interrupted run of the same key finished `seed` and its saved run is intact."""
+        if not self.inputs.args.resume_from_checkpoint or seed not in self._finished_seeds():
+            return False
+        if finished_run(directory, seed_key, True):
+            logger.info("Seed %d: finished before the run was interrupted", seed)
+            return True
+        return False
+
+    def _mark_finished(self, seed: int) -> None:
+        finished = self._finished_seeds()
+        if self.inputs.args.save_steps > 0 and seed not in finished:
+            atomic_write_json(self.finished_run_marker, {"key": self.inputs.key, "finished": [*finished, seed]})
 
     def eval_correlation(self, directory: Path, result: SeedTraining) -> tuple[float | None, str | None]:
         inputs = self.inputs

@@ -32,6 +32,7 @@ from gradiend.data import Batch, BatchSchedule, cap_per_class
 from gradiend.gradient_source import GradientProvider, GradientSource
 from gradiend.memory import memory_estimate
 from gradiend.metrics import pearson
+from gradiend.resume import TrainingState
 from gradiend.step import FusedLoss
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from gradiend.gradient_cache import GradientStore
     from gradiend.model import GradiendModel
     from gradiend.model_with_gradiend import ModelWithGradiend
+    from gradiend.resume import ResumeCheckpoint
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +64,10 @@ class TrainingCallback:
 
     def on_train_begin(self, model: ModelWithGradiend, optimizer: torch.optim.Optimizer,
                        args: TrainingArguments) -> None:
-        """Once per run (per seed), before the first step: inspect or adjust model and optimizer."""
+        """Once per run (per seed), before the first step: inspect or adjust model and optimizer.
+
+        A resumed run calls it too, before restoring the saved state (which holds the changes made
+        by the interrupted run's call), so hooks and references it sets up stay valid."""
 
     def on_step_end(self, step: int, loss: float) -> None:
         """After every optimizer step."""
@@ -253,6 +258,19 @@ class _History:
     def latest_score(self) -> float | None:
         return self.scores[max(self.scores, key=int)] if self.scores else None
 
+    def to_json(self) -> dict[str, Any]:
+        """Everything but the best weights (those are tensors), for a resume checkpoint."""
+        return {"scores": self.scores, "mean_by_class": self.mean_by_class, "encoder_norms": self.encoder_norms,
+                "losses": self.losses, "flips": self.flips, "best": self.best, "epoch": self.epoch,
+                "n_eval_rows": self.n_eval_rows}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], best_state: dict[str, torch.Tensor] | None) -> _History:
+        return cls(scores=dict(data["scores"]), mean_by_class=dict(data["mean_by_class"]),
+                   encoder_norms=dict(data["encoder_norms"]), losses=list(data["losses"]), flips=list(data["flips"]),
+                   best=data["best"], best_state=best_state, epoch=int(data["epoch"]),
+                   n_eval_rows=int(data["n_eval_rows"]))
+
 
 class TrainingLoop:
     """One GRADIEND training run: `fit` = scale estimation, then `step`s with periodic `evaluate`.
@@ -260,11 +278,13 @@ class TrainingLoop:
     `model` holds the GRADIEND (`.gradiend`, trained in place) and is what callbacks receive;
     `source` serves each batch's gradients; `evaluate` (None: no in-training evaluation) scores
     the current weights on validation data. From `args` the loop reads the step, batch, scale,
-    optimiser, sign-normalisation and convergence settings.
+    optimiser, sign-normalisation and convergence settings. `checkpoint` (optional) is where the run's
+    state is saved every `save_steps` steps and resumed from (`gradiend.resume`).
     """
 
     def __init__(self, model: HasGradiend, args: TrainingArguments, source: GradientProvider,
-                 evaluate: Evaluator | None = None, callbacks: Sequence[TrainingCallback] = ()) -> None:
+                 evaluate: Evaluator | None = None, callbacks: Sequence[TrainingCallback] = (),
+                 checkpoint: ResumeCheckpoint | None = None) -> None:
         self.model = model
         self.gradiend = model.gradiend
         self.args = args
@@ -274,6 +294,10 @@ class TrainingLoop:
         self.kinds = list(dict.fromkeys([args.source, args.target]))
         self.history = _History()
         self.timings = {"gradients": 0.0, "gradiend": 0.0, "eval": 0.0, "scale": 0.0}
+        self.checkpoint = checkpoint
+        self._checkpoints = [0, 0.0]  # resume checkpoints written by this process, seconds spent
+        self._before = {"base_passes": 0.0, "total": 0.0}  # of the interrupted run(s) this one resumes
+        self._t_start, self._passes_start = 0.0, 0.0
         self.optimizer: torch.optim.Optimizer | None = None
         self._plan: _Plan | None = None
         self._buffers: dict[str, torch.Tensor] = {}
@@ -283,7 +307,7 @@ class TrainingLoop:
         """Train on `train_rows` (masked, factual, alternative, label); the best weights and the stats."""
         if self._plan is not None:
             raise RuntimeError("A TrainingLoop trains once; build a new one for another run")
-        t_start, base_passes_before = time.perf_counter(), self.source.base_passes
+        self._t_start, self._passes_start = time.perf_counter(), self.source.base_passes
         args, config = self.args, self.gradiend.config
         check_trainable_dtype(config.torch_dtype)
         self._plan = _Plan.build(train_rows, args)
@@ -295,18 +319,61 @@ class TrainingLoop:
         device = self.gradiend.encoder_weight.device
         self._buffers = {k: torch.empty(args.gradiend_batch_size, config.input_dim, device=device)
                          for k in self.kinds}
-        if args.standardize_gradients:
-            self.standardize()
         self.optimizer = make_optimizer(self.gradiend.parameters(), args)
-        self._fused = FusedLoss(self.gradiend, args.gradiend_batch_size)
+        state = self._load_checkpoint()
+        if state is None and args.standardize_gradients:
+            self.standardize()
         for cb in self.callbacks:
             cb.on_train_begin(self.model, self.optimizer, args)
-        if self.evaluator is not None:
+        if state is not None:
+            self._restore(state)  # after the callbacks: the saved state already holds their changes
+        self._fused = FusedLoss(self.gradiend, args.gradiend_batch_size)  # reads the scales
+        if self.evaluator is not None and state is None:
             self.evaluate(0, 0)
-        self._run()
-        timings = {**self.timings, "base_passes": self.source.base_passes - base_passes_before,
-                   "total": time.perf_counter() - t_start}
-        return self._outcome(memory, timings)
+        self._run(state.step if state is not None else 0)
+        return self._outcome(memory, self._timings())
+
+    def _load_checkpoint(self) -> TrainingState | None:
+        """The state `checkpoint` holds for this run, None when there is none (or it is of another run)."""
+        if self.checkpoint is None:
+            return None
+        if self._plan.data_seed is None:
+            logger.info("No resume checkpoints: with seed=None and data_seed=None every run draws a new batch order")
+            self.checkpoint = None
+            return None
+        return self.checkpoint.load(self._plan.total_steps, self.gradiend.state_dict(), self.optimizer)
+
+    def _restore(self, state: TrainingState) -> None:
+        """Continue from `state`: weights and scales, optimiser state, history, best checkpoint, timings."""
+        self.gradiend.load_state_dict(state.gradiend)
+        self.optimizer.load_state_dict(state.optimizer)
+        best_state = state.gradiend if state.best_is_current else state.best_state
+        if best_state is not None:
+            device = self.gradiend.encoder_weight.device
+            best_state = {k: v.to(device, copy=True) for k, v in best_state.items()}
+        self.history = _History.from_json(state.history, best_state)
+        timings = dict(state.timings)
+        self._before = {"base_passes": timings.pop("base_passes", 0.0), "total": timings.pop("total", 0.0)}
+        self.timings.update(timings)
+
+    def _timings(self) -> dict[str, float]:
+        """Seconds so far, the interrupted runs' included."""
+        return {**self.timings,
+                "base_passes": self.source.base_passes - self._passes_start + self._before["base_passes"],
+                "total": time.perf_counter() - self._t_start + self._before["total"]}
+
+    def _save_checkpoint(self, step: int) -> None:
+        """Write the run's state after `step` (evaluation of `step` included) to `checkpoint`."""
+        t0 = time.perf_counter()
+        h = self.history
+        best_is_current = h.best is not None and h.best["global_step"] == step  # snapshot taken just now
+        timings = self._timings()
+        self.checkpoint.save(TrainingState(
+            key=self.checkpoint.key, step=step, total_steps=self._plan.total_steps, epoch=h.epoch,
+            gradiend=self.gradiend.state_dict(), optimizer=self.optimizer.state_dict(), history=h.to_json(),
+            best_state=None if best_is_current else h.best_state, best_is_current=best_is_current, timings=timings))
+        self._checkpoints[0] += 1
+        self._checkpoints[1] += time.perf_counter() - t0
 
     def standardize(self) -> None:
         """Set the input and target scales from the first `scale_estimation_batches` batches."""
@@ -332,13 +399,16 @@ class TrainingLoop:
         texts, factual, alternative = _batch_lists(self._plan.rows, batch.indices)
         return self.source.gradients(step, texts, factual, alternative, out, keep=step == 0 or self._plan.repeats)
 
-    def _run(self) -> None:
-        """Steps 1..total_steps, evaluating every `eval_steps` and after the last step."""
+    def _run(self, start: int = 0) -> None:
+        """Steps start+1..total_steps, evaluating every `eval_steps` and after the last step, saving the
+        state every `save_steps` (a resumed run skips the batches steps 1..start consumed)."""
         args, total = self.args, self._plan.total_steps
         batches = self._plan.schedule.iterate(total * args.gradiend_batch_size)
+        for _ in range(start * args.gradiend_batch_size):
+            next(batches)
         self.gradiend.train()
-        with tqdm(total=total, desc="GRADIEND training", disable=not args.show_progress) as bar:
-            for step in range(1, total + 1):
+        with tqdm(total=total, initial=start, desc="GRADIEND training", disable=not args.show_progress) as bar:
+            for step in range(start + 1, total + 1):
                 drawn = [next(batches) for _ in range(args.gradiend_batch_size)]
                 self.history.epoch = drawn[-1][0]
                 loss = self.step(step, [batch for _, batch in drawn])
@@ -347,7 +417,11 @@ class TrainingLoop:
                 bar.set_postfix(loss=f"{loss:.3g}", corr=f"{score:.3f}" if score is not None else "-")
                 if self.evaluator is not None and (step % args.eval_steps == 0 or step == total):
                     self.evaluate(step, self.history.epoch)
+                if self.checkpoint is not None and self.checkpoint.due(step, total):
+                    self._save_checkpoint(step)
         self.gradiend.eval()
+        if self._checkpoints[0]:
+            logger.info("Wrote %d resume checkpoints in %.2f s", *self._checkpoints)
 
     def step(self, step: int, batches: Sequence[Batch]) -> float:
         """One optimizer step on `gradiend_batch_size` batches (one buffer row each); returns the loss."""
@@ -438,13 +512,15 @@ class TrainingLoop:
 
 def train_gradiend(model: ModelWithGradiend, train_rows: pd.DataFrame, eval_rows: pd.DataFrame | None,
                    pair: Sequence[str], args: TrainingArguments, callbacks: Sequence[TrainingCallback] = (),
-                   gradient_store: GradientStore | None = None) -> TrainingOutcome:
+                   gradient_store: GradientStore | None = None,
+                   checkpoint: ResumeCheckpoint | None = None) -> TrainingOutcome:
     """Train `model.gradiend` in place on `train_rows`; return the best weights and the stats.
 
     Rows are capped per class (`train_max_size`, `encoder_eval_*_max_size`); the loop's gradients
     come from the base model's engine. `gradient_store` (optional) serves and keeps per-batch
     gradients, so repeated batches (later epochs, other seeds sharing it) skip the base-model pass.
     Large freed blocks are reused rather than returned to the OS while training (`gradiend.allocator`).
+    `checkpoint` (optional): save the state every `save_steps` steps there, resume from it if it matches.
     """
     with reuse_large_blocks():
         train_rows = cap_per_class(train_rows, args.train_max_size, _data_seed(args)).reset_index(drop=True)
@@ -453,7 +529,8 @@ def train_gradiend(model: ModelWithGradiend, train_rows: pd.DataFrame, eval_rows
             eval_rows = cap_per_class(eval_rows, args.encoder_eval_train_max_size or args.encoder_eval_max_size,
                                       args.seed).reset_index(drop=True)
             evaluate = functools.partial(evaluate_during_training, model, eval_rows, pair, args.eval_batch_size)
-        loop = TrainingLoop(model, args, GradientSource(model.engine, gradient_store), evaluate, callbacks)
+        loop = TrainingLoop(model, args, GradientSource(model.engine, gradient_store), evaluate, callbacks,
+                            checkpoint)
         outcome = loop.fit(train_rows)
     if gradient_store is not None:
         outcome.stats["gradient_cache"] = gradient_store.summary()
