@@ -371,9 +371,11 @@ class OutputArgs(ConfigSection):
         "replace an existing output directory that is not ours (by default only empty or gradiend-made "
         "directories are replaced)"))
     save_steps: int = field(default=500, metadata=doc(
-        "write a resume checkpoint every this many optimiser steps (0: never)", nonnegative=True))
+        "save the training state every this many optimiser steps (EXPERIMENT_DIR/cache/resume, removed when "
+        "the run finishes), so a killed run can continue (0: never)", nonnegative=True))
     resume_from_checkpoint: bool = field(default=True, metadata=doc(
-        "continue an interrupted run from its last resume checkpoint (same settings, data and model)"))
+        "continue an interrupted run from its last saved training state when settings, data and base model "
+        "match (false: start from step 0)"))
 
     def _prepare(self) -> None:
         self.experiment_dir, self.output_dir = _fspath(self.experiment_dir), _fspath(self.output_dir)
