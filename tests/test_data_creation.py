@@ -22,7 +22,7 @@ from gradiend import (
     TrainingArguments,
 )
 from gradiend.data import unify
-from gradiend.data_creation import preprocess_texts, split_sentences
+from gradiend.data_creation import PairedTextFilterConfig, preprocess_texts, split_sentences
 
 SHARED_TEXTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "english-public-domain-sentences.tsv"
 SUBJECTS = ["the old man", "my sister", "the captain", "our friend", "the little girl", "the doctor", "the sailor"]
@@ -45,7 +45,10 @@ def _targets() -> list[TextFilterConfig]:
 
 
 def _creator(texts=None, **kwargs) -> TextPredictionDataCreator:
+    """A creator on `texts` (default: `_corpus()`); min_left_context_words 0 unless given (the corpus's
+    sentences have fewer than the default 10 words before their pronoun)."""
     kwargs.setdefault("show_progress", False)
+    kwargs.setdefault("min_left_context_words", 0)
     return TextPredictionDataCreator(_corpus() if texts is None else texts, kwargs.pop("targets", _targets()),
                                      **kwargs)
 
@@ -560,7 +563,9 @@ def test_hundred_thousand_sentences_well_under_a_minute() -> None:
 # -- the shared public-domain texts ---------------------------------------------------------------
 @pytest.mark.skipif(not SHARED_TEXTS.is_file(), reason="shared/data not beside the repository")
 def test_mines_the_public_domain_corpus() -> None:
-    creator = TextPredictionDataCreator(SHARED_TEXTS, _targets(), show_progress=False, seed=0)
+    # 0 words of left context: the counts README cites (the default 10 keeps 4,948 3SG and 1,096 3PL rows)
+    creator = TextPredictionDataCreator(SHARED_TEXTS, _targets(), show_progress=False, seed=0,
+                                        min_left_context_words=0)
     assert creator.stats["loaded_texts"] == 39705 and creator.stats["duplicates_removed"] == 52
     training = creator.generate_training_data(max_size_per_class=500)
     neutral = creator.generate_neutral_data(additional_excluded_words=["i", "we", "you"], max_size=500)
@@ -569,3 +574,164 @@ def test_mines_the_public_domain_corpus() -> None:
     assert set(training["3SG"]["label"].str.lower()) == {"he", "she", "it"}
     assert len(neutral) == 500 and not neutral["text"].str.contains(r"(?i)\b(?:he|she|it|they|i|we|you)\b").any()
     assert creator.stats["match_seconds"] < 10
+
+
+# -- reference options: left context default, balance modes, split groups, paired targets, files, cache ----------
+def test_default_left_context_is_ten_words() -> None:
+    nine = "one two three four five six seven eight nine he left."
+    ten = "one two three four five six seven eight nine ten he left."
+    creator = TextPredictionDataCreator([nine, ten, "they left early."], _targets(), show_progress=False)
+    assert creator.min_left_context_words == 10
+    assert [r.text for r in creator._match().rows["3SG"]] == [ten]
+
+
+def _skewed() -> list[str]:
+    return ([f"On day {i} he left." for i in range(50)] + [f"On day {i} she left." for i in range(6)]
+            + [f"On day {i} it left." for i in range(20)] + [f"On day {i} they left." for i in range(60)])
+
+
+def test_balance_modes_differ() -> None:
+    creator = _creator(_skewed())
+    sizes = {mode: {c: len(df) for c, df in creator.generate_training_data(balance=mode).items()}
+             for mode in (False, "try", True, "strict")}
+    assert sizes[False] == {"3SG": 76, "3PL": 60}
+    assert sizes["try"] == sizes[True] == {"3SG": 60, "3PL": 60}  # the classes' sizes evened out
+    strict = creator.generate_training_data(balance="strict")
+    # every target word of 3SG as often as the rarest (she: 6); 3PL cut to the same class size
+    assert strict["3SG"]["label"].value_counts().to_dict() == {"he": 6, "she": 6, "it": 6}
+    assert sizes["strict"] == {"3SG": 18, "3PL": 18}
+    try_words = creator.generate_training_data(balance="try")["3SG"]["label"].value_counts()
+    assert try_words["he"] > try_words["she"]  # "try" does not even out the words
+    with pytest.raises(DataError, match="balance must be"):
+        creator.generate_training_data(balance="yes")
+    with pytest.raises(DataError, match="balance='strict' only"):
+        creator.generate_training_data(min_rows_per_target_for_balance=5)
+
+
+def test_strict_balance_oversamples_rare_words_within_one_split() -> None:
+    creator = _creator(_skewed())
+    data = creator.generate_training_data(balance="strict", min_rows_per_target_for_balance=10)
+    counts = data["3SG"]["label"].value_counts().to_dict()
+    assert counts == {"he": 10, "she": 10, "it": 10} and len(data["3PL"]) == 30
+    she = data["3SG"][data["3SG"]["label"] == "she"]
+    assert she["text"].nunique() == 6  # 4 copies drawn with replacement
+    assert (she.groupby("text")["split"].nunique() == 1).all()  # copies never cross splits
+    with pytest.raises(DataError, match="Strict balancing is impossible"):
+        creator.generate_training_data(balance="strict", min_rows_per_target_for_balance=10, max_size_per_class=20)
+
+
+def test_split_by_target_holds_out_words() -> None:
+    words = ["he", "she", "it", "him", "her"]
+    texts = [f"On day {i} {w} left." for w in words for i in range(12)] + [
+        f"On day {i} {w} left." for w in ("they", "them", "we") for i in range(20)]
+    targets = [TextFilterConfig(targets=words, id="SG"), TextFilterConfig(targets=["they", "them", "we"], id="PL")]
+    data = _creator(texts, targets=targets).generate_training_data(split_by_target=True, balance=False)
+    for df in data.values():
+        assert (df.groupby(df["label"].str.lower())["split"].nunique() == 1).all()
+        assert set(df["split"]) == {"train", "validation", "test"}
+    by_col = _creator(texts, targets=targets, split_group_col="label",
+                      split_group_key=[str.strip, str.casefold]).generate_training_data(balance=False)
+    assert (by_col["SG"].groupby("label")["split"].nunique() == 1).all()
+    with pytest.raises(DataError, match="at least 3 distinct groups"):
+        _creator(texts, targets=[TextFilterConfig(targets=["he", "she"], id="SG"), targets[1]]
+                 ).generate_training_data(split_by_target=True)
+    with pytest.raises(DataError, match="alternatives"):
+        _creator(texts, targets=targets, split_group_col="label", split_by_target=True)
+    with pytest.raises(DataError, match="not a column"):
+        _creator(texts, targets=targets).generate_training_data(split_group_col="token_count")
+    with pytest.raises(DataError, match="split_group_key"):
+        _creator(texts, targets=targets, split_group_key="lower")
+
+
+def test_paired_targets_carry_their_partner() -> None:
+    pairs = [("colour", "color"), ("centre", "center"), ("grey", "gray"), ("theatre", "theater")]
+    texts = [f"On day {i} the {w} was fine." for i in range(10) for p in pairs for w in p] + [
+        f"On day {i} the Colour and the grey were fine." for i in range(3)]
+    group = PairedTextFilterConfig(pairs=pairs, ids=("BE", "AE"))
+    data = _creator(texts, targets=[group]).generate_training_data(balance=False, split_by_target=True)
+    be = data["BE"]
+    assert list(be.columns) == ["text", "masked", "label", "token_count", "split", "BE", "AE"]
+    partner = dict(pairs)
+    assert (be["AE"] == be["label"].map(lambda w: partner[w])).all() and len(be) == 40  # two-word texts skipped
+    # a pair (both spellings) sits in one split across the classes
+    split_of = {w: s for df in data.values() for w, s in zip(df["label"], df["split"], strict=True)}
+    assert all(split_of[a] == split_of[b] for a, b in pairs)
+    unified = _creator(texts, targets=[group]).generate_training_data(format="unified", balance=False)
+    assert (unified["alternative"] == unified["label"].map({**partner, **{b: a for a, b in pairs}})).all()
+    rows, _ = unify(data, ["BE", "AE"])
+    assert (rows["alternative"] == rows["factual"].map({**partner, **{b: a for a, b in pairs}})).all()
+    as_dict = PairedTextFilterConfig(pairs={"BE": ["colour", "centre"], "AE": ["color", "center"]})
+    assert as_dict.ids == ("BE", "AE") and as_dict.pairs == [("colour", "color"), ("centre", "center")]
+    capital = _creator(["After a long day the Colour was fine."] * 1 + texts, targets=[group])
+    assert "Color" in set(capital.generate_training_data(balance=False, min_rows_per_class=1)["BE"]["AE"])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"pairs": [("a", "b")]}, "ids"),
+    ({"pairs": [("a", "b")], "ids": ("X",)}, "two or more distinct"),
+    ({"pairs": [("a", "b", "c")], "ids": ("X", "Y")}, "one non-empty word per id"),
+    ({"pairs": [("a", "A")], "ids": ("X", "Y")}, "same word twice"),
+    ({"pairs": [("a", "b"), ("a", "c")], "ids": ("X", "Y")}, "several pairs"),
+    ({"pairs": {"X": ["a"], "Y": ["b", "c"]}}, "aligned"),
+    ({"pairs": {"X": ["a"], "Y": ["b"]}, "ids": ("X", "Y")}, "do not also pass ids"),
+    ({"pairs": [("a", "b")], "ids": ("X", "Y"), "weight": -1}, "weight"),
+])
+def test_paired_config_rejects_bad_values(kwargs, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        PairedTextFilterConfig(**kwargs)
+
+
+def test_output_dir_basenames_and_formats(tmp_path) -> None:
+    creator = _creator(output_dir=tmp_path / "data", training_basename="train_rows")
+    data = creator.generate_training_data()
+    neutral = creator.generate_neutral_data(format="minimal")
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["neutral.csv", "train_rows.csv"]
+    assert len(pd.read_csv(tmp_path / "data" / "train_rows.csv")) == sum(len(df) for df in data.values())
+    assert pd.read_csv(tmp_path / "data" / "neutral.csv")["text"].tolist() == neutral["text"].tolist()
+    creator.generate_training_data(output=tmp_path / "explicit.csv")
+    assert (tmp_path / "explicit.csv").is_file()
+    if importlib.util.find_spec("pyarrow"):
+        _creator(output_dir=tmp_path / "pq", output_format="parquet").generate_training_data(format="minimal")
+        assert list(pd.read_parquet(tmp_path / "pq" / "training.parquet").columns) == [
+            "masked", "label", "label_class", "split"]
+    with pytest.raises(DataError, match="format must be one of"):
+        creator.generate_neutral_data(format="unified")
+    for bad, message in (({"training_basename": "a/b"}, "plain file name"), ({"output_format": "json"},
+                                                                                "output_format must be"),
+                         ({"use_cache": True}, "pass output_dir"), ({"use_cache": "yes", "output_dir": tmp_path},
+                                                                     "use_cache")):
+        with pytest.raises(DataError, match=message):
+            _creator(**bad)
+
+
+def test_use_cache_reuses_only_what_the_same_settings_wrote(tmp_path, caplog) -> None:
+    texts = _corpus()
+    first = _creator(texts, output_dir=tmp_path, use_cache=True)
+    data = first.generate_training_data(max_size_per_class=20)
+    neutral = first.generate_neutral_data(max_size=7)
+    again = _creator(texts, output_dir=tmp_path, use_cache=True)
+    reused = again.generate_training_data(max_size_per_class=20)
+    assert again._texts is None  # the corpus was never loaded
+    for cls in data:
+        pd.testing.assert_frame_equal(reused[cls], data[cls])
+    pd.testing.assert_frame_equal(again.generate_neutral_data(max_size=7), neutral)
+    other = again.generate_training_data(max_size_per_class=10)  # other settings: regenerated and rewritten
+    assert {c: len(df) for c, df in other.items()} == {"3SG": 10, "3PL": 10} and again._texts is not None
+    changed = _creator([*texts, "After the storm came in on day 999, he slept."], output_dir=tmp_path, use_cache=True)
+    assert len(changed.generate_training_data(max_size_per_class=10)["3SG"]) == 10 and changed._texts is not None
+    with caplog.at_level(logging.INFO, logger="gradiend.data_creation"):
+        local = _creator(texts, output_dir=tmp_path, use_cache=True,
+                         preprocess=TextPreprocessConfig(custom_filter=lambda t: True))
+        local.generate_training_data(max_size_per_class=10)
+    assert local._texts is not None and "cannot be identified" in caplog.text
+    assert not (tmp_path / "training.csv.meta.json").exists()  # a record now would describe the wrong data
+    unified = _creator(texts, output_dir=tmp_path / "u", use_cache=True).generate_training_data(format="unified")
+    pd.testing.assert_frame_equal(
+        _creator(texts, output_dir=tmp_path / "u", use_cache=True).generate_training_data(format="unified"), unified)
+
+
+def test_reference_spelling_of_min_rows_per_class() -> None:
+    creator = _creator()
+    assert creator.generate_training_data(min_rows_per_class_for_split=0, max_size_per_class=3)["3PL"].shape[0] == 3
+    with pytest.raises(DataError, match="not both"):
+        creator.generate_training_data(min_rows_per_class=5, min_rows_per_class_for_split=5)

@@ -28,7 +28,7 @@ def test_mined_3sg_vs_3pl_trains(tmp_path) -> None:
         shipped_sentences(),
         feature_targets=[TextFilterConfig(targets=["he", "she", "it"], id="3SG"), TextFilterConfig(target="they",
                                                                                                    id="3PL")],
-        seed=0, show_progress=False)
+        seed=0, show_progress=False, min_left_context_words=0)  # the shipped rows include sentence-initial pronouns
     training = creator.generate_training_data(max_size_per_class=500, balance_targets=True)
     neutral = creator.generate_neutral_data(additional_excluded_words=["i", "we", "you", "him", "her", "them"],
                                             max_size=500)

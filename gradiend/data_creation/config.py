@@ -202,3 +202,131 @@ class TextPreprocessConfig:
             raise DataError(f"exclude_chars must be a string of characters, got {type(self.exclude_chars).__name__}")
         if self.custom_filter is not None and not callable(self.custom_filter):
             raise DataError("custom_filter must be a callable taking a text and returning True to keep it")
+
+
+@dataclass
+class PairedTextFilterConfig:
+    """Paired target words, one per class (e.g. British/American spelling): every matched word's
+    partners become explicit alternatives, in a column named after each other class.
+
+    `pairs`: tuples with one word per class (`ids` names the classes, in tuple order), or a dict
+    `{class_id: [words]}` of aligned lists. The other fields apply to every class as in
+    `TextFilterConfig`. Several groups with the same ids extend the same classes (e.g. one group per
+    part of speech, each with its own `spacy_tags`). A text in which a class matches two different
+    words is skipped, because a row has one alternative per class.
+
+        PairedTextFilterConfig(pairs=[("colour", "color"), ("centre", "center")], ids=("BE", "AE"))
+    """
+
+    pairs: Sequence[Sequence[str]] | Mapping[str, Sequence[str]]
+    ids: Sequence[str] | None = None
+    mask: str = MASK
+    weight: float = 1.0
+    use_lemma: bool = False
+    min_left_context_words: int | None = None
+    spacy_tags: SpacyTagSpec | None = None
+
+    def __post_init__(self) -> None:
+        pairs = self.pairs
+        if isinstance(pairs, Mapping):
+            if self.ids is not None:
+                raise DataError("PairedTextFilterConfig: with a dict of word lists the ids are its keys; do not also "
+                                "pass ids=")
+            lengths = {str(k): len(v) for k, v in pairs.items()}
+            if len(set(lengths.values())) > 1:
+                raise DataError(f"PairedTextFilterConfig: the word lists must be aligned (same length), got {lengths}")
+            self.ids = tuple(str(k) for k in pairs)
+            pairs = list(zip(*pairs.values(), strict=True))
+        elif self.ids is None:
+            raise DataError("PairedTextFilterConfig needs ids=(class per tuple position), or pairs as a dict "
+                            "{class_id: [words]}")
+        self.ids = tuple(self.ids) if not isinstance(self.ids, str) else (self.ids,)
+        if len(self.ids) < 2 or len(set(self.ids)) != len(self.ids) or not all(
+                isinstance(i, str) and i.strip() for i in self.ids):
+            raise DataError(f"PairedTextFilterConfig: ids must be two or more distinct non-empty strings, got "
+                            f"{self.ids!r}")
+        if isinstance(pairs, str) or not isinstance(pairs, Sequence) or not pairs:
+            raise DataError("PairedTextFilterConfig: pairs must be a non-empty list of word tuples, e.g. "
+                            "[('colour', 'color')]")
+        checked = []
+        for pair in pairs:
+            if isinstance(pair, str) or not isinstance(pair, Sequence) or len(pair) != len(self.ids) or not all(
+                    isinstance(w, str) and w.strip() for w in pair):
+                raise DataError(f"PairedTextFilterConfig: each pair needs one non-empty word per id {self.ids}, got "
+                                f"{pair!r}")
+            words = tuple(w.strip() for w in pair)
+            if len({w.lower() for w in words}) != len(words):
+                raise DataError(f"PairedTextFilterConfig: pair {words} names the same word twice")
+            checked.append(words)
+        self.pairs = list(dict.fromkeys(checked))
+        for position, cls in enumerate(self.ids):
+            seen = Counter(p[position].lower() for p in self.pairs)
+            repeated = sorted(w for w, n in seen.items() if n > 1)
+            if repeated:
+                raise DataError(f"PairedTextFilterConfig: {cls!r} word(s) {repeated} appear in several pairs; each "
+                                f"word needs one partner per class")
+        self.to_configs()  # validates the shared options
+
+    def to_configs(self) -> list[TextFilterConfig]:
+        """One `TextFilterConfig` per class, with this group's options."""
+        return [TextFilterConfig(targets=[p[i] for p in self.pairs], id=cls, mask=self.mask, weight=self.weight,
+                                 use_lemma=self.use_lemma, min_left_context_words=self.min_left_context_words,
+                                 spacy_tags=self.spacy_tags) for i, cls in enumerate(self.ids)]
+
+
+@dataclass
+class Pairing:
+    """The partners of paired words: class → lower-cased word → (pair id, {other class: partner})."""
+
+    ids: tuple[str, ...]
+    partners: dict[str, dict[str, tuple[int, dict[str, str]]]]
+
+    def alternatives(self, cls: str, words: Sequence[str]) -> tuple[int, dict[str, str]] | None:
+        """(pair id, partner per other class) of a row whose class-`cls` matches are `words`; None when
+        they are different words (no single alternative) or not paired."""
+        found = {w.lower() for w in words}
+        if len(found) != 1:
+            return None
+        return self.partners.get(cls, {}).get(found.pop())
+
+
+def expand_feature_targets(feature_targets: Any) -> tuple[list[TextFilterConfig], Pairing | None]:
+    """Plain configs for the creator: paired groups become one config per class (groups with the
+    same ids merged, each group's options kept as a nested config). Returns the pairing too."""
+    if isinstance(feature_targets, (TextFilterConfig, PairedTextFilterConfig)):
+        feature_targets = [feature_targets]
+    if feature_targets is None or isinstance(feature_targets, (str, Mapping)) or not isinstance(
+            feature_targets, Sequence):
+        return check_feature_targets(feature_targets), None
+    groups = [t for t in feature_targets if isinstance(t, PairedTextFilterConfig)]
+    if not groups:
+        return check_feature_targets(feature_targets), None
+    if len(groups) != len(feature_targets):
+        raise DataError("feature_targets mixes TextFilterConfig and PairedTextFilterConfig; use paired groups for "
+                        "every class (a class without partners has no explicit alternative)")
+    ids = groups[0].ids
+    if any(g.ids != ids for g in groups):
+        raise DataError(f"All PairedTextFilterConfig groups must have the same ids; got {[g.ids for g in groups]}")
+    configs = []
+    for i, cls in enumerate(ids):
+        parts = [g.to_configs()[i] for g in groups]
+        options = {(p.mask, p.weight) for p in parts}
+        if len(options) > 1:
+            raise DataError(f"PairedTextFilterConfig groups disagree on mask/weight of class {cls!r}: {options}")
+        if len(parts) == 1:
+            configs.append(parts[0])
+        else:
+            configs.append(TextFilterConfig(targets=parts, id=cls, mask=parts[0].mask, weight=parts[0].weight,
+                                            min_left_context_words=parts[0].min_left_context_words))
+    partners: dict[str, dict[str, tuple[int, dict[str, str]]]] = {cls: {} for cls in ids}
+    pair_id = 0
+    for group in groups:
+        for pair in group.pairs:
+            for i, cls in enumerate(ids):
+                word = pair[i].lower()
+                if word in partners[cls]:
+                    raise DataError(f"PairedTextFilterConfig: {cls!r} word {pair[i]!r} is paired twice across "
+                                    f"groups; each word needs one partner per class")
+                partners[cls][word] = (pair_id, {o: pair[j] for j, o in enumerate(ids) if o != cls})
+            pair_id += 1
+    return check_feature_targets(configs), Pairing(ids, partners)

@@ -33,7 +33,7 @@ _GLUED_AFTER = re.compile(r"['’\-]?\w")
 @dataclass
 class Row:
     """One masked text of a class: its index in the corpus, the label (first matched surface form),
-    how many matches were masked, and how many classes matched the text."""
+    how many matches were masked, how many classes matched the text, and every matched surface form."""
 
     index: int
     text: str
@@ -41,6 +41,7 @@ class Row:
     label: str
     token_count: int
     n_classes: int
+    words: tuple[str, ...] = ()
 
 
 @dataclass
@@ -111,7 +112,7 @@ def _masked_rows(texts: Sequence[str], spans: Spans, configs: Mapping[str, TextF
                 last = end
             pieces.append(text[last:])
             rows[cls].append(Row(i, text, "".join(pieces), text[found[0][0]:found[0][1]], len(found),
-                                 len(spans[i])))
+                                 len(spans[i]), tuple(text[a:b] for a, b in found)))
     return rows, dropped
 
 
