@@ -161,19 +161,29 @@ class ResumeCheckpoint:
         """Whether to write after `step` (never after the last one: the final model follows)."""
         return self.save_steps > 0 and step % self.save_steps == 0 and step < total_steps
 
-    def save(self, state: TrainingState) -> None:
-        """Replace the checkpoint with `state` atomically (a kill mid-write keeps the previous one)."""
+    def save(self, state: TrainingState) -> bool:
+        """Replace the checkpoint with `state` atomically (a kill mid-write keeps the previous one).
+
+        A failed write (disk full, no permission) is a warning, not the end of the run: training goes on,
+        the previous checkpoint stays. Returns whether the checkpoint was written.
+        """
         t0 = time.perf_counter()
         tensors, meta = state.to_parts()
-        with atomic_directory(self.directory, kind=RESUME_KIND) as tmp:
-            atomic_write_with(tmp / TENSORS_FILE, lambda path: save_file(tensors, path, metadata={"format": FORMAT}))
-            meta["tensors_bytes"] = (tmp / TENSORS_FILE).stat().st_size
-            # NaN scores stay NaN (Python's JSON reads them back), so a resumed run's stats are exact
-            atomic_write_bytes(tmp / STATE_FILE, json.dumps(meta, indent=1).encode("utf-8"))
+        try:
+            with atomic_directory(self.directory, kind=RESUME_KIND) as tmp:
+                atomic_write_with(tmp / TENSORS_FILE, lambda path: save_file(tensors, path, {"format": FORMAT}))
+                meta["tensors_bytes"] = (tmp / TENSORS_FILE).stat().st_size
+                # NaN scores stay NaN (Python's JSON reads them back), so a resumed run's stats are exact
+                atomic_write_bytes(tmp / STATE_FILE, json.dumps(meta, indent=1).encode("utf-8"))
+        except OSError as err:
+            logger.warning("Could not save the training state of step %d to %s (%s); training goes on, a rerun "
+                           "after a crash continues from the previous checkpoint", state.step, self.directory, err)
+            return False
         if not self._size_logged:
             self._size_logged = True
             logger.info("Resume checkpoint at step %d: %.1f MB, written in %.2f s to %s (every %d steps)", state.step,
                         meta["tensors_bytes"] / 1e6, time.perf_counter() - t0, self.directory, self.save_steps)
+        return True
 
     def load(self, total_steps: int, gradiend_state: dict[str, torch.Tensor],
              optimizer: torch.optim.Optimizer) -> TrainingState | None:

@@ -212,6 +212,7 @@ class _Seeds:
     the seeds this run finished, so after a crash in seed 2 a rerun reuses seeds 0 and 1 (their saved
     runs, whatever `use_cache` says), continues seed 2 from its checkpoint, then goes on as usual.
     The list is removed when the run completes: a later run retrains unless `use_cache` says otherwise.
+    Neither is written with `save_steps=0`, nor read with `resume_from_checkpoint=False`.
     """
 
     def __init__(self, inputs: RunInputs, store: GradientStore | None, resume: Path) -> None:

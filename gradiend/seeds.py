@@ -3,6 +3,11 @@
 The orchestration is independent of how one seed is trained or evaluated: the trainer passes
 `train_seed(seed, directory) -> SeedTraining` and `eval_correlation(directory) -> float | None`.
 Paths come from `ExperimentDir`; the report is a `SeedReport` record.
+
+After a crash (say in seed 2) a rerun goes through the seeds in the same order: the trainer's
+`train_seed` reuses seeds 0 and 1 as the interrupted run saved them (`SeedRun.used_cache`), seed 2
+continues from its last resume checkpoint, and selection and report follow as usual (see
+`gradiend.runs._Seeds` and `gradiend.resume`).
 """
 
 from __future__ import annotations

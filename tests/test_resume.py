@@ -3,6 +3,7 @@ checkpoints of other runs or damaged ones are ignored, leftovers are cleaned, mu
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -236,6 +237,20 @@ def test_loop_resumes_after_a_crash_to_the_same_outcome(tmp_path) -> None:
         assert torch.equal(value, gradiend.state_dict()[key]), f"final {key}"
     for part in ("training_stats", "best_score_checkpoint", "losses", "gradient_scales", "convergence_info"):
         assert resumed.stats[part] == uninterrupted.stats[part], part
+
+
+def test_failed_checkpoint_write_warns_and_training_goes_on(tmp_path, caplog, monkeypatch) -> None:
+    import gradiend.resume
+
+    def disk_full(tensors, path, metadata=None):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gradiend.resume, "save_file", disk_full)
+    checkpoint = ResumeCheckpoint(tmp_path / "model", "run", save_steps=4)
+    with caplog.at_level(logging.WARNING, logger="gradiend.resume"):
+        outcome, _ = _loop_run(checkpoint)
+    assert len(outcome.stats["losses"]) == 20 and list(tmp_path.iterdir()) == []
+    assert caplog.text.count("Could not save the training state") == 4 and "No space left" in caplog.text
 
 
 def test_save_steps_zero_writes_nothing_and_seed_none_cannot_resume(tmp_path, caplog) -> None:
