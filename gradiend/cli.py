@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
+import math
 import os
 import sys
 import types
@@ -89,6 +91,36 @@ def parse_bool(text: str) -> bool:
     if lowered in FALSE_TEXTS:
         return False
     raise ValueError(f"expected a boolean ({'/'.join(TRUE_TEXTS)} or {'/'.join(FALSE_TEXTS)}), got {text!r}")
+
+
+def positive_int(text: str) -> int:
+    """A flag value that must be a whole number ≥ 1 (`--steps -1` is refused, not read as 'all epochs')."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """A flag value that must be a finite number (nan and inf are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite flag value > 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
+    return value
 
 
 def _yaml_value(text: str) -> Any:
@@ -646,10 +678,10 @@ def _add_demo_command(command: _CommandFactory) -> None:
     demo.add_argument("--model", choices=("mlm", "clm"), default="mlm",
                       help="embedded masked LM (MiniLM) or causal LM (SmolLM2-135M)")
     demo.add_argument("--experiment-dir", default=None, help="default: runs/demo (runs/demo_clm for clm)")
-    demo.add_argument("--steps", type=int, default=100, help="training steps")
-    demo.add_argument("--batch-size", type=int, default=None, help="sentences per gradient")
-    demo.add_argument("--eval-steps", type=int, default=25)
-    demo.add_argument("--learning-rate", type=float, default=1e-3)
+    demo.add_argument("--steps", type=positive_int, default=100, help="training steps")
+    demo.add_argument("--batch-size", type=positive_int, default=None, help="sentences per gradient")
+    demo.add_argument("--eval-steps", type=positive_int, default=25)
+    demo.add_argument("--learning-rate", type=positive_float, default=1e-3)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-plots", action="store_true", help="skip the plots and the HTML report")
     demo.set_defaults(func=_demo)
@@ -681,12 +713,13 @@ def _add_evaluate_command(command: _CommandFactory) -> None:
     evaluate.add_argument("--encoder", action="store_true", help="evaluate the encoder")
     evaluate.add_argument("--decoder", action="store_true", help="evaluate the decoder grid")
     evaluate.add_argument("--split", default="test", help="encoder: data split to encode")
-    evaluate.add_argument("--max-size", type=int, default=None, help="encoder: rows per class at most")
+    evaluate.add_argument("--max-size", type=positive_int, default=None, help="encoder: rows per class at most")
     evaluate.add_argument("--target-class", nargs="+", default=None, metavar="CLASS",
                           help="decoder: classes to select a rewrite for (default: both)")
     evaluate.add_argument("--weaken", action="store_true", help="decoder: weaken instead of strengthen")
-    evaluate.add_argument("--lrs", type=float, nargs="+", default=None, help="decoder: learning rates")
-    evaluate.add_argument("--feature-factors", type=float, nargs="+", default=None, help="decoder: feature factors")
+    evaluate.add_argument("--lrs", type=finite_float, nargs="+", default=None, help="decoder: learning rates")
+    evaluate.add_argument("--feature-factors", type=finite_float, nargs="+", default=None,
+                          help="decoder: feature factors")
     _add_data_overrides(evaluate)
     evaluate.add_argument("--no-cache", action="store_true", help="recompute instead of reusing saved results")
     evaluate.add_argument("--no-plots", action="store_true", help="skip the plots")
@@ -835,10 +868,22 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+# write failures that are about the disk, not the input: exit 5 like any other unwritable output
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+
+
+def _as_write_error(err: BaseException) -> BaseException:
+    """A raw OSError of a full or read-only disk as an `OutputNotWritableError` naming its file and the fix."""
+    from gradiend.experiment import OutputNotWritableError
+
+    if isinstance(err, OSError) and not isinstance(err, OutputNotWritableError) and err.errno in _DISK_ERRNOS:
+        return OutputNotWritableError.wrap(err.filename or "an output file", err)
+    return err
+
+
 def _exit_code(err: BaseException) -> int:
     from gradiend.data import DataError
-    from gradiend.experiment import OutputNotOursError
-    from gradiend.results import OutputNotWritableError
+    from gradiend.experiment import OutputNotOursError, OutputNotWritableError
 
     if isinstance(err, (OutputNotWritableError, OutputNotOursError, PermissionError)):
         return EXIT_UNWRITABLE
@@ -859,7 +904,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gradiend: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Exception as err:  # every failure becomes a message and an exit code
+    except Exception as raised:  # every failure becomes a message and an exit code
+        err = _as_write_error(raised)
         if ns.verbose:
             import traceback
 

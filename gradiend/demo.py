@@ -81,6 +81,8 @@ def run_demo(experiment_dir: str | None = None, max_steps: int = 100, train_batc
     """
     if model not in DEMOS:
         raise ValueError(f"Unknown demo model {model!r}; use one of {sorted(DEMOS)}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive number of training steps, got {max_steps!r}")
     setup = DEMOS[model]
     experiment_dir = experiment_dir or ("runs/demo" if model == "mlm" else f"runs/demo_{model}")
     t0 = time.perf_counter()

@@ -13,11 +13,18 @@ files of a checkpoint, rewrite or dataset an earlier version wrote), unless the 
 `overwrite=True`. Names that become path parts go through `safe_path_part`. A directory swap that
 dies between its two renames is undone by the next writer (`recover_interrupted`), and `lock()`
 removes the temp entries of killed runs.
+
+Test hook (fault injection, `tests/test_hostile.py`): with `GRADIEND_TEST_WRITE_HOOK=<file>` set,
+every write point (a finished temp file before its rename, a finished temp directory before its
+swap, the moment between the two renames of a swap) appends `write <n> <kind> <path> <digest>` to
+that file, and `GRADIEND_TEST_WRITE_KILL=<n>` makes the process SIGKILL itself at write point n.
+Unset (always, outside tests) it costs one environment lookup per write.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -26,6 +33,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -62,6 +70,53 @@ class MissingResultError(FileNotFoundError):
 
 class OutputNotOursError(FileExistsError):
     """A directory to be replaced holds files the library did not write; it is left untouched."""
+
+
+class OutputNotWritableError(OSError):
+    """A file or directory could not be written (disk full, read-only, no permission); the message names the
+    path and the fix, `errno`/`strerror` keep the system's reason. Earlier versions of the target are intact."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else super().__str__()
+
+    @classmethod
+    def wrap(cls, path: str | os.PathLike, err: OSError, also: str = "") -> OutputNotWritableError:
+        """The error for a failed write of `path`; `also` adds a fix of the caller's (e.g. another flag).
+
+        An error of this class about `path` keeps its message."""
+        if isinstance(err, cls) and err.filename == str(path):
+            if not also:
+                return err
+            message = f"{err}; {also}"
+        else:
+            fix = f"{_write_fix(err)}, {also}" if also else _write_fix(err)
+            message = f"Cannot write {path}: {err.strerror or err}; {fix}. Its previous version, if any, is unchanged"
+        wrapped = cls(message)
+        wrapped.errno, wrapped.strerror, wrapped.filename = err.errno, err.strerror, str(path)
+        return wrapped
+
+
+def _write_fix(err: OSError) -> str:
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free disk space (or choose a directory on another disk) and run the command again"
+    if err.errno == errno.EROFS:
+        return "the file system is read-only; choose a writable directory"
+    if isinstance(err, PermissionError):
+        return "you may not write there; choose a writable directory"
+    return "check the path and the disk, then run the command again"
+
+
+@contextlib.contextmanager
+def naming_write_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn an OSError of a write into an `OutputNotWritableError` that names `path` and the fix."""
+    try:
+        yield
+    except OSError as err:
+        raise OutputNotWritableError.wrap(path, err) from err
+
+
+# errors of a directory's content writes that are about the disk, not the caller's code
+_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EIO})
 
 
 class UnsafePathError(ValueError):
@@ -130,6 +185,35 @@ def _finite(value: Any) -> Any:
     return value
 
 
+# ---------------------------------------------------------------- test hook: write points
+
+WRITE_HOOK_ENV = "GRADIEND_TEST_WRITE_HOOK"  # file that gets one line per write point
+WRITE_KILL_ENV = "GRADIEND_TEST_WRITE_KILL"  # number of the write point at which the process SIGKILLs itself
+_WRITE_POINTS = [0]
+
+
+def tree_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, or of a directory's relative file names and file digests (test hook)."""
+    path = Path(path)
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    parts = [f"{name}:{tree_digest(path / name)}" for name in _files_below(path)]
+    return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
+
+
+def _write_point(kind: str, final: Path, content: Path) -> None:
+    """The fault-injection test hook (see the module docstring); nothing happens unless the variable is set."""
+    log = os.environ.get(WRITE_HOOK_ENV)
+    if not log:
+        return
+    _WRITE_POINTS[0] += 1
+    number = _WRITE_POINTS[0]
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.write(f"write {number} {kind} {final} {tree_digest(content)}\n")
+    if os.environ.get(WRITE_KILL_ENV) == str(number):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
 
@@ -148,6 +232,7 @@ def _create_temp_file(path: Path) -> tuple[int, Path]:
 def _replace_or_discard(tmp: Path, path: Path) -> None:
     """Move a finished temp file over `path`; on any error leave nothing behind."""
     try:
+        _write_point("file", path, tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -156,19 +241,20 @@ def _replace_or_discard(tmp: Path, path: Path) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` atomically (temp file + fsync + rename)."""
+    """Write `data` to `path` atomically (temp file + fsync + rename); OSErrors become `OutputNotWritableError`."""
     path = Path(path)
-    fd, tmp = _create_temp_file(path)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _replace_or_discard(tmp, path)
+    with naming_write_errors(path):
+        fd, tmp = _create_temp_file(path)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _replace_or_discard(tmp, path)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -178,17 +264,18 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], None]) -> None:
-    """Let `writer(tmp_path)` produce a file, then move it to `path` atomically."""
+    """Let `writer(tmp_path)` produce a file, then move it to `path` atomically (OSErrors name `path`)."""
     path = Path(path)
-    fd, tmp = _create_temp_file(path)
-    os.close(fd)
-    try:
-        writer(str(tmp))
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _replace_or_discard(tmp, path)
+    with naming_write_errors(path):
+        fd, tmp = _create_temp_file(path)
+        os.close(fd)
+        try:
+            writer(str(tmp))
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        _replace_or_discard(tmp, path)
 
 
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:
@@ -391,6 +478,7 @@ def _swap_in(tmp: Path, target: Path) -> None:
     aside = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.old")
     os.replace(target, aside)
     try:
+        _write_point("swap", target, tmp)
         os.replace(tmp, target)
     except BaseException:
         os.replace(aside, target)
@@ -406,24 +494,38 @@ def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False, kind
     again right before the swap. The new directory gets our manifest (`kind` says what it holds).
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    with naming_write_errors(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
     recover_interrupted(target.parent, target.name)
     check_replaceable(target, overwrite=overwrite)
-    while True:
-        tmp = _temp_name(target)
-        try:
-            os.mkdir(tmp, 0o777)
-            break
-        except FileExistsError:
-            continue
+    tmp = _make_temp_dir(target)
     try:
-        yield tmp
-        _write_manifest(tmp, kind)
+        try:
+            yield tmp
+        except OSError as err:
+            if isinstance(err, OutputNotWritableError) or err.errno in _DISK_ERRNOS:
+                raise OutputNotWritableError.wrap(target, err) from err  # a temp path would mean nothing
+            raise
+        with naming_write_errors(target):
+            _write_manifest(tmp, kind)
         check_replaceable(target, overwrite=overwrite)
-        _swap_in(tmp, target)
+        _write_point("dir", target, tmp)
+        with naming_write_errors(target):
+            _swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _make_temp_dir(target: Path) -> Path:
+    with naming_write_errors(target):
+        while True:
+            tmp = _temp_name(target)
+            try:
+                os.mkdir(tmp, 0o777)
+                return tmp
+            except FileExistsError:
+                continue
 
 
 def link_or_copy(src: str, dst: str) -> str:

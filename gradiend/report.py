@@ -360,7 +360,6 @@ def write_report(experiment_dir: str | os.PathLike, output: str | os.PathLike | 
     try:
         atomic_write_bytes(path, text.encode("utf-8"))
     except OSError as err:
-        raise OutputNotWritableError(f"Cannot write the report to {path}: {err.strerror or err}; "
-                                     f"pass a writable --out path") from err
+        raise OutputNotWritableError.wrap(path, err, also="or pass another --out path") from err
     logger.info("Wrote report %s (%.0f kB)", path, len(text) / 1000)
     return str(path)

@@ -23,6 +23,7 @@ from gradiend.experiment import (
     EncoderResultFile,
     ExperimentDir,
     MissingResultError,
+    OutputNotWritableError,
     weights_stamp,
 )
 from gradiend.records import EncoderMetrics, RunConfig, SeedReport, TrainingRecord
@@ -154,7 +155,3 @@ def load_run_config(experiment_dir: str | os.PathLike) -> RunConfig | None:
 def rewritten_models(experiment_dir: str | os.PathLike) -> list[Path]:
     """Sub-directories holding a rewritten base model (HF checkpoint + GRADIEND model card)."""
     return ExperimentDir.find(experiment_dir).rewritten_models()
-
-
-class OutputNotWritableError(OSError):
-    """A plot, report or model could not be written where asked."""

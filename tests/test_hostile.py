@@ -1,0 +1,299 @@
+"""Issue 18, faults: kill -9 at every write point, a full disk, readers beside a live writer, and the last raw errors.
+
+The fault-injection test runs `gradiend train → evaluate → rewrite → report` on the tiny BERT over an earlier
+finished run that holds a user's `thesis.tex`, kills it with SIGKILL at each of its write points (the test
+hook in `gradiend.experiment`; the driver is `tests/write_faults.py`), and checks the killed state and a rerun.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_rows
+from hostile_cases import case
+from safetensors.torch import load_file
+
+from gradiend import cli, experiment
+from gradiend.experiment import LOCK_FILE, OutputNotWritableError, tree_digest
+
+REPO = Path(__file__).resolve().parents[1]
+TEMP_RE = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+ASIDE_RE = re.compile(r"^\.(?P<name>.+)\.[0-9]+-[0-9a-f]{8}\.old$")
+THESIS = "\\chapter{Mine}\nNot written by gradiend.\n"
+USER_FILES = {"thesis.tex": THESIS, "notes/ideas.md": "# ideas\n"}
+
+
+# -- the fault-injection run ---------------------------------------------------------------------------------
+def _plan(tmp_path: Path, model: str) -> dict:
+    make_rows(1).to_csv(tmp_path / "data.csv", index=False)
+    (tmp_path / "run.yaml").write_text(f"""model: {model}
+data: data.csv
+target_classes: [3SG, 3PL]
+experiment_dir: unused
+training_args:
+  max_steps: 2
+  eval_steps: 2
+  train_batch_size: 4
+  scale_estimation_batches: 1
+  params: [encoder.layer.1.*]
+  decoder_eval_lrs: [1.0, 0.01]
+""", encoding="utf-8")
+    base = tmp_path / "work" / "base"
+    for name, text in USER_FILES.items():
+        (base / name).parent.mkdir(parents=True, exist_ok=True)
+        (base / name).write_text(text, encoding="utf-8")
+    steps = [["train", str(tmp_path / "run.yaml"), "--experiment-dir", "{exp}", "-q"],
+             ["evaluate", "{exp}", "-q", "--target-class", "3SG", "--no-plots"],
+             ["rewrite", "{exp}", "--target-class", "3SG", "-q"],
+             ["report", "{exp}", "--no-plots", "-q"]]
+    first = [[*steps[0], "--seed", "1"], *steps[1:]]  # the earlier run: other weights everywhere
+    return {"work": str(tmp_path / "work"), "base": str(base), "base_steps": first, "steps": steps}
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory: pytest.TempPathFactory, tiny_mlm_dir: str) -> Path:
+    """The driver's work directory: base, ref, killed_<k>, trial_<k> (rerun), logs and summary.json."""
+    tmp_path = tmp_path_factory.mktemp("faults")
+    plan = _plan(tmp_path, tiny_mlm_dir)
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env.pop("GRADIEND_TEST_WRITE_KILL", None)
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "write_faults.py"), str(tmp_path / "plan.json")],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return Path(plan["work"])
+
+
+def _log(path: Path, root: Path) -> list[tuple[int, str, str, str]]:
+    """(n, kind, path relative to `root`, digest) of each write point; writes inside temp dirs are left out
+    (their directory's own write point covers them)."""
+    points = []
+    for line in path.read_text().splitlines():
+        _, number, kind, target, digest = line.split(" ")
+        relative = Path(target).relative_to(root)
+        points.append((int(number), kind, relative.as_posix(), digest))
+    return points
+
+
+def _inside_temp(relative: str) -> bool:
+    return any(TEMP_RE.match(part) for part in relative.split("/"))
+
+
+def _digest(path: Path) -> str | None:
+    return tree_digest(path) if path.exists() else None
+
+
+def _expected(base: Path, points: list[tuple[int, str, str, str]], k: int) -> dict[str, str | None]:
+    """What every unit (user file, file or directory written) holds once the write points before k are done.
+
+    A directory write point that is followed by a swap of the same target is done only by that swap."""
+    units: dict[str, str | None] = {p.relative_to(base).as_posix(): _digest(p) for p in base.rglob("*")
+                                    if p.is_file() and not any(p.relative_to(base).as_posix().startswith(f"{u}/")
+                                                               for _, kind, u, _ in points if kind == "dir")}
+    for _, _, unit, _ in points:
+        if not _inside_temp(unit):
+            units.setdefault(unit, _digest(base / unit))
+    for index, (number, kind, unit, digest) in enumerate(points):
+        if number >= k:
+            break
+        followed_by_swap = index + 1 < len(points) and points[index + 1][1:3] == ("swap", unit)
+        if not _inside_temp(unit) and not (kind == "dir" and followed_by_swap):
+            units[unit] = digest
+    return units
+
+
+def _unit_of(relative: str, units: dict[str, str | None]) -> str | None:
+    return next((u for u in units if relative == u or relative.startswith(f"{u}/")), None)
+
+
+def _check_killed(state: Path, base: Path, ref: Path, points: list[tuple[int, str, str, str]], k: int) -> list[str]:
+    """Problems of the state a kill at write point k left (empty: nothing lost, nothing torn)."""
+    units, problems = _expected(base, points, k), []
+    _, kind, at, _ = next(p for p in points if p[0] == k)
+    for unit, digest in units.items():
+        actual = _digest(state / unit)
+        if kind == "swap" and unit == at:  # killed between the renames: the old version waits aside
+            asides = [p for p in (state / unit).parent.iterdir() if (m := ASIDE_RE.match(p.name))
+                      and m["name"] == Path(unit).name]
+            if actual is not None or [tree_digest(p) for p in asides] != [digest]:
+                problems.append(f"{unit}: swap interrupted, but the old version is not (only) aside")
+        elif actual != digest and not (actual is None and not (ref / unit).exists()):
+            problems.append(f"{unit}: {'missing' if actual is None else 'not the last complete version'}")
+    for path in state.rglob("*"):
+        relative = path.relative_to(state).as_posix()
+        leftover = _inside_temp(relative) or any(ASIDE_RE.match(part) for part in relative.split("/"))
+        if path.is_file() and not leftover and relative != LOCK_FILE and _unit_of(relative, units) is None:
+            problems.append(f"{relative}: unexpected file")
+    return problems
+
+
+def _leftovers(root: Path) -> list[str]:
+    return [p.relative_to(root).as_posix() for p in root.rglob("*") if TEMP_RE.match(p.name) or ASIDE_RE.match(p.name)]
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def _results(root: Path) -> dict[str, object]:
+    """The deterministic results of a pipeline run (no timings, file stamps or the directory's own path)."""
+    def text(name: str) -> str:
+        return (root / name).read_text(encoding="utf-8").replace(str(root), "{exp}")
+
+    training = json.loads(text("model/training.json"))
+    return {
+        "weights": _tensors(root / "model" / "model.safetensors"),
+        "rewritten": _tensors(root / "3SG" / "model.safetensors"),
+        "training": {k: v for k, v in training.items() if k not in ("time", "gradient_cache")},
+        "config": json.loads(text("model/gradiend_config.json")),
+        "encodings": text("encoded_values_split_test.csv"),
+        "encoder": json.loads(text("encoded_values_split_test.json"))["metrics"],
+        "grid": json.loads(text("decoder_grid.json"))["records"],
+        "selection": json.loads(text("decoder_summaries.json"))["summaries"],
+        "run_config": json.loads(text("run_config.json")),
+    }
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return torch.equal(a, b)
+    return a == b
+
+
+@case("fault")
+def test_kill_at_every_write_point_loses_nothing_and_a_rerun_is_clean(faults: Path, record_property) -> None:
+    summary = json.loads((faults / "summary.json").read_text())
+    ref, base = faults / "ref", faults / "base"
+    points = _log(faults / "ref.log", ref)
+    kinds = {kind for _, kind, _, _ in points}
+    assert summary["ref"] == "exit 0" and len(points) == summary["write_points"] >= 15
+    assert kinds == {"file", "dir", "swap"}  # temp files, directory swaps and the moment between their renames
+    assert {"model", "3SG", "run_config.json", "decoder_grid.json", "report.html"} <= {u for _, _, u, _ in points}
+    record_property("cases", len(points))
+    expected = _results(ref)
+    failures = []
+    for k in range(1, len(points) + 1):
+        outcome = summary["trials"][str(k)]
+        killed, rerun = faults / f"killed_{k}", faults / f"trial_{k}"
+        trial_points = _log(faults / f"trial_{k}.log", rerun)
+        if outcome["killed"] != "signal SIGKILL" or trial_points[-1][0] != k:
+            failures.append(f"write point {k}: not killed there ({outcome['killed']}): "
+                            f"{(faults / f'trial_{k}.out').read_text()[-500:]}")
+            continue
+        failures += [f"write point {k} ({trial_points[-1][1]} {trial_points[-1][2]}), after the kill: {p}"
+                     for p in _check_killed(killed, base, ref, trial_points, k)]
+        if outcome["rerun"] != "exit 0":
+            failures.append(f"write point {k}: the rerun failed: {(faults / f'rerun_{k}.out').read_text()[-800:]}")
+            continue
+        if _leftovers(rerun):
+            failures.append(f"write point {k}: the rerun left {_leftovers(rerun)}")
+        if not _same(_results(rerun), expected):
+            failures.append(f"write point {k}: the rerun's results differ from an uninterrupted run's")
+        for name, text in USER_FILES.items():
+            if (rerun / name).read_text(encoding="utf-8") != text:
+                failures.append(f"write point {k}: {name} changed")
+    assert not failures, "\n".join(failures)
+
+
+# -- a full disk ---------------------------------------------------------------------------------------------
+def _config(tmp_path: Path, model: str) -> Path:
+    plan = _plan(tmp_path, model)
+    return Path(plan["steps"][0][1])
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory, tiny_mlm_dir: str) -> Path:
+    """An experiment made through the CLI (trained, encoder and decoder evaluated, 3SG rewritten)."""
+    tmp_path = tmp_path_factory.mktemp("finished")
+    exp = tmp_path / "exp"
+    config = _config(tmp_path, tiny_mlm_dir)
+    for argv in (["train", str(config), "--experiment-dir", str(exp), "-q", "--no-plots"],
+                 ["evaluate", str(exp), "-q", "--target-class", "3SG", "--no-plots"],
+                 ["rewrite", str(exp), "--target-class", "3SG", "-q"]):
+        assert cli.main(argv) == cli.EXIT_OK
+    (exp / "thesis.tex").write_text(THESIS, encoding="utf-8")
+    return exp
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != LOCK_FILE}
+
+
+def _disk_full(*_: object) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@case("fault")
+def test_a_full_disk_fails_every_command_with_the_path_and_exit_5(finished: Path, monkeypatch, capsys,
+                                                                  record_property) -> None:
+    exp = finished
+    commands = [(["train", str(exp.parent / "run.yaml"), "--experiment-dir", str(exp), "--seed", "1", "-q"], "model"),
+                (["evaluate", str(exp), "--encoder", "--no-cache", "-q"], "encoded_values_split_test.csv"),
+                (["evaluate", str(exp), "--decoder", "--no-cache", "--target-class", "3SG", "-q"], "decoder_grid.json"),
+                (["rewrite", str(exp), "--target-class", "3SG", "-q"], "3SG"),
+                (["report", str(exp), "--no-plots", "-q"], "report.html")]
+    record_property("cases", len(commands))
+    before = _snapshot(exp)
+    monkeypatch.setattr(experiment, "_create_temp_file", _disk_full)  # every library write runs out of space
+    for argv, target in commands:
+        code = cli.main(argv)
+        err = capsys.readouterr().err
+        assert code == cli.EXIT_UNWRITABLE, (argv, err)
+        assert f"{exp / target}: No space left on device" in err and "free disk space" in err, err
+        assert _snapshot(exp) == before and not _leftovers(exp)
+
+
+@case("fault")
+def test_a_disk_filling_up_mid_write_leaves_the_old_file(finished: Path, monkeypatch) -> None:
+    target = finished / "run_config.json"
+    before = target.read_bytes()
+    monkeypatch.setattr(os, "fsync", _disk_full)  # the bytes went to the temp file, fsync reports the full disk
+    with pytest.raises(OutputNotWritableError, match=f"Cannot write {target}: No space left on device") as info:
+        experiment.atomic_write_json(target, {"x": 1})
+    assert info.value.errno == errno.ENOSPC and target.read_bytes() == before and not _leftovers(finished)
+
+
+@case("error")
+def test_a_raw_disk_error_from_elsewhere_is_named_too(monkeypatch, capsys) -> None:
+    import gradiend.embedded
+
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/cache/gradiend/model.safetensors")
+
+    monkeypatch.setattr(gradiend.embedded, "embedded_model_path", full)
+    assert cli.main(["embedded-model"]) == cli.EXIT_UNWRITABLE
+    assert ("Cannot write /cache/gradiend/model.safetensors: No space left on device; free disk space"
+            in capsys.readouterr().err)
+
+
+# -- raw or misleading errors ------------------------------------------------------------------------------
+@case("error")
+@pytest.mark.parametrize("argv", [["--steps", "-1"], ["--steps", "0"], ["--batch-size", "0"], ["--eval-steps", "-5"],
+                                  ["--learning-rate", "nan"], ["--learning-rate", "-1"]])
+def test_demo_refuses_non_positive_settings(argv: list[str], capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["demo", *argv])
+    assert info.value.code == cli.EXIT_USAGE
+    assert re.search(rf"argument {argv[0]}: must be (at least 1|greater than 0|a finite number)",
+                     capsys.readouterr().err)
+
+
+@case("error")
+@pytest.mark.parametrize("steps", [-1, 0, 2.5, True])
+def test_run_demo_refuses_steps_that_are_not_a_positive_count(steps: object, monkeypatch) -> None:
+    import gradiend.demo
+
+    monkeypatch.setattr(gradiend.demo, "embedded_model_path", _disk_full)  # never reached
+    with pytest.raises(ValueError, match="max_steps must be a positive number of training steps"):
+        gradiend.demo.run_demo(max_steps=steps)  # type: ignore[arg-type]
