@@ -694,6 +694,12 @@ def test_output_dir_basenames_and_formats(tmp_path) -> None:
         _creator(output_dir=tmp_path / "pq", output_format="parquet").generate_training_data(format="minimal")
         assert list(pd.read_parquet(tmp_path / "pq" / "training.parquet").columns) == [
             "masked", "label", "label_class", "split"]
+    if importlib.util.find_spec("datasets"):
+        hf = _creator(output_dir=tmp_path / "hf", output_format="hf", use_cache=True)
+        written = hf.generate_neutral_data(max_size=5)
+        assert (tmp_path / "hf" / "neutral").is_dir()
+        pd.testing.assert_frame_equal(_creator(output_dir=tmp_path / "hf", output_format="hf", use_cache=True)
+                                      .generate_neutral_data(max_size=5), written)
     with pytest.raises(DataError, match="format must be one of"):
         creator.generate_neutral_data(format="unified")
     for bad, message in (({"training_basename": "a/b"}, "plain file name"), ({"output_format": "json"},

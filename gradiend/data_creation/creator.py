@@ -33,12 +33,10 @@ from gradiend.data_creation.writing import (
     OutputTarget,
     minimal,
     per_class_frame,
-    read_table,
     read_training,
     resolve_output,
     sidecar,
     unified,
-    write_table,
     write_training,
 )
 from gradiend.data_sources import DataError, load_texts
@@ -426,19 +424,17 @@ class TextPredictionDataCreator:
                               excluded_spacy_tags: SpacyTagSpec | Sequence[SpacyTagSpec] | None = None,
                               max_size: int | None = None, *, base_data: Any = None, format: Literal["minimal"] =
                               "minimal", output: str | os.PathLike | None = None,
-                              output_format: Literal["csv", "parquet"] | None = None) -> pd.DataFrame:
+                              output_format: OutputFormat | None = None) -> pd.DataFrame:
         """Texts with none of the classes' target words (tags are not consulted, and glued forms
         such as "it's" count), none of `additional_excluded_words` (likewise) and no token matching any of
         `excluded_spacy_tags`; a DataFrame with column `text` (`format="minimal"`, the reference's only
         format), at most `max_size` rows (a seeded sample, original order). `base_data` replaces the
-        creator's corpus. Written to `output` or the creator's `output_dir` (csv or parquet)."""
+        creator's corpus. Written to `output` or the creator's `output_dir` (csv, parquet or a saved dataset)."""
         if isinstance(additional_excluded_words, str):
             raise DataError(f"additional_excluded_words must be a list of words, got the string "
                             f"{additional_excluded_words!r}")
         _positive_int_or_none(max_size, "max_size")
         _check_choice(format, "format", ("minimal",))
-        if output_format == "hf" or (output is None and output_format is None and self.output_format == "hf"):
-            raise DataError("Neutral data is written as csv or parquet; pass output_format='csv' or 'parquet'")
         target = self._target("neutral", output, output_format)
         specs: list[dict[str, str]] = []
         if excluded_spacy_tags is not None:
@@ -449,12 +445,12 @@ class TextPredictionDataCreator:
                     "output_format": None if target is None else target[1]}
         key = self._key(target, base_data, **settings) if self.use_cache else None
         if key is not None:
-            reused = cache.cached(target[0], key, lambda: read_table(target))  # type: ignore[index,arg-type]
+            reused = cache.cached(target[0], key, lambda: read_training(target, "minimal"))  # type: ignore[index]
             if reused is not None:
                 return reused
         result = self._neutral(base_data, extra, specs, max_size)
         if target is not None:
-            write_table(result, target)
+            write_training(result, {}, target, self.show_progress)
             cache.record(target[0], key, settings)
         return result
 
