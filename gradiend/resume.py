@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -139,6 +140,13 @@ class TrainingState:
                    timings={k: float(v) for k, v in meta["timings"].items()})
 
 
+def _scalar(value: Any) -> float | int | bool:
+    """NumPy and 0-d torch scalars (an injected evaluator's metrics) as Python numbers for JSON."""
+    if isinstance(value, (np.generic, torch.Tensor)) and np.ndim(value) == 0:
+        return value.item()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 class CorruptCheckpointError(ValueError):
     """A resume checkpoint that cannot be used as a whole (truncated, unreadable, inconsistent)."""
 
@@ -174,7 +182,7 @@ class ResumeCheckpoint:
                 atomic_write_with(tmp / TENSORS_FILE, lambda path: save_file(tensors, path, {"format": FORMAT}))
                 meta["tensors_bytes"] = (tmp / TENSORS_FILE).stat().st_size
                 # NaN scores stay NaN (Python's JSON reads them back), so a resumed run's stats are exact
-                atomic_write_bytes(tmp / STATE_FILE, json.dumps(meta, indent=1).encode("utf-8"))
+                atomic_write_bytes(tmp / STATE_FILE, json.dumps(meta, indent=1, default=_scalar).encode("utf-8"))
         except OSError as err:
             logger.warning("Could not save the training state of step %d to %s (%s); training goes on, a rerun "
                            "after a crash continues from the previous checkpoint", state.step, self.directory, err)
