@@ -142,6 +142,7 @@ def test_seed_stability_over_a_multi_seed_run(tmp_path, tiny_mlm_dir):
     expected = [len(a & b) / len(a | b) for i, a in enumerate(sets) for b in sets[i + 1:]]
     assert stability["mean_pairwise_jaccard"] == pytest.approx(sum(expected) / 3)
     assert stability["common_to_all"] == len(sets[0] & sets[1] & sets[2])
+    assert get_topk_weights(trainer, topk=20) == get_topk_weights(trainer.experiment_dir, topk=20)
     path = plot_seed_stability_topk(trainer.experiment_dir, topk=50, selection="all")
     assert Path(path).parent == Path(trainer.experiment_dir) and Path(path).stat().st_size > 1000
     with pytest.raises(FileNotFoundError, match=r"seed_report\.json"):
