@@ -256,6 +256,10 @@ class TextPredictionDataCreator:
         if self.seed is None:
             logger.info("use_cache is off for this call: seed=None draws differently on every run")
             return None
+        if self._spacy_model_arg is not None and not isinstance(self._spacy_model_arg, str):
+            logger.info("use_cache is off for this call: a loaded spaCy pipeline cannot be identified across runs; "
+                        "pass its name (spacy_model='en_core_web_sm')")
+            return None
         try:
             sources = [cache.describe_source(s, self.text_column) for s in (self._base_data, override)
                        if s is not None]
@@ -268,7 +272,7 @@ class TextPredictionDataCreator:
             "min_left_context_words": self.min_left_context_words, "deduplicate": self.deduplicate,
             "seed": self.seed, "feature_targets": self.feature_targets,
             "paired": None if self.pairing is None else self.pairing.partners,
-            "spacy_model": self._spacy_model_arg if isinstance(self._spacy_model_arg, str) else None, **call})
+            "spacy_model": self._spacy_model_arg, **call})
 
     # -- training data ---------------------------------------------------------------------------
     def generate_training_data(self, max_size_per_class: int | None = None, format: TrainingFormat = "per_class",
