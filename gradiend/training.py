@@ -9,6 +9,8 @@ the evaluation and the callbacks. `train_gradiend` wires it to a `ModelWithGradi
 model's engine behind the optional gradient cache, and encoder evaluation on validation rows.
 Nothing here touches process-wide random state: data order comes from the data seed's own
 generators and the GRADIEND's initial weights from the model's (see `ModelWithGradiend.create`).
+That is also what makes resuming exact: given a `ResumeCheckpoint`, the loop saves its state every
+`save_steps` steps and a rerun restores it and skips the batches already consumed (`gradiend.resume`).
 """
 
 from __future__ import annotations
