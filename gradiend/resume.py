@@ -259,8 +259,11 @@ class ResumeCheckpoint:
                            ", ".join(foreign[:5]))
             return
         doomed = self.directory.with_name(f".{self.directory.name}.{secrets.token_hex(4)}.tmp")
-        os.replace(self.directory, doomed)
-        shutil.rmtree(doomed)
+        try:
+            os.replace(self.directory, doomed)
+            shutil.rmtree(doomed)
+        except OSError as err:  # the model is saved; a leftover checkpoint only costs disk space
+            logger.warning("Could not remove the resume checkpoint %s (%s); delete it by hand", self.directory, err)
 
 
 def check_state_fits(state: TrainingState, gradiend_state: dict[str, torch.Tensor],
