@@ -487,13 +487,40 @@ def _swap_in(tmp: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
+def overwrite_allowed(target: str | os.PathLike) -> Iterator[None]:
+    """Within the block (this thread), `atomic_directory(target)` may replace `target` although it is not ours.
+
+    The user's explicit choice reaching a writer several calls down: `Trainer.train()` with
+    `TrainingArguments.overwrite_output_dir=True` allows its model directory. The limits of
+    `check_replaceable` (never an experiment directory, cwd, home, a file or a link) still hold.
+    """
+    key = Path(target).resolve()
+    allowed = _overwrite_targets()
+    added = key not in allowed
+    allowed.add(key)
+    try:
+        yield
+    finally:
+        if added:
+            allowed.discard(key)
+
+
+def _overwrite_targets() -> set[Path]:
+    if not hasattr(_THREAD, "overwrite"):
+        _THREAD.overwrite = set()
+    return _THREAD.overwrite
+
+
+@contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False, kind: str = "output") -> Iterator[Path]:
     """Yield a temp dir next to `target`; on success it replaces `target` as a whole.
 
-    `target` must be ours (see `check_replaceable`) unless `overwrite`; it is checked before and
-    again right before the swap. The new directory gets our manifest (`kind` says what it holds).
+    `target` must be ours (see `check_replaceable`) unless `overwrite` (or `overwrite_allowed(target)`);
+    it is checked before and again right before the swap. The new directory gets our manifest (`kind`
+    says what it holds).
     """
     target = Path(target)
+    overwrite = overwrite or target.resolve() in _overwrite_targets()
     with naming_write_errors(target):
         target.parent.mkdir(parents=True, exist_ok=True)
     recover_interrupted(target.parent, target.name)
@@ -607,6 +634,20 @@ def _legacy_encoder_key(csv: Path) -> tuple[str, int | None] | None:
     return (stem, None) if stem else None
 
 
+def _model_in_swap(root: Path) -> Path | None:
+    """The moved-aside `model/` of a swap caught between its two renames (a writer live at that moment, or
+    killed there), None when `model/` exists or nothing is aside. Readers read it: it is the last complete
+    checkpoint, and the next writer restores or removes it."""
+    if (root / MODEL_DIR).exists() or not root.is_dir():
+        return None
+    aside = [entry for entry in root.iterdir() if (match := _ASIDE_RE.match(entry.name)) and
+             match["name"] == MODEL_DIR and (entry / MODEL_CONFIG).is_file()]
+    if len(aside) != 1:
+        return None
+    logger.info("%s is being replaced; reading its previous version %s", root / MODEL_DIR, aside[0])
+    return aside[0]
+
+
 class ExperimentDir:
     """Every path, read, write and the lock of one experiment directory.
 
@@ -639,8 +680,8 @@ class ExperimentDir:
         if not path.is_dir():
             raise NotADirectoryError(f"{path} is a file; pass the experiment directory")
         if (path / MODEL_CONFIG).is_file() and path.name == MODEL_DIR:
-            return cls(path.parent)
-        return cls(path)
+            path = path.parent
+        return cls(path, model_dir=_model_in_swap(path))
 
     # paths
     @property
@@ -855,6 +896,9 @@ class ExperimentDir:
         found = []
         for child in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             card = child / "README.md"
-            if (child / "config.json").is_file() and card.is_file() and "- gradiend" in card.read_text("utf-8")[:500]:
-                found.append(child)
+            try:  # a writer may replace the directory meanwhile: then it is skipped
+                if (child / "config.json").is_file() and "- gradiend" in card.read_text("utf-8")[:500]:
+                    found.append(child)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
         return found

@@ -280,10 +280,18 @@ def _rewrites(root: Path, summaries: Mapping[str, DecoderSelection]) -> str:
     rows = []
     for path in models:
         summary = summaries.get(path.name) or DecoderSelection()
-        size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+        size = _size(path)
         rows.append([path.name, summary.feature_factor, summary.learning_rate, summary.value, summary.lms,
-                     f"{size / 2**20:.1f} MiB"])
+                     "–" if size is None else f"{size / 2**20:.1f} MiB"])
     return _table(["directory", "feature factor", "learning rate", "value", "LMS", "size"], rows)
+
+
+def _size(directory: Path) -> int | None:
+    """Bytes of the files in `directory`; None when a writer replaces it while we look."""
+    try:
+        return sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 def _timings(training: TrainingRecord) -> str:

@@ -11,8 +11,11 @@ import errno
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import threading
+import warnings
 from pathlib import Path
 
 import pytest
@@ -21,8 +24,9 @@ from conftest import make_rows
 from hostile_cases import case
 from safetensors.torch import load_file
 
-from gradiend import cli, experiment
-from gradiend.experiment import LOCK_FILE, OutputNotWritableError, tree_digest
+from gradiend import cli, experiment, results
+from gradiend.experiment import LOCK_FILE, ExperimentDir, OutputNotWritableError, tree_digest
+from gradiend.report import write_report
 
 REPO = Path(__file__).resolve().parents[1]
 TEMP_RE = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
@@ -297,3 +301,135 @@ def test_run_demo_refuses_steps_that_are_not_a_positive_count(steps: object, mon
     monkeypatch.setattr(gradiend.demo, "embedded_model_path", _disk_full)  # never reached
     with pytest.raises(ValueError, match="max_steps must be a positive number of training steps"):
         gradiend.demo.run_demo(max_steps=steps)  # type: ignore[arg-type]
+
+
+# -- readers beside a live writer ----------------------------------------------------------------------------
+def _readings(exp: Path) -> dict[str, object]:
+    return {"training": results.load_training(exp).to_json(), "config": results.load_model_config(exp),
+            "run": results.load_run_config(exp).to_json(), "seeds": results.load_seed_report(exp),
+            "encodings": results.load_encodings(exp).to_dict("list"),
+            "encoder": results.load_encoder_metrics(exp).to_json(),
+            "decoder": json.dumps(results.load_decoder(exp), default=str, sort_keys=True),
+            "rewrites": [p.name for p in results.rewritten_models(exp)],
+            "splits": [(r.split, r.max_size) for r in results.encoder_results(exp)]}
+
+
+def _plant_leftovers(exp: Path) -> list[str]:
+    """What a writer in the middle of its work has in the directory: torn temp files and dirs, a moved-aside copy."""
+    torn = {".encoded_values_split_test.csv.0123abcd.tmp": (exp / "encoded_values_split_test.csv").read_bytes()[:99],
+            ".decoder_grid.json.0123abcd.tmp": b'{"records": [',
+            ".report.html.0123abcd.tmp": b"<html><body><h1>GRADI"}
+    for name, data in torn.items():
+        (exp / name).write_bytes(data)
+    checkpoint = exp / ".model.0123abcd.tmp"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes((exp / "model" / "model.safetensors").read_bytes()[:64])
+    (checkpoint / "training.json").write_text("{")
+    rewrite = exp / ".3SG.0123abcd.tmp"
+    shutil.copytree(exp / "3SG", rewrite)
+    (rewrite / "model.safetensors").write_bytes(b"")
+    shutil.copytree(exp / "3SG", exp / f".3SG.{os.getpid()}-0123abcd.old")  # a swap done, its old copy not yet gone
+    return sorted(p.name for p in exp.iterdir() if p.name.endswith((".tmp", ".old")))
+
+
+@case("safe")
+def test_readers_work_beside_a_live_writer_and_its_leftovers(finished: Path, tmp_path: Path) -> None:
+    from gradiend import Trainer
+
+    exp = tmp_path / "exp"
+    shutil.copytree(finished, exp)
+    before = _readings(exp)
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with ExperimentDir(exp).lock():
+            held.set()
+            release.wait(120)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert held.wait(60)
+        with pytest.raises(RuntimeError, match="in use by another run"), ExperimentDir(exp).lock():
+            pass  # the lock is really held
+        leftovers = _plant_leftovers(exp)
+        assert _readings(exp) == before  # the last complete state, no lock needed, leftovers ignored
+        report = Path(write_report(exp, plots=False)).read_text(encoding="utf-8")
+        assert "Training convergence" in report and "3SG" in report and "0123abcd" not in report
+        trainer = Trainer.from_experiment(exp, show_progress=False)
+        assert trainer.get_training_record().to_json() == before["training"]
+        assert trainer.get_model().param_map.size == before["config"]["input_dim"]
+        # the writer now sits between the two renames of its model/ swap: the old model/ is aside
+        aside = exp / f".model.{os.getpid()}-0123abcd.old"
+        (exp / "model").rename(aside)
+        assert _readings(exp) == before
+        assert "Training convergence" in Path(write_report(exp, plots=False)).read_text(encoding="utf-8")
+        attached = Trainer.from_experiment(exp, show_progress=False)
+        aside.rename(exp / "model")  # the swap goes on; the reader holds what it read
+        assert attached.get_model().param_map.size == before["config"]["input_dim"]
+        assert sorted(p.name for p in exp.iterdir() if p.name.endswith((".tmp", ".old"))) == leftovers  # untouched
+    finally:
+        release.set()
+        thread.join()
+
+
+# -- the trainer's output_dir --------------------------------------------------------------------------------
+def _trainer(model: str, tmp_path: Path, **overrides: object):
+    from gradiend import TextPredictionTrainer, TrainingArguments
+
+    args = TrainingArguments(**{"experiment_dir": str(tmp_path / "exp"), "train_batch_size": 4, "max_steps": 1,
+                                "eval_steps": 1, "seed": 0, "show_progress": False, "scale_estimation_batches": 1,
+                                "params": ["encoder.layer.1.*"], **overrides})
+    return TextPredictionTrainer(model=model, data=make_rows(1), args=args, target_classes=["3SG", "3PL"])
+
+
+@case("data")
+@pytest.mark.parametrize("where", ["output_dir", "model"])
+def test_training_refuses_a_users_output_dir_unless_overwrite_output_dir(tiny_mlm_dir: str, tmp_path: Path,
+                                                                        monkeypatch, where: str) -> None:
+    from conftest import count_gradient_passes
+
+    from gradiend.experiment import OutputNotOursError
+
+    out = tmp_path / "out" if where == "output_dir" else tmp_path / "exp" / "model"
+    out.mkdir(parents=True)
+    (out / "thesis.tex").write_text(THESIS, encoding="utf-8")
+    overrides = {"output_dir": str(out)} if where == "output_dir" else {}
+    passes = count_gradient_passes(monkeypatch)
+    with pytest.raises(OutputNotOursError, match=rf"Refusing to train into {re.escape(str(out))}: .*thesis\.tex.*"
+                                                 r"overwrite_output_dir=True \(CLI: --overwrite-output-dir\)"):
+        _trainer(tiny_mlm_dir, tmp_path, **overrides).train()
+    assert passes == [] and (out / "thesis.tex").read_text(encoding="utf-8") == THESIS  # refused before training
+    trainer = _trainer(tiny_mlm_dir, tmp_path, overwrite_output_dir=True, **overrides)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # one step does not converge
+        trainer.train()
+    assert Path(trainer.model_path) == out and (out / "model.safetensors").is_file()
+    assert not (out / "thesis.tex").exists()  # the user asked for it
+    assert json.loads((out / experiment.OUTPUT_MARKER).read_text())["written_by"] == "gradiend"
+    assert {p.resolve() for p in experiment._overwrite_targets()} == set()  # the permission ended with train()
+
+
+@case("error")
+def test_overwrite_output_dir_never_replaces_an_experiment_or_a_file(tiny_mlm_dir: str, tmp_path: Path) -> None:
+    from gradiend.experiment import OutputNotOursError, UnsafePathError
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("mine")
+    with pytest.raises(OutputNotOursError, match="it is a file or a link"):
+        _trainer(tiny_mlm_dir, tmp_path, output_dir=str(blocker), overwrite_output_dir=True).train()
+    other = tmp_path / "other_experiment"
+    (other / "model").mkdir(parents=True)
+    (other / "run_config.json").write_text("{}")
+    with pytest.raises(UnsafePathError, match="is an experiment directory"):
+        _trainer(tiny_mlm_dir, tmp_path, output_dir=str(other), overwrite_output_dir=True).train()
+    assert blocker.read_text() == "mine" and (other / "run_config.json").read_text() == "{}"
+
+
+@case("safe")
+def test_the_cli_passes_overwrite_output_dir(tmp_path: Path) -> None:
+    ns = cli.parse_args(["train", "--model", "m", "--data", "d", "--experiment-dir", str(tmp_path),
+                         "--overwrite-output-dir"])
+    assert cli._make_training_arguments(cli._train_settings(ns)[1]).overwrite_output_dir is True
+    ns = cli.parse_args(["train", "--model", "m", "--data", "d", "--experiment-dir", str(tmp_path)])
+    assert cli._make_training_arguments(cli._train_settings(ns)[1]).overwrite_output_dir is False

@@ -9,6 +9,7 @@ handling lives in subclasses (`TextPredictionTrainer`).
 from __future__ import annotations
 
 import abc
+import contextlib
 import inspect
 import logging
 import os
@@ -73,14 +74,17 @@ class Trainer(EvaluationMethods, PlotMethods, abc.ABC):
         Inputs come from `run_config.json` and `training.json` (`data=` for runs trained from Python);
         `overrides` replace `TrainingArguments` fields (e.g. `show_progress=False`).
         """
-        from gradiend.experiment import ExperimentDir
+        from gradiend.experiment import MODEL_DIR, ExperimentDir
         from gradiend.runs import reattach_settings
         from gradiend.trainer.text.prediction.trainer import TextPredictionTrainer
 
         experiment = ExperimentDir.find(directory)
         settings = reattach_settings(experiment, data, eval_neutral_data, model, **overrides)
         trainer = (TextPredictionTrainer if inspect.isabstract(cls) else cls)(**settings)
-        trainer._attach(experiment.model, None)
+        # `model/` caught mid-swap (see ExperimentDir.find): hold its previous version in memory, since the
+        # next writer restores or removes the moved-aside copy
+        in_swap = experiment.model.name != MODEL_DIR
+        trainer._attach(experiment.model, trainer.load_model(experiment.model) if in_swap else None)
         return trainer
 
     # -- subclass hooks -------------------------------------------------------------------------
@@ -145,6 +149,7 @@ class Trainer(EvaluationMethods, PlotMethods, abc.ABC):
         written. Returns the trainer, or `{seed: model}` when `keep_seed_runs=True`.
         """
         from gradiend import runs
+        from gradiend.experiment import overwrite_allowed
 
         if overrides:
             self._args = self._args.replace(**overrides)
@@ -155,11 +160,13 @@ class Trainer(EvaluationMethods, PlotMethods, abc.ABC):
                 logger.info("Reusing the finished run in %s (use_cache=%r)", experiment.model, args.use_cache)
                 self._attach(experiment.model, None)
                 return self
+            _check_model_dir(experiment.model, args.overwrite_output_dir)  # before training, not after it
             template = self._pre_pruned or runs.new_template(self._base_model_arg, args, rows, pair, self._device())
             inputs = runs.prepare_run(template, args, rows, pair, self._base_model_arg, key, callbacks,
                                       pre_pruned=self._pre_pruned is not None)
             self._pre_pruned = self._explicit_pre_prune = None
-            result = runs.train_run(inputs, experiment)
+            with overwrite_allowed(experiment.model) if args.overwrite_output_dir else contextlib.nullcontext():
+                result = runs.train_run(inputs, experiment)
         self._attach(experiment.model, result.model)
         if args.max_seeds == 1:
             self.post_training(result.model)
@@ -270,3 +277,16 @@ class Trainer(EvaluationMethods, PlotMethods, abc.ABC):
                 f"target_classes={self._target_classes}, experiment_dir={self._args.experiment_dir!r}, "
                 f"model_path={self._model_path!r})")
 
+
+def _check_model_dir(model_dir: Path, overwrite: bool) -> None:
+    """Refuse, before any training, a model directory (`output_dir`) holding files gradiend did not write."""
+    from gradiend.experiment import OutputNotOursError, check_replaceable, foreign_files
+
+    foreign = [] if overwrite else foreign_files(model_dir)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise OutputNotOursError(
+            f"Refusing to train into {model_dir}: it holds files gradiend did not write ({shown}). Choose another "
+            f"output_dir, move those files away, or pass overwrite_output_dir=True (CLI: --overwrite-output-dir) "
+            f"to replace the directory as a whole, deleting them")
+    check_replaceable(model_dir, overwrite=overwrite)  # files, links and experiment directories: never
