@@ -234,8 +234,17 @@ class ModelWithGradiend:
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, base_model: str | None = None,
                         device: torch.device | str | None = None, trust_remote_code: bool = False,
-                        max_length: int = 256) -> ModelWithGradiend:
-        """Load a GRADIEND checkpoint and the base model it names (or `base_model`)."""
+                        max_length: int = 256, revision: str | None = None,
+                        token: str | bool | None = None) -> ModelWithGradiend:
+        """Load a GRADIEND checkpoint and the base model it names (or `base_model`).
+
+        `directory` is a local checkpoint directory or a Hugging Face Hub repo id (`org/name`, at
+        `revision`), read from the local Hub cache or downloaded into it (`gradiend.hub.resolve_pretrained`;
+        with `HF_HUB_OFFLINE=1` only the cache is searched).
+        """
+        from gradiend.hub import resolve_pretrained
+
+        directory = resolve_pretrained(directory, revision=revision, token=token)
         gradiend = GradiendModel.from_pretrained(directory)
         base = base_model or recorded_base_model(gradiend.config)
         if base is None:
@@ -247,6 +256,22 @@ class ModelWithGradiend:
 
     def save_pretrained(self, directory: str | os.PathLike, extra_json: dict[str, Any] | None = None) -> None:
         self.gradiend.save_pretrained(directory, extra_json)
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                    revision: str | None = None, commit_message: str = "Upload GRADIEND checkpoint") -> str:
+        """Upload this GRADIEND (weights, config and a model card) to the Hub model repo `repo_id`.
+
+        To include the training record and the encoder/decoder results, push the experiment
+        directory instead: `gradiend.hub.push_to_hub(experiment_dir, repo_id)`. Returns the commit URL.
+        """
+        import tempfile
+
+        from gradiend.hub import push_to_hub
+
+        with tempfile.TemporaryDirectory(prefix="gradiend-save-") as tmp:
+            self.save_pretrained(tmp)
+            return push_to_hub(tmp, repo_id, private=private, token=token, revision=revision,
+                               commit_message=commit_message)
 
     def with_new_gradiend(self, seed: int | None) -> ModelWithGradiend:
         """A model sharing this one's base model, tokenizer and objective, with a freshly initialised

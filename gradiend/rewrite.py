@@ -85,46 +85,12 @@ def rewritten_copy(model: nn.Module, param_map: ParamMap, update: Update, learni
     return clone
 
 
-_LMS_TEXT = {
-    "mlm": "LMS: masked-token accuracy on neutral text.",
-    "clm": "LMS: 1 / (1 + mean next-token cross-entropy) on neutral text.",
-}
-
-
 def model_card(info: dict[str, Any]) -> str:
-    """A README.md for a rewritten checkpoint: what was changed, how, and what it measured."""
-    lines = [
-        "---",
-        f"base_model: {info['base_model']}",
-        "library_name: transformers",
-        "tags:",
-        "- gradiend",
-        f"- {info['key']}",
-        "---",
-        "",
-        f"# {info['base_model']} rewritten by GRADIEND ({info['key']})",
-        "",
-        f"This checkpoint is `{info['base_model']}` with the weights θ' = θ + learning_rate · dec(feature_factor) "
-        f"of a GRADIEND feature neuron trained on the classes {info['feature_classes']} "
-        f"({'strengthening' if info['strengthen'] else 'weakening'} `{info['target_class']}`).",
-        "",
-        "| quantity | value |",
-        "|---|---|",
-        f"| feature_factor | {info['feature_factor']:g} |",
-        f"| learning_rate | {info['learning_rate']:g} |",
-        f"| metric (selected) | {info['value']:.6g} |",
-        f"| metric (base model) | {info.get('base_value', float('nan')):.6g} |",
-        f"| LMS (selected) | {info['lms']:.4f} |",
-        f"| LMS (base model) | {info['base_lms']:.4f} |",
-        f"| changed parameters | {info['n_parameters']:,} entries in {info['n_tensors']} tensors |",
-        f"| gradiend version | {info['library_version']} |",
-        "",
-        "Strengthen metric: mean probability of the class's tokens on the other class's rows; weaken "
-        "metric: 1 − mean probability of the class's tokens on its own rows. "
-        + _LMS_TEXT[info.get("objective", "mlm")],
-        "",
-    ]
-    return "\n".join(lines)
+    """A README.md for a rewritten checkpoint: Hub metadata, what was changed, how, and what it measured
+    (see `gradiend.cards.rewrite_card`)."""
+    from gradiend.cards import rewrite_card
+
+    return str(rewrite_card(info))
 
 
 def save_rewritten(model: nn.Module, tokenizer: Any, output_dir: str | os.PathLike, card: dict[str, Any], *,
@@ -147,8 +113,10 @@ def save_selected_rewrite(model: ModelWithGradiend, selection: dict[str, Any], *
     from gradiend._version import __version__
 
     rewritten = model.rewrite_base_model(selection["learning_rate"], selection["feature_factor"])
+    # the recorded resolved path tells a local base model from a Hub id, when it is the one trained on
+    resolved = model.config.base_model_resolved if base_model == model.config.base_model else None
     card = {**selection, "key": key, "target_class": target_class, "base_model": base_model,
-            "objective": model.objective.name, "feature_classes": feature_classes,
+            "base_model_resolved": resolved, "objective": model.objective.name, "feature_classes": feature_classes,
             "n_parameters": model.param_map.size, "n_tensors": len(model.param_map.specs),
             "library_version": __version__}
     return save_rewritten(rewritten, model.tokenizer, output_dir, card, overwrite=overwrite)
