@@ -128,10 +128,9 @@ def format_report(result: DemoResult) -> str:
     lines = [
         f"GRADIEND demo: {result.description}",
         "-" * 72,
-        f"{'test correlation':<38}{enc['correlation']:>+10.3f}",
+        f"{'test correlation (' + ' vs '.join(enc['mean_by_class']) + ')':<38}{enc['correlation']:>+10.3f}",
         *[f"{'mean encoding ' + cls:<38}{value:>+10.3f}" for cls, value in enc["mean_by_class"].items()],
-        *[f"{'mean encoding ' + kind.replace('_', ' '):<38}{value:>+10.3f}"
-          for kind, value in enc["neutral_mean_by_type"].items()],
+        *_neutral_lines(enc),
         f"{'test accuracy (±0.5 boundaries)':<38}{enc['accuracy']:>10.3f}",
         f"{'best validation correlation':<38}{_or_nan(best.correlation):>+10.3f}"
         f"  (step {'-' if best.global_step is None else best.global_step})",
@@ -152,6 +151,21 @@ def format_report(result: DemoResult) -> str:
         *([f"report: {result.report_path}"] if result.report_path else []),
     ]
     return "\n".join(lines)
+
+
+def _neutral_lines(enc: dict[str, Any]) -> list[str]:
+    """Neutral mean |h| per variant and the all-data scores (absent in metrics of older versions)."""
+    within = enc.get("neutral_within_bounds_by_type", {})
+    lines = [f"{'neutral mean |h| ' + _NEUTRAL_NAMES.get(kind, kind):<38}{value:>10.3f}"
+             + (f"  ({100 * within[kind]:.0f} % inside ±0.5)" if kind in within else "")
+             for kind, value in enc.get("neutral_abs_mean_by_type", {}).items()]
+    if "all_data_correlation" in enc:
+        lines += [f"{'all-data correlation (neutral = 0)':<38}{enc['all_data_correlation']:>+10.3f}",
+                  f"{'all-data accuracy (±0.5 boundaries)':<38}{enc['all_data_accuracy']:>10.3f}"]
+    return lines
+
+
+_NEUTRAL_NAMES = {"neutral_training_masked": "(other word masked)", "neutral_dataset": "(neutral corpus)"}
 
 
 def _or_nan(value: float | None) -> float:

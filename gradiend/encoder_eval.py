@@ -126,7 +126,18 @@ def _block(encoded: np.ndarray, labels: np.ndarray, binary: bool = False) -> dic
 
 
 def encoder_metrics(frame: pd.DataFrame, pair: Sequence[str]) -> dict[str, Any]:
-    """Correlation, accuracies and mean encodings by class and by row type."""
+    """Correlation, accuracies and mean encodings by class and by row type.
+
+    * `correlation` / `accuracy`: the pair's rows only (labels ±1): Pearson of h with the label,
+      and the ternary accuracy below.
+    * `all_data_correlation` / `all_data_accuracy` (also in `all_data`): every row, neutral rows
+      labelled 0. The ternary classification reads h ≥ 0.5 as class A (+1), h ≤ −0.5 as class B
+      (−1) and |h| < 0.5 as neutral (0) (`NEUTRAL_BOUNDS`); accuracy = share of rows whose
+      reading equals their label. A neuron that fires on neutral text scores low on both.
+    * `neutral_abs_mean_by_type`: mean |h| per neutral variant (0 = perfectly quiet; the signed
+      `neutral_mean_by_type` can be 0 while every neutral text encodes to ±1), and
+      `neutral_within_bounds_by_type`: the share of those rows with |h| < 0.5.
+    """
     enc = frame["encoded"].to_numpy(dtype=float)
     lab = frame["label"].to_numpy(dtype=float)
     training = (frame["type"] == TRAINING).to_numpy()
@@ -135,19 +146,28 @@ def encoder_metrics(frame: pd.DataFrame, pair: Sequence[str]) -> dict[str, Any]:
     by_class = {str(c): float(frame.loc[training & (frame["factual_class"] == c).to_numpy(), "encoded"].mean())
                 for c in pair if (training & (frame["factual_class"] == c).to_numpy()).any()}
     neutral = {t: v for t, v in by_type.items() if t != TRAINING}
+    abs_by_type = {t: float(frame.loc[frame["type"] == t, "encoded"].abs().mean()) for t in by_type}
+    low, high = NEUTRAL_BOUNDS
+    within = {t: float(frame.loc[frame["type"] == t, "encoded"].between(low, high, inclusive="neither").mean())
+              for t in neutral}
     training_only = _block(enc[training], lab[training])
+    all_data = _block(enc, lab)
     return {
         "n_samples": len(frame),
         "sample_counts": {str(t): int(n) for t, n in frame["type"].value_counts().items()},
         "correlation": training_only["correlation"],
         "accuracy": training_only["accuracy"],
+        "all_data_correlation": all_data["correlation"],
+        "all_data_accuracy": all_data["accuracy"],
         "training_only": training_only,
-        "all_data": _block(enc, lab),
+        "all_data": all_data,
         "target_classes_only": _block(enc[target], lab[target], binary=True),
         "mean_by_class": by_class,
         "mean_by_type": by_type,
-        "abs_mean_by_type": {t: float(frame.loc[frame["type"] == t, "encoded"].abs().mean()) for t in by_type},
+        "abs_mean_by_type": abs_by_type,
         "neutral_mean_by_type": neutral,
+        "neutral_abs_mean_by_type": {t: abs_by_type[t] for t in neutral},
+        "neutral_within_bounds_by_type": within,
         "std_by_class": {str(c): float(frame.loc[training & (frame["factual_class"] == c).to_numpy(),
                                                   "encoded"].std(ddof=0)) for c in by_class},
         "boundaries": {"neutral_lower": NEUTRAL_BOUNDS[0], "neutral_upper": NEUTRAL_BOUNDS[1], "binary": 0.0},
