@@ -136,8 +136,14 @@ def resolve_pretrained(path_or_repo_id: str | os.PathLike, revision: str | None 
 
 
 # -- writing: stage a checkpoint with its results and card, upload it ------------------------------
-def locate_checkpoint(directory: str | os.PathLike) -> tuple[Path, ExperimentDir | None]:
-    """(checkpoint directory, its experiment or None) for a checkpoint or an experiment directory."""
+def locate_checkpoint(directory: str | os.PathLike | ExperimentDir) -> tuple[Path, ExperimentDir | None]:
+    """(checkpoint directory, its experiment or None) for a checkpoint directory, an experiment directory, or
+    an `ExperimentDir` (whose model directory may lie elsewhere, e.g. a trainer's `output_dir`)."""
+    if isinstance(directory, ExperimentDir):
+        if not (directory.model / MODEL_CONFIG).is_file():
+            raise FileNotFoundError(f"{directory.model} holds no GRADIEND checkpoint ({MODEL_CONFIG} is missing); "
+                                    f"train it first")
+        return directory.model, directory
     path = Path(directory).expanduser()
     if not path.is_dir():
         raise FileNotFoundError(f"{directory} is not a directory; pass a GRADIEND checkpoint directory (holding "
@@ -197,7 +203,8 @@ def collect_results(checkpoint: Path, experiment: ExperimentDir | None) -> tuple
     return results, files
 
 
-def stage_for_hub(directory: str | os.PathLike, target: str | os.PathLike, repo_id: str | None = None) -> Path:
+def stage_for_hub(directory: str | os.PathLike | ExperimentDir, target: str | os.PathLike,
+                  repo_id: str | None = None) -> Path:
     """Copy a checkpoint, its current results and a fresh model card into the empty directory `target`."""
     from gradiend.cards import gradiend_card
 
@@ -219,10 +226,13 @@ def stage_for_hub(directory: str | os.PathLike, target: str | os.PathLike, repo_
     return target
 
 
-def push_to_hub(directory: str | os.PathLike, repo_id: str, *, private: bool | None = None,
+def push_to_hub(directory: str | os.PathLike | ExperimentDir, repo_id: str, *, private: bool | None = None,
                 token: str | None = None, revision: str | None = None,
                 commit_message: str = "Upload GRADIEND checkpoint") -> str:
-    """Upload a GRADIEND checkpoint (or an experiment's `model/`) with its results and a model card.
+    """Upload a GRADIEND checkpoint (or an experiment's model) with the experiment's results and a model card.
+
+    `directory`: a checkpoint directory, an experiment directory, or an `ExperimentDir` (a trainer's
+    `experiment`, whose model may live in a separate `output_dir`).
 
     Creates the model repo `repo_id` if needed (`private` applies then) and, with `revision`, the
     branch. Returns the URL of the commit.

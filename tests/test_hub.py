@@ -207,6 +207,17 @@ def test_push_leaves_out_results_of_earlier_weights(experiment: Path, tmp_path: 
     assert "Not evaluated when this card was written." in files["README.md"].decode()
 
 
+def test_push_of_an_experiment_whose_model_lives_elsewhere(experiment: Path, tmp_path: Path, fake_hub: list) -> None:
+    model_dir = tmp_path / "elsewhere" / "gradiend"
+    shutil.copytree(experiment / "model", model_dir)  # copy2 keeps mtimes: the results stay current
+    push_to_hub(ExperimentDir(experiment, model_dir=model_dir), REPO)
+    files = fake_hub[-1][1]["files"]
+    assert files["model.safetensors"] == (experiment / "model" / "model.safetensors").read_bytes()
+    assert {"results/encoded_values_split_test.json", "results/decoder_summaries.json"} <= set(files)
+    with pytest.raises(FileNotFoundError, match="holds no GRADIEND checkpoint"):
+        push_to_hub(ExperimentDir(tmp_path / "exp2"), REPO)
+
+
 def test_model_with_gradiend_push_to_hub(experiment: Path, fake_hub: list) -> None:
     model = ModelWithGradiend.from_pretrained(experiment / "model")
     model.push_to_hub(REPO)
