@@ -790,7 +790,10 @@ class ExperimentDir:
         """
         import filelock  # ~20 ms; only runs that write need it
 
-        self.root.mkdir(parents=True, exist_ok=True)
+        if self.root.exists() and not self.root.is_dir():
+            raise NotADirectoryError(f"Experiment directory {self.root} is a file; pass a directory path")
+        with naming_write_errors(self.root):
+            self.root.mkdir(parents=True, exist_ok=True)
         lock = filelock.FileLock(self.lock_file, timeout=0)
         try:
             lock.acquire()

@@ -433,3 +433,51 @@ def test_the_cli_passes_overwrite_output_dir(tmp_path: Path) -> None:
     assert cli._make_training_arguments(cli._train_settings(ns)[1]).overwrite_output_dir is True
     ns = cli.parse_args(["train", "--model", "m", "--data", "d", "--experiment-dir", str(tmp_path)])
     assert cli._make_training_arguments(cli._train_settings(ns)[1]).overwrite_output_dir is False
+
+
+# -- more raw or misleading errors ---------------------------------------------------------------------------
+@case("error")
+@pytest.mark.parametrize("run_id", ["../../escape", "/abs/run", "..", "a/../../b", " "])
+def test_a_run_id_that_leaves_the_experiment_dir_is_refused(tiny_mlm_dir: str, tmp_path: Path, run_id: str) -> None:
+    from gradiend import TextPredictionTrainer
+    from gradiend.experiment import UnsafePathError
+
+    with pytest.raises(UnsafePathError, match="must name a sub-directory of experiment_dir"):
+        TextPredictionTrainer(model=tiny_mlm_dir, data=make_rows(1), run_id=run_id)
+    assert list(tmp_path.iterdir()) == []
+
+
+@case("safe")
+def test_a_nested_run_id_stays_inside(tiny_mlm_dir: str, tmp_path: Path) -> None:
+    trainer = _trainer(tiny_mlm_dir, tmp_path)
+    trainer.run_id = "grid/run1"
+    assert Path(trainer.experiment_dir) == tmp_path / "exp" / "grid" / "run1"
+
+
+@case("error")
+def test_an_experiment_dir_that_is_a_file(tiny_mlm_dir: str, tmp_path: Path) -> None:
+    blocker = tmp_path / "exp"
+    blocker.write_text("mine")
+    with pytest.raises(NotADirectoryError, match=f"Experiment directory {blocker} is a file; pass a directory"):
+        _trainer(tiny_mlm_dir, tmp_path).train()
+    assert blocker.read_text() == "mine"
+
+
+@case("error")
+@pytest.mark.parametrize(("setting", "message"), [
+    ("pre_prune_config: 5", r"pre_prune_config must be a PrePruneConfig \(or a mapping of its fields\) or None, got 5"),
+    ("pre_prune_config: {n_samples: -3}", "PrePruneConfig.n_samples must be a positive integer, got -3"),
+    ("pre_prune_config: {nonsense: 1}", r"Unknown PrePruneConfig field\(s\): \['nonsense'\]"),
+    ("post_prune_config: '0.1'", "post_prune_config must be"),
+    ("max_steps: ten", "max_steps: cannot read 'ten' as int"),
+    ("run_id: ../../escape", "run_id '../../escape' must name a sub-directory"),
+])
+def test_bad_config_file_values_are_usage_errors(tiny_mlm_dir: str, tmp_path: Path, capsys, setting: str,
+                                                 message: str) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {tiny_mlm_dir}\ndata: data.csv\ntarget_classes: [3SG, 3PL]\nexperiment_dir: exp\n"
+                      f"{setting}\n", encoding="utf-8")
+    make_rows(1).to_csv(tmp_path / "data.csv", index=False)
+    assert cli.main(["train", str(config), "-q"]) == cli.EXIT_USAGE
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "exp").exists() and not (tmp_path.parent / "escape").exists()

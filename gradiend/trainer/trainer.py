@@ -45,6 +45,7 @@ class Trainer(EvaluationMethods, PlotMethods, abc.ABC):
 
         if run_id is not None and not isinstance(run_id, str):
             raise TypeError(f"run_id must be a str or None, got {type(run_id).__name__}")
+        _check_run_id(run_id)
         if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 1:
             raise ValueError(f"n_features must be a positive int, got {n_features!r}")
         if args is not None and not isinstance(args, TrainingArguments):
@@ -290,3 +291,17 @@ def _check_model_dir(model_dir: Path, overwrite: bool) -> None:
             f"output_dir, move those files away, or pass overwrite_output_dir=True (CLI: --overwrite-output-dir) "
             f"to replace the directory as a whole, deleting them")
     check_replaceable(model_dir, overwrite=overwrite)  # files, links and experiment directories: never
+
+
+def _check_run_id(run_id: str | None) -> None:
+    """A run id is a sub-directory of `experiment_dir`: relative, without `..`, not empty."""
+    from pathlib import PurePath
+
+    from gradiend.experiment import UnsafePathError
+
+    if run_id is None:
+        return
+    parts = PurePath(run_id).parts
+    if not run_id.strip() or PurePath(run_id).is_absolute() or ".." in parts or not parts:
+        raise UnsafePathError(f"run_id {run_id!r} must name a sub-directory of experiment_dir (relative, without "
+                              f"'..'), e.g. 'run1'")
