@@ -252,6 +252,8 @@ class EncoderMetrics(Record):
     sample_counts: dict[str, int] = field(default_factory=dict)
     correlation: float | None = None
     accuracy: float | None = None
+    all_data_correlation: float | None = None  # every row, neutral rows labelled 0
+    all_data_accuracy: float | None = None
     training_only: dict[str, Any] = field(default_factory=dict)
     all_data: dict[str, Any] = field(default_factory=dict)
     target_classes_only: dict[str, Any] = field(default_factory=dict)
@@ -259,6 +261,8 @@ class EncoderMetrics(Record):
     mean_by_type: dict[str, float] = field(default_factory=dict)
     abs_mean_by_type: dict[str, float] = field(default_factory=dict)
     neutral_mean_by_type: dict[str, float] = field(default_factory=dict)
+    neutral_abs_mean_by_type: dict[str, float] = field(default_factory=dict)
+    neutral_within_bounds_by_type: dict[str, float] = field(default_factory=dict)  # share with |h| < 0.5
     std_by_class: dict[str, float] = field(default_factory=dict)
     boundaries: dict[str, float] = field(default_factory=dict)
     label_value_to_class_name: dict[str, str] = field(default_factory=dict)
