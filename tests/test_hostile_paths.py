@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from hostile_cases import case
 
 from gradiend.experiment import (
     OUTPUT_MARKER,
@@ -45,6 +46,7 @@ def _write(directory: Path, name: str, text: str = "x") -> Path:
 
 # -- 1. a directory is replaced only when it is ours --------------------------------------------------------
 
+@case("data")
 def test_a_users_directory_is_never_replaced(tmp_path: Path) -> None:
     out = tmp_path / "out"
     thesis = _write(out, "thesis.tex", "\\chapter{mine}")
@@ -55,6 +57,7 @@ def test_a_users_directory_is_never_replaced(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the temp dir is gone too
 
 
+@case("data")
 def test_our_directory_is_replaced_and_a_file_added_later_protects_it(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()  # empty: ours
@@ -75,6 +78,7 @@ def test_our_directory_is_replaced_and_a_file_added_later_protects_it(tmp_path: 
     assert sorted(os.listdir(out)) == [OUTPUT_MARKER, "config.json"]
 
 
+@case("data")
 def test_a_user_file_appearing_during_the_write_is_still_protected(tmp_path: Path) -> None:
     out = tmp_path / "out"
     with pytest.raises(OutputNotOursError), atomic_directory(out) as tmp:
@@ -89,6 +93,7 @@ def test_a_user_file_appearing_during_the_write_is_still_protected(tmp_path: Pat
     {"config.json": "{}", "README.md": "---\ntags:\n- gradiend\n---\n", "model.safetensors": "w",
      "tokenizer.json": "{}", "tokenizer_config.json": "{}", "special_tokens_map.json": "{}", "vocab.txt": "a"},
 ])
+@case("safe")
 def test_directories_an_earlier_version_wrote_stay_replaceable(tmp_path: Path, files: dict[str, str]) -> None:
     out = tmp_path / "legacy"
     for name, text in files.items():
@@ -105,6 +110,7 @@ def test_directories_an_earlier_version_wrote_stay_replaceable(tmp_path: Path, f
     {"config.json": "{}", "README.md": "- gradiend", "train.py": "print()"},
     {"data.csv": "a,b"},
 ])
+@case("data")
 def test_lookalikes_of_old_layouts_are_not_ours(tmp_path: Path, files: dict[str, str]) -> None:
     out = tmp_path / "looks_like_ours"
     for name, text in files.items():
@@ -115,6 +121,7 @@ def test_lookalikes_of_old_layouts_are_not_ours(tmp_path: Path, files: dict[str,
     assert _snapshot(out) == before
 
 
+@case("data")
 def test_a_saved_dataset_is_replaceable_but_not_a_file_or_link(tmp_path: Path) -> None:
     dataset = tmp_path / "dataset"
     _write(dataset, "dataset_dict.json", "{}")
@@ -131,6 +138,7 @@ def test_a_saved_dataset_is_replaceable_but_not_a_file_or_link(tmp_path: Path) -
     assert blocker.read_text() == "mine" and link.is_symlink()
 
 
+@case("data")
 def test_overwrite_never_replaces_an_experiment_or_the_working_directory(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     exp = tmp_path / "exp"
@@ -152,6 +160,7 @@ def test_overwrite_never_replaces_an_experiment_or_the_working_directory(tmp_pat
     (".hidden", "_hidden-"), (".model.deadbeef.tmp", "_model.deadbeef.tmp-"), ("ünï", "_n_-"),
     ("x" * 300, "x" * 91 + "-"),
 ])
+@case("safe")
 def test_safe_path_part(name: str, safe: str) -> None:
     result = safe_path_part(name)
     assert result == safe if safe == name else result.startswith(safe) and len(result) == len(safe) + 8
@@ -160,6 +169,7 @@ def test_safe_path_part(name: str, safe: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["", " ", ".", ".."])
+@case("error")
 def test_names_that_cannot_be_a_path_part_are_refused(name: str, tmp_path: Path) -> None:
     with pytest.raises(UnsafePathError, match="cannot be used as a file name"):
         child_path(tmp_path, name, "class")
@@ -167,6 +177,7 @@ def test_names_that_cannot_be_a_path_part_are_refused(name: str, tmp_path: Path)
         safe_path_part(3)  # type: ignore[arg-type]
 
 
+@case("safe")
 def test_experiment_paths_from_names_stay_inside(tmp_path: Path) -> None:
     exp = ExperimentDir(tmp_path / "exp")
     for key in ("../../X", "<script>", "/etc/passwd", "..\\..\\X"):
@@ -178,6 +189,7 @@ def test_experiment_paths_from_names_stay_inside(tmp_path: Path) -> None:
     assert exp.encoder_csv("test", 5).name == "encoded_values_split_test_max_size_5.csv"  # names unchanged
 
 
+@case("error")
 def test_model_dir_equal_to_or_above_the_experiment_is_refused(tmp_path: Path) -> None:
     root = tmp_path / "exp"
     for model_dir in (root, tmp_path, root / "model" / ".."):
@@ -199,6 +211,7 @@ def trained(tiny_mlm_dir: str, tmp_path_factory: pytest.TempPathFactory):
     return build(tiny_mlm_dir, tmp_path_factory.mktemp("hostile") / "exp", encoder=False, decoder=True)
 
 
+@case("data")
 def test_rewrite_refuses_users_directories_and_the_experiment(trained, tmp_path: Path) -> None:
     exp = trained.experiment
     before = _snapshot(exp.root)
@@ -223,6 +236,7 @@ def test_rewrite_refuses_users_directories_and_the_experiment(trained, tmp_path:
     assert not (out / "thesis.tex").exists()  # only with overwrite=True
 
 
+@case("safe")
 def test_hostile_class_names_create_nothing_outside(trained, tmp_path: Path) -> None:
     from gradiend.rewrite import rewrite_selected
 
@@ -249,6 +263,7 @@ def test_hostile_class_names_create_nothing_outside(trained, tmp_path: Path) -> 
 
 # -- 5. evaluate and rewrite take the lock, without deadlocking inside train() -------------------------------
 
+@case("error")
 def test_evaluate_and_rewrite_take_the_lock(trained, tmp_path: Path) -> None:
     exp = trained.experiment
     errors: list[BaseException] = []
@@ -319,6 +334,7 @@ def _old_experiment(root: Path) -> None:
 
 @pytest.mark.parametrize(("moment", "version"), [("between-renames", "old"), ("after-swap", "new"),
                                                  ("mid-write", "old")])
+@case("fault")
 def test_a_run_killed_mid_swap_leaves_a_model_after_the_next_start(tmp_path: Path, moment: str, version: str) -> None:
     root = tmp_path / "exp"
     _old_experiment(root)
@@ -333,6 +349,7 @@ def test_a_run_killed_mid_swap_leaves_a_model_after_the_next_start(tmp_path: Pat
     assert (root / "notes.tmp").read_text() == (root / ".notes.tmp").read_text() == "user"
 
 
+@case("fault")
 def test_a_swap_of_a_live_process_is_left_alone(tmp_path: Path) -> None:
     from gradiend.experiment import recover_interrupted
 

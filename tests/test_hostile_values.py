@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import count_gradient_passes, make_rows
+from hostile_cases import case
 from transformers import BertConfig, BertForMaskedLM
 
 from gradiend import TextPredictionTrainer, TrainingArguments
@@ -68,12 +69,14 @@ def _resave_other_weights(directory: str) -> None:
     {"correlation": INF, "mean_by_class": {"A": 0.9, "B": -0.9}},
     {"correlation": 0.9, "mean_by_class": {"A": NAN, "B": NAN}},
 ])
+@case("safe")
 def test_non_finite_correlation_or_class_mean_is_not_converged(best: dict) -> None:
     for threshold in (0.5, None):
         converged, reason = check_convergence(best, TrainingArguments(convergent_mean_by_class_threshold=threshold))
         assert not converged and "finite" in reason
 
 
+@case("safe")
 def test_non_finite_loss_is_not_converged() -> None:
     args = TrainingArguments(convergent_metric="loss", convergent_score_threshold=0.5)
     converged, reason = check_convergence({"loss": NAN, "correlation": 0.9, "mean_by_class": {}}, args)
@@ -86,6 +89,7 @@ class _Holder:
         self.gradiend = GradiendModel(GradiendConfig(input_dim=4), torch.Generator().manual_seed(0))
 
 
+@case("safe")
 def test_best_checkpoint_ignores_nan_scores() -> None:
     loop = TrainingLoop(_Holder(), TrainingArguments(), source=None)  # type: ignore[arg-type]
     loop._record(1, 0, {"correlation": NAN, "mean_by_class": {"A": NAN, "B": NAN}, "n": 4})
@@ -97,6 +101,7 @@ def test_best_checkpoint_ignores_nan_scores() -> None:
     assert math.isnan(loop.history.scores["3"])
 
 
+@case("error")
 def test_float16_training_is_refused_up_front(tiny_mlm_dir: str, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match=r"float16.*loss scaling.*bfloat16.*float32"):
@@ -113,6 +118,7 @@ def test_float16_training_is_refused_up_front(tiny_mlm_dir: str, tmp_path: Path,
     {"decoder_eval_lrs": [NAN]}, {"decoder_eval_lrs": [1.0, INF]}, {"decoder_eval_feature_factors": [NAN]},
     {"convergent_score_threshold": NAN},
 ])
+@case("error")
 def test_non_finite_settings_are_rejected_at_construction(overrides: dict) -> None:
     with pytest.raises(ValueError, match=next(iter(overrides))):
         TrainingArguments(**overrides)
@@ -120,11 +126,13 @@ def test_non_finite_settings_are_rejected_at_construction(overrides: dict) -> No
 
 @pytest.mark.parametrize("grid", [{"learning_rates": [NAN]}, {"learning_rates": [1.0, -INF]},
                                   {"feature_factors": [INF]}, {"learning_rates": []}])
+@case("error")
 def test_decoder_request_rejects_non_finite_grid(grid: dict) -> None:
     with pytest.raises(ValueError, match="finite numbers"):
         DecoderRequest(["A", "B"], **grid)
 
 
+@case("safe")
 def test_selector_never_picks_non_finite_lms_or_probability() -> None:
     select = lms_threshold_selector()
     base = {"lms": 0.5}
@@ -140,6 +148,7 @@ def test_selector_never_picks_non_finite_lms_or_probability() -> None:
         select([good], {"lms": NAN})
 
 
+@case("error")
 def test_adding_a_non_finite_update_is_refused() -> None:
     param_map = ParamMap.from_shapes([("w", (2, 3))])
     spec = param_map.specs[0]
@@ -153,6 +162,7 @@ def test_adding_a_non_finite_update_is_refused() -> None:
     assert torch.equal(weights, torch.full((2, 3), 0.5))
 
 
+@case("error")
 def test_rewrite_with_nan_decoder_is_refused_and_base_untouched(tiny_mlm_dir: str) -> None:
     mwg = ModelWithGradiend.create(tiny_mlm_dir, params=PARAMS, feature_classes=["3SG", "3PL"])
     before = {k: v.clone() for k, v in mwg.base_model.state_dict().items()}
@@ -169,6 +179,7 @@ def test_rewrite_with_nan_decoder_is_refused_and_base_untouched(tiny_mlm_dir: st
 # -- 2. strict types ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("field_name", ["trust_remote_code", "do_eval", "bias_decoder", "normalize_gradiend"])
 @pytest.mark.parametrize("value", ["false", "no", "False", 0, 1, None])
+@case("error")
 def test_booleans_accept_only_real_booleans(field_name: str, value: object) -> None:
     with pytest.raises(ValueError, match=f"{field_name} must be a bool"):
         TrainingArguments(**{field_name: value})
@@ -178,6 +189,7 @@ def test_booleans_accept_only_real_booleans(field_name: str, value: object) -> N
 
 
 # -- 3. results bound to the model -------------------------------------------------------------------------
+@case("safe")
 def test_run_fingerprint_keys_base_model_by_content(tiny_mlm_dir: str, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     model = _copy_model(tiny_mlm_dir, tmp_path / "m")
@@ -193,6 +205,7 @@ def test_run_fingerprint_keys_base_model_by_content(tiny_mlm_dir: str, tmp_path:
     assert resolve_base_model("bert-base-uncased") == "bert-base-uncased"
 
 
+@case("safe")
 def test_use_cache_retrains_when_weights_at_the_same_path_change(tiny_mlm_dir: str, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     model = _copy_model(tiny_mlm_dir, tmp_path / "m")
@@ -205,6 +218,7 @@ def test_use_cache_retrains_when_weights_at_the_same_path_change(tiny_mlm_dir: s
     assert passes  # other weights at the same path: retrained
 
 
+@case("safe")
 def test_base_model_stored_resolved_next_to_its_spelling_and_checked_on_load(
         tiny_mlm_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _copy_model(tiny_mlm_dir, tmp_path / "m")
@@ -234,6 +248,7 @@ def test_base_model_stored_resolved_next_to_its_spelling_and_checked_on_load(
 
 
 # -- 4. clear errors ---------------------------------------------------------------------------------------
+@case("error")
 def test_truncated_base_weights_name_the_file(tiny_mlm_dir: str, tmp_path: Path) -> None:
     model = _copy_model(tiny_mlm_dir, tmp_path / "m")
     weights = Path(model) / "model.safetensors"
@@ -245,6 +260,7 @@ def test_truncated_base_weights_name_the_file(tiny_mlm_dir: str, tmp_path: Path)
         ModelWithGradiend.create(model, params=PARAMS)
 
 
+@case("error")
 def test_model_path_that_is_a_file(tiny_mlm_dir: str) -> None:
     path = os.path.join(tiny_mlm_dir, "config.json")
     with pytest.raises(NotADirectoryError, match="is a file; pass the directory"):
@@ -253,6 +269,7 @@ def test_model_path_that_is_a_file(tiny_mlm_dir: str) -> None:
 
 @pytest.mark.parametrize("edit", [{"input_dim": "12"}, {"feature_classes": 5}, {"bias_decoder": "false"},
                                   {"param_map": {"a": 1}}, {"latent_dim": None}, {"input_dim": None}])
+@case("error")
 def test_wrong_typed_checkpoint_config_fields(tmp_path: Path, edit: dict) -> None:
     GradiendModel(GradiendConfig(input_dim=4), torch.Generator().manual_seed(0)).save_pretrained(tmp_path)
     path = tmp_path / "gradiend_config.json"
@@ -267,6 +284,7 @@ def test_wrong_typed_checkpoint_config_fields(tmp_path: Path, edit: dict) -> Non
     assert not isinstance(info.value, (TypeError, KeyError))
 
 
+@case("error")
 def test_target_classes_not_in_the_data_and_three_classes() -> None:
     with pytest.raises(DataError, match=r"target_classes \['X', 'Y'\] not found.*\['3PL', '3SG'\]"):
         unify(make_rows(), ["X", "Y"])
@@ -277,6 +295,7 @@ def test_target_classes_not_in_the_data_and_three_classes() -> None:
 
 
 @pytest.mark.parametrize("label", ["[MASK]", "[CLS]", "[sep]", "[PAD]"])
+@case("error")
 def test_special_tokens_as_labels_are_refused(tiny_mlm_dir: str, tmp_path: Path, label: str) -> None:
     rows = make_rows()
     rows.loc[rows["label_class"] == "3PL", "label"] = label
@@ -285,11 +304,13 @@ def test_special_tokens_as_labels_are_refused(tiny_mlm_dir: str, tmp_path: Path,
 
 
 @pytest.mark.parametrize("max_length", [1, 2])
+@case("error")
 def test_tiny_max_length_is_refused(max_length: int) -> None:
     with pytest.raises(ValueError, match="max_length must be at least 3"):
         TrainingArguments(max_length=max_length)
 
 
+@case("error")
 def test_pre_prune_config_of_wrong_type() -> None:
     with pytest.raises(ValueError, match=r"pre_prune_config must be a PrePruneConfig .*got 5"):
         TrainingArguments(pre_prune_config=5)
@@ -297,6 +318,7 @@ def test_pre_prune_config_of_wrong_type() -> None:
         TrainingArguments(post_prune_config="0.1")
 
 
+@case("error")
 def test_mask_beyond_max_length_is_found_before_training(tiny_mlm_dir: str, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     rows = make_rows()
@@ -310,6 +332,7 @@ def test_mask_beyond_max_length_is_found_before_training(tiny_mlm_dir: str, tmp_
     _train(_trainer(tiny_mlm_dir, tmp_path, rows=rows, max_length=64))  # fits: trains
 
 
+@case("safe")
 def test_reattach_from_another_directory_uses_the_resolved_base_model(tiny_mlm_dir: str, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from gradiend import Trainer
