@@ -18,17 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gradiend.experiment import MODEL_CONFIG, MODEL_DIR, MODEL_WEIGHTS, TRAINING_STATS, ExperimentDir, read_json
-
 if TYPE_CHECKING:
     from gradiend.cards import CheckpointResults
+    from gradiend.experiment import ExperimentDir
 
 logger = logging.getLogger(__name__)
 
 CARD_FILE = "README.md"
 RESULTS_DIR = "results"
-PARAM_MAP_FILE = "param_map.safetensors"  # gradiend.model.PARAM_MAP_FILE (not imported: that module needs torch)
-CHECKPOINT_FILES = (MODEL_CONFIG, MODEL_WEIGHTS, PARAM_MAP_FILE, TRAINING_STATS)
 _TRUE = ("1", "true", "yes", "on")
 
 
@@ -113,7 +110,7 @@ def resolve_pretrained(path_or_repo_id: str | os.PathLike, revision: str | None 
             raise ValueError(f"revision={revision!r} applies to Hub ids, but {text!r} is a local directory")
         return path
     if path.exists():
-        raise NotADirectoryError(f"{text!r} is a file; pass the checkpoint directory (it holds {MODEL_CONFIG})")
+        raise NotADirectoryError(f"{text!r} is a file; pass the checkpoint directory (it holds gradiend_config.json)")
     if text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1:
         raise FileNotFoundError(f"GRADIEND checkpoint directory {text!r} does not exist")
     repo_id = check_repo_id(text)
@@ -139,6 +136,8 @@ def resolve_pretrained(path_or_repo_id: str | os.PathLike, revision: str | None 
 def locate_checkpoint(directory: str | os.PathLike | ExperimentDir) -> tuple[Path, ExperimentDir | None]:
     """(checkpoint directory, its experiment or None) for a checkpoint directory, an experiment directory, or
     an `ExperimentDir` (whose model directory may lie elsewhere, e.g. a trainer's `output_dir`)."""
+    from gradiend.experiment import MODEL_CONFIG, MODEL_DIR, ExperimentDir
+
     if isinstance(directory, ExperimentDir):
         if not (directory.model / MODEL_CONFIG).is_file():
             raise FileNotFoundError(f"{directory.model} holds no GRADIEND checkpoint ({MODEL_CONFIG} is missing); "
@@ -185,7 +184,7 @@ def _decoder_results(experiment: ExperimentDir, stamp: str | None) -> tuple[dict
 def collect_results(checkpoint: Path, experiment: ExperimentDir | None) -> tuple[CheckpointResults, list[Path]]:
     """What the card reports, and the experiment's result files to upload under `results/`."""
     from gradiend.cards import CheckpointResults
-    from gradiend.experiment import weights_stamp
+    from gradiend.experiment import MODEL_CONFIG, TRAINING_STATS, read_json, weights_stamp
     from gradiend.model import GradiendConfig
     from gradiend.records import TrainingRecord
 
@@ -207,6 +206,8 @@ def stage_for_hub(directory: str | os.PathLike | ExperimentDir, target: str | os
                   repo_id: str | None = None) -> Path:
     """Copy a checkpoint, its current results and a fresh model card into the empty directory `target`."""
     from gradiend.cards import gradiend_card
+    from gradiend.experiment import MODEL_CONFIG, MODEL_WEIGHTS, TRAINING_STATS
+    from gradiend.model import PARAM_MAP_FILE
 
     checkpoint, experiment = locate_checkpoint(directory)
     if not (checkpoint / MODEL_WEIGHTS).is_file():
@@ -215,7 +216,7 @@ def stage_for_hub(directory: str | os.PathLike | ExperimentDir, target: str | os
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
     results, result_files = collect_results(checkpoint, experiment)
-    for name in CHECKPOINT_FILES:
+    for name in (MODEL_CONFIG, MODEL_WEIGHTS, PARAM_MAP_FILE, TRAINING_STATS):
         if (checkpoint / name).is_file():
             shutil.copy2(checkpoint / name, target / name)
     if result_files:

@@ -325,7 +325,7 @@ def test_resolve_pretrained_refuses_bad_local_input(experiment: Path, tmp_path: 
 
 
 def test_hub_module_imports_no_heavy_library() -> None:
-    heavy = ("huggingface_hub", "transformers", "torch", "pandas")
+    heavy = ("huggingface_hub", "transformers", "torch", "pandas", "gradiend.experiment")
     code = ("import json, sys, gradiend.hub, gradiend.cards\n"
             f"print(json.dumps([m for m in {heavy} if m in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
