@@ -481,3 +481,27 @@ def test_bad_config_file_values_are_usage_errors(tiny_mlm_dir: str, tmp_path: Pa
     assert cli.main(["train", str(config), "-q"]) == cli.EXIT_USAGE
     assert re.search(message, capsys.readouterr().err)
     assert not (tmp_path / "exp").exists() and not (tmp_path.parent / "escape").exists()
+
+
+@case("error")
+@pytest.mark.parametrize(("call", "error", "message"), [
+    (lambda t: t.evaluate_decoder(target_class="3SG", lrs="0.1"), TypeError,
+     r"lrs must be a list of numbers, got '0\.1'"),
+    (lambda t: t.evaluate_decoder(target_class="3SG", feature_factors=1.0), TypeError,
+     "feature_factors must be a list of numbers"),
+    (lambda t: t.rewrite_base_model(target_class="ZZZ"), ValueError,
+     r"Unknown target_class 'ZZZ'; available: \['3SG', '3PL'\]"),
+    (lambda t: t.rewrite_base_model(decoder_results={}, target_class="3SG"), KeyError,
+     r"No decoder selection for \['3SG'\] \(have \[\]\); run evaluate_decoder\(target_class='3SG', "
+     r"increase_target_probabilities=True\) first"),
+    (lambda t: t.rewrite_base_model(target_class="3PL", increase_target_probabilities=False), KeyError,
+     r"No decoder selection for \['3PL_weaken'\] \(have \['3SG'\]\)"),
+])
+def test_decoder_and_rewrite_arguments_that_used_to_mislead(finished: Path, call, error, message: str) -> None:
+    from gradiend import Trainer
+
+    trainer = Trainer.from_experiment(finished, show_progress=False)
+    before = _snapshot(finished)
+    with pytest.raises(error, match=message) as info:
+        call(trainer)
+    assert str(info.value)[0] not in "'\"" and _snapshot(finished) == before  # plain text, nothing written

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -142,6 +142,8 @@ class EvaluationMethods:
 
         classes = list(summary_metrics) if summary_metrics is not None else (
             [target_class] if target_class is not None else list(self.pair))
+        _check_number_list("lrs", lrs)
+        _check_number_list("feature_factors", feature_factors)
         request = DecoderRequest.from_arguments(
             self._args, classes, strengthen=increase_target_probabilities, lrs=lrs, feature_factors=feature_factors,
             max_size_training_like=max_size_training_like, max_size_neutral=max_size_neutral,
@@ -192,12 +194,16 @@ class EvaluationMethods:
         if not isinstance(overwrite, bool):
             raise TypeError(f"overwrite must be a bool, got {type(overwrite).__name__}")
         classes = [target_class] if isinstance(target_class, str) else list(target_class or self.pair)
+        unknown = [c for c in classes if c not in self.pair]
+        if unknown:
+            raise ValueError(f"Unknown target_class {unknown[0]!r}; available: {list(self.pair)}")
+        keys = [selection_key(c, increase_target_probabilities) for c in classes]
         saves = output_dir is not None or len(classes) > 1
         # saving takes the lock: the selections and the checkpoint read must not change mid-write
         with self.experiment.writing() if saves else contextlib.nullcontext():
             selections = decoder_results if decoder_results is not None else load_selections(self._decoder_cache())
-            return rewrite_selected(self.get_model(), selections, classes,
-                                    [selection_key(c, increase_target_probabilities) for c in classes],
+            _check_selected(selections, keys, increase_target_probabilities)
+            return rewrite_selected(self.get_model(), selections, classes, keys,
                                     feature_classes=list(self.pair), base_model=self._base_model_arg,
                                     output_dir=output_dir, overwrite=overwrite, experiment=self.experiment,
                                     default_dir=self.experiment.rewritten if self._args.experiment_dir else None)
@@ -206,3 +212,29 @@ class EvaluationMethods:
 def _check_optional_positive(name: str, value: Any) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
         raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+
+
+def _check_number_list(name: str, value: Any) -> None:
+    """A decoder grid axis is a list of numbers (a bare string would become a list of characters)."""
+    if value is not None and (isinstance(value, (str, bytes, int, float)) or not isinstance(value, Iterable)):
+        raise TypeError(f"{name} must be a list of numbers, got {value!r}; e.g. {name}=[1.0, 0.1]")
+
+
+class MissingSelectionError(KeyError):
+    """A class to rewrite has no selected decoder candidate; the message names the call that selects one
+    (a KeyError, as before, but printed as plain text)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else super().__str__()
+
+
+def _check_selected(selections: Any, keys: Sequence[str], strengthen: bool) -> None:
+    """Every class to rewrite needs its selected candidate (from `evaluate_decoder`)."""
+    if not isinstance(selections, Mapping):
+        raise TypeError(f"decoder_results must be the dict evaluate_decoder() returns, got {type(selections).__name__}")
+    missing = [k for k in keys if k not in selections]
+    if missing:
+        have = sorted(k for k in selections if k != "grid")
+        raise MissingSelectionError(f"No decoder selection for {missing} (have {have}); run "
+                                 f"evaluate_decoder(target_class={missing[0].removesuffix('_weaken')!r}, "
+                                 f"increase_target_probabilities={strengthen}) first")
