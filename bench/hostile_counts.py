@@ -1,6 +1,6 @@
 """Count the hostile inputs and faults that tests/test_hostile*.py try, and how each ended (issue 18's table).
 
-    python bench/hostile_counts.py              # run the tests (about 1-2 minutes on 2 cores) and print the table
+    python bench/hostile_counts.py              # run the tests (a few minutes on 2 cores) and print the table
     python bench/hostile_counts.py --collect    # only list the cases (no outcome)
     python bench/hostile_counts.py --json       # the table as JSON
 

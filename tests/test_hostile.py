@@ -2,7 +2,8 @@
 
 The fault-injection test runs `gradiend train → evaluate → rewrite → report` on the tiny BERT over an earlier
 finished run that holds a user's `thesis.tex`, kills it with SIGKILL at each of its write points (the test
-hook in `gradiend.experiment`; the driver is `tests/write_faults.py`), and checks the killed state and a rerun.
+hook in `gradiend.experiment`; the driver is `tests/write_faults.py`), and checks the killed state and a rerun
+(which resumes training from its checkpoint where one was saved, and must still match an uninterrupted run).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ training_args:
   scale_estimation_batches: 1
   params: [encoder.layer.1.*]
   decoder_eval_lrs: [1.0, 0.01]
+  save_steps: 1               # a resume checkpoint after step 1: killed there, the rerun resumes from it
 """, encoding="utf-8")
     base = tmp_path / "work" / "base"
     for name, text in USER_FILES.items():
