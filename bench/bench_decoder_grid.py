@@ -1,114 +1,105 @@
-"""Benchmark: decoder grid in place (apply + bitwise restore) vs a deep copy of the base model per
-candidate — same grid, same scoring. Each variant runs in its own fresh subprocess (so peak RSS is
-not shared), in both orders; the script prints wall time and peak RSS of each and the ratios.
+"""Benchmark: adaptive decoder search vs the full grid, in one process, on one trained GRADIEND.
 
-    python bench/bench_decoder_grid.py [--model PATH] [--lrs 5] [--rows 64] [--neutral 64]
-                                       [--params 'encoder.layer.4.*'] [--repeats 1]
+Both searches score the same candidates the same way (in place, restored bitwise); the adaptive
+one bisects the learning rates against the LMS bound, stops LMS passes that can no longer reach
+it, and measures only what the selection needs. The script runs them alternately (grid, adaptive,
+adaptive, grid, ...), prints per search: candidates scored, LMS passes (stopped early), model
+forwards, seconds (best of its runs), the selections, and the ratios full grid / adaptive.
+
+    python bench/bench_decoder_grid.py                          # the demo feature (trains it once, cached)
+    python bench/bench_decoder_grid.py --experiment DIR --data training.csv --neutral neutral.csv
+    python bench/bench_decoder_grid.py --lrs 100,10,1,0.1,0.01 --repeats 2
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import subprocess
-import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-import torch
+import pandas as pd
 
-from gradiend.decoder_eval import DEFAULT_LRS, run_grid
-from gradiend.demo_data import load_demo_data, load_demo_neutral
-from gradiend.embedded import embedded_model_path
-from gradiend.model_with_gradiend import ModelWithGradiend
-from gradiend.rewrite import add_update
-from gradiend.scoring import class_piece_sets, class_probabilities, masked_lm_lms, prepare_lms
+from gradiend import allocator
+from gradiend.decoder_eval import DecoderCache, DecoderRequest, evaluate_decoder
 
-VARIANTS = ("in_place", "deep_copy")
+SEARCHES = ("grid", "adaptive")
 
 
-def _status_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not found in /proc/self/status (Linux only)")
+def demo_trainer(workdir: Path, max_steps: int) -> tuple[Any, str, list[float] | None]:
+    """The demo's MiniLM 3SG/3PL run (trained once into `workdir`), its target class and learning rates."""
+    from gradiend.demo import DEMOS, run_demo
+    from gradiend.demo_data import load_demo_data, load_demo_neutral
+    from gradiend.trainer.trainer import Trainer
+
+    exp = workdir / f"demo-{max_steps}steps"
+    if not (exp / "model" / "training.json").is_file():
+        run_demo(str(exp), max_steps=max_steps, show_progress=False, plots=False)
+    trainer = Trainer.from_experiment(exp, data=load_demo_data(), eval_neutral_data=load_demo_neutral(),
+                                      show_progress=False)
+    return trainer, DEMOS["mlm"].target, list(DEMOS["mlm"].lrs)
 
 
-def run_variant(ns: argparse.Namespace) -> dict:
-    """One grid in this process; returns wall time, RSS before/peak and the LMS list."""
-    torch.manual_seed(0)
-    mwg = ModelWithGradiend.create(ns.model or embedded_model_path("mlm"), feature_classes=["3SG", "3PL"],
-                                   params=ns.params or None)
-    data = load_demo_data()
-    rows = data[data["split"] == "test"].groupby("label_class").head(ns.rows // 2).rename(
-        columns={"label_class": "factual_class"})
-    pieces = class_piece_sets(mwg.objective, {"3SG": {"he", "she", "it"}, "3PL": {"they"}})
-    lms_data = prepare_lms(mwg.objective, list(load_demo_neutral()["text"][:ns.neutral]),
-                           ignore_tokens={"he", "she", "it", "they"})
-    lrs = list(DEFAULT_LRS[-ns.lrs:])
-    factors = [-1.0]
-    texts = list(rows["masked"])
-    # Warm-up outside the timed region: one scoring pass so lazy allocations count for neither.
-    class_probabilities(mwg.base_model, mwg.objective, texts[:4], pieces)
-    before = _status_mb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    t0 = time.perf_counter()
-    if ns.variant == "in_place":
-        lms = [r["lms"] for r in run_grid(mwg, rows, pieces, lms_data, factors, lrs, show_progress=False)]
-    else:
-        lms = [masked_lm_lms(mwg.base_model, mwg.objective, lms_data)]
-        class_probabilities(mwg.base_model, mwg.objective, texts, pieces)
-        for ff in factors:
-            update = mwg.lazy_update(ff)
-            for lr in lrs:
-                model = copy.deepcopy(mwg.base_model)
-                add_update(model, mwg.param_map, update, lr)
-                class_probabilities(model, mwg.objective, texts, pieces)
-                lms.append(masked_lm_lms(model, mwg.objective, lms_data))
-                del model
-    seconds = time.perf_counter() - t0
-    return {"variant": ns.variant, "seconds": seconds, "rss_before_mb": before,
-            "peak_growth_mb": _status_mb("VmHWM") - before, "lms": lms, "candidates": len(lms),
-            "gradiend_inputs": mwg.param_map.size, "model": str(mwg.base_model_path)}
+def run_search(trainer: Any, search: str, target: str, lrs: list[float] | None) -> dict[str, Any]:
+    """One decoder evaluation (no cache reuse) → seconds, statistics and the selection."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = DecoderCache(Path(tmp) / "grid.json", Path(tmp) / "summaries.json", {"weights": "bench"}, use=False)
+        request = DecoderRequest.from_arguments(trainer.training_args, [target], lrs=lrs,
+                                                neutral_texts=trainer.neutral_texts(), search=search)
+        start = time.perf_counter()
+        result = evaluate_decoder(trainer.get_model(), *trainer.unified_data(), request, cache)
+        seconds = time.perf_counter() - start
+        stats = json.loads(cache.grid.read_text())["search"]
+    chosen = result[target]
+    return {"seconds": seconds, **{k: stats[k] for k in ("candidates_scored", "lms_passes", "lms_stopped_early",
+                                                         "forwards", "grid_size", "full_grid_factors")},
+            "selection": {k: chosen[k] for k in ("id", "value", "lms", "base_lms")}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None)
-    parser.add_argument("--params", nargs="*", default=None, help="parameter patterns the GRADIEND covers")
-    parser.add_argument("--lrs", type=int, default=5, help="how many learning rates of the default grid")
-    parser.add_argument("--rows", type=int, default=64)
-    parser.add_argument("--neutral", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=1, help="rounds of (in place, deep copy, deep copy, in place)")
-    parser.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--experiment", default=None, help="a finished run (default: train the demo feature)")
+    parser.add_argument("--data", default=None, help="training CSV of --experiment (if not in its run_config)")
+    parser.add_argument("--neutral", default=None, help="neutral-text CSV (column text) of --experiment")
+    parser.add_argument("--target-class", default=None)
+    parser.add_argument("--lrs", default=None, help="comma-separated learning rates (default: the run's/demo's)")
+    parser.add_argument("--max-steps", type=int, default=60, help="demo training steps (first run only)")
+    parser.add_argument("--workdir", default=str(Path.home() / ".cache" / "gradiend" / "bench-decoder"))
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of (grid, adaptive, adaptive, grid)")
     ns = parser.parse_args()
-    if ns.variant:
-        print(json.dumps(run_variant(ns)))
-        return
-    forwarded = [a for a in sys.argv[1:]]
-    results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
-    order = [*VARIANTS, *reversed(VARIANTS)] * ns.repeats
-    for variant in order:
-        out = subprocess.run([sys.executable, __file__, *forwarded, "--variant", variant],
-                             check=True, capture_output=True, text=True).stdout
-        results[variant].append(json.loads(out.strip().splitlines()[-1]))
-    lms_sets = {json.dumps(r["lms"]) for runs in results.values() for r in runs}
-    if len(lms_sets) != 1:
-        raise SystemExit("the variants scored differently — the in-place grid is not equivalent")
-    first = results["in_place"][0]
-    print(f"model: {first['model']}  GRADIEND inputs: {first['gradiend_inputs']:,}  candidates: "
-          f"{first['candidates']} (base + {first['candidates'] - 1})  rows: {ns.rows}  neutral texts: {ns.neutral}")
-    summary = {}
-    for variant, runs in results.items():
-        seconds = min(r["seconds"] for r in runs)
-        growth = min(r["peak_growth_mb"] for r in runs)
-        summary[variant] = (seconds, growth)
-        times = ", ".join(f"{r['seconds']:.2f}" for r in runs)
-        print(f"{variant:10s} best {seconds:7.2f} s (runs: {times})   peak RSS growth {growth:7.1f} MB "
-              f"(process RSS before {runs[0]['rss_before_mb']:.0f} MB)")
-    (t_in, m_in), (t_dc, m_dc) = summary["in_place"], summary["deep_copy"]
-    print(f"ratio deep copy / in place:  time {t_dc / t_in:.2f}x   peak RSS growth {m_dc / max(m_in, 1e-9):.2f}x")
+    allocator.enable()
+    if ns.experiment:
+        from gradiend.trainer.trainer import Trainer
+
+        trainer = Trainer.from_experiment(ns.experiment, data=pd.read_csv(ns.data) if ns.data else None,
+                                          eval_neutral_data=pd.read_csv(ns.neutral) if ns.neutral else None,
+                                          show_progress=False)
+        target, lrs = ns.target_class or trainer.pair[0], None
+    else:
+        trainer, target, lrs = demo_trainer(Path(ns.workdir), ns.max_steps)
+        target = ns.target_class or target
+    lrs = [float(x) for x in ns.lrs.split(",")] if ns.lrs else lrs
+    trainer.get_model()
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SEARCHES}
+    for search in [*SEARCHES, *reversed(SEARCHES)] * ns.repeats:
+        runs[search].append(run_search(trainer, search, target, lrs))
+        print(f"{search:8s} {runs[search][-1]['seconds']:8.2f} s", flush=True)
+    best = {s: min(r, key=lambda x: x["seconds"]) for s, r in runs.items()}
+    print(f"\nexperiment: {trainer.experiment_dir}  target: {target}  grid: {best['grid']['grid_size']} candidates "
+          f"+ base  learning rates: {lrs or 'run default'}")
+    print(f"{'search':8s} {'seconds':>8s} {'scored':>7s} {'LMS passes':>10s} {'stopped':>8s} {'forwards':>9s}  "
+          "selection")
+    for search, r in best.items():
+        print(f"{search:8s} {r['seconds']:8.2f} {r['candidates_scored']:7d} {r['lms_passes']:10d} "
+              f"{r['lms_stopped_early']:8d} {r['forwards']:9d}  {r['selection']}")
+    g, a = best["grid"], best["adaptive"]
+    same = all(r["selection"] == g["selection"] for rs in runs.values() for r in rs)
+    print(f"ratio full grid / adaptive: time {g['seconds'] / a['seconds']:.2f}x   candidates "
+          f"{g['candidates_scored'] / a['candidates_scored']:.2f}x   forwards {g['forwards'] / a['forwards']:.2f}x   "
+          f"same selection: {'yes' if same else 'NO'}"
+          + (f"   (full-grid fallback for factors {a['full_grid_factors']})" if a["full_grid_factors"] else ""))
 
 
 if __name__ == "__main__":

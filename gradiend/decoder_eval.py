@@ -6,10 +6,11 @@ training-like rows, LMS on neutral text) and undone bitwise; the base model is n
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ from gradiend.experiment import atomic_write_json, fingerprint, read_json, short
 from gradiend.params import NonFiniteUpdateError
 from gradiend.records import DecoderSelection, DecoderSummaries
 from gradiend.rewrite import ParameterSnapshot
-from gradiend.scoring import LMSData, class_piece_sets, class_probabilities, lm_score, prepare_lms
+from gradiend.scoring import LMSData, LMSOutcome, class_piece_sets, class_probabilities, lm_score_bounded, prepare_lms
 
 if TYPE_CHECKING:
     from gradiend.arguments import TrainingArguments
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_LRS = (100.0, 50.0, 20.0, 10.0, 5.0, 2.0, 1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
 LMS_RATIO = 0.99
 LMS_SEED = 42
+SEARCH_MODES = ("adaptive", "grid")
 
 Record = dict[str, Any]
 Selector = Callable[[list[Record], Record], Record]
@@ -63,51 +65,192 @@ def candidate_id(feature_factor: float | None, learning_rate: float | None) -> s
     return "base" if feature_factor is None else f"ff={feature_factor:g},lr={learning_rate:g}"
 
 
+class GridRun:
+    """Scores the base model's current weights and rewrites of it, counting model forwards.
+
+    Class probabilities (training-like rows) and LMS (neutral texts) of θ + lr·dec(ff); every
+    rewrite is applied in place and restored bitwise. LMS passes may stop early against a bound.
+    """
+
+    def __init__(self, model: ModelWithGradiend, rows: pd.DataFrame,
+                 pieces_by_class: Mapping[str, set[tuple[int, ...]]], lms_data: LMSData, batch_size: int = 32) -> None:
+        self.model, self.pieces, self.lms_data, self.batch_size = model, pieces_by_class, lms_data, batch_size
+        self.texts = list(rows["masked"])
+        self.dataset_classes = rows["factual_class"].to_numpy()
+        self.snapshot = ParameterSnapshot(model.base_model, model.param_map)
+        self.stats: dict[str, Any] = {"candidates_scored": 0, "probability_passes": 0, "lms_passes": 0,
+                                      "lms_stopped_early": 0, "forwards": 0, "skipped": [], "full_grid_factors": []}
+        self._updates: dict[float, Any] = {}
+
+    def _count(self, *_: Any) -> None:
+        self.stats["forwards"] += 1
+
+    @contextlib.contextmanager
+    def rewritten(self, ff: float | None, lr: float | None) -> Iterator[None]:
+        """The base model rewritten by lr·dec(ff) inside the block (None: the base model), forwards counted."""
+        hook = self.model.base_model.base_model.register_forward_pre_hook(self._count)
+        try:
+            if ff is not None:
+                update = self._updates.setdefault(ff, self.model.lazy_update(ff))
+                self.snapshot.add(update, float(lr))
+            yield
+        finally:
+            hook.remove()
+            if ff is not None:
+                self.snapshot.restore()
+
+    def probabilities(self) -> dict[str, dict[str, float]]:
+        """`probs[dataset_class][class]` of the current weights."""
+        model = self.model
+        probs = class_probabilities(model.base_model, model.objective, self.texts, self.pieces, self.batch_size)
+        self.stats["probability_passes"] += 1
+        return {str(d): {c: float(probs[self.dataset_classes == d, ci].mean()) for ci, c in enumerate(self.pieces)}
+                for d in dict.fromkeys(self.dataset_classes)}
+
+    def lms(self, stop_below: float | None = None) -> LMSOutcome:
+        outcome = lm_score_bounded(self.model.base_model, self.model.objective, self.lms_data, stop_below)
+        self.stats["lms_passes"] += 1
+        self.stats["lms_stopped_early"] += not outcome.complete
+        return outcome
+
+    def score(self, ff: float | None, lr: float | None) -> Record | None:
+        """The full record of one candidate; None when its update is not finite (never scored, never selected)."""
+        try:
+            with self.rewritten(ff, lr):
+                record = {"id": candidate_id(ff, lr), "feature_factor": ff, "learning_rate": lr,
+                          "lms": self.lms().value, "probs": self.probabilities()}
+        except NonFiniteUpdateError as err:
+            logger.warning("Decoder grid: skipping ff=%g, lr=%g: %s", ff, lr, err)
+            return None
+        self.stats["candidates_scored"] += 1
+        return record
+
+
 def run_grid(model: ModelWithGradiend, rows: pd.DataFrame, pieces_by_class: Mapping[str, set[tuple[int, ...]]],
              lms_data: LMSData, feature_factors: Sequence[float], learning_rates: Sequence[float],
-             batch_size: int = 32, show_progress: bool = True) -> list[Record]:
-    """Score the base model and every (feature factor, learning rate) candidate.
+             batch_size: int = 32, show_progress: bool = True, search: str = "grid",
+             lms_ratio: float = LMS_RATIO) -> list[Record]:
+    """Score the base model and the (feature factor, learning rate) candidates (see `search_grid`).
 
     Each record: id, feature_factor, learning_rate, lms and `probs[dataset_class][class]`, the
     mean probability of each class's tokens on the rows of each dataset class.
     """
-    texts = list(rows["masked"])
-    dataset_classes = rows["factual_class"].to_numpy()
-    classes = list(pieces_by_class)
-    base_model, objective = model.base_model, model.objective
-
-    def score(ff: float | None, lr: float | None) -> Record:
-        probs = class_probabilities(base_model, objective, texts, pieces_by_class, batch_size)
-        by_dataset = {str(d): {c: float(probs[dataset_classes == d, ci].mean()) for ci, c in enumerate(classes)}
-                      for d in dict.fromkeys(dataset_classes)}
-        return {"id": candidate_id(ff, lr), "feature_factor": ff, "learning_rate": lr,
-                "lms": lm_score(base_model, objective, lms_data), "probs": by_dataset}
-
-    with reuse_large_blocks():  # decoded update slices are tens of MB per candidate
-        return _score_grid(model, score, feature_factors, learning_rates, show_progress)
+    run = GridRun(model, rows, pieces_by_class, lms_data, batch_size)
+    return search_grid(run, feature_factors, learning_rates, search, lms_ratio, show_progress)
 
 
-def _score_grid(model: ModelWithGradiend, score: Callable[[float | None, float | None], Record],
-                feature_factors: Sequence[float], learning_rates: Sequence[float], show_progress: bool
-                ) -> list[Record]:
-    snapshot = ParameterSnapshot(model.base_model, model.param_map)
+def search_grid(run: GridRun, feature_factors: Sequence[float], learning_rates: Sequence[float], search: str,
+                lms_ratio: float, show_progress: bool = True) -> list[Record]:
+    """The base record, then per feature factor the records of its learning rates, in grid order.
+
+    `search="grid"` scores every candidate. `"adaptive"` bisects the learning rates (sorted by
+    |lr|, midpoints in log space) for the largest one whose LMS keeps ≥ lms_ratio × base LMS, with
+    LMS passes that stop once they cannot reach it; candidates with a smaller |lr| get class
+    probabilities and `lms: None` with `lms_at_least` (LMS falls with |lr|, so they keep the bound;
+    `verify_selection` measures whichever gets selected). Candidates above the boundary are absent.
+    """
+    if search not in SEARCH_MODES:
+        raise ValueError(f"search must be one of {SEARCH_MODES}, got {search!r}")
     total = 1 + len(feature_factors) * len(learning_rates)
-    records = []
-    with tqdm(total=total, desc="Decoder grid", disable=not show_progress, leave=False) as bar:
-        records.append(score(None, None))
+    with reuse_large_blocks(), tqdm(total=total, desc="Decoder grid", disable=not show_progress, leave=False) as bar:
+        base = run.score(None, None)
+        if base is None:
+            raise ValueError("The base model's own weights are not finite")
+        records = [base]
         bar.update(1)
+        bound = lms_ratio * base["lms"] if search == "adaptive" and _finite(base["lms"]) else None
         for ff in feature_factors:
-            update = model.lazy_update(float(ff))
-            for lr in learning_rates:
-                try:
-                    snapshot.add(update, float(lr))
-                    records.append(score(float(ff), float(lr)))
-                except NonFiniteUpdateError as err:  # never scored, so never selected
-                    logger.warning("Decoder grid: skipping ff=%g, lr=%g: %s", ff, lr, err)
-                finally:
-                    snapshot.restore()
-                bar.update(1)
+            if bound is None:
+                records += [r for r in (run.score(float(ff), float(lr)) for lr in learning_rates) if r is not None]
+            else:
+                records += _search_factor(run, float(ff), [float(lr) for lr in learning_rates], bound)
+            bar.update(len(learning_rates))
     return records
+
+
+def _log_midpoint(steps: Sequence[float], lo: int, hi: int) -> int:
+    """The index strictly between lo and hi nearest the middle of their log steps (at the ends: the index middle)."""
+    if lo < 0 or hi >= len(steps) or steps[lo] == 0:
+        return (lo + hi) // 2
+    middle = (math.log(steps[lo]) + math.log(steps[hi])) / 2
+    return min(range(lo + 1, hi), key=lambda i: abs(math.log(steps[i]) - middle))
+
+
+def _search_factor(run: GridRun, ff: float, lrs: list[float], bound: float) -> list[Record]:
+    """Adaptive records of one feature factor (see `search_grid`), in the grid's learning-rate order."""
+    order = sorted(range(len(lrs)), key=lambda i: (abs(lrs[i]), i))
+    steps = [abs(lrs[i]) for i in order]
+    measured: dict[int, float] = {}  # position in `order` → complete LMS
+    lo, hi = -1, len(order)  # order[:lo + 1] keep the bound, order[hi:] do not
+    while hi - lo > 1:
+        mid = _log_midpoint(steps, lo, hi)
+        lr = lrs[order[mid]]
+        try:
+            with run.rewritten(ff, lr):
+                outcome = run.lms(stop_below=bound)
+        except NonFiniteUpdateError as err:
+            logger.warning("Decoder grid: skipping ff=%g, lr=%g: %s", ff, lr, err)
+            outcome = None
+        if outcome is not None and outcome.complete:
+            measured[mid] = outcome.value
+        if outcome is not None and outcome.complete and outcome.value >= bound:
+            lo = mid
+        else:  # not finite, or LMS below the bound (complete: its value; stopped early: an upper bound)
+            run.stats["skipped"].append({"id": candidate_id(ff, lr), "lms": None if outcome is None else outcome.value,
+                                         "complete": outcome is not None and outcome.complete})
+            hi = mid
+    if lo < 0:  # no step keeps the LMS: the selection falls back to the smallest finite one
+        return _smallest_finite(run, ff, lrs, order, measured)
+    found = {order[pos]: record for pos in range(lo + 1)
+             if (record := _record(run, ff, lrs[order[pos]], measured.get(pos), bound)) is not None}
+    return [found[i] for i in sorted(found)]
+
+
+def _record(run: GridRun, ff: float, lr: float, lms: float | None, lms_at_least: float | None = None
+            ) -> Record | None:
+    """A candidate's record with a known LMS (None: inferred ≥ `lms_at_least`); None when not finite."""
+    try:
+        with run.rewritten(ff, lr):
+            record = {"id": candidate_id(ff, lr), "feature_factor": ff, "learning_rate": lr,
+                      "lms": run.lms().value if lms is None and lms_at_least is None else lms,
+                      "probs": run.probabilities()}
+    except NonFiniteUpdateError as err:
+        logger.warning("Decoder grid: skipping ff=%g, lr=%g: %s", ff, lr, err)
+        return None
+    if record["lms"] is None:
+        record["lms_at_least"] = lms_at_least
+    run.stats["candidates_scored"] += 1
+    return record
+
+
+def _smallest_finite(run: GridRun, ff: float, lrs: list[float], order: list[int], measured: Mapping[int, float]
+                     ) -> list[Record]:
+    """Full records in ascending |lr| up to the first with finite LMS and probabilities, in grid order."""
+    found: dict[int, Record] = {}
+    for pos, i in enumerate(order):
+        record = _record(run, ff, lrs[i], measured.get(pos))
+        if record is None:
+            continue
+        found[i] = record
+        probs = [p for by_class in record["probs"].values() for p in by_class.values()]
+        if _finite(record["lms"]) and all(_finite(p) for p in probs):
+            break
+    return [found[i] for i in sorted(found)]
+
+
+def full_factor(run: GridRun, records: list[Record], ff: float, lrs: Sequence[float]) -> list[Record]:
+    """`records` with every candidate of factor `ff` scored in full (the adaptive search's fallback)."""
+    logger.info("Decoder grid: the LMS of ff=%g does not fall monotonically with |lr|; scoring its full grid", ff)
+    run.stats["full_grid_factors"].append(ff)
+    fresh = [r for r in (run.score(ff, float(lr)) for lr in lrs) if r is not None]
+    out, placed = [], False
+    for record in records:
+        if record["feature_factor"] != ff:
+            out.append(record)
+        elif not placed:
+            out += fresh
+            placed = True
+    return out if placed else out + fresh
 
 
 def metric_value(record: Record, cls: str, other: str, strengthen: bool) -> float:
@@ -117,25 +260,44 @@ def metric_value(record: Record, cls: str, other: str, strengthen: bool) -> floa
     return 1.0 - record["probs"][cls][cls]
 
 
-def lms_threshold_selector(ratio: float = LMS_RATIO) -> Selector:
-    """Best metric among candidates keeping LMS ≥ ratio·base LMS; else the smallest |learning rate|."""
+def _kept(candidate: Record, bound: float) -> bool:
+    """LMS ≥ bound, measured or known from the adaptive search (`lms_at_least`)."""
+    if candidate["lms"] is None:
+        return candidate.get("lms_at_least", -math.inf) >= bound
+    return candidate["lms"] >= bound
 
-    def select(candidates: list[Record], base: Record) -> Record:
+
+class LMSThresholdSelector:
+    """Best metric among candidates keeping LMS ≥ ratio·base LMS; else the smallest |learning rate|.
+
+    The only selector the adaptive search may serve: it needs nothing above the LMS boundary.
+    """
+
+    def __init__(self, ratio: float = LMS_RATIO) -> None:
+        if not _finite(ratio) or ratio < 0:
+            raise ValueError(f"The LMS ratio must be a finite number ≥ 0, got {ratio!r}")
+        self.ratio = float(ratio)
+
+    def __call__(self, candidates: list[Record], base: Record) -> Record:
         if not candidates:
             raise ValueError("The decoder grid has no candidates to select from")
         if not _finite(base["lms"]):
             raise ValueError(f"The base model's LMS is {base['lms']} (not finite); the base model itself gives "
                              f"NaN/inf probabilities. Check its weights and torch_dtype.")
-        finite = [c for c in candidates if _finite(c["lms"]) and _finite(c["value"])]
+        bound = self.ratio * base["lms"]
+        finite = [c for c in candidates if (_finite(c["lms"]) or _kept(c, bound)) and _finite(c["value"])]
         if not finite:
             raise ValueError("Every decoder-grid candidate has a non-finite LMS or probability (NaN/inf); use "
                              "smaller learning rates or feature factors, or check the GRADIEND weights for NaN")
-        keep = [c for c in finite if c["lms"] >= ratio * base["lms"]]
+        keep = [c for c in finite if _kept(c, bound)]
         if keep:
             return max(keep, key=lambda c: c["value"])
         return min(finite, key=lambda c: abs(c["learning_rate"]))
 
-    return select
+
+def lms_threshold_selector(ratio: float = LMS_RATIO) -> Selector:
+    """Best metric among candidates keeping LMS ≥ ratio·base LMS; else the smallest |learning rate|."""
+    return LMSThresholdSelector(ratio)
 
 
 def summarize(records: list[Record], cls: str, other: str, strengthen: bool, wanted_factor: float,
@@ -159,7 +321,7 @@ def other_class(pair: Sequence[str], cls: str) -> str:
 
 @dataclass
 class DecoderRequest:
-    """What one decoder evaluation scores and how it selects (defaults: the full grid, LMS ≥ 0.99·base)."""
+    """What one decoder evaluation scores and how it selects (defaults: adaptive search, LMS ≥ 0.99·base)."""
 
     classes: Sequence[str]
     strengthen: bool = True
@@ -174,8 +336,11 @@ class DecoderRequest:
     selector: Selector = field(default_factory=lambda: lms_threshold_selector())
     summary_extractor: SummaryExtractor | None = None
     show_progress: bool = True
+    search: str = "adaptive"  # "grid": score every candidate (also used for custom selectors/extractors)
 
     def __post_init__(self) -> None:
+        if self.search not in SEARCH_MODES:
+            raise ValueError(f"decoder search must be one of {SEARCH_MODES}, got {self.search!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise ValueError(f"eval_batch_size must be a positive int, got {self.batch_size!r}")
         for name, values in (("learning_rates", self.learning_rates), ("feature_factors", self.feature_factors)):
@@ -235,27 +400,70 @@ def evaluate_decoder(model: ModelWithGradiend, rows: pd.DataFrame, pair: Sequenc
     like, neutral = _grid_texts(model, rows, pair, request)
     tokens = {c: set(rows.loc[rows["factual_class"] == c, "factual"]) | set(
         rows.loc[rows["alternative_class"] == c, "alternative"]) for c in pair}
+    mode, ratio = _search_mode(request)
     key = fingerprint({**(cache.model_identity if cache else {}), "rows": short_hash(like.to_csv(index=False)),
                        "lrs": lrs, "factors": factors, "neutral": short_hash("\n".join(neutral)),
-                       "tokens": {c: sorted(t) for c, t in tokens.items()}, "lms_seed": LMS_SEED})
+                       "tokens": {c: sorted(t) for c, t in tokens.items()}, "lms_seed": LMS_SEED, "search": mode,
+                       **({"lms_ratio": ratio} if mode == "adaptive" else {})})
+    runs: list[GridRun] = []
+
+    def grid_run() -> GridRun:  # built on first use: a cached, verified grid needs no model passes
+        if not runs:
+            lms_data = prepare_lms(model.objective, neutral, ignore_tokens=set().union(*tokens.values()),
+                                   seed=LMS_SEED, batch_size=request.batch_size)
+            runs.append(GridRun(model, like, class_piece_sets(model.objective, tokens), lms_data, request.batch_size))
+        return runs[0]
+
     records = _cached_grid(cache.grid, key) if cache is not None and cache.use else None
     if records is None:
-        lms_data = prepare_lms(model.objective, neutral, ignore_tokens=set().union(*tokens.values()), seed=LMS_SEED,
-                               batch_size=request.batch_size)
-        records = run_grid(model, like, class_piece_sets(model.objective, tokens), lms_data, factors, lrs,
-                           request.batch_size, request.show_progress)
+        records = search_grid(grid_run(), factors, lrs, mode, ratio, request.show_progress)
+    result, records = _select_verified(records, request, pair, goal_factor, lrs, ratio, grid_run)
+    if runs:
+        stats = {"mode": mode, "grid_size": len(factors) * len(lrs), **runs[0].stats}
+        logger.info("Decoder %s search: %d of %d candidates scored, %d model forwards, %d LMS passes (%d stopped "
+                    "early)", mode, stats["candidates_scored"] - 1, stats["grid_size"], stats["forwards"],
+                    stats["lms_passes"], stats["lms_stopped_early"])
         if cache is not None:
-            atomic_write_json(cache.grid, {"fingerprint": key, "records": records})
-    result: dict[str, Any] = {}
-    for cls in request.classes:
-        result[selection_key(cls, request.strengthen)] = (
-            request.summary_extractor(records, cls, request.strengthen) if request.summary_extractor
-            else summarize(records, cls, other_class(pair, cls), request.strengthen, goal_factor[cls],
-                           request.selector))
+            atomic_write_json(cache.grid, {"fingerprint": key, "records": records, "search": stats})
     if cache is not None:
         store_selections(cache, dict(result))
     result["grid"] = records
     return result
+
+
+def _search_mode(request: DecoderRequest) -> tuple[str, float]:
+    """("adaptive", LMS ratio) when the request allows it, else ("grid", default ratio)."""
+    if request.search == "adaptive":
+        if request.summary_extractor is None and isinstance(request.selector, LMSThresholdSelector):
+            return "adaptive", request.selector.ratio
+        logger.info("Decoder evaluation: a custom selector or summary extractor may need every candidate; "
+                    "scoring the full grid")
+    return "grid", LMS_RATIO
+
+
+def _select_verified(records: list[Record], request: DecoderRequest, pair: Sequence[str],
+                     goal_factor: Mapping[str, float], lrs: Sequence[float], ratio: float,
+                     grid_run: Callable[[], GridRun]) -> tuple[dict[str, Any], list[Record]]:
+    """Select per class; a selected candidate whose LMS the adaptive search only inferred is measured
+    first, and where it breaks the bound after all, its feature factor's full grid is scored."""
+    while True:
+        result: dict[str, Any] = {}
+        for cls in request.classes:
+            result[selection_key(cls, request.strengthen)] = (
+                request.summary_extractor(records, cls, request.strengthen) if request.summary_extractor
+                else summarize(records, cls, other_class(pair, cls), request.strengthen, goal_factor[cls],
+                               request.selector))
+        pending = {s["id"] for s in result.values() if isinstance(s, dict) and s.get("id") is not None
+                   and s.get("lms", 0.0) is None}
+        if not pending:
+            return result, records
+        run, bound = grid_run(), ratio * records[0]["lms"]
+        for record in [r for r in records if r["id"] in pending]:
+            with run.rewritten(record["feature_factor"], record["learning_rate"]):
+                record["lms"] = run.lms().value
+            del record["lms_at_least"]
+            if not record["lms"] >= bound:
+                records = full_factor(run, records, record["feature_factor"], lrs)
 
 
 def _grid_texts(model: ModelWithGradiend, rows: pd.DataFrame, pair: Sequence[str], request: DecoderRequest

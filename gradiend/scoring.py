@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -239,16 +239,63 @@ def _prepare_causal_lms(objective: CausalLMObjective, texts: Sequence[str], igno
     return LMSData(batches, total, causal=True)
 
 
+@dataclass(frozen=True)
+class LMSOutcome:
+    """An LMS pass: the score when `complete`, else an upper bound below `stop_below` (the pass stopped
+    early because the remaining texts could no longer lift the score to it); `forwards`: model calls."""
+
+    value: float
+    complete: bool
+    forwards: int
+
+
 def lm_score(model: nn.Module, objective: LMObjective, data: LMSData) -> float:
     """LMS of `model` on prepared neutral data: masked-LM accuracy or causal-LM 1 / (1 + NLL)."""
+    return lm_score_bounded(model, objective, data).value
+
+
+def lm_score_bounded(model: nn.Module, objective: LMObjective, data: LMSData,
+                     stop_below: float | None = None) -> LMSOutcome:
+    """LMS, stopping as soon as it is certain to end below `stop_below` (None: never stops early).
+
+    LMS is a mean over the prepared positions, so after each batch the best reachable score is known
+    (masked: every remaining position correct; causal: zero loss on the rest). Batches run in the
+    same order and accumulate the same way as a complete pass, so a complete result is bitwise the
+    same whatever `stop_below` is.
+    """
     if data.causal != objective.is_causal:
         raise ValueError("LMS data was prepared for another kind of objective; call prepare_lms with this one")
-    return causal_lm_lms(model, objective, data) if data.causal else masked_lm_lms(model, objective, data)
+    if stop_below is not None and not math.isfinite(stop_below):
+        raise ValueError(f"stop_below must be finite or None, got {stop_below}")
+    run = _causal_lms_steps if data.causal else _masked_lms_steps
+    forwards, best = 0, math.inf
+    for best in run(model, objective, data):
+        forwards += 1
+        if stop_below is not None and best < stop_below and forwards < len(data.batches):
+            return LMSOutcome(best, False, forwards)
+    return LMSOutcome(best, True, forwards)
 
 
 @torch.no_grad()
 def causal_lm_lms(model: nn.Module, objective: LMObjective, data: LMSData) -> float:
     """1 / (1 + NLL): NLL = mean next-token cross-entropy over the prepared positions (0 if not finite)."""
+    return lm_score(model, objective, data)
+
+
+@torch.no_grad()
+def masked_lm_lms(model: nn.Module, objective: LMObjective, data: LMSData) -> float:
+    """Language-modelling score: top-1 accuracy at the prepared masked positions."""
+    return lm_score(model, objective, data)
+
+
+def _causal_value(nll: float, n: int) -> float:
+    mean = nll / n
+    return 1.0 / (1.0 + mean) if math.isfinite(mean) else 0.0
+
+
+@torch.no_grad()
+def _causal_lms_steps(model: nn.Module, objective: LMObjective, data: LMSData) -> Iterator[float]:
+    """After each batch: the best reachable 1 / (1 + NLL) (the rest at zero loss); the last is the LMS."""
     device = next(model.parameters()).device
     head = objective.head(model)
     nll = 0.0
@@ -260,17 +307,17 @@ def causal_lm_lms(model: nn.Module, objective: LMObjective, data: LMSData) -> fl
             picked = hidden.index_select(0, positions[start:start + HEAD_CHUNK].to(device))
             logits = head(picked).float()
             nll += float(F.cross_entropy(logits, targets[start:start + HEAD_CHUNK].to(device), reduction="sum"))
-    mean = nll / data.n_masked
-    return 1.0 / (1.0 + mean) if math.isfinite(mean) else 0.0
+        yield _causal_value(nll, data.n_masked)  # nll only grows (a sum of non-negative terms)
 
 
 @torch.no_grad()
-def masked_lm_lms(model: nn.Module, objective: LMObjective, data: LMSData) -> float:
-    """Language-modelling score: top-1 accuracy at the prepared masked positions."""
+def _masked_lms_steps(model: nn.Module, objective: LMObjective, data: LMSData) -> Iterator[float]:
+    """After each batch: the best reachable accuracy (every remaining position correct); the last is the LMS."""
     device = next(model.parameters()).device
-    correct = 0
+    correct, seen = 0, 0
     for tensors, positions, originals in data.batches:
         tensors = {k: v.to(device) for k, v in tensors.items()}
         logits = objective.logits_at_positions(model, tensors, positions.to(device))
         correct += int((logits.argmax(-1).cpu() == originals).sum())
-    return correct / data.n_masked
+        seen += len(originals)
+        yield (correct + data.n_masked - seen) / data.n_masked
