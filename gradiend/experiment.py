@@ -16,8 +16,9 @@ removes the temp entries of killed runs.
 
 Test hook (fault injection, `tests/test_hostile.py`): with `GRADIEND_TEST_WRITE_HOOK=<file>` set,
 every write point (a finished temp file before its rename, a finished temp directory before its
-swap, the moment between the two renames of a swap) appends `write <n> <kind> <path> <digest>` to
-that file, and `GRADIEND_TEST_WRITE_KILL=<n>` makes the process SIGKILL itself at write point n.
+swap, the moment between the two renames of a swap) appends the tab-separated line
+`write <n> <kind> <path> <digest>` to that file, and `GRADIEND_TEST_WRITE_KILL=<n>` makes the
+process SIGKILL itself at write point n.
 Unset (always, outside tests) it costs one environment lookup per write.
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -189,7 +191,7 @@ def _finite(value: Any) -> Any:
 
 WRITE_HOOK_ENV = "GRADIEND_TEST_WRITE_HOOK"  # file that gets one line per write point
 WRITE_KILL_ENV = "GRADIEND_TEST_WRITE_KILL"  # number of the write point at which the process SIGKILLs itself
-_WRITE_POINTS = [0]
+_WRITE_POINTS = itertools.count(1)  # write points of this process
 
 
 def tree_digest(path: str | os.PathLike) -> str:
@@ -206,10 +208,9 @@ def _write_point(kind: str, final: Path, content: Path) -> None:
     log = os.environ.get(WRITE_HOOK_ENV)
     if not log:
         return
-    _WRITE_POINTS[0] += 1
-    number = _WRITE_POINTS[0]
+    number = next(_WRITE_POINTS)
     with open(log, "a", encoding="utf-8") as handle:
-        handle.write(f"write {number} {kind} {final} {tree_digest(content)}\n")
+        handle.write(f"write\t{number}\t{kind}\t{final}\t{tree_digest(content)}\n")
     if os.environ.get(WRITE_KILL_ENV) == str(number):
         os.kill(os.getpid(), signal.SIGKILL)
 

@@ -83,7 +83,7 @@ def _log(path: Path, root: Path) -> list[tuple[int, str, str, str]]:
     (their directory's own write point covers them)."""
     points = []
     for line in path.read_text().splitlines():
-        _, number, kind, target, digest = line.split(" ")
+        _, number, kind, target, digest = line.split("\t")
         relative = Path(target).relative_to(root)
         points.append((int(number), kind, relative.as_posix(), digest))
     return points
