@@ -158,3 +158,20 @@ def test_chunked_dot_refuses_mismatched_shapes() -> None:
         dot(torch.ones(2, 2), torch.ones(4))
     with pytest.raises(ValueError, match="same number"):
         dot(torch.ones(3), torch.ones(4))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", LOW)
+def test_add_to_on_the_gpu_equals_the_fp32_reference(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(2)
+    theta = (torch.randn(100_003, generator=gen) * 0.02).to(dtype)
+    delta = torch.randn(100_003, generator=gen) * 0.01
+    param_map = ParamMap.from_shapes([("w", (100_003,))])
+    weights = theta.cuda()
+    param_map.add_to(weights, param_map.specs[0], delta.cuda(), 0.1, chunk=30_000)
+    expected = _fp32_reference(theta, delta, 0.1)
+    assert _assert_within_one_ulp_of_exact(weights.cpu(), theta, delta, 0.1) < 1e-4
+    assert float((weights.cpu() != expected).float().mean()) < 1e-4  # an FMA on one side only: rare 1-ulp ties
+    big = torch.randn(5000, device="cuda")
+    assert torch.allclose(dot(big, big, max_numel=1024), torch.dot(big, big), rtol=1e-5)
