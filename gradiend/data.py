@@ -9,8 +9,9 @@ class) and `label` (+1 for pair[0]→pair[1], −1 for pair[1]→pair[0], 0 othe
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +25,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MASK", "SPLITS", "UNIFIED_COLUMNS", "Batch", "BatchSchedule", "DataError", "cap_per_class", "match_case",
-           "prepare_rows", "read_table", "require_split", "rows_with_context", "unify"]
+__all__ = ["MASK", "SPLITS", "UNIFIED_COLUMNS", "Batch", "BatchSchedule", "DataError", "NeutralSchedule",
+           "cap_per_class", "mask_random_word", "match_case", "neutral_rows", "prepare_rows", "read_table",
+           "require_split", "rows_with_context", "unify"]
 
 MASK = "[MASK]"
 SPLITS = ("train", "validation", "test")
@@ -351,3 +353,68 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
         batches.append(np.asarray(current))
     return batches
 
+
+
+_WORD = re.compile(r"[A-Za-z]{2,}")
+
+
+def mask_random_word(texts: Iterable[str], excluded: set[str], rng: np.random.Generator,
+                     mask: str = MASK, usable: Callable[[str], bool] | None = None,
+                     context_ok: Callable[[str], bool] | None = None) -> pd.DataFrame:
+    """Mask one random word per text (≥ 2 letters, not in `excluded`, `usable` by the tokenizer,
+    and, if given, `context_ok` for the masked text, e.g. enough left context for a causal LM).
+
+    Texts without such a word are dropped. Returns columns `masked` and `factual` (the word).
+    """
+    out = []
+    for text in texts:
+        spans = [m for m in _WORD.finditer(text)
+                 if m.group().lower() not in excluded and (usable is None or usable(m.group()))
+                 and (context_ok is None or context_ok(text[:m.start()] + mask))]
+        if not spans:
+            continue
+        m = spans[int(rng.integers(len(spans)))]
+        out.append({"masked": text[:m.start()] + mask + text[m.end():], "factual": m.group()})
+    return pd.DataFrame(out, columns=["masked", "factual"])
+
+
+def neutral_rows(rows: pd.DataFrame, objective: LMObjective, seed: int | None = 0,
+                 excluded_words: Iterable[str] = ()) -> pd.DataFrame:
+    """Feature-free training rows from `rows`: each text with its slot filled by the factual word
+    and another word masked (never a target word of `rows` or `excluded_words`).
+
+    Their factual and alternative token are the same word, so the target gradient difference is
+    exactly 0 and the row teaches "no feature here" → h = 0. Built from the training split only, so
+    the neutral variants of the encoder evaluation (test split, neutral corpus) stay unseen.
+    Columns as unified rows, with `factual_class` "neutral" and `label` 0.
+    """
+    excluded = {w.lower() for w in excluded_words} | {t.lower() for t in rows["factual"]} | {
+        t.lower() for t in rows["alternative"]}
+    filled = [str(t).replace(objective.mask, str(f)) for t, f in zip(rows["masked"], rows["factual"], strict=True)]
+    picked = mask_random_word(filled, excluded, np.random.default_rng(seed), objective.mask, objective.is_known,
+                              objective.has_context)
+    if picked.empty:
+        raise DataError("No neutral training rows: no text has a word besides the target words that the model's "
+                        "tokenizer knows; turn neutral training off or use longer texts")
+    return pd.DataFrame({"masked": picked["masked"], "split": "train", "factual_class": "neutral",
+                         "alternative_class": "neutral", "factual": picked["factual"],
+                         "alternative": picked["factual"], "label": 0})[UNIFIED_COLUMNS]
+
+
+class NeutralSchedule:
+    """Batches of neutral rows for the training steps: a seeded permutation, reshuffled every pass."""
+
+    def __init__(self, n_rows: int, batch_size: int, seed: int | None = 0) -> None:
+        if n_rows <= 0:
+            raise DataError("NeutralSchedule needs at least one neutral row")
+        self.n_rows = n_rows
+        self.batch_size = min(batch_size, n_rows)
+        self.rng = np.random.default_rng(None if seed is None else (seed, 2**16))
+        self._order: list[int] = []
+
+    def next(self) -> tuple[int, ...]:
+        """The next batch's row indices (sorted, so equal batches give equal cache keys)."""
+        if len(self._order) < self.batch_size:
+            self._order = [int(i) for i in self.rng.permutation(self.n_rows)]
+        batch, self._order = self._order[:self.batch_size], self._order[self.batch_size:]
+        return tuple(sorted(batch))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from gradiend.data import MASK, cap_per_class, prepare_rows
+from gradiend.data import MASK, cap_per_class, mask_random_word, prepare_rows
 from gradiend.experiment import atomic_write_json, atomic_write_with, fingerprint, read_json, short_hash
 from gradiend.metrics import pearson
 from gradiend.records import EncoderMeta
@@ -27,27 +26,6 @@ TRAINING = "training"
 NEUTRAL_MASKED = "neutral_training_masked"
 NEUTRAL_DATASET = "neutral_dataset"
 NEUTRAL_BOUNDS = (-0.5, 0.5)
-_WORD = re.compile(r"[A-Za-z]{2,}")
-
-
-def mask_random_word(texts: Iterable[str], excluded: set[str], rng: np.random.Generator,
-                     mask: str = MASK, usable: Callable[[str], bool] | None = None,
-                     context_ok: Callable[[str], bool] | None = None) -> pd.DataFrame:
-    """Mask one random word per text (≥ 2 letters, not in `excluded`, `usable` by the tokenizer,
-    and, if given, `context_ok` for the masked text, e.g. enough left context for a causal LM).
-
-    Texts without such a word are dropped.
-    """
-    out = []
-    for text in texts:
-        spans = [m for m in _WORD.finditer(text)
-                 if m.group().lower() not in excluded and (usable is None or usable(m.group()))
-                 and (context_ok is None or context_ok(text[:m.start()] + mask))]
-        if not spans:
-            continue
-        m = spans[int(rng.integers(len(spans)))]
-        out.append({"masked": text[:m.start()] + mask + text[m.end():], "factual": m.group()})
-    return pd.DataFrame(out, columns=["masked", "factual"])
 
 
 def build_encoder_frame(rows: pd.DataFrame, pair: Sequence[str], *, neutral_texts: Sequence[str] | None = None,

@@ -8,6 +8,13 @@ For x (B, n) and y (B, n), with P = x·W_eᵀ/s_in + b_e, h = act(P), r = h·W_d
     ∂L/∂P    = (G·W_d) ⊙ act'(P)
     ∂L/∂W_e  = (∂L/∂P)ᵀ·x / s_in      ∂L/∂b_e = Σ_b ∂L/∂P
 
+`coordinate_sum=True` returns the gradients of the per-row *sum* over coordinates (n × those of
+the mean; the reported loss stays the MSE). Why it matters: with the mean over n ≈ 10⁷ inputs
+every gradient is 1e-13…1e-10, far below Adam's ε = 1e-8, so Adam degenerates into plain SGD with
+step lr/ε, and how far a step moves the encoder then depends on n, the scales and the learning
+rate together (the learning-rate cliff of issue 15). With the sum, gradients are ≥ ε by orders
+of magnitude and Adam moves each weight by about the learning rate, as designed.
+
 Why not autograd: each step would allocate about ten fresh n-sized temporaries (fresh pages,
 zero-filled by the kernel) and read the inputs several times; on a 22.6M-input GRADIEND that
 doubled the step. Here the only n-sized work buffer (r, reused as G) and the gradients are
@@ -24,15 +31,36 @@ if TYPE_CHECKING:
     from gradiend.model import GradiendModel
 
 
+# The scale rule (issue 15). One Adam step moves each weight by about the learning rate, so it moves
+# the encoder pre-activation w·x/s_in of an input by at most lr·‖x/s_in‖₁, and the decoder output by
+# about lr per coordinate. Scaling the inputs to ‖x‖₁ = ENCODER_STEP / lr caps that move at
+# ENCODER_STEP, and the targets to an RMS of DECODER_UNITS · lr makes fitting them take the same
+# number of steps, whatever the learning rate: with `coordinate_sum` (Adam out of its ε regime) the
+# run is then the same for every learning rate, up to weight decay and ε (the learning rate sets the
+# unit of the GRADIEND's weights, not the speed). ENCODER_STEP = 0.1 keeps tanh out of saturation:
+# class means reach ±0.9 within ~100 steps while neutral texts stay lower (bench/validity.py).
+ENCODER_STEP = 0.1
+DECODER_UNITS = 1e3
+
+
+def scale_norms(learning_rate: float) -> tuple[float, float]:
+    """(input L1 norm, target RMS) that `estimate_scales` scales the gradients to for `learning_rate`."""
+    if not (learning_rate > 0 and learning_rate < float("inf")):
+        raise ValueError(f"learning_rate must be a positive finite number, got {learning_rate!r}")
+    return ENCODER_STEP / learning_rate, DECODER_UNITS * learning_rate
+
+
 class FusedLoss:
     """`loss_and_grad(x, y)` = `GradiendModel.loss(x, y)` plus `.backward()`, into reused `.grad` tensors.
 
     The input and target scales are read once here: they are fixed during training.
+    `coordinate_sum`: gradients of Σ r² / B instead of Σ r² / (B·n) (see the module doc).
     """
 
-    def __init__(self, gradiend: GradiendModel, batch_size: int) -> None:
+    def __init__(self, gradiend: GradiendModel, batch_size: int, coordinate_sum: bool = False) -> None:
         self.gradiend = gradiend
         self.batch_size = batch_size
+        self.coordinate_sum = coordinate_sum
         self.grads = [(param, torch.zeros_like(param)) for param in gradiend.parameters()]
         for param, buffer in self.grads:
             param.grad = buffer
@@ -72,7 +100,7 @@ class FusedLoss:
             torch.mul(w_d, h, out=r)
         r.sub_(y, alpha=self.inv_target_scale)
         loss = torch.dot(r, r) / n
-        r.mul_(2.0 / n)  # r is now G = ∂L/∂ŷ (and, with a decoder bias, already ∂L/∂b_d)
+        r.mul_(2.0 if self.coordinate_sum else 2.0 / n)  # r is now G = ∂L/∂ŷ (with a decoder bias: ∂L/∂b_d)
         torch.mul(r, h, out=g.decoder_weight.grad.view(-1))
         d_pre = torch.dot(r, w_d) * _activation_slope(g.config.activation_encoder, pre, h)
         torch.mul(x, d_pre / g.input_scale, out=g.encoder_weight.grad.view(-1))
@@ -93,7 +121,7 @@ class FusedLoss:
         r.sub_(y, alpha=self.inv_target_scale)
         flat = r.view(-1)
         loss = torch.dot(flat, flat) / (batch * n)
-        r.mul_(2.0 / (batch * n))  # r is now G = ∂L/∂ŷ
+        r.mul_(2.0 / batch if self.coordinate_sum else 2.0 / (batch * n))  # r is now G = ∂L/∂ŷ
         if g.decoder_bias is not None:
             torch.sum(r, dim=0, out=g.decoder_bias.grad)
         torch.mm(r.T, h, out=g.decoder_weight.grad)

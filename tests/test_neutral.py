@@ -71,3 +71,63 @@ def test_demo_table_shows_neutral_and_all_data_scores_next_to_the_class_correlat
     assert any(line.startswith("neutral mean |h| (neutral corpus)") and "0.200" in line for line in lines)
     assert any(line.startswith("all-data accuracy (±0.5 boundaries)") and line.endswith("0.750") for line in lines)
     assert any(line.startswith("all-data correlation (neutral = 0)") for line in lines)
+
+
+def test_coordinate_sum_gives_the_sum_loss_gradients_and_keeps_the_reported_mse() -> None:
+    import torch
+
+    from gradiend.model import GradiendConfig, GradiendModel
+    from gradiend.step import FusedLoss
+
+    torch.manual_seed(0)
+    for batch in (1, 3):  # the vector path and the matrix path
+        config = GradiendConfig(input_dim=50, torch_dtype="float64")
+        g = GradiendModel(config, torch.Generator().manual_seed(1)).double()
+        g.input_scale.fill_(0.3)
+        g.target_scale.fill_(2.0)
+        x, y = torch.randn(batch, 50, dtype=torch.float64), torch.randn(batch, 50, dtype=torch.float64)
+        ref = GradiendModel(GradiendConfig(input_dim=50, torch_dtype="float64")).double()
+        ref.load_state_dict(g.state_dict())
+        _, y_hat = ref(x)
+        (((y_hat - y / ref.target_scale) ** 2).sum() / batch).backward()  # per-row sum over coordinates
+        loss, _ = FusedLoss(g, batch, coordinate_sum=True).loss_and_grad(x, y)
+        assert float(loss) == pytest.approx(float(ref.loss(x, y)[0].detach()), rel=1e-12)  # still the MSE
+        for (name, mine), theirs in zip(g.named_parameters(), ref.parameters(), strict=True):
+            torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-10, atol=1e-14, msg=name)
+
+
+def test_scale_norms_make_the_step_size_independent_of_the_learning_rate() -> None:
+    from gradiend.step import DECODER_UNITS, ENCODER_STEP, scale_norms
+
+    for lr in (1e-5, 1e-3, 1e-2):
+        l1, rms = scale_norms(lr)
+        assert lr * l1 == pytest.approx(ENCODER_STEP) and rms / lr == pytest.approx(DECODER_UNITS)
+    with pytest.raises(ValueError, match="learning_rate must be a positive finite number"):
+        scale_norms(0.0)
+
+
+def test_neutral_rows_mask_another_word_and_never_a_target(tiny_mlm_dir: str) -> None:
+    from conftest import make_rows
+
+    from gradiend.data import NeutralSchedule, neutral_rows, prepare_rows, unify
+    from gradiend.model_with_gradiend import load_model_for_objective, make_objective
+
+    _, tokenizer, kind = load_model_for_objective(tiny_mlm_dir)
+    objective = make_objective(kind, tokenizer)
+    rows, pair = unify(make_rows(), ["3SG", "3PL"])
+    train = prepare_rows(rows, "train", pair, objective, "training")
+    neutral = neutral_rows(train, objective, seed=0)
+    assert len(neutral) == len(train) and set(neutral["label"]) == {0}
+    assert (neutral["factual"] == neutral["alternative"]).all()
+    assert (neutral["masked"].str.count(r"\[MASK\]") == 1).all()
+    targets = {"he", "she", "it", "they"}
+    assert not set(neutral["factual"].str.lower()) & targets
+    for masked, source, word in zip(neutral["masked"], train["masked"], neutral["factual"], strict=True):
+        # the slot holds a target word now; putting the masked word back gives a filled training text
+        filled = masked.replace("[MASK]", word)
+        assert "[MASK]" in source and any(filled == source.replace("[MASK]", t) for t in targets | {"He", "They"})
+    assert neutral_rows(train, objective, seed=0).equals(neutral)
+    schedule = NeutralSchedule(5, 2, seed=0)
+    drawn = [schedule.next() for _ in range(6)]
+    assert all(len(b) == 2 and list(b) == sorted(b) for b in drawn)
+    assert len({i for b in drawn[:2] for i in b}) == 4  # a pass draws without replacement
