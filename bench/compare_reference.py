@@ -83,6 +83,35 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def forward_meter(model_path: str) -> dict[str, float]:
+    """Time spent inside the base model's backbone forward (outermost calls), for both packages alike.
+
+    Patches the backbone class's `forward` (e.g. BertModel, LlamaModel) in this worker process; the
+    share of a phase's wall time spent there is the phase's physical-limit fraction (forward only:
+    backward passes run outside it, see the training split for those).
+    """
+    from transformers import MODEL_MAPPING, AutoConfig
+
+    backbone = MODEL_MAPPING[type(AutoConfig.from_pretrained(model_path))]
+    meter = {"seconds": 0.0, "calls": 0, "depth": 0}
+    original = backbone.forward
+
+    def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if meter["depth"]:
+            return original(self, *args, **kwargs)
+        meter["depth"] += 1
+        start = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            meter["seconds"] += time.perf_counter() - start
+            meter["calls"] += 1
+            meter["depth"] -= 1
+
+    backbone.forward = timed
+    return meter
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -135,11 +164,13 @@ def worker(ns: argparse.Namespace) -> None:
         shutil.rmtree(p, ignore_errors=True)
     data = pd.read_csv(ns.data)
     neutral = pd.read_csv(ns.neutral)
-    extra = json.loads(ns.train_args) if ns.train_args else {}
-    args = TrainingArguments(experiment_dir=str(exp), train_batch_size=8, max_steps=ns.max_steps,
+    extra = {**json.loads(ns.common_args or "{}"), **json.loads(ns.train_args or "{}")}
+    args = TrainingArguments(experiment_dir=str(exp), train_batch_size=ns.train_batch_size, max_steps=ns.max_steps,
                              eval_steps=ns.eval_steps, learning_rate=1e-3, num_train_epochs=10_000,
                              max_seeds=ns.max_seeds, min_convergent_seeds=1, seed=0, **extra)
-    trainer = TextPredictionTrainer(model=ns.model, data=data, eval_neutral_data=neutral, args=args)
+    trainer = TextPredictionTrainer(model=ns.model, data=data, eval_neutral_data=neutral, args=args,
+                                    target_classes=json.loads(ns.classes) if ns.classes else None)
+    meter = forward_meter(ns.model)
     result: dict[str, Any] = {"gradiend_file": gradiend.__file__, "import_s": import_s,
                               "version": getattr(gradiend, "__version__", "?"), "torch": torch.__version__,
                               "threads": torch.get_num_threads(), "phases": {},
@@ -149,17 +180,20 @@ def worker(ns: argparse.Namespace) -> None:
     def phase(name: str, fn) -> None:
         exact = _rss_reset()
         written = _bytes_written()
+        forward_s, forwards = meter["seconds"], meter["calls"]
         start = time.perf_counter()
         out[name] = fn()
         wall = time.perf_counter() - start
         result["phases"][name] = {"wall_s": wall, "peak_rss_mb": _rss_peak_mb(), "rss_exact": exact,
-                                  "exp_dir_bytes": _dir_bytes(exp), "bytes_written": _bytes_written() - written}
+                                  "exp_dir_bytes": _dir_bytes(exp), "bytes_written": _bytes_written() - written,
+                                  "forward_s": meter["seconds"] - forward_s, "forwards": meter["calls"] - forwards}
         print(f"[{ns.side}] {name}: {wall:.1f} s", flush=True)
         Path(ns.out).write_text(json.dumps(result, indent=1))
 
     phase("train", trainer.train)
     phase("evaluate_encoder", trainer.evaluate_encoder)
-    phase("evaluate_decoder", lambda: trainer.evaluate_decoder(target_class=ns.target_class))
+    lrs = json.loads(ns.decoder_lrs) if ns.decoder_lrs else None
+    phase("evaluate_decoder", lambda: trainer.evaluate_decoder(target_class=ns.target_class, lrs=lrs))
     phase("rewrite", lambda: trainer.rewrite_base_model(decoder_results=out["evaluate_decoder"],
                                                         target_class=ns.target_class, output_dir=str(rewritten)))
     enc = out["evaluate_encoder"]
@@ -217,22 +251,30 @@ def build_tiny_bert(path: Path) -> Path:
     return path
 
 
-def write_dataset(work: Path, per_class: dict[str, int], neutral_rows: int) -> tuple[Path, Path]:
-    """A fixed, seeded subsample of the shipped demo data (merged format) and neutral texts, as CSV."""
+def write_dataset(work: Path, per_class: dict[str, int], neutral_rows: int,
+                  feature: str = "pronouns") -> tuple[Path, Path]:
+    """A fixed, seeded subsample of the shipped demo data (merged format) and neutral texts, as CSV.
+
+    `feature`: "pronouns" (3SG he/she/it vs 3PL they) or "gender" (M he vs F she)."""
     import pandas as pd
 
-    from gradiend.demo_data import load_demo_data, load_demo_neutral
+    from gradiend.demo_data import demo_gender_data, load_demo_data, load_demo_neutral
 
-    rows = load_demo_data()
+    rows = demo_gender_data() if feature == "gender" else load_demo_data()
     parts = [grp.sample(n=min(per_class[split], len(grp)), random_state=0)
              for (split, _), grp in rows.groupby(["split", "label_class"]) if split in per_class]
     data = pd.concat(parts)[["masked", "split", "label_class", "label"]].reset_index(drop=True)
-    # explicit counterfactuals (the reference requires them): 3SG -> they, 3PL -> he/she/it in turn
-    singular = ["he", "she", "it"]
-    alternative = ["they" if cls == "3SG" else singular[i % 3] for i, cls in enumerate(data["label_class"])]
+    # explicit counterfactuals (the reference requires them): 3SG -> they, 3PL -> he/she/it in turn; he <-> she
+    if feature == "gender":
+        alternative = ["she" if cls == "M" else "he" for cls in data["label_class"]]
+        other = {"M": "F", "F": "M"}
+    else:
+        singular = ["he", "she", "it"]
+        alternative = ["they" if cls == "3SG" else singular[i % 3] for i, cls in enumerate(data["label_class"])]
+        other = {"3SG": "3PL", "3PL": "3SG"}
     data["alternative"] = [a.capitalize() if str(w)[:1].isupper() else a
                            for a, w in zip(alternative, data["label"], strict=True)]
-    data["alternative_class"] = ["3PL" if cls == "3SG" else "3SG" for cls in data["label_class"]]
+    data["alternative_class"] = [other[str(cls)] for cls in data["label_class"]]
     neutral = load_demo_neutral()
     neutral = neutral.head(neutral_rows)[["text"]] if "text" in neutral else neutral.head(neutral_rows)
     data_path, neutral_path = work / "training.csv", work / "neutral.csv"
@@ -255,16 +297,17 @@ def comparison_table(res: dict[str, dict[str, Any]]) -> str:
     """Markdown table: per phase wall time / peak RSS, totals, disk, quality, and ours/reference ratios."""
     o, r = res["ours"], res["reference"]
     lines = ["| phase | ours (s) | reference (s) | speed-up | ours peak RSS (MB) | reference peak RSS (MB) "
-             "| RSS ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "| RSS ratio | ours fwd share (forwards) | reference fwd share (forwards) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name in PHASES:
         po, pr = o["phases"].get(name, {}), r["phases"].get(name, {})
         lines.append(f"| {name} | {po.get('wall_s', float('nan')):.2f} | {pr.get('wall_s', float('nan')):.2f} "
                      f"| {_ratio(pr.get('wall_s'), po.get('wall_s'))}x "
                      f"| {po.get('peak_rss_mb', 0):.0f} | {pr.get('peak_rss_mb', 0):.0f} "
-                     f"| {_ratio(po.get('peak_rss_mb'), pr.get('peak_rss_mb'))} |")
+                     f"| {_ratio(po.get('peak_rss_mb'), pr.get('peak_rss_mb'))} | {_share(po)} | {_share(pr)} |")
     lines.append(f"| **end to end** | **{o['total_s']:.1f}** | **{r['total_s']:.1f}** "
                  f"| **{_ratio(r['total_s'], o['total_s'])}x** | {o['ru_maxrss_mb']:.0f} | {r['ru_maxrss_mb']:.0f} "
-                 f"| {_ratio(o['ru_maxrss_mb'], r['ru_maxrss_mb'])} |")
+                 f"| {_ratio(o['ru_maxrss_mb'], r['ru_maxrss_mb'])} | {_share(_totals(o))} | {_share(_totals(r))} |")
     lines += ["", "| | ours | reference | ratio ours/reference |", "|---|---|---|---:|",
               f"| optimizer steps taken | {o.get('steps')} | {r.get('steps')} | |",
               f"| experiment dir | {_fmt_bytes(o['exp_dir_bytes'])} | {_fmt_bytes(r['exp_dir_bytes'])} "
@@ -276,6 +319,21 @@ def comparison_table(res: dict[str, dict[str, Any]]) -> str:
               f"| encoder correlation (test) | {_num(o.get('correlation'))} | {_num(r.get('correlation'))} | |",
               f"| selected decoder (feature_factor, lr) | {_dec(o)} | {_dec(r)} | |"]
     return "\n".join(lines)
+
+
+def _share(phase: dict[str, Any]) -> str:
+    """Share of the phase's wall time inside the base model's forward (its physical-limit fraction)."""
+    if "forward_s" not in phase or not phase.get("wall_s"):
+        return "n/a"
+    return f"{100 * phase['forward_s'] / phase['wall_s']:.0f} % ({phase['forwards']})"
+
+
+def _totals(res: dict[str, Any]) -> dict[str, Any]:
+    phases = list(res["phases"].values())
+    if not phases or any("forward_s" not in p for p in phases):
+        return {}
+    return {"wall_s": res["total_s"], "forward_s": sum(p["forward_s"] for p in phases),
+            "forwards": sum(p["forwards"] for p in phases)}
 
 
 def _num(x: Any) -> str:
@@ -321,9 +379,35 @@ def _parse_overrides(text: str) -> dict[str, Any]:
     return out
 
 
+#: Named workloads: defaults for the flags below (explicit flags still win).
+WORKLOADS: dict[str, dict[str, Any]] = {
+    # what `gradiend demo` runs: all demo rows, 1000 neutral texts, 100 steps, the demo's learning rates
+    "demo": {"model": "minilm", "per_class": "988,123,123", "neutral_rows": 1000, "max_steps": 100,
+             "decoder_lrs": "[0.01, 0.005, 0.002, 0.001, 0.0005, 0.0002]"},
+    # the README's MiniLM table: one epoch of 480 rows, the reference's default 3 seeds, the default 16 lrs
+    "minilm": {"model": "minilm", "per_class": "240,15,15", "max_steps": 60, "max_seeds": 3},
+    # embedded SmolLM2 (causal), one MLP block, he vs she, strengthen F, the clm demo's learning rates
+    "clm": {"model": "clm", "per_class": "120,15,15", "max_steps": 30, "feature": "gender", "target_class": "F",
+            "train_batch_size": 6, "decoder_lrs": "[30.0, 10.0, 3.0, 1.0]",
+            "common_args": json.dumps({"params": ["model.layers.25.mlp.*"], "eval_batch_size": 16,
+                                       "decoder_eval_max_size_training_like": 32,
+                                       "decoder_eval_max_size_neutral": 32})},
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny", help="'tiny', 'minilm' or a local masked-LM directory")
+    parser.add_argument("--workload", choices=sorted(WORKLOADS), default=None,
+                        help="a named workload setting the defaults below: " + "; ".join(
+                            f"{k}: {v}" for k, v in WORKLOADS.items()))
+    parser.add_argument("--model", default="tiny", help="'tiny', 'minilm', 'clm' or a local LM directory")
+    parser.add_argument("--feature", choices=["pronouns", "gender"], default="pronouns",
+                        help="pronouns: 3SG vs 3PL; gender: M (he) vs F (she)")
+    parser.add_argument("--train-batch-size", type=int, default=8)
+    parser.add_argument("--decoder-lrs", default="", help="JSON list of decoder learning rates (default: the "
+                        "package's 16)")
+    parser.add_argument("--common-args", default="", help="JSON TrainingArguments given to both sides")
+    parser.add_argument("--classes", default="", help=argparse.SUPPRESS)
     parser.add_argument("--max-steps", type=int, default=100)
     parser.add_argument("--eval-steps", type=int, default=25)
     parser.add_argument("--target-class", default="3SG")
@@ -347,6 +431,9 @@ def main() -> None:
     parser.add_argument("--data", default="", help=argparse.SUPPRESS)
     parser.add_argument("--neutral", default="", help=argparse.SUPPRESS)
     parser.add_argument("--out", default="", help=argparse.SUPPRESS)
+    known, _ = parser.parse_known_args()
+    if known.workload:
+        parser.set_defaults(**WORKLOADS[known.workload])
     ns = parser.parse_args()
     if ns.worker:
         worker(ns)
@@ -354,15 +441,17 @@ def main() -> None:
 
     from gradiend.embedded import embedded_model_path
 
-    label = ns.model if ns.model in ("tiny", "minilm") else Path(ns.model).name
+    label = ns.workload or (ns.model if ns.model in ("tiny", "minilm", "clm") else Path(ns.model).name)
     suffix = (f"-{ns.threads}threads" if ns.threads > 0 else "") + (f"-{ns.max_seeds}seeds" if ns.max_seeds > 1 else "")
     work = Path(ns.workdir) / f"{label}-{ns.max_steps}steps{suffix}"
     work.mkdir(parents=True, exist_ok=True)
     model = {"tiny": lambda: str(build_tiny_bert(Path(ns.workdir) / "models" / "tiny-bert")),
-             "minilm": lambda: str(embedded_model_path("mlm"))}.get(ns.model, lambda: ns.model)()
+             "minilm": lambda: str(embedded_model_path("mlm")),
+             "clm": lambda: str(embedded_model_path("clm"))}.get(ns.model, lambda: ns.model)()
     train, val, test = (int(x) for x in ns.per_class.split(","))
     data_path, neutral_path = write_dataset(work, {"train": train, "validation": val, "test": test},
-                                            ns.neutral_rows)
+                                            ns.neutral_rows, ns.feature)
+    classes = json.dumps(["M", "F"] if ns.feature == "gender" else ["3SG", "3PL"])
     ours_args = _parse_overrides(ns.ours_args)
     ours_dir = "ours" + "".join(f"-{k}={v}" for k, v in ours_args.items())
     results: dict[str, dict[str, Any]] = {}
@@ -377,7 +466,8 @@ def main() -> None:
                   "--data", str(data_path), "--neutral", str(neutral_path), "--out", str(out),
                   "--max-steps", str(ns.max_steps), "--eval-steps", str(ns.eval_steps),
                   "--target-class", ns.target_class, "--threads", str(ns.threads),
-                  "--max-seeds", str(ns.max_seeds),
+                  "--max-seeds", str(ns.max_seeds), "--train-batch-size", str(ns.train_batch_size),
+                  "--decoder-lrs", ns.decoder_lrs, "--common-args", ns.common_args, "--classes", classes,
                   "--train-args", json.dumps(ours_args) if side == "ours" else ""], cwd=str(out.parent), env=env)
         if not out.exists():
             print(f"{side}: no result yet at {out}")
@@ -388,7 +478,9 @@ def main() -> None:
     if len(results) < 2:
         return
     limit = physical_limit(work / ours_dir / "exp", results["ours"]["phases"].get("train", {}).get("wall_s"))
-    header = (f"Model `{label}` ({model}), {ns.max_steps} steps, eval every {ns.eval_steps}, batch 8, lr 1e-3, "
+    header = (f"Workload `{label}` ({model}), {ns.feature}, {ns.max_steps} steps, eval every {ns.eval_steps}, "
+              f"batch {ns.train_batch_size}, lr 1e-3, decoder lrs {ns.decoder_lrs or 'default'}, "
+              f"both sides with {ns.common_args or 'no extra arguments'}, "
               f"max_seeds {ns.max_seeds}{', ours with ' + ns.ours_args if ours_args else ''}, "
               f"data {ns.per_class} rows/class (train,val,test) + {ns.neutral_rows} neutral; "
               f"machine: {platform.machine()} {os.cpu_count()} cores, torch {results['ours']['torch']} "

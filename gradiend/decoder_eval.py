@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from gradiend.allocator import reuse_large_blocks
@@ -37,6 +38,9 @@ DEFAULT_LRS = (100.0, 50.0, 20.0, 10.0, 5.0, 2.0, 1.0, 0.5, 0.2, 0.1, 0.05, 0.02
 LMS_RATIO = 0.99
 LMS_SEED = 42
 SEARCH_MODES = ("adaptive", "grid")
+#: Largest decoded update (bytes, float32) kept in memory for the fast per-candidate rewrite.
+FAST_UPDATE_MAX_BYTES = 1 << 30
+FLOAT32_MAX = torch.finfo(torch.float32).max
 
 Record = dict[str, Any]
 Selector = Callable[[list[Record], Record], Record]
@@ -80,7 +84,8 @@ class GridRun:
         self.snapshot = ParameterSnapshot(model.base_model, model.param_map)
         self.stats: dict[str, Any] = {"candidates_scored": 0, "probability_passes": 0, "lms_passes": 0,
                                       "lms_stopped_early": 0, "forwards": 0, "skipped": [], "full_grid_factors": []}
-        self._updates: dict[float, Any] = {}
+        self._updates: dict[float, list[tuple[Any, torch.Tensor]]] = {}
+        self._peaks: dict[str, tuple[float, float]] = {}
 
     def _count(self, *_: Any) -> None:
         self.stats["forwards"] += 1
@@ -90,14 +95,37 @@ class GridRun:
         """The base model rewritten by lr·dec(ff) inside the block (None: the base model), forwards counted."""
         hook = self.model.base_model.base_model.register_forward_pre_hook(self._count)
         try:
-            if ff is not None:
-                update = self._updates.setdefault(ff, self.model.lazy_update(ff))
-                self.snapshot.add(update, float(lr))
+            if ff is not None and lr != 0:
+                self._apply(ff, float(lr))
             yield
         finally:
             hook.remove()
             if ff is not None:
                 self.snapshot.restore()
+
+    def _apply(self, ff: float, lr: float) -> None:
+        """θ ← θ_saved + lr·dec(ff): the decoded update of the last factor is kept (one decode per factor,
+        not per candidate) and written as one fused pass per tensor from the saved weights. Entries the
+        fast pass cannot take (pruned, low precision, near the dtype's range) go through `add_to`."""
+        if self.model.param_map.size * 4 > FAST_UPDATE_MAX_BYTES:
+            self.snapshot.add(self.model.lazy_update(ff), lr)
+            return
+        if ff not in self._updates:
+            update = self.model.lazy_update(ff)
+            self._updates = {ff: [(spec, update(spec.rows)) for spec in self.model.param_map.specs]}
+            self._peaks = {spec.name: (float(torch.linalg.vector_norm(delta, ord=math.inf)),
+                                       float(torch.linalg.vector_norm(saved, ord=math.inf)))
+                           for (spec, delta), saved in zip(self._updates[ff], self.snapshot.saved, strict=True)}
+        for (spec, delta), param, saved in zip(self._updates[ff], self.snapshot.params, self.snapshot.saved,
+                                               strict=True):
+            peak_delta, peak_param = self._peaks[spec.name]
+            fast = (spec.index is None and param.dtype == torch.float32 and param.is_contiguous()
+                    and math.isfinite(peak_delta) and peak_delta * abs(lr) + peak_param <= FLOAT32_MAX)
+            if fast:
+                with torch.no_grad():
+                    torch.add(saved.view(-1), delta.to(param.device), alpha=lr, out=param.view(-1))
+            else:
+                self.model.param_map.add_to(param, spec, delta, lr)
 
     def probabilities(self) -> dict[str, dict[str, float]]:
         """`probs[dataset_class][class]` of the current weights."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from test_causal import _rows as causal_rows
 from test_causal import gpt2_dir  # noqa: F401  (fixture)
 
@@ -184,3 +185,20 @@ def test_a_non_monotone_lms_falls_back_to_the_full_grid() -> None:
     assert adaptive == full and adaptive["learning_rate"] == 1.0
     assert run.stats["full_grid_factors"] == [-1.0]
     assert math.isclose(adaptive["lms"], 0.5)
+
+
+def test_grid_rewrites_equal_the_saved_rewrite_bitwise(trained) -> None:
+    """The grid's fused rewrite (decoded once per factor) is the same as `rewrite_base_model`, and undone."""
+    from gradiend.decoder_eval import GridRun
+
+    mwg = trained.get_model()
+    rows = trained.unified_data()[0].head(4)
+    run = GridRun(mwg, rows, {"3SG": {(1,)}}, prepare_lms(mwg.objective, NEUTRAL))
+    before = {k: v.clone() for k, v in mwg.base_model.state_dict().items()}
+    for ff, lr in ((-1.0, 0.5), (-1.0, 30.0), (1.0, 0.01)):
+        expected = mwg.rewrite_base_model(learning_rate=lr, feature_factor=ff).state_dict()
+        with run.rewritten(ff, lr):
+            got = mwg.base_model.state_dict()
+            changed = [k for k in got if not torch.equal(got[k], before[k])]
+            assert changed and all(torch.equal(got[k], expected[k]) for k in got)
+    assert all(torch.equal(v, before[k]) for k, v in mwg.base_model.state_dict().items())
