@@ -7,8 +7,15 @@ phase it prints wall time, peak RSS, bytes on disk, encoder correlation, the sel
 config, and the ratios ours / reference. The reference is installed for measurement only.
 
     python bench/compare_reference.py --model tiny                        # random 2-layer BERT
+    python bench/compare_reference.py --workload minilm                   # the README's MiniLM table
+    python bench/compare_reference.py --workload demo                     # what `gradiend demo` runs
+    python bench/compare_reference.py --workload clm                      # SmolLM2, one MLP block
     python bench/compare_reference.py --model minilm --max-steps 10       # embedded MiniLM, fewer steps
     python bench/compare_reference.py --model tiny --markdown perf.md     # also write a README table
+
+Per phase it also reports the physical-limit fraction: the share of the phase's wall time spent
+inside the base model's forward (timed at the backbone class, the same way for both packages) and
+the number of those forwards; the train phase's forward+backward share comes from our training.json.
 
 Virtual environments (under `--venv-root`, default ~/.cache/gradiend/bench-venvs) are created with
 `--system-site-packages` so that the torch / transformers already on the machine are reused
