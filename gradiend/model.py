@@ -131,6 +131,22 @@ class GradiendModel(nn.Module):
         if self.decoder_bias is not None:
             self.decoder_bias.uniform_(-scale, scale, generator=generator)
 
+    @torch.no_grad()
+    def scale_initial_weights(self, bound: float) -> None:
+        """Rescale freshly initialised weights (`reset_parameters`) so the encoder's lie in ±`bound`.
+
+        Every weight is multiplied by `bound·√n` (the decoder keeps its ratio to the encoder). With
+        `bound` = the learning rate, the initial weights are one Adam step in size whatever the
+        learning rate, so together with `gradiend.step.scale_norms` a run is the same at every
+        learning rate (issue 15); with the default U(±1/√n) the initial weights would outweigh
+        100 steps at lr 1e-5 on a pruned or small GRADIEND.
+        """
+        if not (bound > 0 and math.isfinite(bound)):
+            raise ValueError(f"bound must be a positive finite number, got {bound!r}")
+        factor = bound * math.sqrt(self.config.input_dim)
+        for param in self.parameters():
+            param.mul_(factor)
+
     @property
     def activation(self):
         return ACTIVATIONS[self.config.activation_encoder]

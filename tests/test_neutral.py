@@ -131,3 +131,18 @@ def test_neutral_rows_mask_another_word_and_never_a_target(tiny_mlm_dir: str) ->
     drawn = [schedule.next() for _ in range(6)]
     assert all(len(b) == 2 and list(b) == sorted(b) for b in drawn)
     assert len({i for b in drawn[:2] for i in b}) == 4  # a pass draws without replacement
+
+
+def test_scale_initial_weights_bounds_the_encoder_by_the_learning_rate() -> None:
+    import torch
+
+    from gradiend.model import GradiendConfig, GradiendModel
+
+    fresh = GradiendModel(GradiendConfig(input_dim=400), torch.Generator().manual_seed(0))
+    scaled = GradiendModel(GradiendConfig(input_dim=400), torch.Generator().manual_seed(0))
+    scaled.scale_initial_weights(1e-5)
+    assert float(scaled.encoder_weight.abs().max()) <= 1e-5 < 2 * float(scaled.encoder_weight.abs().max())
+    for a, b in zip(fresh.parameters(), scaled.parameters(), strict=True):
+        torch.testing.assert_close(b, a * (1e-5 * 20.0))  # √400 = 20: one factor for every weight
+    with pytest.raises(ValueError, match="bound must be a positive finite number"):
+        scaled.scale_initial_weights(float("nan"))
