@@ -104,7 +104,11 @@ def experimental_loop(switches: dict[str, Any], neutral_rows: pd.DataFrame) -> t
 
     class Loop(training.TrainingLoop):
         def standardize(self) -> None:
-            norms = (1e4, 0.01) if switches.get("_scales") == "fixed" else scale_norms(self.args.learning_rate)
+            lr = self.args.learning_rate
+            norms = (1e4, 0.01) if switches.get("_scales") == "fixed" else scale_norms(lr)
+            encoder_max = float(self.gradiend.encoder_weight.detach().abs().max())
+            if switches.get("_scales") == "lr" and encoder_max > 1.5 * lr:  # the library's fit has not done it
+                self.gradiend.scale_initial_weights(lr)
             l1, rms = [], []
             for source, target in self._probe_pairs():
                 l1.append(float(source.abs().sum()))
