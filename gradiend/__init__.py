@@ -14,10 +14,19 @@ from gradiend._version import __version__
 if TYPE_CHECKING:
     from gradiend.arguments import PostPruneConfig, PrePruneConfig, TrainingArguments
     from gradiend.data import DataError
-    from gradiend.data_creation import TextFilterConfig, TextPredictionDataCreator, TextPreprocessConfig
+    from gradiend.data_creation import (
+        PairedTextFilterConfig,
+        TextFilterConfig,
+        TextPredictionDataCreator,
+        TextPreprocessConfig,
+    )
     from gradiend.embedded import embedded_model_path
+    from gradiend.hub import push_to_hub
     from gradiend.model import GradiendConfig, GradiendModel
     from gradiend.model_with_gradiend import ModelWithGradiend
+    from gradiend.plots import plot_topk_overlap_heatmap, plot_topk_overlap_venn
+    from gradiend.reference_format import load_reference_checkpoint
+    from gradiend.topk import get_topk_weights, seed_stability_topk, topk_overlap
     from gradiend.trainer.text.prediction.trainer import TextPredictionTrainer
     from gradiend.trainer.trainer import Trainer
     from gradiend.training import TrainingCallback, set_seed
@@ -38,6 +47,14 @@ _EXPORTS: dict[str, str] = {
     "TrainingCallback": "gradiend.training",
     "embedded_model_path": "gradiend.embedded",
     "set_seed": "gradiend.training",
+    "PairedTextFilterConfig": "gradiend.data_creation",
+    "load_reference_checkpoint": "gradiend.reference_format",
+    "get_topk_weights": "gradiend.topk",
+    "topk_overlap": "gradiend.topk",
+    "seed_stability_topk": "gradiend.topk",
+    "plot_topk_overlap_heatmap": "gradiend.plots",
+    "plot_topk_overlap_venn": "gradiend.plots",
+    "push_to_hub": "gradiend.hub",
 }
 
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
@@ -47,6 +64,7 @@ __all__ = [
     "GradiendConfig",
     "GradiendModel",
     "ModelWithGradiend",
+    "PairedTextFilterConfig",
     "PostPruneConfig",
     "PrePruneConfig",
     "TextFilterConfig",
@@ -58,5 +76,12 @@ __all__ = [
     "TrainingCallback",
     "__version__",
     "embedded_model_path",
+    "get_topk_weights",
+    "load_reference_checkpoint",
+    "plot_topk_overlap_heatmap",
+    "plot_topk_overlap_venn",
+    "push_to_hub",
+    "seed_stability_topk",
     "set_seed",
+    "topk_overlap",
 ]

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gradiend._version import __version__
+from gradiend.hub import add_push_command
 
 logger = logging.getLogger(__name__)
 
@@ -668,7 +669,7 @@ def build_parser() -> _Parser:
                               epilog=EXIT_CODES_HELP)
 
     for add in (_add_demo_command, _add_train_command, _add_evaluate_command, _add_rewrite_command,
-                _add_report_command, _add_embedded_command):
+                _add_report_command, _add_embedded_command, add_push_command):
         add(command)
     return parser
 

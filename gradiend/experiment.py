@@ -771,6 +771,9 @@ class ExperimentDir:
         recover_interrupted(self.root)
         recover_interrupted(self.model.parent, self.model.name)
         recover_interrupted(self.seeds)
+        from gradiend.resume import clean_resume_root  # resume imports this module
+
+        clean_resume_root(self.root)
         for directory in dict.fromkeys((self.root, self.model, self.seeds, self.gradient_cache)):
             if directory.is_dir():
                 remove_orphan_temps(directory)

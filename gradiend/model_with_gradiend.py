@@ -19,7 +19,7 @@ from gradiend.arguments import DTYPES
 from gradiend.base_identity import base_model_fingerprint, check_weight_files, local_model_dir, resolve_base_model
 from gradiend.data import length_batches
 from gradiend.gradients import GradientEngine
-from gradiend.model import GradiendConfig, GradiendModel
+from gradiend.model import GradiendConfig, GradiendModel, is_checkpoint
 from gradiend.objectives import CausalLMObjective, LMObjective, MaskedLMObjective
 from gradiend.params import ParamMap
 from gradiend.rewrite import applied, rewritten_copy
@@ -245,6 +245,12 @@ class ModelWithGradiend:
         from gradiend.hub import resolve_pretrained
 
         directory = resolve_pretrained(directory, revision=revision, token=token)
+        if not is_checkpoint(directory):
+            from gradiend.reference_format import is_reference_checkpoint, load_reference_checkpoint
+
+            if is_reference_checkpoint(directory):  # a gradiend 0.2.x checkpoint
+                return load_reference_checkpoint(directory, base_model=base_model, device=device,
+                                                 trust_remote_code=trust_remote_code, max_length=max_length)
         gradiend = GradiendModel.from_pretrained(directory)
         base = base_model or recorded_base_model(gradiend.config)
         if base is None:

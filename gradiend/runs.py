@@ -18,6 +18,7 @@ from gradiend.base_identity import base_model_fingerprint, local_model_dir, reso
 from gradiend.data import prepare_rows
 from gradiend.experiment import TRAINING_STATS, atomic_directory, atomic_write_json, fingerprint, read_json, short_hash
 from gradiend.gradient_cache import GradientStore
+from gradiend.memory import plan_for_model
 from gradiend.model import CONFIG_FILE, is_checkpoint
 from gradiend.pruning import post_prune, pre_prune
 from gradiend.records import RunConfig, TrainingRecord
@@ -147,6 +148,8 @@ def prepare_run(template: ModelWithGradiend, args: TrainingArguments, rows: pd.D
                  if args.do_eval else None)
     if not pre_pruned and args.pre_prune_config is not None:
         pre_prune(template, train_rows, pair, args.pre_prune_config, args.show_progress)
+    cache_bytes = int(args.gradient_cache_max_gb * 1024**3) if args.gradient_cache == "memory" else 0
+    plan_for_model(template, args, cache_bytes=cache_bytes).check(template.device)  # refuse before allocating
     return RunInputs(template, args, train_rows, eval_rows, pair, base_model, key, tuple(callbacks))
 
 

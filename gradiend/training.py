@@ -218,8 +218,15 @@ def _data_seed(args: TrainingArguments) -> int | None:
     return args.data_seed if args.data_seed is not None else args.seed
 
 
-def _snapshot(gradiend: GradiendModel) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in gradiend.state_dict().items()}
+def _snapshot(gradiend: GradiendModel, into: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The GRADIEND's weights on the host (a best checkpoint costs no device memory); copied into `into` when
+    given, so a new best never holds two copies at once."""
+    state = gradiend.state_dict()
+    if into is None:
+        return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+    for k, v in state.items():
+        into[k].copy_(v.detach())
+    return into
 
 
 @dataclass(frozen=True)
@@ -333,7 +340,14 @@ class TrainingLoop:
         if self.evaluator is not None and state is None:
             self.evaluate(0, 0)
         self._run(state.step if state is not None else 0)
+        self._release_gradients()
         return self._outcome(memory, self._timings())
+
+    def _release_gradients(self) -> None:
+        """Free the GRADIEND's `.grad` buffers (12 B per input), which the fused loss references too."""
+        for param in self.gradiend.parameters():
+            param.grad = None
+        self._fused = None
 
     def _load_checkpoint(self) -> TrainingState | None:
         """The state `checkpoint` holds for this run, None when there is none (or it is of another run)."""
@@ -351,8 +365,7 @@ class TrainingLoop:
         self.optimizer.load_state_dict(state.optimizer)
         best_state = state.gradiend if state.best_is_current else state.best_state
         if best_state is not None:
-            device = self.gradiend.encoder_weight.device
-            best_state = {k: v.to(device, copy=True) for k, v in best_state.items()}
+            best_state = {k: v.to("cpu", copy=True) for k, v in best_state.items()}
         self.history = _History.from_json(state.history, best_state)
         timings = dict(state.timings)
         self._before = {"base_passes": timings.pop("base_passes", 0.0), "total": timings.pop("total", 0.0)}
@@ -483,7 +496,7 @@ class TrainingLoop:
         if step > 0 and finite and (h.best is None or abs(metrics["correlation"]) > abs(h.best["correlation"])):
             h.best = {"correlation": metrics["correlation"], "global_step": step, "epoch": epoch,
                       "mean_by_class": metrics["mean_by_class"], "loss": h.losses[-1] if h.losses else None}
-            h.best_state = _snapshot(self.gradiend)
+            h.best_state = _snapshot(self.gradiend, h.best_state)
 
     def _outcome(self, memory: dict[str, int], timings: dict[str, float]) -> TrainingOutcome:
         h, plan, args = self.history, self._plan, self.args

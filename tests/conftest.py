@@ -37,7 +37,8 @@ SENTENCES_3PL = [
 def make_tokenizer(directory: Path) -> BertTokenizerFast:
     directory.mkdir(parents=True, exist_ok=True)
     tokens = SPECIAL + list(dict.fromkeys(WORDS))
-    return BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True)
+    (directory / "vocab.txt").write_text("\n".join(tokens) + "\n", encoding="utf-8")  # transformers 4.56 and 5
+    return BertTokenizerFast.from_pretrained(str(directory), do_lower_case=True)
 
 
 @pytest.fixture(scope="session")

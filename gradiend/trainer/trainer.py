@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gradiend.arguments import PostPruneConfig, PrePruneConfig, TrainingArguments
+from gradiend.trainer.analysis import AnalysisMethods
 from gradiend.trainer.evaluation import EvaluationMethods
 from gradiend.trainer.plotting import PlotMethods
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class Trainer(EvaluationMethods, PlotMethods, abc.ABC):
+class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
     """Train, evaluate and inspect a GRADIEND for one pair of feature classes.
 
     Training, pruning and model state live here; evaluation/rewriting and plot methods in the two mixins."""
