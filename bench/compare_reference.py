@@ -480,6 +480,10 @@ def main() -> None:
             print(f"{side}: no result yet at {out}")
             continue
         results[side] = json.loads(out.read_text())
+        if "total_s" not in results[side]:  # the worker writes after every phase; this one has not finished
+            print(f"{side}: unfinished result at {out} (phases so far: {list(results[side]['phases'])})")
+            del results[side]
+            continue
         results[side]["steps"] = _steps_done(out.parent / "exp")
         print(f"{side}: gradiend {results[side]['version']} from {results[side]['gradiend_file']}")
     if len(results) < 2:
