@@ -244,6 +244,12 @@ class GradiendModel(nn.Module):
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"GRADIEND checkpoint directory not found: {directory}")
+        if not (directory / CONFIG_FILE).is_file():
+            from gradiend.reference_format import is_reference_checkpoint, read_reference_gradiend
+
+            if is_reference_checkpoint(directory):  # a gradiend 0.2.x checkpoint
+                model = read_reference_gradiend(directory)
+                return model.to(device) if device is not None else model
         config = GradiendConfig.from_json(read_json(directory / CONFIG_FILE, "GRADIEND config"),
                                           str(directory / CONFIG_FILE))
         weights = directory / WEIGHTS_FILE

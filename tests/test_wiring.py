@@ -15,7 +15,7 @@ from huggingface_hub import HfApi
 from test_reference_format import _reference_selection, write_reference_checkpoint
 from tiny_experiment import build
 
-from gradiend import ModelWithGradiend, TrainingArguments
+from gradiend import GradiendModel, ModelWithGradiend, TrainingArguments
 from gradiend.cli import build_parser
 from gradiend.experiment import MODEL_CONFIG, MODEL_WEIGHTS
 from gradiend.memory import InsufficientMemoryError, MemoryPlan
@@ -60,6 +60,8 @@ def test_reference_checkpoint_loads_through_from_pretrained(tmp_path: Path, tiny
     # the encoder weights are the reference's, in our coordinate order: the same multiset of values
     ours = model.gradiend.encoder_weight.detach().reshape(-1).sort().values
     assert torch.equal(ours, weights["encoder.0.linear.weight"].reshape(-1).sort().values)
+    bare = GradiendModel.from_pretrained(tmp_path / "ref")
+    assert torch.equal(bare.encoder_weight, model.gradiend.encoder_weight.cpu())
 
 
 def test_push_is_a_cli_command() -> None:
