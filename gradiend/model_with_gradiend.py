@@ -167,6 +167,16 @@ def make_objective(kind: str, tokenizer: Any, max_length: int = 256, options: di
     raise ValueError(f"Unknown objective {kind!r}; use one of {OBJECTIVES}")
 
 
+def _fit_max_length(base_model: PreTrainedModel, max_length: int) -> int:
+    """`max_length` capped at the model's position limit, so a too-long text is caught by the objective's
+    up-front "[MASK] beyond max_length" check instead of failing inside the model's position embeddings."""
+    limit = getattr(base_model.config, "max_position_embeddings", None)  # absent for rotary-only configs
+    if isinstance(limit, int) and 0 < limit < max_length:
+        logger.info("max_length %d exceeds the model's %d positions; using %d", max_length, limit, limit)
+        return limit
+    return max_length
+
+
 class ModelWithGradiend:
     """Base model + tokenizer + objective + gradient engine + GRADIEND weights."""
 
@@ -176,6 +186,7 @@ class ModelWithGradiend:
         self.tokenizer = tokenizer
         self.gradiend = gradiend if gradiend.shape_only else gradiend.to(next(base_model.parameters()).device)
         self.param_map = ParamMap.from_json(gradiend.config.param_map, gradiend.param_index)
+        max_length = _fit_max_length(base_model, max_length)
         self.objective = make_objective(gradiend.config.objective, tokenizer, max_length,
                                         gradiend.config.objective_options)
         self.engine = GradientEngine(base_model, self.objective, self.param_map)

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from gradiend.allocator import reuse_large_blocks
 from gradiend.data import Batch, BatchSchedule, cap_per_class
+from gradiend.diagnostics import LearningMonitor
 from gradiend.gradient_source import GradientProvider, GradientSource
 from gradiend.memory import memory_estimate
 from gradiend.metrics import pearson
@@ -302,6 +303,7 @@ class TrainingLoop:
         self.callbacks = tuple(callbacks)
         self.kinds = list(dict.fromkeys([args.source, args.target]))
         self.history = _History()
+        self.monitor = LearningMonitor(args.learning_rate)
         self.timings = {"gradients": 0.0, "gradiend": 0.0, "eval": 0.0, "scale": 0.0}
         self.checkpoint = checkpoint
         self._checkpoints = [0, 0.0]  # resume checkpoints written by this process, seconds spent
@@ -467,6 +469,8 @@ class TrainingLoop:
         if self.args.normalize_gradiend and self.gradiend.config.latent_dim == 1 and metrics["correlation"] < 0:
             self._normalise_sign(step, metrics)
         self._record(step, epoch, metrics)
+        self.monitor.check(self.history.scores, self.history.mean_by_class, self.history.encoder_norms,
+                           self.history.losses)
         for cb in self.callbacks:
             cb.on_evaluate(step, metrics)
         self.gradiend.train()
@@ -520,6 +524,7 @@ class TrainingLoop:
             },
             "time": {**timings, "seconds_per_step": (timings["gradients"] + timings["gradiend"]) / plan.total_steps},
             "memory_estimate_bytes": memory,
+            "diagnostics": self.monitor.to_json(),
         }
         best_state = h.best_state if h.best_state is not None else _snapshot(self.gradiend)
         return TrainingOutcome(best_state, stats, converged, reason, timings)

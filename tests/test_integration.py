@@ -48,8 +48,10 @@ def test_3sg_vs_3pl_feature(mlm_path, tmp_path) -> None:
     # decoder: strengthening 3SG raises P(3SG tokens) on 3PL rows, more so with larger steps;
     # the selection keeps LMS within 1 % of base (or falls back to the smallest step)
     lrs = [0.01, 0.002, 0.001, 0.0005, 0.0002]
-    dec = trainer.evaluate_decoder(target_class="3SG", lrs=lrs)
+    dec = trainer.evaluate_decoder(target_class="3SG", lrs=lrs, search="grid")  # every step, for the shift curve
     up = dec["3SG"]
+    adaptive = trainer.evaluate_decoder(target_class="3SG", lrs=lrs)["3SG"]  # the default selects the same
+    assert (adaptive["feature_factor"], adaptive["learning_rate"]) == (up["feature_factor"], up["learning_rate"])
     assert up["lms"] >= 0.99 * up["base_lms"] or up["learning_rate"] == min(lrs), up
     assert up["value"] > up["base_value"], up
     shift = [r["probs"]["3PL"]["3SG"] for r in sorted(dec["grid"][1:], key=lambda r: r["learning_rate"])]

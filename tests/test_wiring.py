@@ -105,3 +105,17 @@ def test_training_keeps_no_grad_buffers_and_the_best_checkpoint_on_the_host(tiny
     (grads_freed, best_devices), = seen
     assert grads_freed and all(grads_freed)
     assert best_devices == {"cpu"}
+
+
+def test_max_length_beyond_the_model_positions_is_capped_and_long_rows_get_the_clear_error(
+        tiny_mlm_dir: str, tmp_path: Path) -> None:
+    from gradiend import TextPredictionTrainer
+    from gradiend.data import DataError
+
+    rows = make_rows()
+    rows.loc[0, "masked"] = " ".join(["the sea was very old and"] * 15) + " [MASK] walked home ."
+    args = TrainingArguments(experiment_dir=str(tmp_path / "exp"), train_batch_size=4, max_steps=2,
+                             show_progress=False, params=["encoder.layer.1.*"])  # max_length 256 > 64 positions
+    trainer = TextPredictionTrainer(model=tiny_mlm_dir, data=rows, args=args, target_classes=["3SG", "3PL"])
+    with pytest.raises(DataError, match="beyond max_length=64"):
+        trainer.train()

@@ -132,11 +132,13 @@ class EvaluationMethods:
                          selector: Selector | None = None, summary_extractor: SummaryExtractor | None = None,
                          summary_metrics: Sequence[str] | None = None, target_class: str | None = None,
                          increase_target_probabilities: bool = True, plot: bool = False,
-                         show: bool | None = None) -> dict[str, Any]:
+                         show: bool | None = None, search: str = "adaptive") -> dict[str, Any]:
         """Grid of rewrites (feature factor × learning rate) → the selected candidate per class.
 
         Returns `{class: summary}` (or `{class}_weaken`) with value, feature_factor, learning_rate,
-        id, strengthen, lms, base_lms, base_value, plus `"grid"`: every candidate as a record.
+        id, strengthen, lms, base_lms, base_value, plus `"grid"`: every scored candidate as a record.
+        `search="adaptive"` bisects the learning rates against the LMS bound and selects what the full
+        grid selects with fewer candidates; `"grid"` scores every candidate.
         """
         from gradiend.decoder_eval import DecoderRequest, evaluate_decoder, lms_threshold_selector
 
@@ -149,7 +151,7 @@ class EvaluationMethods:
             max_size_training_like=max_size_training_like, max_size_neutral=max_size_neutral,
             batch_size=eval_batch_size, training_like=training_like_df, selector=selector or lms_threshold_selector(),
             neutral_texts=list(neutral_df["text"]) if neutral_df is not None else self.neutral_texts(),
-            summary_extractor=summary_extractor)
+            summary_extractor=summary_extractor, search=search)
         use_cache = self._args.use_cache if use_cache is None else use_cache
         with self.experiment.writing():  # the decoder grid, its summaries and plots go into the experiment
             result = evaluate_decoder(self.get_model(), *self.unified_data(), request, self._decoder_cache(use_cache))
