@@ -123,7 +123,7 @@ def class_probabilities(model: nn.Module, objective: LMObjective, texts: Sequenc
             for ci, ids in entries:
                 index = torch.tensor(ids, device=device)
                 picked = probs[:, :, torch.arange(k, device=device), index]  # (rows, slots, k)
-                out[rows, ci] += picked.prod(dim=-1).prod(dim=-1).double().cpu().numpy()
+                out[rows, ci] += picked.prod(dim=-1).prod(dim=-1).cpu().double().numpy()
     return out
 
 
@@ -140,7 +140,7 @@ def _causal_class_probabilities(model: nn.Module, objective: CausalLMObjective, 
         after_space = torch.tensor(spaced, device=device)
         for ci, (after, glued) in enumerate(index.values()):
             p = torch.where(after_space, probs[:, after].sum(-1), probs[:, glued].sum(-1))
-            out[rows, ci] = p.double().cpu().numpy()
+            out[rows, ci] = p.cpu().double().numpy()
     return out
 
 

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from gradiend.reductions import dot
+
 if TYPE_CHECKING:
     from gradiend.model import GradiendModel
 
@@ -91,7 +93,7 @@ class FusedLoss:
         g = self.gradiend
         n = x.numel()
         w_e, w_d = g.encoder_weight.view(-1), g.decoder_weight.view(-1)
-        pre = (torch.dot(x, w_e) / g.input_scale + g.encoder_bias).view(1)
+        pre = (dot(x, w_e) / g.input_scale + g.encoder_bias).view(1)
         h = g.activation(pre)
         r = self.residual.view(-1)
         if g.decoder_bias is not None:
@@ -99,10 +101,10 @@ class FusedLoss:
         else:
             torch.mul(w_d, h, out=r)
         r.sub_(y, alpha=self.inv_target_scale)
-        loss = torch.dot(r, r) / n
+        loss = dot(r, r) / n
         r.mul_(2.0 if self.coordinate_sum else 2.0 / n)  # r is now G = ∂L/∂ŷ (with a decoder bias: ∂L/∂b_d)
         torch.mul(r, h, out=g.decoder_weight.grad.view(-1))
-        d_pre = torch.dot(r, w_d) * _activation_slope(g.config.activation_encoder, pre, h)
+        d_pre = dot(r, w_d) * _activation_slope(g.config.activation_encoder, pre, h)
         torch.mul(x, d_pre / g.input_scale, out=g.encoder_weight.grad.view(-1))
         g.encoder_bias.grad.copy_(d_pre)
         return loss, h.view(1, 1)
@@ -120,7 +122,7 @@ class FusedLoss:
             torch.mm(h, g.decoder_weight.T, out=r)
         r.sub_(y, alpha=self.inv_target_scale)
         flat = r.view(-1)
-        loss = torch.dot(flat, flat) / (batch * n)
+        loss = dot(flat, flat) / (batch * n)
         r.mul_(2.0 / batch if self.coordinate_sum else 2.0 / (batch * n))  # r is now G = ∂L/∂ŷ
         if g.decoder_bias is not None:
             torch.sum(r, dim=0, out=g.decoder_bias.grad)
