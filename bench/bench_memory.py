@@ -83,6 +83,14 @@ def held_by_component(loop: TrainingLoop) -> dict[str, int]:
             "gradient_buffers": sum(buffers.values()), "best_checkpoint": sum(best.values())}
 
 
+class _HeldAtEnd(TrainingLoop):
+    """Records `held_by_component` at the end of training, before the loop releases its `.grad` buffers."""
+
+    def _release_gradients(self) -> None:
+        self.held = held_by_component(self)
+        super()._release_gradients()
+
+
 def measure(vocab: int, hidden: int, steps: int = 4) -> dict:
     """Plan and measurements of one short training run (see the module docstring)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,10 +109,10 @@ def measure(vocab: int, hidden: int, steps: int = 4) -> dict:
         start = _status_kb("VmRSS")
         model = template.with_new_gradiend(0)
         evaluate = functools.partial(evaluate_during_training, model, val.reset_index(drop=True), pair, 8)
-        loop = TrainingLoop(model, args, GradientSource(model.engine), evaluate)
+        loop = _HeldAtEnd(model, args, GradientSource(model.engine), evaluate)
         loop.fit(train)
         peak = _status_kb("VmHWM") - start
-        held = held_by_component(loop)
+        held = loop.held
     planned_peak = plan.gradiend_bytes + plan.bytes("engine_gradients") + plan.bytes("base_activations")
     return {"vocab": vocab, "hidden": hidden, "n_inputs": n, "plan": plan.as_dict(), "held": held,
             "engine_gradients": plan.bytes("engine_gradients"), "activations": plan.bytes("base_activations"),

@@ -61,6 +61,24 @@ class _RandomGradients:
         return out
 
 
+class _HeldAtEnd(TrainingLoop):
+    """Records the storages the loop holds at the end of training, before it releases the `.grad` buffers."""
+
+    def _release_gradients(self) -> None:
+        gradiend = self.gradiend
+        grads = _storages(p.grad for p in gradiend.parameters())
+        self.held = {
+            "gradiend_weights": sum(_storages(gradiend.parameters()).values()),
+            "optimizer_state": sum(_storages(t for s in self.optimizer.state.values() for t in s.values()
+                                             if t.dim() > 0).values()),
+            "grad_buffers": sum(grads.values()),
+            "residual": sum(v for k, v in _storages([self._fused.residual]).items() if k not in grads),
+            "gradient_buffers": sum(_storages(self._buffers.values()).values()),
+            "best_checkpoint": sum(v for k, v in _storages(self.history.best_state.values()).items()),
+        }
+        super()._release_gradients()
+
+
 def _storages(tensors) -> dict[int, int]:
     return {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors if t is not None}
 
@@ -81,19 +99,11 @@ def test_plan_equals_the_bytes_the_training_loop_holds(latent: int, bias: bool, 
                          "alternative": ["B", "A"] * 4, "label": [1, -1] * 4})
     args = TrainingArguments(train_batch_size=2, max_steps=4, eval_steps=2, seed=0, show_progress=False,
                              gradiend_batch_size=batch, scale_estimation_batches=2)
-    loop = TrainingLoop(_Holder(gradiend), args, _RandomGradients(), evaluate)
+    loop = _HeldAtEnd(_Holder(gradiend), args, _RandomGradients(), evaluate)
     outcome = loop.fit(rows)
     planned = outcome.stats["memory_estimate_bytes"]
-    grads = _storages(p.grad for p in gradiend.parameters())
-    held = {
-        "gradiend_weights": sum(_storages(gradiend.parameters()).values()),
-        "optimizer_state": sum(_storages(t for s in loop.optimizer.state.values() for t in s.values()
-                                         if t.dim() > 0).values()),
-        "grad_buffers": sum(grads.values()),
-        "residual": sum(v for k, v in _storages([loop._fused.residual]).items() if k not in grads),
-        "gradient_buffers": sum(_storages(loop._buffers.values()).values()),
-        "best_checkpoint": sum(v for k, v in _storages(loop.history.best_state.values()).items()),
-    }
+    held = loop.held
+    assert all(p.grad is None for p in gradiend.parameters())  # released once training ended
     assert planned["total"] == sum(planned[k] for k in held)
     for name, value in held.items():
         slack = 8 if name == "best_checkpoint" else 0  # the checkpoint also holds the two scalar scales
