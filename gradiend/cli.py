@@ -669,7 +669,7 @@ def build_parser() -> _Parser:
                               epilog=EXIT_CODES_HELP)
 
     for add in (_add_demo_command, _add_train_command, _add_evaluate_command, _add_rewrite_command,
-                _add_report_command, _add_embedded_command, add_push_command):
+                _add_report_command, _add_embedded_command, _add_push_command):
         add(command)
     return parser
 
@@ -750,6 +750,19 @@ def _add_report_command(command: _CommandFactory) -> None:
                         help="also write the interactive encoder scatter (needs the [interactive] extra)")
     report.add_argument("--split", default="test", help="split shown in the scatter")
     report.set_defaults(func=_report)
+
+
+def _add_push_command(command: _CommandFactory) -> None:
+    add_push_command(command).set_defaults(func=_push)
+
+
+def _push(ns: argparse.Namespace) -> int:
+    """`gradiend push`: print the commit URL."""
+    from gradiend.hub import push_to_hub
+
+    print(push_to_hub(ns.directory, ns.repo_id, private=ns.private, token=ns.token, revision=ns.revision,
+                      commit_message=ns.message))
+    return EXIT_OK
 
 
 def _add_embedded_command(command: _CommandFactory) -> None:

@@ -379,13 +379,18 @@ def check_replaceable(target: str | os.PathLike, *, overwrite: bool = False) -> 
                               f"write the output to a directory outside it or to a new sub-directory")
     if overwrite:
         return
+    refuse_foreign_files(target, "replace", "Choose another directory or move those files away; a rewrite can "
+                         "replace it as a whole with rewrite_base_model(..., overwrite=True) or "
+                         "`gradiend rewrite ... --overwrite`")
+
+
+def refuse_foreign_files(target: Path, action: str, fix: str) -> None:
+    """OutputNotOursError naming (up to five of) the files in `target` we did not write, and `fix`."""
     foreign = foreign_files(target)
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise OutputNotOursError(
-            f"Refusing to replace {target}: it holds files gradiend did not write ({shown}). Choose another "
-            f"directory or move those files away; a rewrite can replace it as a whole with "
-            f"rewrite_base_model(..., overwrite=True) or `gradiend rewrite ... --overwrite`")
+        raise OutputNotOursError(f"Refusing to {action} {target}: it holds files gradiend did not write ({shown}). "
+                                 f"{fix}")
 
 
 def _write_manifest(directory: Path, kind: str) -> None:
@@ -488,40 +493,13 @@ def _swap_in(tmp: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def overwrite_allowed(target: str | os.PathLike) -> Iterator[None]:
-    """Within the block (this thread), `atomic_directory(target)` may replace `target` although it is not ours.
-
-    The user's explicit choice reaching a writer several calls down: `Trainer.train()` with
-    `TrainingArguments.overwrite_output_dir=True` allows its model directory. The limits of
-    `check_replaceable` (never an experiment directory, cwd, home, a file or a link) still hold.
-    """
-    key = Path(target).resolve()
-    allowed = _overwrite_targets()
-    added = key not in allowed
-    allowed.add(key)
-    try:
-        yield
-    finally:
-        if added:
-            allowed.discard(key)
-
-
-def _overwrite_targets() -> set[Path]:
-    if not hasattr(_THREAD, "overwrite"):
-        _THREAD.overwrite = set()
-    return _THREAD.overwrite
-
-
-@contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False, kind: str = "output") -> Iterator[Path]:
     """Yield a temp dir next to `target`; on success it replaces `target` as a whole.
 
-    `target` must be ours (see `check_replaceable`) unless `overwrite` (or `overwrite_allowed(target)`);
-    it is checked before and again right before the swap. The new directory gets our manifest (`kind`
-    says what it holds).
+    `target` must be ours (see `check_replaceable`) unless `overwrite`; it is checked before and again
+    right before the swap. The new directory gets our manifest (`kind` says what it holds).
     """
     target = Path(target)
-    overwrite = overwrite or target.resolve() in _overwrite_targets()
     with naming_write_errors(target):
         target.parent.mkdir(parents=True, exist_ok=True)
     recover_interrupted(target.parent, target.name)

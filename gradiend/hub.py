@@ -254,7 +254,7 @@ def push_to_hub(directory: str | os.PathLike | ExperimentDir, repo_id: str, *, p
         except HfHubHTTPError as err:
             raise HubError(f"Uploading to {repo_id!r} failed ({err}); check that you are logged in "
                            f"(`hf auth login` or token=) and may write to that repo") from None
-    url = str(getattr(commit, "commit_url", None) or commit)
+    url = str(commit.commit_url)
     logger.info("Pushed %s to %s", directory, url)
     return url
 
@@ -272,12 +272,4 @@ def add_push_command(command: Callable[..., argparse.ArgumentParser]) -> argpars
     push.add_argument("--revision", default=None, help="branch to push to (created if missing)")
     push.add_argument("--token", default=None, help="Hub token (default: the logged-in one or HF_TOKEN)")
     push.add_argument("--message", default="Upload GRADIEND checkpoint", help="commit message")
-    push.set_defaults(func=run_push_command)
     return push
-
-
-def run_push_command(ns: argparse.Namespace) -> int:
-    """`gradiend push`: print the commit URL; failures raise (the CLI maps them to exit codes)."""
-    print(push_to_hub(ns.directory, ns.repo_id, private=ns.private, token=ns.token, revision=ns.revision,
-                      commit_message=ns.message))
-    return 0

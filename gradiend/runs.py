@@ -154,7 +154,8 @@ def prepare_run(template: ModelWithGradiend, args: TrainingArguments, rows: pd.D
 
 
 def train_seed(inputs: RunInputs, args: TrainingArguments, directory: Path, key: str,
-               store: GradientStore | None, checkpoint: ResumeCheckpoint | None = None) -> SeedTraining:
+               store: GradientStore | None, checkpoint: ResumeCheckpoint | None = None, *,
+               overwrite: bool = False) -> SeedTraining:
     """Train one GRADIEND (fresh weights from `args.seed`), post-prune it if configured, save it atomically.
 
     `checkpoint`: the run's resume checkpoint (continued from when it matches, removed once the model is saved).
@@ -172,7 +173,7 @@ def train_seed(inputs: RunInputs, args: TrainingArguments, directory: Path, key:
         post_prune(model, args.post_prune_config)
         stats["post_prune"] = {"config": args.post_prune_config.to_dict(), "inputs_before": before,
                                "inputs_after": model.param_map.size}
-    with atomic_directory(directory) as tmp:
+    with atomic_directory(directory, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, extra_json={"fingerprint": key})
         atomic_write_json(tmp / TRAINING_STATS, stats)
     if checkpoint is not None:
@@ -193,7 +194,8 @@ def train_run(inputs: RunInputs, experiment: ExperimentDir) -> RunResult:
         if args.max_seeds == 1:
             checkpoint = ResumeCheckpoint(resume_root(experiment.root) / "model", inputs.key, args.save_steps,
                                           args.resume_from_checkpoint)
-            result = train_seed(inputs, args, experiment.model, inputs.key, store, checkpoint)
+            result = train_seed(inputs, args, experiment.model, inputs.key, store, checkpoint,
+                                overwrite=args.overwrite_output_dir)
             return RunResult(result.model, result.converged, result.reason)
         seeds = _Seeds(inputs, store, resume_root(experiment.root))
         report = run_seeds_in(experiment, args, seeds.train, seeds.eval_correlation)

@@ -134,7 +134,7 @@ def _seed_report(args: TrainingArguments, runs: list[SeedRun], best: SeedRun, ea
 
 def _link_best(experiment: ExperimentDir, args: TrainingArguments, report: SeedReport, best: SeedRun) -> None:
     """Replace `experiment.model` with the best seed's checkpoint; its training record gets the seed summary."""
-    with experiment.replace_dir(experiment.model) as tmp:
+    with experiment.replace_dir(experiment.model, overwrite=args.overwrite_output_dir) as tmp:
         # hard links: the checkpoint is written once, however many seeds' directories are kept
         shutil.copytree(best.output_dir, tmp, dirs_exist_ok=True, copy_function=link_or_copy)
         best_stats = ExperimentDir(experiment.root, model_dir=tmp).load_training()

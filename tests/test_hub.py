@@ -8,7 +8,6 @@ under a temporary HF_HOME with HF_HUB_OFFLINE=1.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
@@ -28,7 +27,7 @@ from huggingface_hub.utils import validate_repo_id
 from gradiend import ModelWithGradiend
 from gradiend.cards import CheckpointResults, gradiend_card, hub_model_id, rewrite_card
 from gradiend.experiment import ExperimentDir
-from gradiend.hub import add_push_command, push_to_hub, resolve_pretrained, stage_for_hub
+from gradiend.hub import push_to_hub, resolve_pretrained, stage_for_hub
 from gradiend.model import GradiendConfig, GradiendModel
 from gradiend.results import load_decoder, load_encoder_metrics
 
@@ -238,11 +237,9 @@ def test_push_refuses_bad_input_before_any_network_call(experiment: Path, tmp_pa
 
 
 def test_push_command(experiment: Path, fake_hub: list, capsys: pytest.CaptureFixture[str]) -> None:
-    parser = argparse.ArgumentParser(prog="gradiend")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_push_command(lambda name, help_text, description=None: sub.add_parser(name, help=help_text,
-                                                                               description=description))
-    ns = parser.parse_args(["push", str(experiment), REPO, "--private", "--message", "first"])
+    from gradiend.cli import build_parser
+
+    ns = build_parser().parse_args(["push", str(experiment), REPO, "--private", "--message", "first"])
     assert ns.func(ns) == 0
     assert capsys.readouterr().out.strip() == f"https://huggingface.co/{REPO}/commit/{COMMIT}"
     assert fake_hub[0][1]["private"] is True and fake_hub[-1][1]["commit_message"] == "first"

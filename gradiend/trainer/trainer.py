@@ -9,7 +9,6 @@ handling lives in subclasses (`TextPredictionTrainer`).
 from __future__ import annotations
 
 import abc
-import contextlib
 import inspect
 import logging
 import os
@@ -151,7 +150,6 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
         written. Returns the trainer, or `{seed: model}` when `keep_seed_runs=True`.
         """
         from gradiend import runs
-        from gradiend.experiment import overwrite_allowed
 
         if overrides:
             self._args = self._args.replace(**overrides)
@@ -167,8 +165,7 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
             inputs = runs.prepare_run(template, args, rows, pair, self._base_model_arg, key, callbacks,
                                       pre_pruned=self._pre_pruned is not None)
             self._pre_pruned = self._explicit_pre_prune = None
-            with overwrite_allowed(experiment.model) if args.overwrite_output_dir else contextlib.nullcontext():
-                result = runs.train_run(inputs, experiment)
+            result = runs.train_run(inputs, experiment)
         self._attach(experiment.model, result.model)
         if args.max_seeds == 1:
             self.post_training(result.model)
@@ -282,15 +279,12 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
 
 def _check_model_dir(model_dir: Path, overwrite: bool) -> None:
     """Refuse, before any training, a model directory (`output_dir`) holding files gradiend did not write."""
-    from gradiend.experiment import OutputNotOursError, check_replaceable, foreign_files
+    from gradiend.experiment import check_replaceable, refuse_foreign_files
 
-    foreign = [] if overwrite else foreign_files(model_dir)
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise OutputNotOursError(
-            f"Refusing to train into {model_dir}: it holds files gradiend did not write ({shown}). Choose another "
-            f"output_dir, move those files away, or pass overwrite_output_dir=True (CLI: --overwrite-output-dir) "
-            f"to replace the directory as a whole, deleting them")
+    if not overwrite:
+        refuse_foreign_files(model_dir, "train into", "Choose another output_dir, move those files away, or pass "
+                             "overwrite_output_dir=True (CLI: --overwrite-output-dir) to replace the directory as "
+                             "a whole, deleting them")
     check_replaceable(model_dir, overwrite=overwrite)  # files, links and experiment directories: never
 
 
