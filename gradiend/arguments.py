@@ -397,6 +397,9 @@ class GradiendArgs(ConfigSection):
     bias_decoder: bool = field(default=True, metadata=doc("learn a decoder bias"))
     torch_dtype: DtypeName = field(default="float32", metadata=doc(
         "dtype of the GRADIEND: float32, float16, bfloat16 or float64 (a torch dtype is accepted)"))
+    gradiend_dtype: DtypeName = field(default="float32", metadata=doc(
+        "dtype of the GRADIEND's own weights (and so its optimizer state and checkpoint): float32, bfloat16, "
+        "float16 or float64 (a torch dtype is accepted); the base model's dtype is torch_dtype"))
     normalize_gradiend: bool = field(
         default=True, metadata=doc("flip the sign so that the first target class encodes positively"))
     standardize_gradients: bool = field(
@@ -408,6 +411,7 @@ class GradiendArgs(ConfigSection):
 
     def _prepare(self) -> None:
         self.torch_dtype = dtype_name(self.torch_dtype)  # type: ignore[assignment]
+        self.gradiend_dtype = dtype_name(self.gradiend_dtype)  # type: ignore[assignment]
         if isinstance(self.params, str):
             self.params = [self.params]
         elif isinstance(self.params, tuple):
@@ -583,6 +587,14 @@ class MiscArgs(ConfigSection):
     show_progress: bool = field(default=True, metadata=doc("progress bars (--quiet turns them off)"))
     metadata: dict[str, Any] = field(
         default_factory=dict, metadata=doc("free-form JSON/YAML mapping stored with the run"))
+    device: str | None = field(default=None, metadata=doc(
+        "device of the base model and the GRADIEND: cpu, cuda, cuda:N, mps (a torch.device is accepted); "
+        "default: a loaded model's own device, else cuda when available, else cpu"))
+
+    def _prepare(self) -> None:
+        from gradiend.devices import device_name
+
+        self.device = device_name(self.device)
 
 
 _S = TypeVar("_S", bound=ConfigSection)
