@@ -585,6 +585,12 @@ class MiscArgs(ConfigSection):
 
     trust_remote_code: bool = field(default=False, metadata=doc("allow custom model code from the Hub"))
     show_progress: bool = field(default=True, metadata=doc("progress bars (--quiet turns them off)"))
+    shard_gradiend: bool = field(default=False, metadata=doc(
+        "torchrun with several processes: each rank holds a slice of the GRADIEND's coordinates (weights, "
+        "optimizer state, cached gradients) instead of all of them"))
+    distributed_timeout: float = field(default=600.0, metadata=doc(
+        "torchrun: seconds a rank waits for the others at a collective before it stops with an error",
+        positive=True, finite=True))
     metadata: dict[str, Any] = field(
         default_factory=dict, metadata=doc("free-form JSON/YAML mapping stored with the run"))
     device: str | None = field(default=None, metadata=doc(

@@ -1,0 +1,304 @@
+"""Several processes (`torchrun --nproc-per-node N -m gradiend train run.yaml`): torch.distributed, no wrapper.
+
+The engine takes base-model gradients with `autograd.grad` into flat buffers, so plain collectives
+on those buffers are all a data-parallel run needs: each rank computes its share of every batch,
+weighted so the sum over ranks is the one-process batch mean, and the flat gradients are
+all-reduced (or, with `shard_gradiend`, reduce-scattered: each rank keeps its slice of the
+coordinates, `gradiend.training`). Evaluation rows and decoder-grid candidates are split across
+ranks and gathered. Only rank 0 writes files and holds the experiment lock (`gradiend.experiment`);
+the others wait at a barrier when it takes and releases the lock, then read what it wrote.
+
+Nothing changes in one process: without `WORLD_SIZE > 1` in the environment every helper here is
+the identity (`rank 0 of 1`). With it, the process group is initialised from torchrun's variables
+(`init_from_env`; NCCL for CUDA tensors, gloo for CPU ones) on first use. A collective that fails
+(a peer died) or does not complete within `distributed_timeout` seconds (a peer hangs) raises
+`DistributedError` naming the rank and the fix, instead of hanging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 600.0
+"""Seconds a collective may wait for the other ranks (`TrainingArguments.distributed_timeout`)."""
+
+_T = TypeVar("_T")
+_STATE = threading.local()  # rank_local_writes() nesting
+
+
+class DistributedError(RuntimeError):
+    """A collective failed or timed out: another rank died, hangs, or took another code path."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """This process's place in the run: rank `rank` of `world_size` (0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+_SINGLE = Context()
+_current: Context | None = None
+
+
+def env_world_size() -> int:
+    """`WORLD_SIZE` as torchrun sets it (1 when unset); a value that is not a positive integer is an error."""
+    raw = os.environ.get("WORLD_SIZE", "1")
+    try:
+        size = int(raw)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise ValueError(f"WORLD_SIZE={raw!r} is not a positive integer; launch with `torchrun --nproc-per-node N`")
+    return size
+
+
+def _env_int(name: str) -> int:
+    raw = os.environ.get(name)
+    if raw is None or not raw.isdigit():
+        raise ValueError(f"WORLD_SIZE > 1 but {name}={raw!r} is not set to a rank; launch with `torchrun "
+                         f"--nproc-per-node N -m gradiend train run.yaml` (it sets RANK, LOCAL_RANK, MASTER_ADDR, "
+                         f"MASTER_PORT)")
+    return int(raw)
+
+
+def _backend() -> str:
+    """gloo for CPU tensors, plus NCCL for CUDA tensors where CUDA exists (each rank on its local GPU)."""
+    if torch.cuda.is_available() and dist.is_nccl_available():
+        return "cpu:gloo,cuda:nccl"
+    return "gloo"
+
+
+def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S) -> Context:
+    """Join the process group torchrun describes (`WORLD_SIZE`, `RANK`, `LOCAL_RANK`, `MASTER_*`); idempotent.
+
+    One process (no `WORLD_SIZE > 1`): nothing happens. On CUDA each rank uses `cuda:LOCAL_RANK`
+    (`torch.cuda.set_device`), so device `"cuda"` means the rank's own GPU. `timeout_s` bounds every
+    collective: a rank that dies or hangs makes the others raise `DistributedError` after at most that long.
+    """
+    global _current
+    if not (timeout_s > 0 and timeout_s < float("inf")):
+        raise ValueError(f"distributed_timeout must be a positive number of seconds, got {timeout_s!r}")
+    if _current is not None:
+        if _current.enabled and _current.timeout_s != timeout_s:
+            logger.info("Process group already initialised with timeout %.0f s; keeping it", _current.timeout_s)
+        return _current
+    world = env_world_size()
+    if world == 1:
+        return _SINGLE
+    rank, local_rank = _env_int("RANK"), _env_int("LOCAL_RANK")
+    backend = _backend()
+    if "nccl" in backend:
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), rank=rank, world_size=world)
+    _current = Context(dist.get_rank(), dist.get_world_size(), local_rank, float(timeout_s))
+    logger.info("Distributed run: rank %d of %d (%s, collectives time out after %.0f s)", _current.rank,
+                _current.world_size, backend, timeout_s)
+    return _current
+
+
+def context() -> Context:
+    """The current context; initialises the process group from the environment on first use (default timeout)."""
+    if _current is not None:
+        return _current
+    return init_from_env() if env_world_size() > 1 else _SINGLE
+
+
+def shutdown() -> None:
+    """Leave the process group (end of a run); a no-op in one process."""
+    global _current
+    if _current is not None and _current.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+    _current = None
+
+
+@contextlib.contextmanager
+def session(timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[Context]:
+    """`init_from_env` for the block, the process group destroyed afterwards (also after an error)."""
+    ctx = init_from_env(timeout_s)
+    try:
+        yield ctx
+    finally:
+        shutdown()
+
+
+def is_main() -> bool:
+    """Whether this process is rank 0 (always in one process)."""
+    return context().is_main
+
+
+@contextlib.contextmanager
+def rank_local_writes() -> Iterator[None]:
+    """Let this rank write inside the block (its own scratch files: a per-rank disk gradient cache)."""
+    depth = getattr(_STATE, "depth", 0)
+    _STATE.depth = depth + 1
+    try:
+        yield
+    finally:
+        _STATE.depth = depth
+
+
+def may_write() -> bool:
+    """Whether this process writes files: rank 0, or any rank inside `rank_local_writes`."""
+    return getattr(_STATE, "depth", 0) > 0 or context().is_main
+
+
+# ---------------------------------------------------------------- splitting work
+
+def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """[lo, hi) of rank `rank`'s contiguous share of n items; shares differ by one item at most."""
+    if n < 0 or world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"cannot split {n} items for rank {rank} of {world_size}")
+    base, extra = divmod(n, world_size)
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (rank < extra)
+
+
+def my_share(n: int) -> tuple[int, int]:
+    """This rank's [lo, hi) of n items (all of them in one process)."""
+    ctx = context()
+    return shard_range(n, ctx.rank, ctx.world_size)
+
+
+def padded_shard(n: int, world_size: int) -> int:
+    """Equal slice length ⌈n / world_size⌉ that reduce-scatter needs (the last slice is padded)."""
+    return -(-n // world_size)
+
+
+# ---------------------------------------------------------------- collectives
+
+@contextlib.contextmanager
+def _collective(what: str) -> Iterator[None]:
+    """Turn a failed or timed-out collective into `DistributedError` naming the rank and the fix."""
+    try:
+        yield
+    except RuntimeError as err:  # gloo/NCCL errors (DistBackendError is one) after a peer died or hung
+        ctx = context()
+        raise DistributedError(
+            f"rank {ctx.rank} of {ctx.world_size}: {what} failed, another rank died or did not reach it within "
+            f"distributed_timeout={ctx.timeout_s:g} s ({str(err).splitlines()[0][:300]}). Check the other ranks' "
+            f"logs; raise distributed_timeout if a rank legitimately needs longer (rank 0 saving a large model)."
+        ) from err
+
+
+def all_reduce_(tensor: torch.Tensor, what: str = "all-reduce") -> torch.Tensor:
+    """Sum `tensor` over ranks, in place (every rank gets the same bits); the identity in one process."""
+    if context().enabled:
+        with _collective(what):
+            dist.all_reduce(tensor)
+    return tensor
+
+
+def reduce_scatter_(full: torch.Tensor, out: torch.Tensor, what: str = "reduce-scatter") -> torch.Tensor:
+    """`out` ← this rank's slice of the sum over ranks of the flat `full`.
+
+    `full` holds world_size · len(out) entries (pad it; `padded_shard`); rank r gets entries
+    [r·len(out), (r+1)·len(out)). In one process `out` gets `full`'s first len(out) entries.
+    """
+    ctx = context()
+    m = out.numel()
+    if full.numel() != ctx.world_size * m:
+        raise ValueError(f"reduce_scatter_ needs {ctx.world_size} x {m} input entries, got {full.numel()}")
+    if not ctx.enabled:
+        return out.copy_(full)
+    with _collective(what):
+        dist.reduce_scatter(out, list(full.view(ctx.world_size, m).unbind(0)))
+    return out
+
+
+def all_gather_slices(local: torch.Tensor, n: int, width: int = 1, what: str = "all-gather") -> torch.Tensor:
+    """The full flat vector of n rows of `width` values from each rank's `shard_range` rows `local` (flat).
+
+    A copy of `local` in one process. Every rank gets the same result.
+    """
+    ctx = context()
+    if not ctx.enabled:
+        return local.clone()
+    m = padded_shard(n, ctx.world_size) * width
+    padded = torch.zeros(m, dtype=local.dtype, device=local.device)
+    padded[:local.numel()] = local
+    parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
+    with _collective(what):
+        dist.all_gather(parts, padded)
+    pieces = []
+    for r, part in enumerate(parts):
+        lo, hi = shard_range(n, r, ctx.world_size)
+        pieces.append(part[:(hi - lo) * width])
+    return torch.cat(pieces)
+
+
+def gather_rows(local: np.ndarray, n: int, what: str = "gather of encodings") -> np.ndarray:
+    """Stack each rank's `my_share(n)` rows (first axis) into all n rows on every rank (float32)."""
+    if not context().enabled:
+        return local
+    width = int(np.prod(local.shape[1:])) if local.ndim > 1 else 1
+    flat = torch.from_numpy(np.ascontiguousarray(local, dtype=np.float32)).reshape(-1)
+    return all_gather_slices(flat, n, width, what).numpy().reshape((n, *local.shape[1:]))
+
+
+def all_gather_objects(obj: _T, what: str = "gather") -> list[_T]:
+    """`obj` of every rank, in rank order (records and small JSON-like data; never files)."""
+    ctx = context()
+    if not ctx.enabled:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    with _collective(what):
+        dist.all_gather_object(out, obj)
+    return out
+
+
+def all_agree(flag: bool, what: str = "agreement") -> bool:
+    """True on every rank iff `flag` is True on every rank (e.g. a batch every rank has cached)."""
+    ctx = context()
+    if not ctx.enabled:
+        return flag
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    with _collective(what):
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def barrier(what: str = "barrier") -> None:
+    """Wait until every rank gets here (bounded by the timeout); a no-op in one process."""
+    ctx = context()
+    if ctx.enabled:
+        with _collective(what):
+            # a CPU tensor all-reduce, not dist.barrier(): gloo honours the timeout for it and
+            # NCCL's barrier would need a device
+            dist.all_reduce(torch.zeros(1))
+
+
+def split_items(items: Sequence[_T]) -> list[_T]:
+    """This rank's contiguous share of `items`."""
+    lo, hi = my_share(len(items))
+    return list(items[lo:hi])
+
+
+def gather_items(local: list[_T], what: str = "gather") -> list[_T]:
+    """The shares of `split_items` put back together in the original order, on every rank."""
+    return [item for part in all_gather_objects(local, what) for item in part]
