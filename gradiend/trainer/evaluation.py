@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from gradiend.decoder_eval import Selector, SummaryExtractor
     from gradiend.experiment import ExperimentDir
     from gradiend.model_with_gradiend import ModelWithGradiend
+    from gradiend.selection import MetricsFn, SelectionPolicy
 
 
 class EvaluationMethods:
@@ -46,53 +47,88 @@ class EvaluationMethods:
         return {"model": self._model_path, "weights": stamp, "max_length": self._args.max_length}
 
     # -- encoder evaluation ---------------------------------------------------------------------
-    def evaluate_encoder(self, split: str = "test", max_size: int | None = None,
+    def evaluate_encoder(self, split: str | Sequence[str] = "test", max_size: int | None = None,
                          neutral_data_df: pd.DataFrame | None = None, use_cache: bool | None = None,
-                         return_df: bool = False, encoder_df: pd.DataFrame | None = None,
+                         return_df: bool = False, encoder_df: pd.DataFrame | Mapping[str, Any] | None = None,
                          model_with_gradiend: ModelWithGradiend | None = None, plot: bool = False,
-                         show_progress: bool | None = None, plot_kwargs: dict[str, Any] | None = None,
-                         ) -> dict[str, Any]:
+                         show_progress: bool | None = None, plot_kwargs: dict[str, Any] | None = None, *,
+                         source: str | None = None) -> dict[str, Any]:
         """Encode a split plus neutral variants; return correlation, class means, accuracies.
 
+        `split`: "train", "validation" (or "val"/"dev"), "test", "all" (the three) or a list; with
+        several splits the rows carry an `eval_split` column, the metrics cover them together (neutral
+        texts once) and `result["by_split"]` holds each split's own metrics. `source` encodes the pair's
+        rows with another gradient kind (factual, alternative, diff; default: the one trained on).
+        `encoder_df` (a DataFrame or this method's `return_df=True` result) skips encoding.
         `plot=True` also saves the encoder distribution plot (`result["plot_path"]`); `plot_kwargs`
         go to `plot_encoder_distributions` (`show` defaults to True, a no-op without a display).
         """
-        if not isinstance(split, str):
-            raise TypeError(f"split must be a str, got {type(split).__name__}")
+        splits = _splits(split)
         _check_optional_positive("max_size", max_size)
         if plot_kwargs is not None and not isinstance(plot_kwargs, dict):
             raise TypeError(f"plot_kwargs must be a dict or None, got {type(plot_kwargs).__name__}")
+        if source is not None and source not in _SOURCES:
+            raise ValueError(f"source must be one of {list(_SOURCES)} or None, got {source!r}")
+        encoder_df = _given_frame(encoder_df)
         writes = encoder_df is None or plot  # the encodings cache and plots go into the experiment
         with self.experiment.writing() if writes else contextlib.nullcontext():
-            return self._evaluate_encoder(split, max_size, neutral_data_df, use_cache, return_df, encoder_df,
-                                          model_with_gradiend, plot, show_progress, plot_kwargs)
-
-    def _evaluate_encoder(self, split: str, max_size: int | None, neutral_data_df: pd.DataFrame | None,
-                          use_cache: bool | None, return_df: bool, encoder_df: pd.DataFrame | None,
-                          model_with_gradiend: ModelWithGradiend | None, plot: bool, show_progress: bool | None,
-                          plot_kwargs: dict[str, Any] | None) -> dict[str, Any]:
-        from gradiend.encoder_eval import EncoderCache, encoder_metrics, split_encodings
-
-        args = self._args
-        if encoder_df is None:
-            rows, pair = self.unified_data()
-            max_size = max_size if max_size is not None else args.encoder_eval_max_size
-            experiment = self.experiment
-            cache = EncoderCache(experiment.encoder_csv(split, max_size), experiment.encoder_meta(split, max_size),
-                                 self._model_identity())
-            encoder_df = split_encodings(
-                model_with_gradiend or self.get_model(), rows, pair, split, max_size=max_size,
-                neutral_texts=list(neutral_data_df["text"]) if neutral_data_df is not None else self.neutral_texts(),
-                seed=args.seed, batch_size=args.eval_batch_size, cache=cache,
-                use_cache=bool(args.use_cache if use_cache is None else use_cache),
-                show_progress=args.show_progress if show_progress is None else show_progress)
-        result = encoder_metrics(encoder_df, self.pair)
-        if plot:
-            options = {"split": split, "show": True, **(plot_kwargs or {})}
-            result["plot_path"] = self.plot_encoder_distributions(encoder_df=encoder_df, **options)
+            if encoder_df is None:
+                model = model_with_gradiend or self.get_model()
+                frames = {s: self._encodings(model, s, max_size, neutral_data_df, use_cache, show_progress, source)
+                          for s in splits}
+                encoder_df = _combined(frames)
+            result = self._encoder_result(encoder_df)
+            if plot:
+                label = splits[0] if len(splits) == 1 else "all" if set(splits) == set(_ALL_SPLITS) else "_".join(
+                    splits)
+                options = {"split": label, "show": True, **(plot_kwargs or {})}
+                result["plot_path"] = self.plot_encoder_distributions(encoder_df=encoder_df, **options)
         if return_df:
             result["encoder_df"] = encoder_df
         return result
+
+    def _encoder_result(self, frame: pd.DataFrame) -> dict[str, Any]:
+        """Metrics of `frame`; per split too when it holds several (`eval_split`), neutral texts counted once."""
+        from gradiend.encoder_eval import NEUTRAL_DATASET, encoder_metrics
+
+        if "eval_split" not in frame.columns or frame["eval_split"].nunique() < 2:
+            return encoder_metrics(frame, self.pair)
+        first = frame["eval_split"].iloc[0]
+        once = frame[(frame["type"] != NEUTRAL_DATASET) | (frame["eval_split"] == first)]
+        result = encoder_metrics(once, self.pair)
+        result["by_split"] = {str(s): encoder_metrics(part, self.pair)
+                              for s, part in frame.groupby("eval_split", sort=False)}
+        return result
+
+    def _encodings(self, model: ModelWithGradiend, split: str, max_size: int | None,
+                   neutral_data_df: pd.DataFrame | None, use_cache: bool | None, show_progress: bool | None,
+                   source: str | None) -> pd.DataFrame:
+        """The encoder DataFrame of one split (cached in the experiment), re-encoded for another `source`."""
+        from gradiend.encoder_eval import TRAINING, EncoderCache, split_encodings
+
+        args, (rows, pair) = self._args, self.unified_data()
+        max_size = max_size if max_size is not None else args.encoder_eval_max_size
+        experiment = self.experiment
+        cache = EncoderCache(experiment.encoder_csv(split, max_size), experiment.encoder_meta(split, max_size),
+                             self._model_identity())
+        frame = split_encodings(
+            model, rows, pair, split, max_size=max_size,
+            neutral_texts=list(neutral_data_df["text"]) if neutral_data_df is not None else self.neutral_texts(),
+            seed=args.seed, batch_size=args.eval_batch_size, cache=cache,
+            use_cache=bool(args.use_cache if use_cache is None else use_cache),
+            show_progress=args.show_progress if show_progress is None else show_progress)
+        if source is not None and source != model.config.source:
+            frame = frame.copy()
+            pairs = (frame["type"] == TRAINING).to_numpy()
+            sub = frame[pairs]
+            values = model.encode(list(sub["text"]), list(sub["factual"]), list(sub["alternative"]), kind=source,
+                                  batch_size=args.eval_batch_size)
+            frame.loc[pairs, "encoded"] = values[:, 0]
+            for j in range(1, values.shape[1]):
+                frame.loc[pairs, f"encoded_{j}"] = values[:, j]
+            frame["source"] = ""
+            frame.loc[pairs, "source"] = source
+        return frame
 
     def get_encoder_metrics(self, model_path: str | None = None, encoder_df: pd.DataFrame | None = None,
                             **kwargs: Any) -> dict[str, Any]:
@@ -129,39 +165,79 @@ class EvaluationMethods:
                          use_cache: bool | None = None, max_size_training_like: int | None = None,
                          max_size_neutral: int | None = None, eval_batch_size: int | None = None,
                          training_like_df: pd.DataFrame | None = None, neutral_df: pd.DataFrame | None = None,
-                         selector: Selector | None = None, summary_extractor: SummaryExtractor | None = None,
-                         summary_metrics: Sequence[str] | None = None, target_class: str | None = None,
+                         selector: Selector | SelectionPolicy | None = None,
+                         summary_extractor: SummaryExtractor | None = None,
+                         summary_metrics: Sequence[str] | None = None, target_class: str | Sequence[str] | None = None,
                          increase_target_probabilities: bool = True, plot: bool = False,
-                         show: bool | None = None, search: str = "adaptive") -> dict[str, Any]:
+                         show: bool | None = None, search: str = "adaptive", *,
+                         metrics_fn: MetricsFn | None = None) -> dict[str, Any]:
         """Grid of rewrites (feature factor × learning rate) → the selected candidate per class.
 
         Returns `{class: summary}` (or `{class}_weaken`) with value, feature_factor, learning_rate,
         id, strengthen, lms, base_lms, base_value, plus `"grid"`: every scored candidate as a record.
-        `search="adaptive"` bisects the learning rates against the LMS bound and selects what the full
-        grid selects with fewer candidates; `"grid"` scores every candidate.
+        `target_class`: one class or a list (default: both). `search="adaptive"` bisects the learning
+        rates against the LMS bound and selects what the full grid selects with fewer candidates;
+        `"grid"` scores every candidate. `selector`: a callable `(candidates, base) -> record` or a
+        policy object with `select(metric, candidates, ctx)` (`gradiend.selection`).
+        `summary_metrics=["3SG_weaken", "bpi", ...]`: one selection per named metric instead (keys =
+        metric names; every candidate scored); `metrics_fn(record) -> {name: value}` adds metrics
+        the grid does not hold.
         """
-        from gradiend.decoder_eval import DecoderRequest, evaluate_decoder, lms_threshold_selector
+        from gradiend.decoder_eval import DecoderRequest, evaluate_decoder, selection_key
+        from gradiend.selection import as_selector, select_metrics
 
-        classes = list(summary_metrics) if summary_metrics is not None else (
-            [target_class] if target_class is not None else list(self.pair))
+        classes = _target_classes(target_class, self.pair)
         _check_number_list("lrs", lrs)
         _check_number_list("feature_factors", feature_factors)
+        if summary_metrics is not None and (isinstance(summary_metrics, str) or not list(summary_metrics)):
+            raise TypeError(f"summary_metrics must be a non-empty list of metric names, got {summary_metrics!r}")
+        if metrics_fn is not None and summary_metrics is None:
+            raise ValueError("metrics_fn adds metrics for summary_metrics=[...]; pass the metric names to select by")
         request = DecoderRequest.from_arguments(
             self._args, classes, strengthen=increase_target_probabilities, lrs=lrs, feature_factors=feature_factors,
             max_size_training_like=max_size_training_like, max_size_neutral=max_size_neutral,
-            batch_size=eval_batch_size, training_like=training_like_df, selector=selector or lms_threshold_selector(),
+            batch_size=eval_batch_size, training_like=training_like_df, selector=as_selector(selector),
             neutral_texts=list(neutral_df["text"]) if neutral_df is not None else self.neutral_texts(),
-            summary_extractor=summary_extractor, search=search)
+            summary_extractor=summary_extractor, search=search if summary_metrics is None else "grid")
         use_cache = self._args.use_cache if use_cache is None else use_cache
         with self.experiment.writing():  # the decoder grid, its summaries and plots go into the experiment
             result = evaluate_decoder(self.get_model(), *self.unified_data(), request, self._decoder_cache(use_cache))
+            if summary_metrics is not None:
+                grid = result["grid"]
+                result = {**select_metrics(grid, list(summary_metrics), selector, metrics_fn), "grid": grid}
             if plot:
                 result["plot_paths"] = [self.plot_probability_shifts(result, cls, increase_target_probabilities,
                                                                      show=True if show is None else bool(show))
-                                        for cls in classes]
+                                        for cls in classes if selection_key(cls, increase_target_probabilities)
+                                        in result]
                 if len(result["plot_paths"]) == 1:
                     result["plot_path"] = result["plot_paths"][0]
         return result
+
+    def evaluate_base_model(self, max_size_training_like: int | None = None, max_size_neutral: int | None = None,
+                            eval_batch_size: int | None = None, training_like_df: pd.DataFrame | None = None,
+                            neutral_df: pd.DataFrame | None = None) -> dict[str, Any]:
+        """Decoder metrics of the unmodified base model, on the data `evaluate_decoder` scores.
+
+        `{"id": "base", "feature_factor": None, "learning_rate": None, "lms": ..., "probs": {dataset
+        class: {class: mean P(class tokens)}}}`, the grid's base record; nothing is cached or written.
+        """
+        from gradiend.decoder_eval import LMS_SEED, DecoderRequest, GridRun, _grid_texts
+        from gradiend.scoring import class_piece_sets, prepare_lms
+
+        rows, pair = self.unified_data()
+        request = DecoderRequest.from_arguments(
+            self._args, list(pair), max_size_training_like=max_size_training_like, max_size_neutral=max_size_neutral,
+            batch_size=eval_batch_size, training_like=training_like_df,
+            neutral_texts=list(neutral_df["text"]) if neutral_df is not None else self.neutral_texts())
+        model = self.get_model()
+        like, neutral = _grid_texts(model, rows, pair, request)
+        tokens = {c: set(rows.loc[rows["factual_class"] == c, "factual"]) | set(
+            rows.loc[rows["alternative_class"] == c, "alternative"]) for c in pair}
+        lms_data = prepare_lms(model.objective, neutral, ignore_tokens=set().union(*tokens.values()), seed=LMS_SEED,
+                               batch_size=request.batch_size)
+        run = GridRun(model, like, class_piece_sets(model.objective, tokens), lms_data, request.batch_size)
+        return run.score(None, None)
 
     def _decoder_cache(self, use: bool | str = True) -> Any:
         from gradiend.decoder_eval import DecoderCache
@@ -209,6 +285,63 @@ class EvaluationMethods:
                                     feature_classes=list(self.pair), base_model=self._base_model_arg,
                                     output_dir=output_dir, overwrite=overwrite, experiment=self.experiment,
                                     default_dir=self.experiment.rewritten if self._args.experiment_dir else None)
+
+
+_ALL_SPLITS = ("train", "validation", "test")
+_SOURCES = ("factual", "alternative", "diff")
+
+
+def _splits(split: str | Sequence[str]) -> list[str]:
+    """Canonical split names of `split` ("all" = train, validation, test; aliases such as "val" accepted)."""
+    from gradiend.data_sources import SPLIT_ALIASES
+
+    names = list(_ALL_SPLITS) if split == "all" else [split] if isinstance(split, str) else split
+    if isinstance(names, (bytes, Mapping)) or not isinstance(names, Iterable):
+        raise TypeError(f"split must be a split name, 'all' or a list of names, got {type(split).__name__}")
+    out = []
+    for name in names:
+        canonical = SPLIT_ALIASES.get(name.strip().lower(), name.strip().lower()) if isinstance(name, str) else None
+        if canonical not in _ALL_SPLITS:
+            raise ValueError(f"Unknown split {name!r}; use one of {list(_ALL_SPLITS)}, 'val', 'all' or a list of them")
+        out.append(canonical)
+    if not out:
+        raise ValueError("split is an empty list; name at least one split, e.g. split='test'")
+    return list(dict.fromkeys(out))
+
+
+def _given_frame(encoder_df: Any) -> pd.DataFrame | None:
+    """`encoder_df` as a DataFrame: given as one, or inside a `return_df=True` result (`{"encoder_df": ...}`)."""
+    import pandas as pd
+
+    if encoder_df is None or isinstance(encoder_df, pd.DataFrame):
+        return encoder_df
+    if isinstance(encoder_df, Mapping) and isinstance(encoder_df.get("encoder_df"), pd.DataFrame):
+        return encoder_df["encoder_df"]
+    raise TypeError("encoder_df must be a DataFrame or the dict evaluate_encoder(return_df=True) returned, got "
+                    f"{type(encoder_df).__name__}" + (" without an 'encoder_df' entry" if isinstance(
+                        encoder_df, Mapping) else ""))
+
+
+def _combined(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """One split's frame as it is; several concatenated with an `eval_split` column."""
+    import pandas as pd
+
+    if len(frames) == 1:
+        return next(iter(frames.values()))
+    return pd.concat([f.assign(eval_split=s) for s, f in frames.items()], ignore_index=True)
+
+
+def _target_classes(target_class: str | Sequence[str] | None, pair: Sequence[str]) -> list[str]:
+    """The classes to select for: one, a list, or (None) every class of the pair."""
+    if target_class is None:
+        return list(pair)
+    classes = [target_class] if isinstance(target_class, str) else target_class
+    if not isinstance(classes, Iterable) or isinstance(classes, (bytes, Mapping)):
+        raise TypeError(f"target_class must be a class name or a list of them, got {type(target_class).__name__}")
+    classes = list(classes)
+    if not classes or not all(isinstance(c, str) for c in classes):
+        raise ValueError(f"target_class must name at least one class of {list(pair)}, got {target_class!r}")
+    return list(dict.fromkeys(classes))
 
 
 def _check_optional_positive(name: str, value: Any) -> None:

@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
+    from gradiend.arguments import TrainingArguments
+    from gradiend.experiment import ExperimentDir
+
 logger = logging.getLogger(__name__)
 
 
@@ -18,7 +21,10 @@ class PlotMethods:
     experiment_dir: str
     pair: tuple[str, str]
 
+    _args: TrainingArguments
+
     # provided by Trainer
+    _experiment_of: Callable[[TrainingArguments], ExperimentDir]
     get_training_stats: Callable[[], dict[str, Any] | None]
     get_encodings: Callable[..., pd.DataFrame]
 
@@ -67,12 +73,13 @@ class PlotMethods:
         return plot_encoder_scatter(frame, self.pair, output, directory=self.experiment_dir, split=split, show=show,
                                     **kwargs)
 
-    def _autosave_training_convergence(self) -> str | None:
+    def _autosave_training_convergence(self, args: TrainingArguments | None = None) -> str | None:
         """Save the convergence plot after training when `experiment_dir` is set; never fails the run."""
-        if self._args.experiment_dir is None:
+        args = args or self._args
+        if args.experiment_dir is None:
             return None
         try:
-            path = self.plot_training_convergence(show=False)
+            path = self.plot_training_convergence(show=False, experiment_dir=str(self._experiment_of(args).root))
         except ImportError as err:
             logger.info("Training convergence plot skipped: %s", err)
             return None

@@ -119,9 +119,7 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
     @property
     def experiment(self) -> ExperimentDir:
         """The experiment directory's layout, reads, writes and lock."""
-        from gradiend.experiment import ExperimentDir
-
-        return ExperimentDir(self.experiment_dir, model_dir=self._args.output_dir, seeds_dir=self._args.seed_runs_dir)
+        return self._experiment_of(self._args)
 
     @property
     def model_path(self) -> str:
@@ -141,35 +139,41 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
         return self.unified_data()[1]
 
     # -- training -------------------------------------------------------------------------------
-    def train(self, callbacks: Sequence[TrainingCallback] = (), **overrides: Any
+    def train(self, output_dir: str | os.PathLike | None = None,
+              model: str | os.PathLike | ModelWithGradiend | None = None,
+              callbacks: Sequence[TrainingCallback] | None = None, **overrides: Any
               ) -> Trainer | dict[int, ModelWithGradiend]:
-        """Train the GRADIEND; keyword overrides replace `TrainingArguments` fields for this run.
+        """Train the GRADIEND; keyword overrides replace `TrainingArguments` fields for this call only.
 
+        `output_dir`: the GRADIEND checkpoint directory of this run (default `<experiment_dir>/model`);
+        `model`: another base model id/path (or a ModelWithGradiend's base model) for this run.
         With `max_seeds > 1` seeds seed, seed+1, … are trained until `min_convergent_seeds`
         converged; the best is linked into the model directory and `seeds/seed_report.json` is
         written. Returns the trainer, or `{seed: model}` when `keep_seed_runs=True`.
         """
         from gradiend import runs
 
-        if overrides:
-            self._args = self._args.replace(**overrides)
-        args, (rows, pair), experiment = self._args, self.unified_data(), self.experiment
-        key = runs.run_fingerprint(args, self._base_model_arg, rows, self._explicit_pre_prune)
+        args = self._args.replace(**overrides) if overrides else self._args
+        if output_dir is not None:
+            args = args.replace(output_dir=_output_dir(output_dir))
+        base = self._base_model_arg if model is None else _base_model_of(model)
+        (rows, pair), experiment = self.unified_data(), self._experiment_of(args)
+        key = runs.run_fingerprint(args, base, rows, self._explicit_pre_prune)
         with experiment.lock():
             if runs.finished_run(experiment.model, key, args.use_cache):
                 logger.info("Reusing the finished run in %s (use_cache=%r)", experiment.model, args.use_cache)
                 self._attach(experiment.model, None)
                 return self
             _check_model_dir(experiment.model, args.overwrite_output_dir)  # before training, not after it
-            template = self._pre_pruned or runs.new_template(self._base_model_arg, args, rows, pair, self._device())
-            inputs = runs.prepare_run(template, args, rows, pair, self._base_model_arg, key, callbacks,
+            template = self._pre_pruned or runs.new_template(base, args, rows, pair, self._device())
+            inputs = runs.prepare_run(template, args, rows, pair, base, key, callbacks or (),
                                       pre_pruned=self._pre_pruned is not None)
             self._pre_pruned = self._explicit_pre_prune = None
             result = runs.train_run(inputs, experiment)
         self._attach(experiment.model, result.model)
         if args.max_seeds == 1:
             self.post_training(result.model)
-        self._autosave_training_convergence()
+        self._autosave_training_convergence(args)
         runs.report_verdict(result, args, experiment.model)
         if args.max_seeds > 1:
             self.post_training(self.get_model())
@@ -177,15 +181,26 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
                 return {run.seed: self.load_model(run.output_dir) for run in result.seed_report.runs}
         return self
 
+    def _experiment_of(self, args: TrainingArguments) -> ExperimentDir:
+        """The experiment directory layout `args` describe (the trainer's own: `experiment`)."""
+        from gradiend.experiment import ExperimentDir
+
+        if args.experiment_dir is None:
+            root = self.experiment_dir  # the trainer's temporary directory
+        else:
+            root = str(Path(args.experiment_dir) / self.run_id) if self.run_id else args.experiment_dir
+        return ExperimentDir(root, model_dir=args.output_dir, seeds_dir=args.seed_runs_dir)
+
     def _attach(self, directory: Path, model: ModelWithGradiend | None) -> None:
         self._model_path, self._model_instance, self._prune_revision = str(directory), model, 0
 
     # -- pruning --------------------------------------------------------------------------------
-    def pre_prune(self, pre_cfg: PrePruneConfig | None = None, *, inplace: bool = True) -> ModelWithGradiend:
+    def pre_prune(self, pre_cfg: PrePruneConfig | None = None, *, inplace: bool = True) -> Trainer | ModelWithGradiend:
         """Prune an untrained GRADIEND by gradient importance (in memory; nothing is saved).
 
-        `inplace=True`: the next `train()` builds its GRADIEND(s) on this pruned parameter map.
-        `inplace=False`: returns the pruned model and leaves the trainer unchanged.
+        `inplace=True`: the next `train()` builds its GRADIEND(s) on this pruned parameter map; returns
+        the trainer (as `post_prune` does). `inplace=False`: returns the pruned model and leaves the
+        trainer unchanged.
         """
         from gradiend.runs import pruned_template
 
@@ -198,9 +213,10 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
             raise ValueError("Pre-prune config required: pass pre_cfg=PrePruneConfig(...) or set "
                              "TrainingArguments.pre_prune_config")
         model = pruned_template(self._base_model_arg, self._args, *self.unified_data(), cfg, self._device())
-        if inplace:
-            self._pre_pruned, self._explicit_pre_prune = model, cfg.to_dict()
-        return model
+        if not inplace:
+            return model
+        self._pre_pruned, self._explicit_pre_prune = model, cfg.to_dict()
+        return self
 
     def post_prune(self, post_cfg: PostPruneConfig | None = None) -> Trainer | ModelWithGradiend:
         """Prune the trained GRADIEND by weight importance, in memory (not saved).
@@ -239,6 +255,33 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
             self._model_instance = self.load_model(self._model_path)
         return self._model_instance
 
+    def unload_model(self) -> Trainer:
+        """Free the loaded GRADIEND and its base model (host and device memory); the next use reloads them.
+
+        In-memory post-pruning is dropped with it (a warning says so); a model that exists only in memory
+        (passed in, never saved) is not unloaded: there would be nothing to reload.
+        """
+        import gc
+
+        import torch
+
+        from gradiend.model import is_checkpoint
+
+        if self._model_instance is None:
+            return self
+        if not is_checkpoint(self._model_path):
+            raise RuntimeError(f"The trainer's model exists only in memory (no GRADIEND checkpoint at "
+                               f"{self._model_path}); train() or save it first, then unload")
+        if self._prune_revision:
+            logger.warning("Unloading drops the in-memory post-pruning; the next use reloads %s unpruned",
+                           self._model_path)
+        self._model_instance, self._prune_revision = None, 0
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        logger.info("Unloaded the model; the next use reloads %s", self._model_path)
+        return self
+
     def load_model(self, load_directory: str | os.PathLike) -> ModelWithGradiend:
         """Load a GRADIEND checkpoint directory (without replacing the trainer's model)."""
         from gradiend.model_with_gradiend import ModelWithGradiend
@@ -275,6 +318,23 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
         return (f"{type(self).__name__}(model={self._base_model_arg!r}, run_id={self.run_id!r}, "
                 f"target_classes={self._target_classes}, experiment_dir={self._args.experiment_dir!r}, "
                 f"model_path={self._model_path!r})")
+
+
+def _output_dir(output_dir: str | os.PathLike) -> str:
+    if not isinstance(output_dir, (str, os.PathLike)) or not str(output_dir).strip():
+        raise TypeError(f"output_dir must be a directory path or None, got {output_dir!r}")
+    return os.fspath(output_dir)
+
+
+def _base_model_of(model: str | os.PathLike | ModelWithGradiend) -> str:
+    """The base model id/path `train(model=...)` names."""
+    from gradiend.model_with_gradiend import ModelWithGradiend
+
+    if isinstance(model, ModelWithGradiend):
+        return model.base_model_path
+    if isinstance(model, (str, os.PathLike)) and str(model).strip():
+        return os.fspath(model)
+    raise TypeError(f"model must be a base model id/path or a ModelWithGradiend, got {model!r}")
 
 
 def _check_model_dir(model_dir: Path, overwrite: bool) -> None:
