@@ -25,9 +25,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MASK", "SPLITS", "UNIFIED_COLUMNS", "Batch", "BatchSchedule", "DataError", "NeutralSchedule",
-           "cap_per_class", "mask_random_word", "match_case", "neutral_rows", "prepare_rows", "read_table",
-           "require_split", "rows_with_context", "unify"]
+__all__ = ["MASK", "SPLITS", "SUITE_HINT", "UNIFIED_COLUMNS", "Batch", "BatchSchedule", "DataError",
+           "NeutralSchedule", "UnifiedData", "cap_per_class", "mask_random_word", "match_case", "neutral_rows",
+           "prepare_rows", "read_table", "require_split", "rows_with_context", "unify", "unify_classes"]
 
 MASK = "[MASK]"
 SPLITS = ("train", "validation", "test")
@@ -88,14 +88,36 @@ def _str_column(values: Any) -> pd.Series:
     return series.where(series.notna(), "").astype(str).reset_index(drop=True)
 
 
-def _from_merged(df: pd.DataFrame, target_classes: Sequence[str] | None, seed: int | None) -> pd.DataFrame:
+SUITE_HINT = ("a GRADIEND learns one pair of classes. For more classes train one GRADIEND per pair with a suite "
+              "(gradiend.suites.SymmetricSuite: every pair; PositiveSuite: each class against the rest; "
+              "GradiendCollection: pairs you list), or merge classes into two groups with "
+              "class_merge_map={'A': [...], 'B': [...]}")
+
+
+@dataclass(frozen=True)
+class UnifiedData:
+    """Validated data of one GRADIEND.
+
+    `rows`: the pair's transitions (label +1 for pair[0]→pair[1], −1 back), what training uses;
+    `other_rows`: rows whose factual class is another class of `all_classes` (label 0), for
+    evaluations with `include_other_classes`; `all_classes`: every class kept, pair included.
+    """
+
+    rows: pd.DataFrame
+    pair: tuple[str, str]
+    other_rows: pd.DataFrame
+    all_classes: tuple[str, ...]
+
+
+def _from_merged(df: pd.DataFrame) -> pd.DataFrame:
+    """Merged-format rows as unified rows whose alternative may still be empty."""
     missing = [c for c in MERGED_REQUIRED if c not in df.columns]
     if missing:
         raise _missing_columns_error("Training data", missing, list(df.columns))
     has_alt = "alternative" in df.columns
     if has_alt != ("alternative_class" in df.columns):
         raise DataError("Training data must have both 'alternative' and 'alternative_class' columns or neither")
-    out = pd.DataFrame({
+    return pd.DataFrame({
         "masked": _str_column(df["masked"]),
         "split": df["split"].reset_index(drop=True),
         "factual_class": _str_column(df["label_class"]),
@@ -103,22 +125,14 @@ def _from_merged(df: pd.DataFrame, target_classes: Sequence[str] | None, seed: i
         "alternative_class": _str_column(df["alternative_class"]) if has_alt else "",
         "alternative": _str_column(df["alternative"]) if has_alt else "",
     })
-    return _complete_alternatives(out, target_classes, seed)
 
 
-def _complete_alternatives(rows: pd.DataFrame, target_classes: Sequence[str] | None,
-                           seed: int | None) -> pd.DataFrame:
-    """Rows without an alternative token get one drawn from the other pair class's tokens."""
+def _complete_alternatives(rows: pd.DataFrame, pair: Sequence[str], seed: int | None) -> pd.DataFrame:
+    """Pair rows without an alternative token get one drawn from the other pair class's tokens."""
+    rows = rows.copy()
     need = rows["alternative"].str.strip() == ""
     if not need.any():
         return rows
-    classes = sorted(rows["factual_class"].unique())
-    pair = list(_resolve_pair(classes, target_classes)) if target_classes is not None else classes
-    if len(pair) != 2:
-        raise DataError(f"Without 'alternative' columns the data needs exactly two classes to pair up; "
-                        f"found {classes}. Pass target_classes=[A, B] or add alternative columns.")
-    keep = ~need | rows["factual_class"].isin(pair)
-    rows, need = rows[keep].copy(), need[keep]
     rng = np.random.default_rng(seed)
     for cls, other in ((pair[0], pair[1]), (pair[1], pair[0])):
         todo = need & (rows["factual_class"] == cls)
@@ -129,34 +143,212 @@ def _complete_alternatives(rows: pd.DataFrame, target_classes: Sequence[str] | N
     return rows
 
 
-def _from_per_class(data: Mapping[str, pd.DataFrame], target_classes: Sequence[str] | None,
-                    seed: int | None) -> pd.DataFrame:
-    """Per-class tables; a column named after the other pair class gives that row's alternative."""
-    pair = [str(c) for c in target_classes] if target_classes is not None else [str(k) for k in data]
-    frames = []
-    for cls, df in data.items():
-        if not isinstance(df, pd.DataFrame):
-            raise DataError(f"data[{cls!r}] must be a pandas DataFrame or a datasets.Dataset, got {type(df).__name__}")
-        if "masked" not in df.columns:
-            raise _missing_columns_error(f"Data of class {cls!r}", ["masked"], list(df.columns))
-        token_col = next((c for c in (cls, "label", "token") if c in df.columns), None)
-        if token_col is None:
-            raise _missing_columns_error(f"Data of class {cls!r}", [f"{cls!r} (or 'label'/'token')"],
-                                         list(df.columns))
-        other = next((c for c in pair if c != cls and c in df.columns), None) if len(pair) == 2 else None
-        frames.append(pd.DataFrame({
-            "masked": _str_column(df["masked"]),
-            "split": df["split"].reset_index(drop=True) if "split" in df.columns else "train",
-            "label_class": str(cls),
-            "label": _str_column(df[token_col]),
-            "alternative_class": other or "",
-            "alternative": _str_column(df[other]) if other else "",
-        }))
-    if not frames:
+def _class_frame(df: pd.DataFrame, cls: str) -> tuple[pd.DataFrame, str]:
+    """Check one per-class table; return it and the name of its token column."""
+    if not isinstance(df, pd.DataFrame):
+        raise DataError(f"data[{cls!r}] must be a pandas DataFrame or a datasets.Dataset, got {type(df).__name__}")
+    if "masked" not in df.columns:
+        raise _missing_columns_error(f"Data of class {cls!r}", ["masked"], list(df.columns))
+    token_col = next((c for c in (cls, "label", "token") if c in df.columns), None)
+    if token_col is None:
+        raise _missing_columns_error(f"Data of class {cls!r}", [f"{cls!r} (or 'label'/'token')"], list(df.columns))
+    return df, token_col
+
+
+def _from_per_class(data: Mapping[str, pd.DataFrame], pair: Sequence[str] | None) -> pd.DataFrame:
+    """Per-class tables; a column named after another class gives that row's alternative of that class.
+
+    A pair class uses only its partner's column; another class gives one row per other-class column
+    (empty cells skipped), or one row without alternative when it has no such column.
+    """
+    if not data:
         raise DataError("Training data is empty: the dict of per-class DataFrames has no entries")
+    known = list(dict.fromkeys([*(str(k) for k in data), *(pair or [])]))
+    frames = []
+    for key, raw in data.items():
+        cls = str(key)
+        df, token_col = _class_frame(raw, cls)
+        base = {"masked": _str_column(df["masked"]),
+                "split": df["split"].reset_index(drop=True) if "split" in df.columns else "train",
+                "label_class": cls, "label": _str_column(df[token_col])}
+        in_pair = pair is not None and cls in pair
+        candidates = [c for c in (pair if in_pair else known) if c != cls and c in df.columns]
+        partners = candidates[:1] if in_pair else candidates
+        if not partners:
+            frames.append(pd.DataFrame({**base, "alternative_class": "", "alternative": ""}))
+        for other in partners:
+            frame = pd.DataFrame({**base, "alternative_class": other, "alternative": _str_column(df[other])})
+            frames.append(frame if in_pair else frame[frame["alternative"].str.strip() != ""])
     merged = pd.concat(frames, ignore_index=True)
     merged.loc[merged["alternative"].str.strip() == "", "alternative_class"] = ""
-    return _from_merged(merged, pair if len(pair) == 2 else None, seed)
+    return _from_merged(merged)
+
+
+def _check_merge_map(class_merge_map: Mapping[str, Sequence[str]] | None) -> dict[str, list[str]] | None:
+    """A validated class_merge_map: merged name → the data's class names it groups (each in one group)."""
+    if class_merge_map is None:
+        return None
+    example = "e.g. class_merge_map={'singular': ['1SG', '3SG'], 'plural': ['1PL', '3PL']}"
+    if not isinstance(class_merge_map, Mapping) or not class_merge_map:
+        raise DataError(f"class_merge_map must be a non-empty dict merged class → list of classes, {example}; "
+                        f"got {class_merge_map!r}")
+    out: dict[str, list[str]] = {}
+    seen: dict[str, str] = {}
+    for merged, bases in class_merge_map.items():
+        if isinstance(bases, str) or not isinstance(bases, Iterable) or not list(bases):
+            raise DataError(f"class_merge_map[{merged!r}] must be a non-empty list of class names, {example}; "
+                            f"got {bases!r}")
+        out[str(merged)] = [str(b) for b in bases]
+        for base in out[str(merged)]:
+            if base in seen and seen[base] != str(merged):
+                raise DataError(f"class_merge_map puts class {base!r} into both {seen[base]!r} and {merged!r}; "
+                                f"each class may belong to one merged class")
+            seen[base] = str(merged)
+    return out
+
+
+def _check_target_classes(target_classes: Sequence[str] | None,
+                          merge: Mapping[str, Sequence[str]] | None) -> list[str] | None:
+    if target_classes is None:
+        return list(merge) if merge is not None and len(merge) == 2 else None
+    if isinstance(target_classes, str) or not isinstance(target_classes, Iterable):
+        raise DataError(f"target_classes must name exactly two classes, e.g. ['3SG', '3PL'], got {target_classes!r}")
+    classes = [str(c) for c in target_classes]
+    if len(classes) != 2:
+        hint = SUITE_HINT if len(classes) > 2 else "name the pair, e.g. target_classes=['3SG', '3PL']"
+        raise DataError(f"target_classes must name exactly two classes, got {list(target_classes)!r}: {hint}")
+    return classes
+
+
+def _merge_classes(raw: pd.DataFrame, merge: Mapping[str, Sequence[str]] | None) -> pd.DataFrame:
+    """Rename classes by `merge`; rows whose explicit alternative falls into their own merged class go."""
+    if merge is None:
+        return raw
+    base_to = {base: name for name, bases in merge.items() for base in bases}
+    present = set(raw["factual_class"])
+    unknown = sorted(set(base_to) - present)
+    if unknown:
+        raise DataError(f"class_merge_map names class(es) {unknown} that are not in the data; its classes are "
+                        f"{sorted(present)}")
+    out = raw.copy()
+    out["factual_class"] = raw["factual_class"].map(lambda c: base_to.get(c, c))
+    out["alternative_class"] = raw["alternative_class"].map(lambda c: base_to.get(c, c))
+    collapsed = (raw["alternative_class"] != "") & (out["factual_class"] == out["alternative_class"])
+    if collapsed.any():
+        logger.info("class_merge_map: dropped %d row(s) whose alternative belongs to the same merged class",
+                    int(collapsed.sum()))
+    logger.info("class_merge_map merged classes %s", {k: list(v) for k, v in merge.items()})
+    return out[~collapsed]
+
+
+def _restrict_classes(raw: pd.DataFrame, all_classes: Sequence[str] | None) -> tuple[pd.DataFrame, tuple[str, ...]]:
+    """Rows of `all_classes` only (default: every class in the data, sorted); drops are logged."""
+    present = sorted(set(raw["factual_class"]))
+    if all_classes is None:
+        return raw, tuple(present)
+    if isinstance(all_classes, str) or not isinstance(all_classes, Iterable):
+        raise DataError(f"all_classes must be a list of class names, got {all_classes!r}")
+    classes = tuple(dict.fromkeys(str(c) for c in all_classes))
+    unknown = [c for c in classes if c not in present]
+    if unknown or len(classes) < 2:
+        raise DataError(f"all_classes {list(classes)} must name at least two classes of the data; "
+                        f"{unknown or 'too few'} (the data has {present})")
+    drop = ~raw["factual_class"].isin(classes)
+    if drop.any():
+        counts = raw.loc[drop, "factual_class"].value_counts().sort_index().to_dict()
+        logger.info("Dropped %d row(s) of classes outside all_classes: %s", int(drop.sum()), counts)
+    return raw[~drop], classes
+
+
+def _pair_rows(part: pd.DataFrame, pair: tuple[str, str], seed: int | None) -> pd.DataFrame:
+    """The pair's transitions with labels ±1; rows of a pair class toward a third class are logged and left out."""
+    rows = _complete_alternatives(part, pair, seed)
+    keep = rows["alternative_class"].isin(pair) & (rows["factual_class"] != rows["alternative_class"])
+    if not keep.all():
+        counts = (rows.loc[~keep, "factual_class"] + "→" + rows.loc[~keep, "alternative_class"].replace("", "?")
+                  ).value_counts().sort_index().to_dict()
+        logger.info("Left out %d row(s) of %s whose alternative is not the other pair class: %s",
+                    int((~keep).sum()), list(pair), counts)
+    rows = rows[keep].copy()
+    for cls in pair:
+        if not (rows["factual_class"] == cls).any():
+            raise DataError(f"Class {cls!r} has no rows paired with the other target class")
+    rows["label"] = np.where(rows["factual_class"] == pair[0], 1, -1)
+    return rows
+
+
+def _other_rows(part: pd.DataFrame, pair_rows: pd.DataFrame, pair: tuple[str, str], classes: Sequence[str],
+                seed: int | None) -> pd.DataFrame:
+    """Rows of the classes outside the pair, label 0 (evaluation only).
+
+    A row with an alternative of another class of `classes` keeps it; a row without one becomes two
+    rows, toward each pair class, with the alternative drawn from that class's tokens (seeded).
+    """
+    if part.empty:
+        return pd.DataFrame(columns=UNIFIED_COLUMNS)
+    explicit = part["alternative"].str.strip() != ""
+    given = part[explicit & part["alternative_class"].isin(classes)
+                 & (part["alternative_class"] != part["factual_class"])]
+    need = part[~explicit]
+    rng = np.random.default_rng(None if seed is None else [seed, 1])
+    sampled = []
+    for target in pair:
+        tokens = _token_counter(pair_rows.loc[pair_rows["factual_class"] == target, "factual"])
+        if not need.empty:
+            sampled.append(need.assign(alternative_class=target,
+                                       alternative=_sample_alternatives(need["factual"], tokens, rng)))
+    other = pd.concat([given, *sampled]).sort_index(kind="stable")
+    other["label"] = 0
+    return other
+
+
+def _validate_rows(rows: pd.DataFrame, mask: str) -> pd.DataFrame:
+    rows = rows.copy()
+    rows["split"] = _normalize_split(rows["split"])
+    _check_text_column(rows, "masked", "Training data", mask)
+    if (rows["factual"].str.strip() == "").any():
+        raise DataError("Training data has rows with an empty target token ('label' column)")
+    return rows
+
+
+def unify_classes(data: Any, target_classes: Sequence[str] | None = None, *,
+                  all_classes: Sequence[str] | None = None,
+                  class_merge_map: Mapping[str, Sequence[str]] | None = None,
+                  seed: int | None = 0, mask: str = MASK) -> UnifiedData:
+    """Validate user data: the pair's training rows, the other classes' rows and every class.
+
+    `class_merge_map` renames classes first (`{"masc": ["der_nom", "den_acc"], ...}`; with two
+    merged classes they are the default pair); `all_classes` then keeps only those classes
+    (default: all). Rows of other classes are kept as `other_rows` (label 0), never trained on.
+    Accepts every input `unify` does.
+    """
+    merge = _check_merge_map(class_merge_map)
+    target = _check_target_classes(target_classes, merge)
+    data = resolve_table_input(data, "Training data")
+    if isinstance(data, Mapping):
+        if target is None and merge is None and len(data) == 2:
+            target = [str(k) for k in data]
+        raw = _from_per_class(data, target if merge is None else None)
+    else:
+        raw = _from_merged(data)
+    if target is not None and all_classes is not None and not isinstance(all_classes, str):
+        unknown = [c for c in target if c not in {str(a) for a in all_classes}]
+        if unknown:
+            raise DataError(f"target_classes {unknown} are not in all_classes {list(all_classes)}; add them")
+    raw, classes = _restrict_classes(_merge_classes(raw, merge), all_classes)
+    if raw.empty:
+        raise DataError("Training data is empty: no rows left after reading it")
+    pair = _resolve_pair(sorted(set(raw["factual_class"])), target)
+    in_pair = raw["factual_class"].isin(pair)
+    rows = _pair_rows(_validate_rows(raw[in_pair], mask), pair, seed)
+    if (rows["alternative"].str.strip() == "").any():
+        raise DataError("Some rows have no alternative token; the other class has no tokens to sample from")
+    other = _other_rows(_validate_rows(raw[~in_pair], mask), rows, pair, classes, seed)
+    if len(other):
+        logger.info("Rows of other classes (label 0, evaluation only): %s",
+                    other["factual_class"].value_counts().sort_index().to_dict())
+    return UnifiedData(rows[UNIFIED_COLUMNS].reset_index(drop=True), pair,
+                       other[UNIFIED_COLUMNS].reset_index(drop=True), classes)
 
 
 def unify(
@@ -164,52 +356,30 @@ def unify(
     target_classes: Sequence[str] | None = None,
     seed: int | None = 0,
     mask: str = MASK,
+    *,
+    all_classes: Sequence[str] | None = None,
+    class_merge_map: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[pd.DataFrame, tuple[str, str]]:
     """Validate user data and return (unified rows, (class A, class B)).
 
     Accepts the merged format (`masked, split, label_class, label[, alternative,
     alternative_class]`), a dict class → DataFrame (`masked`, optional `split`, token column
-    named after the class or `label`; a column named after the other class holds that row's
+    named after the class or `label`; a column named after another class holds that row's
     alternative), a `datasets.Dataset`/`DatasetDict`, a file or directory path, or a Hugging
-    Face dataset id (see `gradiend.data_sources.resolve_table_input`).
+    Face dataset id (see `gradiend.data_sources.resolve_table_input`). Rows of other classes are
+    not part of the result (see `unify_classes` for them).
     """
-    if target_classes is not None and (isinstance(target_classes, str) or len(target_classes) != 2):
-        raise DataError(f"target_classes must name exactly two classes (a GRADIEND learns one pair), got "
-                        f"{target_classes!r}; train one GRADIEND per pair of classes")
-    data = resolve_table_input(data, "Training data")
-    if isinstance(data, Mapping):
-        if target_classes is None and len(data) == 2:
-            target_classes = [str(k) for k in data]
-        rows = _from_per_class(data, target_classes, seed)
-    else:
-        rows = _from_merged(data, target_classes, seed)
-    if rows.empty:
-        raise DataError("Training data is empty: no rows left after reading it")
-    rows["split"] = _normalize_split(rows["split"])
-    _check_text_column(rows, "masked", "Training data", mask)
-    if (rows["factual"].str.strip() == "").any():
-        raise DataError("Training data has rows with an empty target token ('label' column)")
-    classes = sorted(set(rows["factual_class"]))
-    pair = _resolve_pair(classes, target_classes)
-    keep = rows["factual_class"].isin(pair) & rows["alternative_class"].isin(pair) & (
-        rows["factual_class"] != rows["alternative_class"])
-    rows = rows[keep].copy()
-    for cls in pair:
-        if not (rows["factual_class"] == cls).any():
-            raise DataError(f"Class {cls!r} has no rows paired with the other target class")
-    if (rows["alternative"].str.strip() == "").any():
-        raise DataError("Some rows have no alternative token; the other class has no tokens to sample from")
-    rows["label"] = np.where(rows["factual_class"] == pair[0], 1, -1)
-    return rows[UNIFIED_COLUMNS].reset_index(drop=True), pair
+    unified = unify_classes(data, target_classes, all_classes=all_classes, class_merge_map=class_merge_map,
+                            seed=seed, mask=mask)
+    return unified.rows, unified.pair
 
 
 def _resolve_pair(classes: Sequence[str], target_classes: Sequence[str] | None) -> tuple[str, str]:
     if target_classes is None:  # merged data: the pair in sorted order
         if len(classes) != 2:
-            raise DataError(f"The data has classes {list(classes)}; pass target_classes=[A, B] to pick the pair")
+            raise DataError(f"The data has classes {list(classes)}; a GRADIEND learns exactly two classes: pass "
+                            f"target_classes=[A, B] to pick the pair, or see gradiend.suites for more")
         return classes[0], classes[1]
-    if isinstance(target_classes, str) or len(target_classes) != 2:
-        raise DataError(f"target_classes must name exactly two classes, got {target_classes!r}")
     unknown = [c for c in target_classes if c not in classes]
     if unknown:
         raise DataError(f"target_classes {unknown} not found in the data; its classes are {list(classes)}")

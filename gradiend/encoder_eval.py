@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from gradiend.data import MASK, cap_per_class, mask_random_word, prepare_rows
 from gradiend.experiment import atomic_write_json, atomic_write_with, fingerprint, read_json, short_hash
-from gradiend.metrics import pearson
+from gradiend.metrics import count_by_group, mean_by_group, pearson
 from gradiend.records import EncoderMeta
 
 if TYPE_CHECKING:
@@ -112,6 +112,9 @@ def encoder_metrics(frame: pd.DataFrame, pair: Sequence[str]) -> dict[str, Any]:
       labelled 0. The ternary classification reads h ≥ 0.5 as class A (+1), h ≤ −0.5 as class B
       (−1) and |h| < 0.5 as neutral (0) (`NEUTRAL_BOUNDS`); accuracy = share of rows whose
       reading equals their label. A neuron that fires on neutral text scores low on both.
+    * `mean_by_feature_class` (`n_by_feature_class`): mean h (rows) per factual class of the
+      non-neutral rows, the pair's classes and, with `include_other_classes`, every other class
+      (label 0); the neutral variants are in `neutral_mean_by_type`.
     * `neutral_abs_mean_by_type`: mean |h| per neutral variant (0 = perfectly quiet; the signed
       `neutral_mean_by_type` can be 0 while every neutral text encodes to ±1), and
       `neutral_within_bounds_by_type`: the share of those rows with |h| < 0.5.
@@ -141,6 +144,8 @@ def encoder_metrics(frame: pd.DataFrame, pair: Sequence[str]) -> dict[str, Any]:
         "all_data": all_data,
         "target_classes_only": _block(enc[target], lab[target], binary=True),
         "mean_by_class": by_class,
+        "mean_by_feature_class": mean_by_group(enc[training], frame["factual_class"].to_numpy()[training]),
+        "n_by_feature_class": count_by_group(frame["factual_class"].to_numpy()[training]),
         "mean_by_type": by_type,
         "abs_mean_by_type": abs_by_type,
         "neutral_mean_by_type": neutral,

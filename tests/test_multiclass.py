@@ -1,0 +1,122 @@
+"""More than two classes (issue 19): all_classes, class_merge_map, other classes' rows, per-class means."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_rows
+
+from gradiend.data import DataError, unify, unify_classes
+from gradiend.encoder_eval import TRAINING, encoder_metrics
+
+
+def _three_classes() -> pd.DataFrame:
+    """3SG/3PL rows plus a third class 1SG ('i') on the same templates."""
+    rows = make_rows(repeat=2)
+    first = rows[rows["label_class"] == "3SG"].assign(label_class="1SG", label="i")
+    return pd.concat([rows, first], ignore_index=True)
+
+
+def test_other_classes_are_kept_with_label_zero_and_logged(caplog) -> None:
+    data = _three_classes()
+    with caplog.at_level(logging.INFO, logger="gradiend.data"):
+        unified = unify_classes(data, ["3SG", "3PL"])
+    assert unified.pair == ("3SG", "3PL") and unified.all_classes == ("1SG", "3PL", "3SG")
+    assert set(unified.rows["factual_class"]) == {"3SG", "3PL"} and set(unified.rows["label"]) == {1, -1}
+    other = unified.other_rows
+    n_first = int((data["label_class"] == "1SG").sum())
+    # each 1SG row without an alternative is probed toward both pair classes, alternatives from their tokens
+    assert len(other) == 2 * n_first and set(other["label"]) == {0} and set(other["factual_class"]) == {"1SG"}
+    assert other.groupby("alternative_class").size().to_dict() == {"3PL": n_first, "3SG": n_first}
+    assert set(other.loc[other["alternative_class"] == "3PL", "alternative"]) == {"they"}
+    assert set(other.loc[other["alternative_class"] == "3SG", "alternative"]) <= {"he", "she", "it"}
+    assert f"Rows of other classes (label 0, evaluation only): {{'1SG': {2 * n_first}}}" in caplog.text
+    # the pair's rows are exactly what the two-class data gives (training and its fingerprint unchanged)
+    two = data[data["label_class"] != "1SG"]
+    pd.testing.assert_frame_equal(unified.rows, unify(two, ["3SG", "3PL"])[0])
+
+
+def test_all_classes_restricts_and_is_checked(caplog) -> None:
+    data = _three_classes()
+    with caplog.at_level(logging.INFO, logger="gradiend.data"):
+        unified = unify_classes(data, ["3SG", "3PL"], all_classes=["3SG", "3PL"])
+    assert unified.other_rows.empty and unified.all_classes == ("3SG", "3PL")
+    assert "outside all_classes" in caplog.text and "'1SG'" in caplog.text
+    with pytest.raises(DataError, match=r"all_classes .*\['2SG'\]"):
+        unify_classes(data, ["3SG", "3PL"], all_classes=["3SG", "3PL", "2SG"])
+    with pytest.raises(DataError, match="not in all_classes"):
+        unify_classes(data, ["3SG", "1SG"], all_classes=["3SG", "3PL"])
+
+
+def test_three_target_classes_point_to_suites() -> None:
+    with pytest.raises(DataError, match=r"exactly two classes.*SymmetricSuite.*class_merge_map"):
+        unify(_three_classes(), ["3SG", "3PL", "1SG"])
+    with pytest.raises(DataError, match=r"exactly two classes.*gradiend.suites"):
+        unify(_three_classes())
+
+
+def test_class_merge_map_merges_and_gives_the_pair() -> None:
+    data = _three_classes()
+    unified = unify_classes(data, class_merge_map={"singular": ["3SG", "1SG"], "plural": ["3PL"]})
+    assert unified.pair == ("singular", "plural") and unified.all_classes == ("plural", "singular")
+    counts = unified.rows.groupby("factual_class").size().to_dict()
+    assert counts == {"plural": int((data["label_class"] == "3PL").sum()),
+                      "singular": int(data["label_class"].isin(["3SG", "1SG"]).sum())}
+    singular = unified.rows[unified.rows["factual_class"] == "singular"]
+    assert set(singular["alternative"]) == {"they"} and set(singular["label"]) == {1}
+    assert set(unified.rows.loc[unified.rows["factual_class"] == "plural", "alternative"]) <= {"he", "she", "it", "i"}
+    assert unified.other_rows.empty
+    # a class left unmapped stays itself; target_classes name merged classes
+    kept = unify_classes(data, ["sg3", "3PL"], class_merge_map={"sg3": ["3SG"]})
+    assert set(kept.other_rows["factual_class"]) == {"1SG"}
+
+
+@pytest.mark.parametrize(("merge", "message"), [
+    ({"a": "3SG"}, "non-empty list"),
+    ({"a": ["3SG"], "b": ["3SG", "3PL"]}, "both 'a' and 'b'"),
+    ({"a": ["3SG", "XX"], "b": ["3PL"]}, r"\['XX'\] that are not in the data"),
+    ({}, "non-empty dict"),
+])
+def test_bad_class_merge_map(merge, message) -> None:
+    with pytest.raises(DataError, match=message):
+        unify_classes(_three_classes(), class_merge_map=merge)
+
+
+def test_per_class_columns_give_every_transition() -> None:
+    """Race-style data: one column per class holds that class's word for the same sentence."""
+    frame = pd.DataFrame({"masked": ["[MASK] went home .", "[MASK] saw it .", "[MASK] was here ."],
+                          "split": ["train", "validation", "test"],
+                          "white": ["Mary", "John", "Ann"], "black": ["Keisha", "Jamal", "Imani"],
+                          "asian": ["Mei", "Jun", "Lin"]})
+    data = {"white": frame, "black": frame.copy(), "asian": frame.copy()}
+    unified = unify_classes(data, ["white", "asian"])
+    other = unified.other_rows
+    assert set(other["factual_class"]) == {"black"} and len(other) == 6
+    assert sorted(other.loc[other["alternative_class"] == "white", "alternative"]) == ["Ann", "John", "Mary"]
+    assert set(other["factual"]) == {"Keisha", "Jamal", "Imani"}
+
+
+def _frame(values: dict[str, list[float]]) -> pd.DataFrame:
+    rows = []
+    label = {"A": 1, "B": -1}
+    for cls, encoded in values.items():
+        for h in encoded:
+            kind = TRAINING if cls != "neutral" else "neutral_dataset"
+            rows.append({"factual_class": cls, "encoded": h, "label": label.get(cls, 0), "type": kind})
+    return pd.DataFrame(rows)
+
+
+def test_mean_by_feature_class_covers_every_class_and_keeps_neutral_apart() -> None:
+    frame = _frame({"A": [1.0, 0.8], "B": [-1.0, -0.6], "C": [0.1, 0.3, 0.2], "neutral": [0.5, -0.1]})
+    metrics = encoder_metrics(frame, ("A", "B"))
+    assert metrics["mean_by_feature_class"] == pytest.approx({"A": 0.9, "B": -0.8, "C": 0.2})
+    assert metrics["n_by_feature_class"] == {"A": 2, "B": 2, "C": 3}
+    assert metrics["mean_by_class"] == pytest.approx({"A": 0.9, "B": -0.8})
+    assert metrics["neutral_mean_by_type"] == pytest.approx({"neutral_dataset": 0.2})
+    # the all-data metrics still read every row, other classes and neutral rows labelled 0
+    enc, lab = frame["encoded"].to_numpy(), frame["label"].to_numpy()
+    assert metrics["all_data_correlation"] == pytest.approx(np.corrcoef(enc, lab)[0, 1])
+    assert metrics["target_classes_only"]["n"] == 4
