@@ -53,7 +53,7 @@ DTYPE_NAMES: tuple[str, ...] = typing.get_args(DtypeName)
 # shortest useful sequence: a start token, the slot and an end token
 MIN_MAX_LENGTH = 3
 
-# constraint keys understood in field metadata (besides "help" and "unused")
+# constraint keys understood in field metadata (besides "help", "unused", "instead" and "only")
 RULES = ("positive", "nonnegative", "finite", "unit_interval", "nonempty")
 
 
@@ -83,17 +83,76 @@ def dtype_name(dtype: torch.dtype | str | None) -> str | None:
     return name
 
 
-def doc(help_text: str, *, unused: bool = False, **rules: bool) -> dict[str, Any]:
+class TorchDtypeName(str):
+    """A dtype name ('float16') that also equals its torch dtype (`args.torch_dtype == torch.float16`).
+
+    The reference stores `torch_dtype` as a `torch.dtype`; a `str` subclass keeps the configuration torch-free,
+    JSON-serialisable as the plain name and usable as a key of `DTYPES`, while comparisons with torch dtypes
+    work as reference users write them. `.dtype` is the torch dtype itself (for `tensor.to(...)`).
+    """
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        if _is_torch_dtype(other):
+            return str(other) == f"torch.{self}"
+        return str.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = str.__hash__
+
+    def __repr__(self) -> str:
+        return f"torch.{self!s}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return TorchDtypeName, (str(self),)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The torch dtype of this name."""
+        import torch
+
+        return getattr(torch, str(self))
+
+
+def _is_torch_dtype(value: object) -> bool:
+    """Whether `value` is a torch.dtype, without importing torch (a dtype exists only once torch is loaded)."""
+    return type(value).__module__ == "torch" and type(value).__name__ == "dtype"
+
+
+def doc(help_text: str, *, unused: bool = False, instead: str | None = None, only: tuple[Any, ...] | None = None,
+        **rules: bool) -> dict[str, Any]:
     """Field metadata: the help text, whether nothing reads the field, and its constraints (keys of `RULES`).
 
-    Used as `field(default=..., metadata=doc("what it does", positive=True))`.
+    Used as `field(default=..., metadata=doc("what it does", positive=True))`. A reference (gradiend 0.2.x)
+    setting that has no effect here is accepted only with the values in `only` (default: its default value,
+    which matches what gradiend does) and refused otherwise with `instead`: what to use in its place.
     """
     bad = sorted(set(rules) - set(RULES))
     if bad:
         raise TypeError(f"unknown field rule(s) {bad}; known: {RULES}")
     if not help_text.strip():
         raise TypeError("every configuration field needs a help text")
-    return {"help": help_text, "unused": unused, **{k: v for k, v in rules.items() if v}}
+    if only is not None and instead is None:
+        raise TypeError("only= needs instead= (what to use in place of the refused values)")
+    meta = {"help": help_text, "unused": unused, **{k: v for k, v in rules.items() if v}}
+    if instead is not None:
+        meta.update(instead=instead, only=only)
+    return meta
+
+
+def refused_value(f: dataclasses.Field, value: Any) -> str | None:
+    """Why `value` of a reference-only field (metadata `instead`) is refused, or None when it is accepted."""
+    if "instead" not in f.metadata:
+        return None
+    accepted = f.metadata["only"] if f.metadata["only"] is not None else (f.default,)
+    if any(type(value) is type(ok) and value == ok for ok in accepted):
+        return None
+    shown = " or ".join(repr(ok) for ok in accepted)
+    return (f"{f.name}={value!r} is not supported by gradiend (accepted for reference compatibility only as "
+            f"{shown}); {f.metadata['instead']}")
 
 
 # -- generic validation ----------------------------------------------------------------------------------------
@@ -194,7 +253,10 @@ def field_problems(obj: Any) -> list[str]:
     problems = []
     for f in fields(obj):
         value = getattr(obj, f.name)
-        if not matches(value, hints[f.name]):
+        refused = refused_value(f, value)
+        if refused:
+            problems.append(refused)
+        elif not matches(value, hints[f.name]):
             problems.append(f"{f.name} must be {describe(hints[f.name])}, got {value!r}")
         elif value is not None:
             problem = _rule_problem(value, f.metadata, _noun(hints[f.name]))
@@ -221,7 +283,9 @@ def _fspath(value: Any) -> Any:
 
 
 def _plain(value: Any) -> Any:
-    """JSON-safe copy: nested configs as dicts, tuples as lists."""
+    """JSON-safe copy: nested configs as dicts, tuples as lists, dtype names as plain strings."""
+    if isinstance(value, TorchDtypeName):
+        return str(value)
     if isinstance(value, ConfigSection):
         return value.to_dict()
     if isinstance(value, dict):
@@ -310,6 +374,10 @@ def _reject_unknown(owner: str, unknown: set[str], known: list[str]) -> None:
     if unknown:
         names = sorted(unknown)
         raise ValueError(f"Unknown {owner} field(s): {names}{suggest(names[0], known)}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_topk(name: str, value: int | float) -> None:
@@ -407,7 +475,8 @@ class GradiendArgs(ConfigSection):
     scale_estimation_batches: int = field(
         default=4, metadata=doc("batches used to estimate the gradient scales", positive=True))
     add_identity_for_other_classes: bool = field(default=False, metadata=doc(
-        "unused: accepted for reference compatibility; identity rows of other classes are never added", unused=True))
+        "unused: accepted for reference compatibility only as false (no identity rows of other classes are added)",
+        unused=True, instead="a GRADIEND is trained on the rows of its two target classes only"))
 
     def _prepare(self) -> None:
         self.torch_dtype = dtype_name(self.torch_dtype)  # type: ignore[assignment]
@@ -416,6 +485,9 @@ class GradiendArgs(ConfigSection):
             self.params = [self.params]
         elif isinstance(self.params, tuple):
             self.params = list(self.params)
+
+    def _check(self) -> None:
+        self.torch_dtype = TorchDtypeName(self.torch_dtype)  # validated name; equals its torch dtype too
 
     @property
     def dtype(self) -> torch.dtype:
@@ -431,7 +503,8 @@ class OptimizationArgs(ConfigSection):
 
     train_batch_size: int = field(
         default=32, metadata=doc("sentences per gradient (single-class batches)", positive=True))
-    gradiend_batch_size: int = field(default=1, metadata=doc("gradients per GRADIEND optimiser step", positive=True))
+    gradiend_batch_size: int | None = field(
+        default=1, metadata=doc("gradients per GRADIEND optimiser step (None: 1, as in the reference)", positive=True))
     train_max_size: int | None = field(
         default=None, metadata=doc("at most this many training rows per class", positive=True))
     learning_rate: float = field(
@@ -447,6 +520,8 @@ class OptimizationArgs(ConfigSection):
     max_length: int = field(default=256, metadata=doc("tokens per sentence at most", positive=True))
 
     def _prepare(self) -> None:
+        if self.gradiend_batch_size is None:
+            self.gradiend_batch_size = 1
         if self.num_epochs is not None:
             if isinstance(self.num_epochs, bool) or not isinstance(self.num_epochs, int) or self.num_epochs <= 0:
                 raise ValueError(f"num_epochs must be a positive integer, got {self.num_epochs!r}")
@@ -482,7 +557,9 @@ class EvaluationArgs(ConfigSection):
     encoder_eval_max_size: int | None = field(
         default=None, metadata=doc("rows per class of evaluate_encoder (default: all)", positive=True))
     save_only_best: bool = field(default=True, metadata=doc(
-        "unused: accepted for reference compatibility; the best-correlation checkpoint is always kept", unused=True))
+        "unused: accepted for reference compatibility only as true (the best-correlation checkpoint is the one "
+        "kept)", unused=True, instead="gradiend keeps the best checkpoint of each seed; to keep the runs of several "
+        "seeds use saved_seed_runs='all_convergent' or 'all_tried'"))
 
     def _check(self) -> None:
         if self.do_eval and self.eval_steps <= 0:
@@ -525,6 +602,9 @@ class SeedArgs(ConfigSection):
 
     def _prepare(self) -> None:
         self.seed_runs_dir = _fspath(self.seed_runs_dir)
+        if self.max_seeds == 1 and _is_int(self.min_convergent_seeds) and self.min_convergent_seeds > 1:
+            # asking for several convergent seeds implies trying at least that many (the default max_seeds is 1)
+            self.max_seeds = self.min_convergent_seeds
 
     def _check(self) -> None:
         if self.min_convergent_seeds > self.max_seeds:
@@ -603,6 +683,125 @@ class MiscArgs(ConfigSection):
         self.device = device_name(self.device)
 
 
+# prediction objectives of the reference: ours by their names here, the others refused with what to use
+REFERENCE_OBJECTIVES: dict[str, str | None] = {"auto": None, "mlm_mask_token": "mlm", "clm_next_token": "clm"}
+_REFUSED_OBJECTIVES = ("clm_mlm_head", "clm_sequence_cloze", "seq2seq_decoder", "seq2seq_decoder_sequence_cloze",
+                       "seq2seq_encoder_mlm")
+_NO_MLM_HEAD = ("the clm_mlm_head objective is not available; use prediction_objective='clm_next_token' "
+                "(objective='clm')")
+_FIXED_SPLITS = ("the train/validation/test split is the same for every seed of a run; to redraw it, train another run "
+                 "with TextPredictionTrainer(random_state=...)")
+_NO_MONITOR = ("progress, per-phase logging and the early warnings of a run that is not learning go through the "
+               "logging module; training.json lists the run's diagnostics")
+
+
+@dataclass
+class ReferenceArgs(ConfigSection):
+    """Reference (gradiend 0.2.x) spellings: aliases of our settings, and settings accepted only at their default.
+
+    A setting listed here either maps onto ours (`base_gradient_batch_size` is `train_batch_size`,
+    `eval_strategy='no'` turns `do_eval` off, `prediction_objective` sets `objective`, `use_cached_gradients`
+    switches the gradient cache, `mask_placeholder` is the data's mask token, `dataset_trust_remote_code` reaches
+    `datasets.load_dataset`), or has no counterpart and is refused, with what to use instead, at any value other
+    than the one that matches what gradiend does.
+    """
+
+    base_gradient_batch_size: int | None = field(default=None, metadata=doc(
+        "reference name of train_batch_size (sentences per base-model gradient); None: train_batch_size",
+        positive=True))
+    precompute_gradient_batches: bool | None = field(default=None, metadata=doc(
+        "reference: compute the next gradient in a background thread", only=(None, False),
+        instead="gradients are computed in the training loop; the gradient cache (gradient_cache) reuses them "
+                "across epochs and seeds"))
+    precompute_gradient_buffer_size: int = field(default=1, metadata=doc(
+        "reference: size of the background gradient queue",
+        instead="there is no background gradient queue (see precompute_gradient_batches)"))
+    gradient_timing_steps: int = field(default=0, metadata=doc(
+        "reference: log gradient timings every N rows", instead="profile a run with a profiler, e.g. python -m "
+                                                                  "cProfile -m gradiend train CONFIG"))
+    runtime_monitor: bool = field(default=False, metadata=doc(
+        "reference: write runtime diagnostics as JSONL", instead=_NO_MONITOR))
+    runtime_monitor_interval: float = field(default=5.0, metadata=doc(
+        "reference: seconds between runtime monitor samples", instead=_NO_MONITOR))
+    runtime_monitor_system_stats: bool = field(default=True, metadata=doc(
+        "reference: runtime monitor samples include memory statistics", instead=_NO_MONITOR))
+    lr_search_config: Any = field(default=None, metadata=doc(
+        "reference: options of learning_rate='tune'", instead="there is no learning-rate search; give learning_rate "
+                                                             "a positive number (default 1e-3)"))
+    criterion: Any = field(default=None, metadata=doc(
+        "reference: loss module; gradiend trains with the mean squared error (None or torch.nn.MSELoss())",
+        instead="the GRADIEND loss is the mean squared error; pass criterion=None or torch.nn.MSELoss()"))
+    eval_strategy: Literal["steps", "no"] = field(default="steps", metadata=doc(
+        "reference: 'steps' evaluates every eval_steps, 'no' turns in-training evaluation off (do_eval=False)"))
+    encoder_eval_balance: bool = field(default=True, metadata=doc(
+        "reference: balance encoder evaluation rows per class",
+        instead="encoder metrics use the rows of the split; cap rows per class with encoder_eval_max_size"))
+    evaluate_fn: Any = field(default=None, metadata=doc(
+        "reference: custom in-training evaluation function",
+        instead="pass callbacks=[...] to train() (TrainingCallback.on_evaluate sees every evaluation) or call "
+                "evaluate_encoder() after training"))
+    save_strategy: Literal["best", "steps", "no"] = field(default="best", metadata=doc(
+        "reference: which checkpoints to keep; gradiend keeps the best one",
+        instead="the best checkpoint (by correlation) is always kept; save_steps=N saves the training state every "
+                "N steps so an interrupted run can resume"))
+    delete_models: bool = field(default=False, metadata=doc(
+        "reference: delete model files at the end", instead="the selected GRADIEND is always saved; "
+                                                            "saved_seed_runs='best_only' keeps no per-seed copies"))
+    dataset_trust_remote_code: bool | None = field(default=None, metadata=doc(
+        "trust_remote_code for datasets.load_dataset of Hub data (None: not passed)"))
+    model_use_cache: bool = field(default=False, metadata=doc(
+        "reference: key/value cache in the base model's forward passes",
+        instead="gradients are computed without the key/value cache, which only speeds up generation"))
+    prediction_objective: str = field(default="auto", metadata=doc(
+        "reference name of objective: auto, mlm_mask_token (objective mlm) or clm_next_token (objective clm)"))
+    mask_placeholder: str = field(default="[MASK]", metadata=doc(
+        "placeholder of the target slot in the masked texts (TextPredictionTrainer's mask)", nonempty=True))
+    decoder_mlm_head_epochs: int = field(default=5, metadata=doc(
+        "reference: clm_mlm_head training epochs", instead=_NO_MLM_HEAD))
+    decoder_mlm_head_batch_size: int = field(default=4, metadata=doc(
+        "reference: clm_mlm_head batch size", instead=_NO_MLM_HEAD))
+    decoder_mlm_head_lr: float = field(default=1e-4, metadata=doc(
+        "reference: clm_mlm_head learning rate", instead=_NO_MLM_HEAD))
+    decoder_mlm_head_max_size: int | None = field(default=None, metadata=doc(
+        "reference: clm_mlm_head rows per label", instead=_NO_MLM_HEAD))
+    decoder_sequence_cloze_rhs_window: int = field(default=-1, metadata=doc(
+        "reference: right context of the clm_sequence_cloze objective",
+        instead="the clm_sequence_cloze objective is not available; use prediction_objective='clm_next_token'"))
+    activation_decoder: str | None = field(default=None, metadata=doc(
+        "reference: decoder activation; the GRADIEND decoder is linear (None or 'id')", only=(None, "id"),
+        instead="the decoder is linear: use activation_decoder=None or 'id'"))
+    split_resplit_per_seed: bool = field(default=False, metadata=doc(
+        "reference: redraw the data split for every seed", instead=_FIXED_SPLITS))
+    split_resplit_strategy: Literal["random", "balanced_cycle"] = field(default="random", metadata=doc(
+        "reference: how split_resplit_per_seed redraws", instead=_FIXED_SPLITS))
+    supervised_encoder: bool = field(default=False, metadata=doc(
+        "reference: baseline that trains the encoder alone on the labels",
+        instead="the supervised baselines are not available; a GRADIEND learns encoder and decoder together"))
+    supervised_decoder: bool = field(default=False, metadata=doc(
+        "reference: baseline that trains the decoder alone from the labels",
+        instead="the supervised baselines are not available; a GRADIEND learns encoder and decoder together"))
+    use_cached_gradients: bool | None = field(default=None, metadata=doc(
+        "reference switch of the gradient cache: false turns it off (gradient_cache='off'), true requires it on; "
+        "None: gradient_cache decides"))
+    reuse_pre_prune: bool = field(default=True, metadata=doc(
+        "pre-pruning runs once per train() and every seed trains on the same kept inputs",
+        instead="pre-pruning runs once per train() and all seeds share its kept inputs, so their top-k sets are "
+                "comparable"))
+
+    def _prepare(self) -> None:
+        if self.criterion is not None and type(self.criterion).__name__ == "MSELoss" \
+                and self.criterion.reduction == "mean":
+            self.criterion = None  # what the GRADIEND loss is anyway
+
+    def _check(self) -> None:
+        if self.prediction_objective in _REFUSED_OBJECTIVES:
+            raise ValueError(f"prediction_objective={self.prediction_objective!r} is not available in gradiend; use "
+                             f"'clm_next_token' (objective='clm') or 'mlm_mask_token' (objective='mlm')")
+        if self.prediction_objective not in REFERENCE_OBJECTIVES:
+            raise ValueError(f"prediction_objective must be one of {sorted(REFERENCE_OBJECTIVES)}, got "
+                             f"{self.prediction_objective!r}{suggest(self.prediction_objective, REFERENCE_OBJECTIVES)}")
+
+
 _S = TypeVar("_S", bound=ConfigSection)
 
 
@@ -625,8 +824,8 @@ class SectionView(Generic[_S]):
 
 
 @dataclass
-class TrainingArguments(MiscArgs, DecoderEvalArgs, PruningArgs, GradientCacheArgs, SeedArgs, ConvergenceArgs,
-                        EvaluationArgs, ObjectiveArgs, OptimizationArgs, GradiendArgs, OutputArgs):
+class TrainingArguments(ReferenceArgs, MiscArgs, DecoderEvalArgs, PruningArgs, GradientCacheArgs, SeedArgs,
+                        ConvergenceArgs, EvaluationArgs, ObjectiveArgs, OptimizationArgs, GradiendArgs, OutputArgs):
     """Everything that shapes a GRADIEND training run.
 
     `max_steps` (> 0) wins over `num_train_epochs`. `num_epochs` is accepted as an alias of
@@ -653,8 +852,48 @@ class TrainingArguments(MiscArgs, DecoderEvalArgs, PruningArgs, GradientCacheArg
     pruning = SectionView(PruningArgs)
     decoder_eval = SectionView(DecoderEvalArgs)
     misc = SectionView(MiscArgs)
+    reference = SectionView(ReferenceArgs)
 
     @classmethod
     def sections(cls) -> dict[str, type[ConfigSection]]:
         """View name → section class, in field order (`from_dict` accepts these names as nested keys)."""
         return {name: view.section for name, view in vars(cls).items() if isinstance(view, SectionView)}
+
+    def _prepare(self) -> None:
+        """Reference spellings (`ReferenceArgs`) onto the settings they name, before validation."""
+        _alias_batch_size(self)
+        if self.eval_strategy == "no":
+            self.do_eval = False
+        mapped = REFERENCE_OBJECTIVES.get(self.prediction_objective) if isinstance(
+            self.prediction_objective, str) else None
+        if mapped is not None:
+            if self.objective is not None and self.objective != mapped:
+                raise ValueError(f"prediction_objective={self.prediction_objective!r} means objective={mapped!r}, "
+                                 f"but objective={self.objective!r} was given; pass one of them")
+            self.objective = mapped  # type: ignore[assignment]
+        _apply_use_cached_gradients(self)
+
+
+def _alias_batch_size(args: TrainingArguments) -> None:
+    """`base_gradient_batch_size` is the reference's name of `train_batch_size`: a given value becomes it."""
+    base = args.base_gradient_batch_size
+    if not _is_int(base) or base == args.train_batch_size:
+        return
+    default = next(f.default for f in fields(OptimizationArgs) if f.name == "train_batch_size")
+    if args.train_batch_size != default:
+        raise ValueError(f"base_gradient_batch_size={base} and train_batch_size={args.train_batch_size} name the "
+                         f"same setting here (sentences per base-model gradient); pass one of them")
+    args.train_batch_size = base
+
+
+def _apply_use_cached_gradients(args: TrainingArguments) -> None:
+    """`use_cached_gradients` (reference): False turns the default memory cache off, True requires a cache."""
+    use, mode = args.use_cached_gradients, args.gradient_cache
+    if use is True and mode == "off":
+        raise ValueError("use_cached_gradients=True asks for the gradient cache, but gradient_cache='off'; "
+                         "pass gradient_cache='memory' or 'disk'")
+    if use is False and mode == "disk":
+        raise ValueError("use_cached_gradients=False turns the gradient cache off, but gradient_cache='disk'; "
+                         "pass one of them")
+    if use is False:
+        args.gradient_cache = "off"

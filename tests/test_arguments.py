@@ -19,11 +19,11 @@ def _non_default_args() -> TrainingArguments:
         save_steps=7, resume_from_checkpoint=False, source="factual",
         target="alternative", params=["bert.encoder.layer.0.*"], latent_dim=2, activation_encoder="hardtanh",
         bias_decoder=False, torch_dtype=torch.bfloat16, normalize_gradiend=False, standardize_gradients=False,
-        scale_estimation_batches=2, add_identity_for_other_classes=True, train_batch_size=4,
+        scale_estimation_batches=2, train_batch_size=4,
         gradiend_batch_size=2, train_max_size=50, learning_rate=5e-4, weight_decay=0.0, adam_epsilon=1e-6,
         optim="adam", num_train_epochs=7, max_steps=11, seed=3, max_length=64, objective="clm",
         min_left_context_tokens=5, do_eval=False, eval_steps=3,
-        eval_batch_size=8, encoder_eval_train_max_size=9, encoder_eval_max_size=10, save_only_best=False,
+        eval_batch_size=8, encoder_eval_train_max_size=9, encoder_eval_max_size=10,
         convergent_score_threshold=0.7, convergent_mean_by_class_threshold=0.4, fail_on_non_convergence=True,
         max_seeds=4, min_convergent_seeds=2, seed_selection_eval_max_size=12, saved_seed_runs="all_tried",
         convergent_metric="loss", seed_runs_dir="runs/seeds", keep_seed_runs=True, data_seed=5,
@@ -31,13 +31,22 @@ def _non_default_args() -> TrainingArguments:
         pre_prune_config=PrePruneConfig(n_samples=4, topk=0.2),
         post_prune_config=PostPruneConfig(topk=100, inplace=False),
         decoder_eval_lrs=[1.0, 0.1], decoder_eval_feature_factors=[-1.0], decoder_eval_max_size_training_like=13,
-        decoder_eval_max_size_neutral=14, trust_remote_code=True, show_progress=False, metadata={"a": [1, 2]})
+        decoder_eval_max_size_neutral=14, trust_remote_code=True, show_progress=False, metadata={"a": [1, 2]},
+        gradiend_dtype="bfloat16", device="cpu", shard_gradiend=True, distributed_timeout=60.0,
+        base_gradient_batch_size=4, precompute_gradient_batches=False,
+        eval_strategy="no", dataset_trust_remote_code=True, prediction_objective="clm_next_token",
+        mask_placeholder="[PRONOUN]", activation_decoder="id", use_cached_gradients=True)
+
+
+def _refused_otherwise(f: dataclasses.Field) -> bool:
+    """A reference-only field accepted at its default value alone."""
+    return "instead" in f.metadata and f.metadata["only"] is None
 
 
 def test_every_field_differs_from_default_in_fixture() -> None:
     args, default = _non_default_args(), TrainingArguments()
-    same = [f.name for f in dataclasses.fields(args)
-            if f.name != "num_epochs" and getattr(args, f.name) == getattr(default, f.name)]
+    same = [f.name for f in dataclasses.fields(args) if f.name != "num_epochs" and not _refused_otherwise(f)
+            and getattr(args, f.name) == getattr(default, f.name)]
     assert same == []
 
 
@@ -113,13 +122,24 @@ FLAT_KEYS = [  # training.json stores `to_dict()`: these keys, in this order
     "data_seed", "gradient_cache", "gradient_cache_max_gb", "gradient_cache_dtype", "pre_prune_config",
     "post_prune_config", "decoder_eval_lrs", "decoder_eval_feature_factors", "decoder_eval_max_size_training_like",
     "decoder_eval_max_size_neutral", "trust_remote_code", "show_progress", "metadata"]
+REFERENCE_KEYS = [  # ReferenceArgs, the reference's names that were missing
+    "base_gradient_batch_size", "precompute_gradient_batches", "precompute_gradient_buffer_size",
+    "gradient_timing_steps", "runtime_monitor", "runtime_monitor_interval", "runtime_monitor_system_stats",
+    "lr_search_config", "criterion", "eval_strategy", "encoder_eval_balance", "evaluate_fn", "save_strategy",
+    "delete_models", "dataset_trust_remote_code", "model_use_cache", "prediction_objective", "mask_placeholder",
+    "decoder_mlm_head_epochs", "decoder_mlm_head_batch_size", "decoder_mlm_head_lr", "decoder_mlm_head_max_size",
+    "decoder_sequence_cloze_rhs_window", "activation_decoder", "split_resplit_per_seed", "split_resplit_strategy",
+    "supervised_encoder", "supervised_decoder", "use_cached_gradients", "reuse_pre_prune"]
 
 
 def test_flat_keys_and_sections_partition_the_fields() -> None:
-    assert list(TrainingArguments().to_dict()) == FLAT_KEYS
+    keys = list(TrainingArguments().to_dict())
+    assert keys == TrainingArguments.field_names()
+    assert [k for k in keys if k in FLAT_KEYS] == FLAT_KEYS  # the original keys keep their order
+    assert keys[-len(REFERENCE_KEYS):] == REFERENCE_KEYS  # reference spellings come last
     sections = TrainingArguments.sections()
     in_sections = [name for section in sections.values() for name in section.field_names()]
-    assert in_sections == FLAT_KEYS  # every field in exactly one section, in field order
+    assert in_sections == keys  # every field in exactly one section, in field order
     assert all(section.__doc__ and section.__doc__.strip() for section in sections.values())
 
 
@@ -127,7 +147,8 @@ def test_every_field_has_help_and_known_rules() -> None:
     for cls in (TrainingArguments, PrePruneConfig, PostPruneConfig):
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help", "").strip(), f"{cls.__name__}.{f.name}"
-            assert set(f.metadata) <= {"help", "unused", *arguments.RULES}, f.name
+            assert set(f.metadata) <= {"help", "unused", "instead", "only", *arguments.RULES}, f.name
+            assert "instead" not in f.metadata or f.metadata["instead"].strip(), f.name
     unused = sorted(f.name for f in dataclasses.fields(TrainingArguments) if f.metadata["unused"])
     assert unused == ["add_identity_for_other_classes", "save_only_best"]
 
@@ -145,7 +166,7 @@ def test_section_views_are_typed_copies() -> None:
     with pytest.raises(ValueError, match="max_steps"):
         OptimizationArgs(max_steps=0)
     with pytest.raises(ValueError, match="min_convergent_seeds"):
-        SeedArgs(max_seeds=1, min_convergent_seeds=2)
+        SeedArgs(max_seeds=2, min_convergent_seeds=3)
 
 
 def test_from_dict_accepts_section_nested_dicts() -> None:
@@ -211,3 +232,76 @@ def test_importing_the_configuration_does_not_import_torch() -> None:
     done = subprocess.run([sys.executable, "-c", probe, package_dir], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+# -- reference (gradiend 0.2.x) spellings -----------------------------------------------------------------------
+REFUSED = {  # a value of each reference-only setting that gradiend cannot honour
+    "add_identity_for_other_classes": True, "save_only_best": False, "precompute_gradient_batches": True,
+    "precompute_gradient_buffer_size": 4, "gradient_timing_steps": 10, "runtime_monitor": True,
+    "runtime_monitor_interval": 1.0, "runtime_monitor_system_stats": False, "lr_search_config": {"n_steps": 5},
+    "criterion": torch.nn.L1Loss(), "encoder_eval_balance": False, "evaluate_fn": len, "save_strategy": "steps",
+    "delete_models": True, "model_use_cache": True, "decoder_mlm_head_epochs": 2, "decoder_mlm_head_batch_size": 8,
+    "decoder_mlm_head_lr": 1e-3, "decoder_mlm_head_max_size": 100, "decoder_sequence_cloze_rhs_window": 5,
+    "activation_decoder": "tanh", "split_resplit_per_seed": True, "split_resplit_strategy": "balanced_cycle",
+    "supervised_encoder": True, "supervised_decoder": True, "reuse_pre_prune": False}
+
+
+def test_every_reference_only_setting_is_listed() -> None:
+    refused = sorted(f.name for f in dataclasses.fields(TrainingArguments) if "instead" in f.metadata)
+    assert refused == sorted(REFUSED)
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_reference_only_settings_are_refused_with_what_to_use_instead(name: str) -> None:
+    field = next(f for f in dataclasses.fields(TrainingArguments) if f.name == name)
+    with pytest.raises(ValueError, match=rf"^{name}=.* is not supported by gradiend") as caught:
+        TrainingArguments(**{name: REFUSED[name]})
+    assert field.metadata["instead"] in str(caught.value)
+    assert getattr(TrainingArguments(**{name: field.default}), name) == field.default  # the default is accepted
+
+
+def test_torch_dtype_reports_a_torch_dtype_and_stays_a_string_in_json() -> None:
+    args = TrainingArguments(torch_dtype=torch.float16)
+    assert args.torch_dtype == torch.float16 and torch.float16 == args.torch_dtype
+    assert args.torch_dtype != torch.float32 and args.torch_dtype == "float16"
+    assert TrainingArguments().torch_dtype == torch.float32  # the reference resolves None to float32 too
+    assert args.torch_dtype.dtype is torch.float16 and repr(args.torch_dtype) == "torch.float16"
+    data = json.loads(json.dumps(args.to_dict()))
+    assert data["torch_dtype"] == "float16" and type(args.to_dict()["torch_dtype"]) is str
+    assert TrainingArguments.from_dict(data).torch_dtype == torch.float16
+    assert arguments.DTYPES[args.torch_dtype] is torch.float16  # still a key of the name table
+
+
+def test_base_gradient_batch_size_is_train_batch_size() -> None:
+    args = TrainingArguments(base_gradient_batch_size=4)
+    assert args.train_batch_size == 4 and args.base_gradient_batch_size == 4
+    assert TrainingArguments(train_batch_size=8, base_gradient_batch_size=8).train_batch_size == 8
+    assert TrainingArguments(train_batch_size=8).base_gradient_batch_size is None
+    with pytest.raises(ValueError, match="name the same setting"):
+        TrainingArguments(train_batch_size=8, base_gradient_batch_size=1)
+    with pytest.raises(ValueError, match="base_gradient_batch_size must be a positive integer"):
+        TrainingArguments(base_gradient_batch_size=0)
+    assert TrainingArguments(gradiend_batch_size=None).gradiend_batch_size == 1  # the reference's None
+
+
+def test_reference_aliases_set_our_settings() -> None:
+    assert TrainingArguments(eval_strategy="no").do_eval is False
+    assert TrainingArguments(eval_strategy="steps").do_eval is True
+    assert TrainingArguments(prediction_objective="clm_next_token").objective == "clm"
+    assert TrainingArguments(prediction_objective="mlm_mask_token").objective == "mlm"
+    assert TrainingArguments(prediction_objective="auto").objective is None
+    with pytest.raises(ValueError, match="objective='mlm' was given"):
+        TrainingArguments(prediction_objective="clm_next_token", objective="mlm")
+    with pytest.raises(ValueError, match="'clm_mlm_head' is not available"):
+        TrainingArguments(prediction_objective="clm_mlm_head")
+    with pytest.raises(ValueError, match="prediction_objective must be one of"):
+        TrainingArguments(prediction_objective="masked")
+    assert TrainingArguments(use_cached_gradients=False).gradient_cache == "off"
+    assert TrainingArguments(use_cached_gradients=True).gradient_cache == "memory"
+    with pytest.raises(ValueError, match="gradient_cache='off'"):
+        TrainingArguments(use_cached_gradients=True, gradient_cache="off")
+    assert TrainingArguments(criterion=torch.nn.MSELoss()).criterion is None  # the loss it is anyway
+    assert TrainingArguments(activation_decoder="id").activation_decoder == "id"
+    assert TrainingArguments(min_convergent_seeds=2).max_seeds == 2  # asking for 2 convergent seeds tries 2
+    with pytest.raises(ValueError, match="mask_placeholder must not be empty"):
+        TrainingArguments(mask_placeholder="")
