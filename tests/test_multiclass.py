@@ -120,3 +120,17 @@ def test_mean_by_feature_class_covers_every_class_and_keeps_neutral_apart() -> N
     enc, lab = frame["encoded"].to_numpy(), frame["label"].to_numpy()
     assert metrics["all_data_correlation"] == pytest.approx(np.corrcoef(enc, lab)[0, 1])
     assert metrics["target_classes_only"]["n"] == 4
+
+
+def test_trainer_takes_all_classes_and_class_merge_map(tiny_mlm_dir) -> None:
+    from gradiend import TextPredictionTrainer
+
+    data = _three_classes()
+    trainer = TextPredictionTrainer(model=tiny_mlm_dir, data=data, target_classes=["3SG", "3PL"])
+    assert trainer.all_classes == ["1SG", "3PL", "3SG"] and trainer.pair == ("3SG", "3PL")
+    assert set(trainer.other_class_rows()["factual_class"]) == {"1SG"}
+    merged = TextPredictionTrainer(model=tiny_mlm_dir, data=data,
+                                   class_merge_map={"sg": ["3SG", "1SG"], "pl": ["3PL"]})
+    assert merged.pair == ("sg", "pl") and merged.other_class_rows().empty
+    assert TextPredictionTrainer(model=tiny_mlm_dir, data=data, target_classes=["3SG", "3PL"],
+                                 all_classes=["3SG", "3PL"]).all_classes == ["3SG", "3PL"]
