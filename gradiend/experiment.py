@@ -20,6 +20,13 @@ swap, the moment between the two renames of a swap) appends the tab-separated li
 `write <n> <kind> <path> <digest>` to that file, and `GRADIEND_TEST_WRITE_KILL=<n>` makes the
 process SIGKILL itself at write point n.
 Unset (always, outside tests) it costs one environment lookup per write.
+
+Several processes (torchrun, `gradiend.distributed`): only rank 0 writes. The other ranks' writes
+are skipped (an `atomic_directory` gives them a scratch directory that is removed afterwards),
+except inside `distributed.rank_local_writes()` (a rank's own disk gradient cache); `lock()` is
+taken by rank 0 while the others wait at a barrier, and on leaving it every rank waits for the
+others, so what rank 0 wrote is there for all of them to read. In one process (no `WORLD_SIZE > 1`)
+none of this costs more than an environment lookup.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import re
 import secrets
 import shutil
 import signal
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -241,8 +249,26 @@ def _replace_or_discard(tmp: Path, path: Path) -> None:
         raise
 
 
+def _several_processes() -> bool:
+    """Whether this process is one rank of several (torchrun); an environment lookup, no import, otherwise."""
+    return os.environ.get("WORLD_SIZE", "1") not in ("", "1")
+
+
+def _skip_write() -> bool:
+    """True on a rank other than 0 of a distributed run (outside `distributed.rank_local_writes`)."""
+    if not _several_processes():
+        return False
+    from gradiend import distributed
+
+    return not distributed.may_write()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` atomically (temp file + fsync + rename); OSErrors become `OutputNotWritableError`."""
+    """Write `data` to `path` atomically (temp file + fsync + rename); OSErrors become `OutputNotWritableError`.
+
+    Skipped on ranks other than 0 of a distributed run (see the module doc)."""
+    if _skip_write():
+        return
     path = Path(path)
     with naming_write_errors(path):
         fd, tmp = _create_temp_file(path)
@@ -265,7 +291,11 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def atomic_write_with(path: str | os.PathLike, writer: Callable[[str], None]) -> None:
-    """Let `writer(tmp_path)` produce a file, then move it to `path` atomically (OSErrors name `path`)."""
+    """Let `writer(tmp_path)` produce a file, then move it to `path` atomically (OSErrors name `path`).
+
+    Skipped on ranks other than 0 of a distributed run (see the module doc)."""
+    if _skip_write():
+        return
     path = Path(path)
     with naming_write_errors(path):
         fd, tmp = _create_temp_file(path)
@@ -498,7 +528,15 @@ def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False, kind
 
     `target` must be ours (see `check_replaceable`) unless `overwrite`; it is checked before and again
     right before the swap. The new directory gets our manifest (`kind` says what it holds).
+    On ranks other than 0 of a distributed run the block gets a scratch directory, removed afterwards.
     """
+    if _skip_write():
+        scratch = Path(tempfile.mkdtemp(prefix="gradiend-rank-scratch-"))
+        try:
+            yield scratch
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     target = Path(target)
     with naming_write_errors(target):
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -764,6 +802,52 @@ class ExperimentDir:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the directory for one run; a second holder (any process, any trainer) gets RuntimeError.
+
+        Several processes: rank 0 holds it (`_file_lock`), the other ranks wait until it does, and every
+        rank waits for the others before it is released (see the module doc)."""
+        if not _several_processes():
+            with self._file_lock():
+                yield
+            return
+        from gradiend import distributed
+
+        if not distributed.context().enabled:
+            with self._file_lock():
+                yield
+            return
+        with self._ranks_lock():
+            yield
+
+    @contextlib.contextmanager
+    def _ranks_lock(self) -> Iterator[None]:
+        """`lock()` of a distributed run: rank 0's file lock, barriers on entry and (normal) exit for every rank.
+
+        A rank that fails inside the block skips the exit barrier: its peers get `DistributedError` at
+        their next collective once it exits, instead of a collective that does not match theirs."""
+        from gradiend import distributed
+
+        with contextlib.ExitStack() as stack:
+            if distributed.is_main():
+                try:
+                    stack.enter_context(self._file_lock())
+                except Exception:
+                    distributed.all_agree(False, "experiment lock")  # the others are waiting for this answer
+                    raise
+            if not distributed.all_agree(True, "experiment lock"):
+                raise RuntimeError(f"Rank 0 could not take the experiment lock of {self.root}; see its error")
+            roots, key = _held_roots(), self.root.resolve()
+            added = key not in roots
+            roots.add(key)
+            try:
+                yield
+            finally:
+                if added:
+                    roots.discard(key)
+            distributed.barrier("experiment lock release")  # rank 0's writes are complete for everyone
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        """The OS file lock behind `lock()` (one process, or rank 0).
 
         An OS file lock (`filelock`, flock): the kernel releases it when its holder exits, so a
         killed run leaves no stale lock to clean up (its file stays, unlocked). On a normal exit

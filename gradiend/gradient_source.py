@@ -4,6 +4,14 @@
 `GradientStore` when the batch is cached, else from a base-model pass (timed, checked for
 NaN/inf, and stored when the batch will be needed again). The loop only sees the
 `GradientProvider` protocol, so a test can inject synthetic gradients without a language model.
+
+Several processes (`gradiend.distributed`): each rank computes the batch-mean gradient of its
+`shard_range` share of the batch's rows, weighted by share / batch size (an odd batch splits
+unevenly; a rank with no row contributes zeros), and the flat vectors are summed over ranks:
+all-reduced into `out`, or with `sharded=True` reduce-scattered, so `out` holds this rank's slice of
+the coordinates (length ⌈n / world_size⌉, the last rank's padded with zeros). A batch is served
+from the cache only when every rank has it (one scalar all-reduce), and each rank keys its entries
+by its rank, so a disk cache shared by the ranks never mixes their slices.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from gradiend import distributed
 from gradiend.gradient_cache import batch_key
 
 if TYPE_CHECKING:
@@ -54,13 +63,17 @@ class GradientSource:
     Keep policy: a batch the caller marks `keep` (it will be drawn again), or any batch while
     the store is `shared` with a later run, is kept; any other cached batch is served once, then
     dropped. `base_passes` accumulates the time inside the base model's forward/backward passes,
-    the floor no GRADIEND-side work can remove.
+    the floor no GRADIEND-side work can remove. `sharded` (several processes): serve this rank's
+    slice of the coordinates instead of all of them (see the module doc).
     """
 
-    def __init__(self, engine: GradientEngine, store: GradientStore | None = None) -> None:
+    def __init__(self, engine: GradientEngine, store: GradientStore | None = None, sharded: bool = False) -> None:
         self.engine = engine
         self.store = store
         self.base_passes = 0.0
+        self.dist = distributed.context()
+        self.sharded = sharded and self.dist.enabled
+        self._full: dict[str, torch.Tensor] = {}  # sharded: full-length scratch vectors the ranks reduce-scatter
 
     def gradients(self, step: int, texts: Sequence[str], factual: Sequence[str], alternative: Sequence[str],
                   out: dict[str, torch.Tensor], keep: bool) -> dict[str, torch.Tensor]:
@@ -69,12 +82,55 @@ class GradientSource:
         if store is not None:
             keep = keep or store.shared
             key = batch_key(texts, factual, alternative)
-            if store.get(key, out, keep=keep):
+            if self.dist.enabled:
+                key = f"{key}-rank{self.dist.rank}of{self.dist.world_size}"
+            hit = store.get(key, out, keep=keep)
+            if distributed.all_agree(hit, "gradient-cache lookup") if self.dist.enabled else hit:
                 return out
         t_pass = time.perf_counter()
-        grads = self.engine.gradients(texts, factual, alternative, list(out), out=out)
+        if self.dist.enabled:
+            grads = self._reduced(step, texts, factual, alternative, out)
+        else:
+            grads = self.engine.gradients(texts, factual, alternative, list(out), out=out)
         self.base_passes += time.perf_counter() - t_pass
         check_finite(step, grads, texts)
         if store is not None and keep:
-            store.put(key, grads)
+            with distributed.rank_local_writes():  # each rank's own entries (a disk cache writes files)
+                store.put(key, grads)
         return grads
+
+    def _reduced(self, step: int, texts: Sequence[str], factual: Sequence[str], alternative: Sequence[str],
+                 out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This rank's weighted share of the batch, summed over ranks into `out` (all of it, or this rank's slice)."""
+        n = self.engine.param_map.size
+        local = {k: self._scratch(k, n, v) for k, v in out.items()} if self.sharded else out
+        lo, hi = distributed.my_share(len(texts))
+        if hi > lo:
+            self.engine.gradients(texts[lo:hi], factual[lo:hi], alternative[lo:hi], list(local), out=local)
+            if hi - lo != len(texts):
+                for vec in local.values():
+                    vec.mul_((hi - lo) / len(texts))  # mean over the share → its part of the batch mean
+        else:
+            for vec in local.values():
+                vec.zero_()
+        if self.sharded:
+            finite = all(bool(torch.isfinite(v.sum())) or bool(torch.isfinite(v).all()) for v in local.values())
+            if not distributed.all_agree(finite, "finiteness check"):
+                raise FloatingPointError(f"Non-finite gradient at step {step} on some rank (batch starting "
+                                         f"{texts[0][:60]!r}); nothing was saved. Check the base model's dtype "
+                                         f"(use float32) and the data of this batch.")
+            for kind, vec in out.items():
+                distributed.reduce_scatter_(self._full[kind], vec, f"reduce-scatter of the {kind} gradient")
+        else:
+            for kind, vec in out.items():
+                distributed.all_reduce_(vec, f"all-reduce of the {kind} gradient")
+        return out
+
+    def _scratch(self, kind: str, n: int, like: torch.Tensor) -> torch.Tensor:
+        """The full-length buffer of `kind` (world_size × slice entries, zero padding) as an n-entry view."""
+        m = like.numel()
+        buf = self._full.get(kind)
+        if buf is None or buf.numel() != m * self.dist.world_size:
+            buf = torch.zeros(m * self.dist.world_size, dtype=like.dtype, device=like.device)
+            self._full[kind] = buf
+        return buf[:n]

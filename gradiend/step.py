@@ -23,6 +23,7 @@ allocated once per training run, and each n-sized array is read or written a few
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -57,12 +58,20 @@ class FusedLoss:
 
     The input and target scales are read once here: they are fixed during training.
     `coordinate_sum`: gradients of Σ r² / B instead of Σ r² / (B·n) (see the module doc).
+    Sharded GRADIEND (several processes): `gradiend` holds this rank's slice of the coordinates, x and y
+    the same slice, `n_total` the full input count, and `reduce` sums a small tensor over the ranks in
+    place; the encoder projections and the two reductions of r (Σ r², G·W_d) are then the only values
+    exchanged, k·B + 1 + k·B numbers per step whatever n is.
     """
 
-    def __init__(self, gradiend: GradiendModel, batch_size: int, coordinate_sum: bool = False) -> None:
+    def __init__(self, gradiend: GradiendModel, batch_size: int, coordinate_sum: bool = False,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, n_total: int | None = None) -> None:
         self.gradiend = gradiend
         self.batch_size = batch_size
         self.coordinate_sum = coordinate_sum
+        self.reduce = reduce
+        n_local = gradiend.encoder_weight.shape[1]
+        self.n_total = n_local if n_total is None else n_total
         self.grads = [(param, torch.zeros_like(param)) for param in gradiend.parameters()]
         for param, buffer in self.grads:
             param.grad = buffer
@@ -74,8 +83,14 @@ class FusedLoss:
             self.residual = gradiend.decoder_bias.grad.view(1, -1)
         else:
             weight = gradiend.decoder_weight
-            self.residual = torch.empty(batch_size, gradiend.config.input_dim, dtype=weight.dtype,
-                                        device=weight.device)
+            self.residual = torch.empty(batch_size, n_local, dtype=weight.dtype, device=weight.device)
+
+    def _sum(self, *parts: torch.Tensor) -> list[torch.Tensor]:
+        """`parts` summed over the coordinate slices (one all-reduce); unchanged without `reduce`."""
+        if self.reduce is None:
+            return list(parts)
+        flat = self.reduce(torch.cat([p.reshape(-1) for p in parts]))
+        return [chunk.view(p.shape) for chunk, p in zip(flat.split([p.numel() for p in parts]), parts, strict=True)]
 
     @torch.no_grad()
     def loss_and_grad(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,9 +106,10 @@ class FusedLoss:
 
     def _vector(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         g = self.gradiend
-        n = x.numel()
+        n = self.n_total
         w_e, w_d = g.encoder_weight.view(-1), g.decoder_weight.view(-1)
-        pre = (dot(x, w_e) / g.input_scale + g.encoder_bias).view(1)
+        (projection,) = self._sum(dot(x, w_e))
+        pre = (projection / g.input_scale + g.encoder_bias).view(1)
         h = g.activation(pre)
         r = self.residual.view(-1)
         if g.decoder_bias is not None:
@@ -101,19 +117,22 @@ class FusedLoss:
         else:
             torch.mul(w_d, h, out=r)
         r.sub_(y, alpha=self.inv_target_scale)
-        loss = dot(r, r) / n
+        squares = dot(r, r)
         r.mul_(2.0 if self.coordinate_sum else 2.0 / n)  # r is now G = ∂L/∂ŷ (with a decoder bias: ∂L/∂b_d)
         torch.mul(r, h, out=g.decoder_weight.grad.view(-1))
-        d_pre = dot(r, w_d) * _activation_slope(g.config.activation_encoder, pre, h)
+        squares, back = self._sum(squares, dot(r, w_d))
+        loss = squares / n
+        d_pre = back * _activation_slope(g.config.activation_encoder, pre, h)
         torch.mul(x, d_pre / g.input_scale, out=g.encoder_weight.grad.view(-1))
         g.encoder_bias.grad.copy_(d_pre)
         return loss, h.view(1, 1)
 
     def _matrix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         g = self.gradiend
-        batch, n = x.shape
+        batch, n = x.shape[0], self.n_total
         s_in = g.input_scale
-        pre = torch.mm(x, g.encoder_weight.T).div_(s_in).add_(g.encoder_bias)  # (B, k)
+        (pre,) = self._sum(torch.mm(x, g.encoder_weight.T))
+        pre = pre.div_(s_in).add_(g.encoder_bias)  # (B, k)
         h = g.activation(pre)
         r = self.residual
         if g.decoder_bias is not None:
@@ -122,12 +141,14 @@ class FusedLoss:
             torch.mm(h, g.decoder_weight.T, out=r)
         r.sub_(y, alpha=self.inv_target_scale)
         flat = r.view(-1)
-        loss = dot(flat, flat) / (batch * n)
+        squares = dot(flat, flat)
         r.mul_(2.0 / batch if self.coordinate_sum else 2.0 / (batch * n))  # r is now G = ∂L/∂ŷ
         if g.decoder_bias is not None:
             torch.sum(r, dim=0, out=g.decoder_bias.grad)
         torch.mm(r.T, h, out=g.decoder_weight.grad)
-        d_pre = torch.mm(r, g.decoder_weight) * _activation_slope(g.config.activation_encoder, pre, h)
+        squares, back = self._sum(squares, torch.mm(r, g.decoder_weight))
+        loss = squares / (batch * n)
+        d_pre = back * _activation_slope(g.config.activation_encoder, pre, h)
         torch.mm(d_pre.T, x, out=g.encoder_weight.grad).div_(s_in)
         torch.sum(d_pre, dim=0, out=g.encoder_bias.grad)
         return loss, h

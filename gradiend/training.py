@@ -11,10 +11,20 @@ Nothing here touches process-wide random state: data order comes from the data s
 generators and the GRADIEND's initial weights from the model's (see `ModelWithGradiend.create`).
 That is also what makes resuming exact: given a `ResumeCheckpoint`, the loop saves its state every
 `save_steps` steps and a rerun restores it and skips the batches already consumed (`gradiend.resume`).
+
+Several processes (`gradiend.distributed`): every rank runs the same loop on the same batches; the
+gradient source sums the ranks' shares of each batch, so the ranks take bitwise the same steps, and
+validation rows are split across ranks and gathered. With `shard_gradiend` each rank trains only its
+slice of the coordinates (`_Shard`: weights, AdamW state, gradient buffers and cache entries are
+1/world_size of the full ones); the step exchanges a few scalars (`FusedLoss(reduce=...)`), evaluation
+gathers the encoder weights for the duration, and the finished weights are gathered on every rank.
+Resume checkpoints are not written in sharded runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -29,6 +39,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from gradiend import distributed
 from gradiend.allocator import reuse_large_blocks
 from gradiend.data import Batch, BatchSchedule, cap_per_class
 from gradiend.diagnostics import LearningMonitor
@@ -109,6 +120,21 @@ def estimate_scales(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple
     for source, target in pairs:  # statistics only: no batch is kept (each is n floats per kind)
         l1_norms.append(float(source.abs().sum()))
         rms_values.append(float(target.pow(2).mean().sqrt()))
+    return _scales(l1_norms, rms_values)
+
+
+def estimate_scales_sharded(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], n_total: int) -> tuple[float, float]:
+    """`estimate_scales` of coordinate slices: the L1 norm and the sum of squares are summed over the ranks."""
+    l1_norms, rms_values = [], []
+    for source, target in pairs:
+        sums = torch.stack([source.abs().sum(), target.pow(2).sum()]).double()
+        l1, squares = distributed.all_reduce_(sums, "scale estimation").tolist()
+        l1_norms.append(l1)
+        rms_values.append(math.sqrt(squares / n_total))
+    return _scales(l1_norms, rms_values)
+
+
+def _scales(l1_norms: list[float], rms_values: list[float]) -> tuple[float, float]:
     l1 = sum(l1_norms) / max(len(l1_norms), 1)
     rms = sum(rms_values) / max(len(rms_values), 1)
     if not (math.isfinite(l1) and l1 > 0 and math.isfinite(rms) and rms > 0):
@@ -120,12 +146,23 @@ def estimate_scales(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple
 
 def evaluate_during_training(model: ModelWithGradiend, rows: pd.DataFrame, pair: Sequence[str],
                              batch_size: int) -> dict[str, Any]:
-    """Correlation and class means of the source encodings of `rows` (validation)."""
-    h = model.encode(list(rows["masked"]), list(rows["factual"]), list(rows["alternative"]),
-                     batch_size=batch_size)[:, 0]
+    """Correlation and class means of the source encodings of `rows` (validation); rows split across ranks."""
+    h = encode_rows(model, rows, batch_size)[:, 0]
     labels = rows["label"].to_numpy()
     means = {c: float(h[(rows["factual_class"] == c).to_numpy()].mean()) for c in pair}
     return {"correlation": pearson(h, labels), "mean_by_class": means, "n": len(rows)}
+
+
+def encode_rows(model: ModelWithGradiend, rows: pd.DataFrame, batch_size: int) -> np.ndarray:
+    """Source encodings (rows × latent_dim) of `rows`; with several processes each rank encodes its share."""
+    if not distributed.context().enabled:
+        return model.encode(list(rows["masked"]), list(rows["factual"]), list(rows["alternative"]),
+                            batch_size=batch_size)
+    lo, hi = distributed.my_share(len(rows))
+    part = rows.iloc[lo:hi]
+    local = (model.encode(list(part["masked"]), list(part["factual"]), list(part["alternative"]), batch_size=batch_size)
+             if hi > lo else np.zeros((0, model.config.latent_dim), dtype=np.float32))
+    return distributed.gather_rows(local, len(rows))
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], args: OptimizationArgs,
@@ -149,9 +186,8 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], args: OptimizationArgs,
     return optim_cls(params, **kwargs)
 
 
-def _flip(model: HasGradiend, optimizer: torch.optim.Optimizer) -> None:
+def _flip(g: GradiendModel, optimizer: torch.optim.Optimizer) -> None:
     """Negate the feature and the matching Adam first moments (an exact symmetry of training)."""
-    g = model.gradiend
     g.flip_sign()
     for param in (g.encoder_weight, g.encoder_bias, g.decoder_weight):
         state = optimizer.state.get(param)
@@ -228,6 +264,85 @@ def _snapshot(gradiend: GradiendModel, into: dict[str, torch.Tensor] | None = No
     for k, v in state.items():
         into[k].copy_(v.detach())
     return into
+
+
+class _Shard:
+    """This rank's slice [lo, hi) of the coordinates of the GRADIEND being trained (`shard_gradiend`).
+
+    `module` is a GRADIEND of the slice's size (encoder columns, decoder rows and decoder-bias entries
+    lo..hi; encoder bias and scales replicated), trained in place of the full one. The full model's
+    weights are released meanwhile (`full` keeps its configuration; every rank would otherwise hold
+    3n floats) and given back by `restore`. Slices are `distributed.shard_range` of the n inputs.
+    """
+
+    def __init__(self, full: GradiendModel) -> None:
+        from gradiend.model import GradiendModel
+
+        ctx = distributed.context()
+        self.full, self.n, self.k = full, full.config.input_dim, full.config.latent_dim
+        self.lo, self.hi = distributed.shard_range(self.n, ctx.rank, ctx.world_size)
+        self.padded = distributed.padded_shard(self.n, ctx.world_size)
+        if self.hi <= self.lo:
+            raise ValueError(f"shard_gradiend: {ctx.world_size} ranks but only {self.n} GRADIEND inputs; use fewer "
+                             f"processes or shard_gradiend=False")
+        module = GradiendModel(dataclasses.replace(full.config, input_dim=self.hi - self.lo), shape_only=True)
+        module.load_state_dict(self.slice_state(full.state_dict()), assign=True)
+        self.module = module
+        self._release()
+
+    def slice_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This rank's slice of a full state dict (copies)."""
+        lo, hi = self.lo, self.hi
+        out = {k: v.detach().clone() for k, v in state.items()}
+        out["encoder_weight"] = state["encoder_weight"][:, lo:hi].detach().clone()
+        out["decoder_weight"] = state["decoder_weight"][lo:hi].detach().clone()
+        if "decoder_bias" in state:
+            out["decoder_bias"] = state["decoder_bias"][lo:hi].detach().clone()
+        return out
+
+    def gather_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The full state dict from every rank's slice state dict (a collective: all ranks call it)."""
+        out = {k: v.detach().clone() for k, v in state.items()}
+        out["encoder_weight"] = self._gather_columns(state["encoder_weight"])
+        out["decoder_weight"] = distributed.all_gather_slices(
+            state["decoder_weight"].detach().contiguous().view(-1), self.n, self.k, "gather of the decoder").view(
+            self.n, self.k)
+        if "decoder_bias" in state:
+            out["decoder_bias"] = distributed.all_gather_slices(state["decoder_bias"].detach(), self.n, 1,
+                                                                "gather of the decoder bias")
+        return out
+
+    def _gather_columns(self, weight: torch.Tensor) -> torch.Tensor:
+        rows = weight.detach().T.contiguous().view(-1)  # (slice, k): the slices are row blocks
+        return distributed.all_gather_slices(rows, self.n, self.k, "gather of the encoder").view(
+            self.n, self.k).T.contiguous()
+
+    def _release(self) -> None:
+        for param in self.full.parameters():
+            param.data = torch.empty(0, dtype=param.dtype, device=param.device)
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        """Give the full model the full weights `state` (from `gather_state`)."""
+        self.full.load_state_dict({k: v.to(self.module.encoder_weight.device) for k, v in state.items()},
+                                  assign=True)
+
+    @contextlib.contextmanager
+    def full_encoder(self) -> Iterator[None]:
+        """The full model's encoder (weights gathered, bias and scales copied) inside the block: evaluation."""
+        full, module = self.full, self.module
+        full.encoder_weight.data = self._gather_columns(module.encoder_weight)
+        full.encoder_bias.data = module.encoder_bias.detach().clone()
+        full.input_scale.copy_(module.input_scale)
+        full.target_scale.copy_(module.target_scale)
+        try:
+            yield
+        finally:
+            full.encoder_weight.data = torch.empty(0, dtype=full.encoder_weight.dtype,
+                                                   device=full.encoder_weight.device)
+
+    def encoder_norm(self) -> float:
+        squares = self.module.encoder_weight.detach().double().pow(2).sum().reshape(1)
+        return math.sqrt(float(distributed.all_reduce_(squares, "encoder norm")))
 
 
 @dataclass(frozen=True)
@@ -313,6 +428,8 @@ class TrainingLoop:
         self._plan: _Plan | None = None
         self._buffers: dict[str, torch.Tensor] = {}
         self._fused: FusedLoss | None = None
+        self._shard: _Shard | None = None
+        self.sharded = args.shard_gradiend and distributed.context().enabled
 
     def fit(self, train_rows: pd.DataFrame) -> TrainingOutcome:
         """Train on `train_rows` (masked, factual, alternative, label); the best weights and the stats."""
@@ -322,14 +439,17 @@ class TrainingLoop:
         args, config = self.args, self.gradiend.config
         check_trainable_dtype(config.torch_dtype)
         self._plan = _Plan.build(train_rows, args)
-        memory = memory_estimate(config.input_dim, config.latent_dim, config.bias_decoder, len(self.kinds),
+        if self.sharded:
+            self._start_sharding()
+        n_local = self.gradiend.encoder_weight.shape[1]
+        memory = memory_estimate(n_local, config.latent_dim, config.bias_decoder, len(self.kinds),
                                  args.gradiend_batch_size)
         logger.info("GRADIEND memory: %.1f MB weights + %.1f MB optimizer state + %.1f MB gradient buffers "
                     "= %.1f MB (besides the base model)", memory["gradiend_weights"] / 1e6,
                     memory["optimizer_state"] / 1e6, memory["gradient_buffers"] / 1e6, memory["total"] / 1e6)
         device = self.gradiend.encoder_weight.device
-        self._buffers = {k: torch.empty(args.gradiend_batch_size, config.input_dim, device=device)
-                         for k in self.kinds}
+        width = self._shard.padded if self._shard is not None else n_local  # a slice: reduce-scatter pads it
+        self._buffers = {k: torch.empty(args.gradiend_batch_size, width, device=device) for k in self.kinds}
         self.optimizer = make_optimizer(self.gradiend.parameters(), args)
         state = self._load_checkpoint()
         if state is None and args.standardize_gradients:
@@ -338,12 +458,31 @@ class TrainingLoop:
             cb.on_train_begin(self.model, self.optimizer, args)
         if state is not None:
             self._restore(state)  # after the callbacks: the saved state already holds their changes
-        self._fused = FusedLoss(self.gradiend, args.gradiend_batch_size)  # reads the scales
+        self._fused = self._fused_loss()  # reads the scales
         if self.evaluator is not None and state is None:
             self.evaluate(0, 0)
         self._run(state.step if state is not None else 0)
         self._release_gradients()
         return self._outcome(memory, self._timings())
+
+    def _start_sharding(self) -> None:
+        """Train this rank's slice instead of the full GRADIEND (no resume checkpoints then)."""
+        self._shard = _Shard(self.gradiend)
+        self.gradiend = self._shard.module
+        if self.checkpoint is not None:
+            logger.warning("shard_gradiend: resume checkpoints are not written in sharded runs")
+            self.checkpoint = None
+
+    def _fused_loss(self) -> FusedLoss:
+        if self._shard is None:
+            return FusedLoss(self.gradiend, self.args.gradiend_batch_size)
+        return FusedLoss(self.gradiend, self.args.gradiend_batch_size,
+                         reduce=functools.partial(distributed.all_reduce_, what="GRADIEND step"), n_total=self._shard.n)
+
+    def _step_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The source and target gradient rows the step reads (without a slice's padding)."""
+        n_local = self.gradiend.encoder_weight.shape[1]
+        return self._buffers[self.args.source][:, :n_local], self._buffers[self.args.target][:, :n_local]
 
     def _release_gradients(self) -> None:
         """Free the GRADIEND's `.grad` buffers (12 B per input), which the fused loss references too."""
@@ -395,7 +534,10 @@ class TrainingLoop:
     def standardize(self) -> None:
         """Set the input and target scales from the first `scale_estimation_batches` batches."""
         t0 = time.perf_counter()
-        s_in, s_out = estimate_scales(self._probe_pairs())
+        if self._shard is not None:
+            s_in, s_out = estimate_scales_sharded(self._probe_pairs(), self._shard.n)
+        else:
+            s_in, s_out = estimate_scales(self._probe_pairs())
         self.gradiend.input_scale.fill_(s_in)
         self.gradiend.target_scale.fill_(s_out)
         self.timings["scale"] = time.perf_counter() - t0
@@ -446,7 +588,7 @@ class TrainingLoop:
         for slot, batch in enumerate(batches):
             self._gradients(step, batch, {k: self._buffers[k][slot] for k in self.kinds})
         t1 = time.perf_counter()
-        loss, _ = self._fused.loss_and_grad(self._buffers[self.args.source], self._buffers[self.args.target])
+        loss, _ = self._fused.loss_and_grad(*self._step_inputs())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"GRADIEND loss became {loss.item()} at step {step}; nothing was saved. "
                                      f"Lower learning_rate.")
@@ -465,7 +607,8 @@ class TrainingLoop:
             raise RuntimeError("This TrainingLoop has no evaluator (evaluate=None)")
         t0 = time.perf_counter()
         self.gradiend.eval()
-        metrics = self.evaluator()
+        with self._shard.full_encoder() if self._shard is not None else contextlib.nullcontext():
+            metrics = self.evaluator()
         if self.args.normalize_gradiend and self.gradiend.config.latent_dim == 1 and metrics["correlation"] < 0:
             self._normalise_sign(step, metrics)
         self._record(step, epoch, metrics)
@@ -481,7 +624,7 @@ class TrainingLoop:
 
     def _normalise_sign(self, step: int, metrics: dict[str, Any]) -> None:
         """Flip the feature (class A positive) and the metrics that already measured it."""
-        _flip(self.model, self.optimizer)
+        _flip(self.gradiend, self.optimizer)
         self.history.flips.append(step)
         metrics["correlation"] = -metrics["correlation"]
         metrics["mean_by_class"] = {c: -v for c, v in metrics["mean_by_class"].items()}
@@ -491,7 +634,8 @@ class TrainingLoop:
         h = self.history
         h.scores[str(step)] = metrics["correlation"]
         h.mean_by_class[str(step)] = metrics["mean_by_class"]
-        h.encoder_norms[str(step)] = float(self.gradiend.encoder_weight.detach().norm())
+        h.encoder_norms[str(step)] = (self._shard.encoder_norm() if self._shard is not None
+                                      else float(self.gradiend.encoder_weight.detach().norm()))
         h.n_eval_rows = metrics["n"]
         finite = _finite(metrics["correlation"]) and all(_finite(m) for m in metrics["mean_by_class"].values())
         if not finite:
@@ -527,6 +671,9 @@ class TrainingLoop:
             "diagnostics": self.monitor.to_json(),
         }
         best_state = h.best_state if h.best_state is not None else _snapshot(self.gradiend)
+        if self._shard is not None:  # every rank gets the full weights: evaluation and rewrites need them
+            self._shard.restore(self._shard.gather_state(self.gradiend.state_dict()))
+            best_state = self._shard.gather_state(best_state)
         return TrainingOutcome(best_state, stats, converged, reason, timings)
 
 
@@ -549,8 +696,9 @@ def train_gradiend(model: ModelWithGradiend, train_rows: pd.DataFrame, eval_rows
             eval_rows = cap_per_class(eval_rows, args.encoder_eval_train_max_size or args.encoder_eval_max_size,
                                       args.seed).reset_index(drop=True)
             evaluate = functools.partial(evaluate_during_training, model, eval_rows, pair, args.eval_batch_size)
-        loop = TrainingLoop(model, args, GradientSource(model.engine, gradient_store), evaluate, callbacks,
-                            checkpoint)
+        distributed.init_from_env(args.distributed_timeout)  # several processes: the group the run uses
+        source = GradientSource(model.engine, gradient_store, sharded=args.shard_gradiend)
+        loop = TrainingLoop(model, args, source, evaluate, callbacks, checkpoint)
         outcome = loop.fit(train_rows)
     if gradient_store is not None:
         outcome.stats["gradient_cache"] = gradient_store.summary()
