@@ -556,6 +556,8 @@ class EvaluationArgs(ConfigSection):
         default=None, metadata=doc("validation rows per class used during training", positive=True))
     encoder_eval_max_size: int | None = field(
         default=None, metadata=doc("rows per class of evaluate_encoder (default: all)", positive=True))
+    include_other_classes: bool = field(default=False, metadata=doc(
+        "evaluate_encoder also encodes the rows of classes outside the trained pair (label 0; never trained on)"))
     save_only_best: bool = field(default=True, metadata=doc(
         "unused: accepted for reference compatibility only as true (the best-correlation checkpoint is the one "
         "kept)", unused=True, instead="gradiend keeps the best checkpoint of each seed; to keep the runs of several "
