@@ -23,7 +23,7 @@ def _non_default_args() -> TrainingArguments:
         gradiend_batch_size=2, train_max_size=50, learning_rate=5e-4, weight_decay=0.0, adam_epsilon=1e-6,
         optim="adam", num_train_epochs=7, max_steps=11, seed=3, max_length=64, objective="clm",
         min_left_context_tokens=5, do_eval=False, eval_steps=3,
-        eval_batch_size=8, encoder_eval_train_max_size=9, encoder_eval_max_size=10,
+        eval_batch_size=8, encoder_eval_train_max_size=9, encoder_eval_max_size=10, include_other_classes=True,
         convergent_score_threshold=0.7, convergent_mean_by_class_threshold=0.4, fail_on_non_convergence=True,
         max_seeds=4, min_convergent_seeds=2, seed_selection_eval_max_size=12, saved_seed_runs="all_tried",
         convergent_metric="loss", seed_runs_dir="runs/seeds", keep_seed_runs=True, data_seed=5,
