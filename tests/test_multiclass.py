@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -134,3 +135,37 @@ def test_trainer_takes_all_classes_and_class_merge_map(tiny_mlm_dir) -> None:
     assert merged.pair == ("sg", "pl") and merged.other_class_rows().empty
     assert TextPredictionTrainer(model=tiny_mlm_dir, data=data, target_classes=["3SG", "3PL"],
                                  all_classes=["3SG", "3PL"]).all_classes == ["3SG", "3PL"]
+
+
+def _tiny_args(directory, **kw):
+    from gradiend import TrainingArguments
+
+    return TrainingArguments(experiment_dir=str(directory), train_batch_size=4, max_steps=4, eval_steps=2, seed=0,
+                             show_progress=False, scale_estimation_batches=2, params=["encoder.layer.1.*"], **kw)
+
+
+def test_evaluate_encoder_includes_other_classes(tiny_mlm_dir, tmp_path) -> None:
+    import warnings
+
+    from gradiend import TextPredictionTrainer
+
+    trainer = TextPredictionTrainer(model=tiny_mlm_dir, data=_three_classes(), target_classes=["3SG", "3PL"],
+                                    args=_tiny_args(tmp_path / "exp"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # 4 steps on a random model do not converge
+        trainer.train()
+    pair_only = trainer.evaluate_encoder(return_df=True)
+    assert set(pair_only["mean_by_feature_class"]) == {"3SG", "3PL"}
+    everything = trainer.evaluate_encoder(include_other_classes=True, return_df=True)
+    frame = everything["encoder_df"]
+    first = frame[frame["factual_class"] == "1SG"]
+    assert len(first) == 2 * int(((_three_classes()["label_class"] == "1SG") & (
+        _three_classes()["split"] == "test")).sum()) and set(first["label"]) == {0}
+    assert everything["mean_by_feature_class"]["1SG"] == pytest.approx(float(first["encoded"].mean()))
+    assert everything["mean_by_feature_class"]["3SG"] == pytest.approx(pair_only["mean_by_feature_class"]["3SG"])
+    assert everything["n_by_feature_class"]["1SG"] == len(first)
+    # the TrainingArguments default turns it on; the JSON beside the cached encodings has the means
+    trainer.training_args.include_other_classes = True
+    assert "1SG" in trainer.evaluate_encoder()["mean_by_feature_class"]
+    meta = next((tmp_path / "exp").glob("encoded_values_split_test*.json"))
+    assert "1SG" in json.loads(meta.read_text())["metrics"]["mean_by_feature_class"]

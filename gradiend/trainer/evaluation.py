@@ -30,6 +30,7 @@ class EvaluationMethods:
 
     # provided by Trainer
     unified_data: Callable[[], tuple[pd.DataFrame, tuple[str, str]]]
+    other_class_rows: Callable[[], pd.DataFrame]
     neutral_texts: Callable[[], list[str] | None]
     get_model: Callable[[], ModelWithGradiend]
     load_model: Callable[[str | os.PathLike], ModelWithGradiend]
@@ -52,7 +53,7 @@ class EvaluationMethods:
                          return_df: bool = False, encoder_df: pd.DataFrame | Mapping[str, Any] | None = None,
                          model_with_gradiend: ModelWithGradiend | None = None, plot: bool = False,
                          show_progress: bool | None = None, plot_kwargs: dict[str, Any] | None = None, *,
-                         source: str | None = None) -> dict[str, Any]:
+                         source: str | None = None, include_other_classes: bool | None = None) -> dict[str, Any]:
         """Encode a split plus neutral variants; return correlation, class means, accuracies.
 
         `split`: "train", "validation" (or "val"/"dev"), "test", "all" (the three) or a list; with
@@ -60,6 +61,8 @@ class EvaluationMethods:
         texts once) and `result["by_split"]` holds each split's own metrics. `source` encodes the pair's
         rows with another gradient kind (factual, alternative, diff; default: the one trained on).
         `encoder_df` (a DataFrame or this method's `return_df=True` result) skips encoding.
+        `include_other_classes` (default: `TrainingArguments.include_other_classes`) also encodes the rows of
+        the data's other classes (label 0; `result["mean_by_feature_class"]` has every class's mean).
         `plot=True` also saves the encoder distribution plot (`result["plot_path"]`); `plot_kwargs`
         go to `plot_encoder_distributions` (`show` defaults to True, a no-op without a display).
         """
@@ -74,14 +77,13 @@ class EvaluationMethods:
         with self.experiment.writing() if writes else contextlib.nullcontext():
             if encoder_df is None:
                 model = model_with_gradiend or self.get_model()
-                frames = {s: self._encodings(model, s, max_size, neutral_data_df, use_cache, show_progress, source)
-                          for s in splits}
+                others = self._args.include_other_classes if include_other_classes is None else include_other_classes
+                frames = {s: self._encodings(model, s, max_size, neutral_data_df, use_cache, show_progress, source,
+                                             bool(others)) for s in splits}
                 encoder_df = _combined(frames)
             result = self._encoder_result(encoder_df)
             if plot:
-                label = splits[0] if len(splits) == 1 else "all" if set(splits) == set(_ALL_SPLITS) else "_".join(
-                    splits)
-                options = {"split": label, "show": True, **(plot_kwargs or {})}
+                options = {"split": splits[0] if len(splits) == 1 else splits, "show": True, **(plot_kwargs or {})}
                 result["plot_path"] = self.plot_encoder_distributions(encoder_df=encoder_df, **options)
         if return_df:
             result["encoder_df"] = encoder_df
@@ -102,11 +104,15 @@ class EvaluationMethods:
 
     def _encodings(self, model: ModelWithGradiend, split: str, max_size: int | None,
                    neutral_data_df: pd.DataFrame | None, use_cache: bool | None, show_progress: bool | None,
-                   source: str | None) -> pd.DataFrame:
+                   source: str | None, include_other_classes: bool = False) -> pd.DataFrame:
         """The encoder DataFrame of one split (cached in the experiment), re-encoded for another `source`."""
         from gradiend.encoder_eval import TRAINING, EncoderCache, split_encodings
 
         args, (rows, pair) = self._args, self.unified_data()
+        if include_other_classes:
+            import pandas as pd
+
+            rows = pd.concat([rows, self.other_class_rows()], ignore_index=True)
         max_size = max_size if max_size is not None else args.encoder_eval_max_size
         experiment = self.experiment
         cache = EncoderCache(experiment.encoder_csv(split, max_size), experiment.encoder_meta(split, max_size),
