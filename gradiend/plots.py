@@ -139,6 +139,57 @@ def _save(fig: Figure, output: Path, show: bool, dpi: int) -> str:
     return str(output)
 
 
+def _finish(fig: Figure, output: Path | None, show: bool, dpi: int, return_fig_ax: bool) -> Any:
+    """Save (when there is a path) and show; the path, or `(fig, axes)` with `return_fig_ax` (left open)."""
+    if not return_fig_ax:
+        return _save(fig, output, show, dpi)
+    if output is not None:
+        _save(fig, output, False, dpi)
+    if show and _can_show():
+        import matplotlib.pyplot as plt
+
+        plt.show()
+    axes = fig.axes
+    return fig, axes[0] if len(axes) == 1 else axes
+
+
+def _output(output: str | os.PathLike | None, directory: str | os.PathLike | None, stem: str, img_format: str,
+            return_fig_ax: bool) -> Path | None:
+    """`resolve_output`, except that a figure handed back (`return_fig_ax`) needs no file."""
+    if return_fig_ax and output is None and directory is None:
+        return None
+    return resolve_output(output, directory, stem, img_format)
+
+
+def _set_title(fig: Figure, title: str | bool | None, default: str, **options: Any) -> None:
+    """`title`: True (or None) the default, False no title, a string that string."""
+    if title is False:
+        return
+    if title is not None and title is not True and not isinstance(title, str):
+        raise TypeError(f"title must be a string, True or False, got {type(title).__name__}")
+    fig.suptitle(default if title is None or title is True else title, **options)
+
+
+def _check_figsize(figsize: Any) -> tuple[float, float] | None:
+    if figsize is None:
+        return None
+    ok = isinstance(figsize, (tuple, list)) and len(figsize) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in figsize)
+    if not ok:
+        raise ValueError(f"figsize must be (width, height) in inches, both > 0, got {figsize!r}")
+    return float(figsize[0]), float(figsize[1])
+
+
+def _display(name: Any, mapping: Mapping[Any, str] | None) -> str:
+    """Display name of a class/label via `label_name_mapping` (the raw value or its string form)."""
+    if mapping is not None:
+        if name in mapping:
+            return str(mapping[name])
+        if str(name) in mapping:
+            return str(mapping[str(name)])
+    return str(name)
+
+
 # -- inputs ------------------------------------------------------------------------------------------
 def _stats_and_dir(source: StatsSource) -> tuple[Mapping[str, Any], Path | None]:
     if isinstance(source, Mapping):
@@ -165,34 +216,42 @@ def infer_pair(encoder_df: pd.DataFrame) -> tuple[str, str]:
 
 
 # -- training convergence ------------------------------------------------------------------------------
-def training_convergence_figure(stats: Mapping[str, Any], *, best_step: bool = True, show: bool = False) -> Figure:
-    """Validation correlation, mean encoding per class and training loss against the step.
+def training_convergence_figure(stats: Mapping[str, Any], *, best_step: bool = True, show: bool = False,
+                                title: str | bool | None = True, figsize: tuple[float, float] | None = None,
+                                plot_mean_by_class: bool = True,
+                                label_name_mapping: Mapping[Any, str] | None = None) -> Figure:
+    """Validation correlation, mean encoding per class (`plot_mean_by_class`) and training loss per step.
 
-    `stats`: a `TrainingRecord` or the training.json dict.
+    `stats`: a `TrainingRecord` or the training.json dict; `label_name_mapping` renames classes.
     """
     record = stats if isinstance(stats, TrainingRecord) else TrainingRecord.from_json(stats)
     train = record.training_stats
     steps = sorted(int(s) for s in train["scores"])
     losses = list(record.losses or [])
-    fig = _new_figure((13 if losses else 9.5, 3.6), show)
-    axes = fig.subplots(1, 3 if losses else 2)
-    ax_corr, ax_means = axes[0], axes[1]
+    n_panels = 1 + bool(plot_mean_by_class) + bool(losses)
+    fig = _new_figure(_check_figsize(figsize) or (4.4 * n_panels, 3.6), show)
+    axes = list(np.atleast_1d(fig.subplots(1, n_panels)))
+    ax_corr = axes[0]
     ax_corr.plot(steps, [train["scores"][str(s)] for s in steps], marker="o", label="validation correlation")
     ax_corr.set(xlabel="step", ylabel="Pearson correlation", ylim=(-1.05, 1.05), title="Correlation (validation)")
-    classes = list(record.pair or (train["mean_by_class"][str(steps[0])] if steps else []))
-    for cls in classes:
-        ax_means.plot(steps, [train["mean_by_class"][str(s)].get(cls, np.nan) for s in steps], marker="o",
-                      label=f"mean h ({cls})")
-    ax_means.set(xlabel="step", ylabel="mean encoding h", ylim=(-1.05, 1.05), title="Class means (validation)")
+    panels = [ax_corr]
+    if plot_mean_by_class:
+        ax_means = axes[1]
+        classes = list(record.pair or (train["mean_by_class"][str(steps[0])] if steps else []))
+        for cls in classes:
+            ax_means.plot(steps, [train["mean_by_class"][str(s)].get(cls, np.nan) for s in steps], marker="o",
+                          label=f"mean h ({_display(cls, label_name_mapping)})")
+        ax_means.set(xlabel="step", ylabel="mean encoding h", ylim=(-1.05, 1.05), title="Class means (validation)")
+        panels.append(ax_means)
     best = record.best_score_checkpoint if best_step else None
     best = best if best is not None and best.global_step is not None else None
-    for ax in (ax_corr, ax_means):
+    for ax in panels:
         ax.axhline(0, color="grey", lw=0.5)
         if best is not None:
             ax.axvline(best.global_step, color="tab:red", ls="--", lw=1, label=f"best step {best.global_step}")
         ax.legend(fontsize=8, loc="best")
     if losses:
-        ax_loss = axes[2]
+        ax_loss = axes[-1]
         ax_loss.plot(range(1, len(losses) + 1), losses, lw=1, label="reconstruction loss")
         if min(losses) > 0:
             ax_loss.set_yscale("log")
@@ -200,57 +259,99 @@ def training_convergence_figure(stats: Mapping[str, Any], *, best_step: bool = T
             ax_loss.axvline(best.global_step, color="tab:red", ls="--", lw=1)
         ax_loss.set(xlabel="step", ylabel="loss", title="Training loss")
     pair, verdict = record.pair, record.converged
-    title = "Training convergence" + (f": {pair[0]} vs {pair[1]}" if pair else "")
+    default = "Training convergence" + (
+        f": {_display(pair[0], label_name_mapping)} vs {_display(pair[1], label_name_mapping)}" if pair else "")
     if verdict is not None:
-        title += " (converged)" if verdict else " (not converged)"
-    fig.suptitle(title)
+        default += " (converged)" if verdict else " (not converged)"
+    _set_title(fig, title, default)
     fig.tight_layout()
     return fig
 
 
 def plot_training_convergence(source: StatsSource, output: str | os.PathLike | None = None, *,
                               directory: str | os.PathLike | None = None, show: bool = False,
-                              best_step: bool = True, img_format: str = "png", dpi: int = 120) -> str:
+                              best_step: bool = True, img_format: str = "png", dpi: int = 120,
+                              title: str | bool | None = True, figsize: tuple[float, float] | None = None,
+                              plot_mean_by_class: bool = True, label_name_mapping: Mapping[Any, str] | None = None,
+                              return_fig_ax: bool = False) -> Any:
     """Save the convergence plot of a run; `source`: experiment directory or the `training.json` dict.
 
     Default file: `<experiment_dir>/training_convergence.<img_format>` (`directory` for dict input).
+    Returns the path, or `(fig, axes)` with `return_fig_ax=True` (saved too when a path resolves).
     """
     stats, found = _stats_and_dir(source)
-    path = resolve_output(output, directory or found, "training_convergence", img_format)
-    return _save(training_convergence_figure(stats, best_step=best_step, show=show), path, show, dpi)
+    path = _output(output, directory or found, "training_convergence", img_format, return_fig_ax)
+    fig = training_convergence_figure(stats, best_step=best_step, show=show, title=title, figsize=figsize,
+                                      plot_mean_by_class=plot_mean_by_class, label_name_mapping=label_name_mapping)
+    return _finish(fig, path, show, dpi, return_fig_ax)
 
 
 # -- encoder distributions -----------------------------------------------------------------------------
-def _encoder_groups(frame: pd.DataFrame, pair: Sequence[str], target_and_neutral_only: bool
+SPLIT_PLOT_MODES = ("facet", "overlay")
+
+
+def _encoder_groups(frame: pd.DataFrame, pair: Sequence[str], target_and_neutral_only: bool,
+                    include_neutral: bool = True, names: Mapping[Any, str] | None = None
                     ) -> list[tuple[str, np.ndarray]]:
     groups: list[tuple[str, np.ndarray]] = []
     training = frame[frame["type"] == "training"]
     for cls in pair:
         rows = training[training["factual_class"].astype(str) == cls]
         if target_and_neutral_only:
-            groups.append((cls, rows["encoded"].to_numpy(dtype=float)))
+            groups.append((_display(cls, names), rows["encoded"].to_numpy(dtype=float)))
         else:
             for token, sub in rows.groupby(rows["factual"].astype(str).str.lower(), sort=True):
-                groups.append((f"{cls}: {token}", sub["encoded"].to_numpy(dtype=float)))
-    for kind in NEUTRAL_TYPES:
+                groups.append((f"{_display(cls, names)}: {token}", sub["encoded"].to_numpy(dtype=float)))
+    for kind in NEUTRAL_TYPES if include_neutral else ():
         values = frame.loc[frame["type"] == kind, "encoded"].to_numpy(dtype=float)
         if len(values):
-            groups.append((NEUTRAL_LABELS[kind], values))
+            groups.append((_display(kind, names) if names and kind in names else NEUTRAL_LABELS[kind], values))
     return [(name, values) for name, values in groups if len(values)]
 
 
+def _split_panels(encoder_df: pd.DataFrame, mode: str) -> list[tuple[str | None, pd.DataFrame]]:
+    """(split, rows) per panel: one per `eval_split` value ("facet"), or one for all ("overlay")."""
+    if "eval_split" not in encoder_df.columns:
+        return [(None, encoder_df)]
+    splits = list(dict.fromkeys(encoder_df["eval_split"].astype(str)))
+    if mode == "overlay" and len(splits) > 1:
+        return [("all", encoder_df)]
+    return [(s, encoder_df[encoder_df["eval_split"].astype(str) == s]) for s in splits]
+
+
+def _panel_groups(frame: pd.DataFrame, split: str | None, pair: Sequence[str], target_and_neutral_only: bool,
+                  include_neutral: bool, names: Mapping[Any, str] | None) -> list[tuple[str, np.ndarray]]:
+    """The violins of one panel; an "overlay" panel holds every split's groups, labelled by split."""
+    if split != "all" or "eval_split" not in frame.columns:
+        return _encoder_groups(frame, pair, target_and_neutral_only, include_neutral, names)
+    return [(f"{s}: {name}", values) for s, part in frame.groupby(frame["eval_split"].astype(str), sort=False)
+            for name, values in _encoder_groups(part, pair, target_and_neutral_only, include_neutral, names)]
+
+
 def encoder_distributions_figure(encoder_df: pd.DataFrame, pair: Sequence[str] | None = None, *,
-                                 target_and_neutral_only: bool = True, show: bool = False, seed: int = 0) -> Figure:
-    """Violins (plus the points) of the encodings per target class and neutral variant, one panel per split."""
+                                 target_and_neutral_only: bool = True, show: bool = False, seed: int = 0,
+                                 title: str | bool | None = True, figsize: tuple[float, float] | None = None,
+                                 include_neutral: bool | None = None, split_plot_mode: str = "facet",
+                                 label_name_mapping: Mapping[Any, str] | None = None) -> Figure:
+    """Violins (plus the points) of the encodings per target class and neutral variant.
+
+    Rows of several splits (`eval_split`): one panel per split (`split_plot_mode="facet"`) or one
+    panel with every split's groups (`"overlay"`); neutral rows then only with `include_neutral=True`
+    (default: shown for one split, hidden for several). `label_name_mapping` renames classes.
+    """
     if "encoded" not in encoder_df.columns:
         raise ValueError("encoder_df has no 'encoded' column; pass the DataFrame of evaluate_encoder(return_df=True)")
+    if split_plot_mode not in SPLIT_PLOT_MODES:
+        raise ValueError(f"split_plot_mode must be one of {list(SPLIT_PLOT_MODES)}, got {split_plot_mode!r}")
     pair = tuple(pair) if pair is not None else infer_pair(encoder_df)
-    splits = (list(dict.fromkeys(encoder_df["eval_split"].astype(str))) if "eval_split" in encoder_df.columns
-              else [None])
-    panels = [(s, encoder_df if s is None else encoder_df[encoder_df["eval_split"].astype(str) == s]) for s in splits]
-    per_panel = [_encoder_groups(frame, pair, target_and_neutral_only) for _, frame in panels]
+    panels = _split_panels(encoder_df, split_plot_mode)
+    several = "eval_split" in encoder_df.columns and encoder_df["eval_split"].nunique() > 1
+    neutral = (not several) if include_neutral is None else bool(include_neutral)
+    per_panel = [_panel_groups(frame, split, pair, target_and_neutral_only, neutral, label_name_mapping)
+                 for split, frame in panels]
     width = max(len(g) for g in per_panel) if per_panel else 2
-    fig = _new_figure((max(1.6 * max(width, 2) + 1.5, 5.0) * len(panels), 3.9), show)
+    size = _check_figsize(figsize) or (max(1.6 * max(width, 2) + 1.5, 5.0) * len(panels), 3.9)
+    fig = _new_figure(size, show)
     axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
     rng = np.random.default_rng(seed)
     for ax, (split, _), groups in zip(axes, panels, per_panel, strict=True):
@@ -269,7 +370,8 @@ def encoder_distributions_figure(encoder_df: pd.DataFrame, pair: Sequence[str] |
         ax.set_xticks(range(1, len(groups) + 1), [f"{name}\n(n={len(v)})" for name, v in groups], fontsize=8)
         ax.set(ylim=(-1.1, 1.1), title="Encodings" + (f" (split: {split})" if split else ""))
     axes[0].set_ylabel("encoded value h")
-    fig.suptitle(f"Encoder distributions: {pair[0]} (+1) vs {pair[1]} (−1); ◆ = mean", fontsize=10)
+    a, b = (_display(c, label_name_mapping) for c in pair)
+    _set_title(fig, title, f"Encoder distributions: {a} (+1) vs {b} (−1); ◆ = mean", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -277,17 +379,23 @@ def encoder_distributions_figure(encoder_df: pd.DataFrame, pair: Sequence[str] |
 def plot_encoder_distributions(source: FrameSource, pair: Sequence[str] | None = None,
                                output: str | os.PathLike | None = None, *, directory: str | os.PathLike | None = None,
                                split: str | None = "test", show: bool = False, target_and_neutral_only: bool = True,
-                               img_format: str = "png", dpi: int = 120) -> str:
+                               img_format: str = "png", dpi: int = 120, title: str | bool | None = True,
+                               figsize: tuple[float, float] | None = None, include_neutral: bool | None = None,
+                               split_plot_mode: str = "facet", label_name_mapping: Mapping[Any, str] | None = None,
+                               return_fig_ax: bool = False) -> Any:
     """Save the encoder distribution plot; `source`: experiment directory or an encoder DataFrame.
 
     From a directory, `split=None` draws every saved split side by side. Default file:
     `<experiment_dir>/encoder_analysis_split_<split>.<img_format>` (`encoder_analysis.<fmt>` for all splits).
+    Returns the path, or `(fig, axes)` with `return_fig_ax=True` (saved too when a path resolves).
     """
     frame, found = _frame_and_dir(source, split)
     stem = f"encoder_analysis_split_{split}" if split else "encoder_analysis"
-    path = resolve_output(output, directory or found, stem, img_format)
-    fig = encoder_distributions_figure(frame, pair, target_and_neutral_only=target_and_neutral_only, show=show)
-    return _save(fig, path, show, dpi)
+    path = _output(output, directory or found, stem, img_format, return_fig_ax)
+    fig = encoder_distributions_figure(frame, pair, target_and_neutral_only=target_and_neutral_only, show=show,
+                                       title=title, figsize=figsize, include_neutral=include_neutral,
+                                       split_plot_mode=split_plot_mode, label_name_mapping=label_name_mapping)
+    return _finish(fig, path, show, dpi, return_fig_ax)
 
 
 # -- interactive encoder scatter ----------------------------------------------------------------------------
@@ -305,16 +413,40 @@ def _wrap(text: str, width: int = 80) -> str:
     return "<br>".join(textwrap.wrap(html.escape(str(text)), width)) or "&nbsp;"
 
 
+def _scatter_groups(frame: pd.DataFrame, pair: Sequence[str], color_by: str | None,
+                    names: Mapping[Any, str] | None) -> tuple[pd.Series, list[str]]:
+    """The colour group of every row and the groups' order: class / neutral variant, or a column's values."""
+    if color_by is None:
+        raw = pd.Series([t if t in NEUTRAL_LABELS else str(c) for t, c in zip(frame["type"], frame["factual_class"],
+                                                                           strict=True)], index=frame.index)
+        order = [*pair, *NEUTRAL_TYPES]
+        default = {**NEUTRAL_LABELS, **(names or {})}
+    else:
+        if color_by not in frame.columns:
+            raise ValueError(f"color_by={color_by!r} is not a column of the encoder DataFrame; use one of "
+                             f"{sorted(frame.columns)} or None (class / neutral variant)")
+        raw = frame[color_by]
+        order = sorted(raw.unique(), key=str)
+        default = dict(names or {})
+    if color_by == "label" and not names:
+        default = {1: pair[0], -1: pair[1], 0: "neutral"}
+    present = [g for g in order if (raw == g).any()]
+    return raw.map(lambda v: _display(v, default)), [_display(g, default) for g in present]
+
+
 def encoder_scatter_figure(encoder_df: pd.DataFrame, pair: Sequence[str] | None = None, *, max_points: int = 2000,
-                           height: int = 500, seed: int = 0) -> Any:
-    """Plotly figure: one jittered row of points per class / neutral variant; hovering shows the text."""
+                           height: int = 500, seed: int = 0, color_by: str | None = None,
+                           label_name_mapping: Mapping[Any, str] | None = None,
+                           title: str | bool | None = True) -> Any:
+    """Plotly figure: one jittered row of points per group; hovering shows the text.
+
+    Groups: the target classes and neutral variants (`color_by=None`), or the values of a column
+    (`color_by="label"`, `"factual"`, `"eval_split"`, …); `label_name_mapping` renames them.
+    """
     go = _plotly_go()
     pair = tuple(pair) if pair is not None else infer_pair(encoder_df)
     frame = encoder_df.copy()
-    frame["group"] = [NEUTRAL_LABELS.get(t, str(c)) for t, c in zip(frame["type"], frame["factual_class"],
-                                                                     strict=True)]
-    order = [*pair, *(NEUTRAL_LABELS[t] for t in NEUTRAL_TYPES)]
-    groups = [g for g in order if (frame["group"] == g).any()]
+    frame["group"], groups = _scatter_groups(frame, pair, color_by, label_name_mapping)
     per_group = max(1, max_points // max(len(groups), 1))
     rng = np.random.default_rng(seed)
     fig = go.Figure()
@@ -327,7 +459,11 @@ def encoder_scatter_figure(encoder_df: pd.DataFrame, pair: Sequence[str] | None 
         fig.add_trace(go.Scatter(x=rows["encoded"], y=i + rng.uniform(-0.25, 0.25, len(rows)), mode="markers",
                                  name=f"{name} (n={len(rows)})", hovertext=hover, hoverinfo="text",
                                  marker={"size": 6, "opacity": 0.7, "color": _COLORS[i % len(_COLORS)]}))
-    fig.update_layout(title=f"Encoder scatter: {pair[0]} (+1) vs {pair[1]} (−1); hover for the text",
+    a, b = (_display(c, label_name_mapping) for c in pair)
+    default = f"Encoder scatter: {a} (+1) vs {b} (−1); hover for the text"
+    if title is not None and not isinstance(title, (bool, str)):
+        raise TypeError(f"title must be a string, True or False, got {type(title).__name__}")
+    fig.update_layout(title=None if title is False else default if title in (True, None) else title,
                       height=height, xaxis={"title": "encoded value h", "range": [-1.1, 1.1]},
                       yaxis={"tickmode": "array", "tickvals": list(range(len(groups))), "ticktext": groups},
                       template="plotly_white", legend={"orientation": "h", "y": 1.0, "yanchor": "bottom"},
@@ -339,7 +475,8 @@ def plot_encoder_scatter(source: FrameSource, pair: Sequence[str] | None = None,
                          output: str | os.PathLike | None = None, *, directory: str | os.PathLike | None = None,
                          split: str | None = "test", show: bool = False,
                          max_points: int = 2000, height: int = 500, include_plotlyjs: bool | str = True,
-                         seed: int = 0) -> str:
+                         seed: int = 0, color_by: str | None = None,
+                         label_name_mapping: Mapping[Any, str] | None = None, title: str | bool | None = True) -> str:
     """Save an interactive HTML scatter of the encodings (plotly; the `[interactive]` extra).
 
     The HTML embeds plotly.js by default, so it opens offline; `include_plotlyjs="cdn"` makes it
@@ -350,7 +487,8 @@ def plot_encoder_scatter(source: FrameSource, pair: Sequence[str] | None = None,
     frame, found = _frame_and_dir(source, split)
     stem = f"encoder_scatter_split_{split}" if split else "encoder_scatter"
     path = resolve_output(output, directory or found, stem, "html")
-    fig = encoder_scatter_figure(frame, pair, max_points=max_points, height=height, seed=seed)
+    fig = encoder_scatter_figure(frame, pair, max_points=max_points, height=height, seed=seed, color_by=color_by,
+                                 label_name_mapping=label_name_mapping, title=title)
     text = fig.to_html(include_plotlyjs=include_plotlyjs, full_html=True)
     try:
         atomic_write_bytes(path, text.encode("utf-8"))
@@ -379,7 +517,8 @@ def _decoder_input(source: DecoderSource) -> tuple[list[Mapping[str, Any]], Mapp
 
 def probability_shifts_figure(grid: Sequence[Mapping[str, Any]], target_class: str,
                               selected: Mapping[str, Any] | None = None, *, lms_ratio: float = _LMS_RATIO,
-                              show: bool = False) -> Figure:
+                              show: bool = False, title: str | bool | None = True,
+                              figsize: tuple[float, float] | None = None) -> Figure:
     """P(target-class tokens) on each class's rows and LMS against the learning rate, one line per
     feature factor; the base model dashed, the selected candidate starred."""
     base = next((r for r in grid if r["feature_factor"] is None), None)
@@ -390,7 +529,7 @@ def probability_shifts_figure(grid: Sequence[Mapping[str, Any]], target_class: s
         raise ValueError(f"Unknown target_class {target_class!r}; the grid has classes {classes}")
     others = [c for c in classes if c != target_class]
     factors = sorted({r["feature_factor"] for r in grid if r["feature_factor"] is not None})
-    fig = _new_figure((4.4 * (len(classes) + 1), 3.7), show)
+    fig = _new_figure(_check_figsize(figsize) or (4.4 * (len(classes) + 1), 3.7), show)
     axes = fig.subplots(1, len(classes) + 1)
     panels = [*others, target_class]
 
@@ -427,7 +566,7 @@ def probability_shifts_figure(grid: Sequence[Mapping[str, Any]], target_class: s
     for ax in axes:
         ax.legend(fontsize=7)
     goal = "" if not selected else (" (strengthen)" if strengthen else " (weaken)")
-    fig.suptitle(f"Decoder probability shifts: {target_class}{goal}")
+    _set_title(fig, title, f"Decoder probability shifts: {target_class}{goal}")
     fig.tight_layout()
     return fig
 
@@ -435,7 +574,8 @@ def probability_shifts_figure(grid: Sequence[Mapping[str, Any]], target_class: s
 def plot_probability_shifts(source: DecoderSource, target_class: str, increase_target_probabilities: bool = True,
                             output: str | os.PathLike | None = None, *, directory: str | os.PathLike | None = None,
                             show: bool = False, img_format: str = "png", dpi: int = 120,
-                            lms_ratio: float = _LMS_RATIO) -> str:
+                            lms_ratio: float = _LMS_RATIO, title: str | bool | None = True,
+                            figsize: tuple[float, float] | None = None, return_fig_ax: bool = False) -> Any:
     """Save the probability-shift plot; `source`: experiment directory, evaluate_decoder()'s dict, or
     the grid records. Default file: `<experiment_dir>/decoder_probability_shifts_<class>[_weaken].<fmt>`."""
     grid, results, found = _decoder_input(source)
@@ -444,9 +584,10 @@ def plot_probability_shifts(source: DecoderSource, target_class: str, increase_t
     if results and selected is None and not isinstance(source, (str, os.PathLike)):
         available = sorted(k for k in results if k not in ("grid", "plot_path", "plot_paths"))
         raise KeyError(f"No decoder summary {key!r} in the results; available: {available}")
-    path = resolve_output(output, directory or found, f"decoder_probability_shifts_{key}", img_format)
-    fig = probability_shifts_figure(grid, target_class, selected, lms_ratio=lms_ratio, show=show)
-    return _save(fig, path, show, dpi)
+    path = _output(output, directory or found, f"decoder_probability_shifts_{key}", img_format, return_fig_ax)
+    fig = probability_shifts_figure(grid, target_class, selected, lms_ratio=lms_ratio, show=show, title=title,
+                                    figsize=figsize)
+    return _finish(fig, path, show, dpi, return_fig_ax)
 
 
 # -- top-k overlap -------------------------------------------------------------------------------------

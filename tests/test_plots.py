@@ -248,3 +248,80 @@ def test_topk_venn_counts_every_region(tmp_path) -> None:
     assert (tmp_path / "venn.png").is_file()
     with pytest.raises(ValueError, match="2 or 3 sets"):
         plots.plot_topk_overlap_venn({str(i): {i} for i in range(4)}, output=tmp_path / "v4.png")
+
+
+def test_plot_methods_take_the_reference_keywords_and_show_by_default(experiment, tmp_path) -> None:
+    import inspect
+
+    from gradiend.trainer.plotting import PlotMethods
+
+    _, trainer = experiment
+    for name in ("plot_training_convergence", "plot_encoder_distributions", "plot_encoder_scatter",
+                 "plot_probability_shifts"):
+        assert inspect.signature(getattr(PlotMethods, name)).parameters["show"].default is True, name
+    fig, axes = trainer.plot_training_convergence(output=tmp_path / "c.png", title="My run", figsize=(7, 3),
+                                                  return_fig_ax=True)
+    assert fig._suptitle.get_text() == "My run" and tuple(fig.get_size_inches()) == (7.0, 3.0)
+    assert len(axes) == 3 and (tmp_path / "c.png").is_file(), "return_fig_ax still saves the file"
+    fig, axes = trainer.plot_training_convergence(output=tmp_path / "d.png", plot_mean_by_class=False, title=False,
+                                                  return_fig_ax=True, label_name_mapping={"3SG": "singular"})
+    assert len(axes) == 2 and fig._suptitle is None
+    assert [ax.get_title() for ax in axes] == ["Correlation (validation)", "Training loss"]
+    fig, axes = trainer.plot_training_convergence(output=tmp_path / "e.png", label_name_mapping={"3SG": "singular"},
+                                                  return_fig_ax=True)
+    assert "mean h (singular)" in [line.get_label() for line in axes[1].get_lines()]
+    assert "singular vs 3PL" in fig._suptitle.get_text()
+    with pytest.raises(ValueError, match="figsize"):
+        trainer.plot_training_convergence(output=tmp_path / "f.png", figsize=(0, 3))
+    with pytest.raises(TypeError, match="title"):
+        trainer.plot_training_convergence(output=tmp_path / "f.png", title=3)
+
+
+def _ticks(ax) -> list[str]:
+    return [t.get_text().split("\n")[0] for t in ax.get_xticklabels()]
+
+
+def test_encoder_distributions_split_modes_neutral_and_names(experiment, tmp_path) -> None:
+    _, trainer = experiment
+    frame = trainer.evaluate_encoder(split=["test", "validation"], return_df=True)["encoder_df"]
+    fig, axes = trainer.plot_encoder_distributions(encoder_df=frame, output=tmp_path / "a.png", return_fig_ax=True)
+    assert len(axes) == 2 and [ax.get_title() for ax in axes] == ["Encodings (split: test)",
+                                                                   "Encodings (split: validation)"]
+    assert _ticks(axes[0]) == ["3SG", "3PL"], "several splits: neutral rows hidden by default"
+    _, axes = trainer.plot_encoder_distributions(encoder_df=frame, output=tmp_path / "b.png", include_neutral=True,
+                                                 return_fig_ax=True)
+    assert _ticks(axes[1]) == ["3SG", "3PL", "neutral (masked other word)", "neutral text"]
+    fig, ax = trainer.plot_encoder_distributions(encoder_df=frame, output=tmp_path / "c.png", split_plot_mode="overlay",
+                                                 label_name_mapping={"3SG": "sg", "3PL": "pl"}, title="T",
+                                                 figsize=(9, 4), return_fig_ax=True)
+    assert _ticks(ax) == ["test: sg", "test: pl", "validation: sg", "validation: pl"]
+    assert fig._suptitle.get_text() == "T" and tuple(fig.get_size_inches()) == (9.0, 4.0)
+    _, ax = trainer.plot_encoder_distributions(output=tmp_path / "d.png", return_fig_ax=True)
+    assert _ticks(ax)[-2:] == ["neutral (masked other word)", "neutral text"], "one split: neutral shown"
+    with pytest.raises(ValueError, match="split_plot_mode"):
+        trainer.plot_encoder_distributions(encoder_df=frame, output=tmp_path / "e.png", split_plot_mode="dodge")
+    path = trainer.plot_encoder_distributions(split="all", show=False)
+    assert path.endswith("encoder_analysis_split_all.png") and Path(path).is_file()
+
+
+def test_probability_shifts_title_size_and_axes(experiment, tmp_path) -> None:
+    _, trainer = experiment
+    fig, axes = trainer.plot_probability_shifts(target_class="3SG", output=tmp_path / "p.png", title="shift",
+                                                figsize=(10, 3), return_fig_ax=True)
+    assert fig._suptitle.get_text() == "shift" and tuple(fig.get_size_inches()) == (10.0, 3.0) and len(axes) == 3
+
+
+def test_encoder_scatter_colour_groups_and_names(experiment) -> None:
+    pytest.importorskip("plotly")
+    exp, _ = experiment
+    frame = load_encodings(exp)
+    by_label = plots.encoder_scatter_figure(frame, color_by="label")
+    assert [t.name.rsplit(" (n=", 1)[0] for t in by_label.data] == ["3PL", "neutral", "3SG"]
+    assert sum(len(t.x) for t in by_label.data) == len(frame)
+    by_token = plots.encoder_scatter_figure(frame, color_by="factual", label_name_mapping={"he": "HE"}, title=False)
+    names = [t.name.rsplit(" (n=", 1)[0] for t in by_token.data]
+    assert "HE" in names and len(names) == frame["factual"].nunique() and by_token.layout.title.text is None
+    renamed = plots.encoder_scatter_figure(frame, label_name_mapping={"3SG": "singular"}, title="S")
+    assert renamed.data[0].name.startswith("singular") and renamed.layout.title.text == "S"
+    with pytest.raises(ValueError, match="color_by='nope'"):
+        plots.encoder_scatter_figure(frame, color_by="nope")

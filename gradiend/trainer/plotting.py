@@ -1,9 +1,16 @@
-"""The trainer's plot methods: thin calls into `gradiend.plots`, which draws from saved results only."""
+"""The trainer's plot methods: thin calls into `gradiend.plots`, which draws from saved results only.
+
+As in gradiend 0.2.x, `show` defaults to True (a no-op without a display: the file is saved either way)
+and every method takes `title` (True default, False none, or a string), `figsize` and
+`return_fig_ax=True` (returns `(fig, axes)` for further drawing; saved too); see each `gradiend.plots`
+function for the plot's own options (`plot_mean_by_class`, `include_neutral`, `split_plot_mode`,
+`color_by`, `label_name_mapping`, ...).
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -31,7 +38,7 @@ class PlotMethods:
     # -- plots (functions of saved results; see gradiend.plots) -------------------------------------
     def plot_probability_shifts(self, decoder_results: dict[str, Any] | None = None, target_class: str | None = None,
                                 increase_target_probabilities: bool = True, output: str | None = None,
-                                show: bool = False, img_format: str = "png", **kwargs: Any) -> str:
+                                show: bool = True, img_format: str = "png", **kwargs: Any) -> Any:
         """Target-class probability and LMS against the learning rate (default: the saved results)."""
         from gradiend.plots import plot_probability_shifts
 
@@ -43,8 +50,8 @@ class PlotMethods:
         return plot_probability_shifts(source, target_class, increase_target_probabilities, output,
                                        directory=self.experiment_dir, show=show, img_format=img_format, **kwargs)
 
-    def plot_training_convergence(self, output: str | None = None, show: bool = False, *,
-                                  experiment_dir: str | None = None, img_format: str = "png", **kwargs: Any) -> str:
+    def plot_training_convergence(self, output: str | None = None, show: bool = True, *,
+                                  experiment_dir: str | None = None, img_format: str = "png", **kwargs: Any) -> Any:
         """Correlation, class means and loss per step, the best step marked."""
         from gradiend.plots import plot_training_convergence
 
@@ -55,22 +62,23 @@ class PlotMethods:
                                          img_format=img_format, **kwargs)
 
     def plot_encoder_distributions(self, encoder_df: pd.DataFrame | None = None, output: str | None = None,
-                                   show: bool = False, split: str = "test", img_format: str = "png",
-                                   **kwargs: Any) -> str:
+                                   show: bool = True, split: str | Sequence[str] = "test", img_format: str = "png",
+                                   **kwargs: Any) -> Any:
         """Distribution of encodings per class and neutral variant (default: the cached evaluation of `split`)."""
         from gradiend.plots import plot_encoder_distributions
 
         frame = encoder_df if encoder_df is not None else self.get_encodings(split=split)
-        return plot_encoder_distributions(frame, self.pair, output, directory=self.experiment_dir, split=split,
-                                          show=show, img_format=img_format, **kwargs)
+        return plot_encoder_distributions(frame, self.pair, output, directory=self.experiment_dir,
+                                          split=split_label(split), show=show, img_format=img_format, **kwargs)
 
     def plot_encoder_scatter(self, encoder_df: pd.DataFrame | None = None, output: str | None = None,
-                             show: bool = False, split: str = "test", **kwargs: Any) -> str:
+                             show: bool = True, split: str | Sequence[str] = "test", **kwargs: Any) -> str:
         """Interactive HTML scatter of the encodings (needs the `[interactive]` extra)."""
         from gradiend.plots import plot_encoder_scatter
 
         frame = encoder_df if encoder_df is not None else self.get_encodings(split=split)
-        return plot_encoder_scatter(frame, self.pair, output, directory=self.experiment_dir, split=split, show=show,
+        return plot_encoder_scatter(frame, self.pair, output, directory=self.experiment_dir, split=split_label(split),
+                                    show=show,
                                     **kwargs)
 
     def _autosave_training_convergence(self, args: TrainingArguments | None = None) -> str | None:
@@ -88,3 +96,11 @@ class PlotMethods:
             return None
         logger.info("Saved training convergence plot %s", path)
         return path
+
+
+def split_label(split: str | Sequence[str]) -> str:
+    """The split part of a plot's file name: the split, "all", or the listed splits joined by "_"."""
+    if isinstance(split, str):
+        return split
+    names = list(split)
+    return "all" if set(names) == {"train", "validation", "test"} else "_".join(map(str, names))
