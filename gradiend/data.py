@@ -12,7 +12,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["MASK", "SPLITS", "SUITE_HINT", "UNIFIED_COLUMNS", "Batch", "BatchSchedule", "DataError",
-           "NeutralSchedule", "UnifiedData", "cap_per_class", "mask_random_word", "match_case", "neutral_rows",
-           "prepare_rows", "read_table", "require_split", "rows_with_context", "unify", "unify_classes"]
+           "NeutralSchedule", "UnifiedData", "cap_per_class", "check_merge_map", "data_classes", "mask_random_word",
+           "match_case", "neutral_rows", "prepare_rows", "read_table", "require_split", "rows_with_context", "unify",
+           "unify_classes"]
 
 MASK = "[MASK]"
 SPLITS = ("train", "validation", "test")
@@ -107,6 +108,13 @@ class UnifiedData:
     pair: tuple[str, str]
     other_rows: pd.DataFrame
     all_classes: tuple[str, ...]
+    raw_class: pd.Series = field(default_factory=lambda: pd.Series(dtype=str), repr=False)
+
+    def class_rows(self) -> pd.DataFrame:
+        """`rows` then `other_rows`, with `raw_class`: each row's class before `class_merge_map`."""
+        both = pd.concat([self.rows, self.other_rows], ignore_index=True)
+        both["raw_class"] = self.raw_class.to_numpy() if len(self.raw_class) == len(both) else both["factual_class"]
+        return both
 
 
 def _from_merged(df: pd.DataFrame) -> pd.DataFrame:
@@ -184,7 +192,7 @@ def _from_per_class(data: Mapping[str, pd.DataFrame], pair: Sequence[str] | None
     return _from_merged(merged)
 
 
-def _check_merge_map(class_merge_map: Mapping[str, Sequence[str]] | None) -> dict[str, list[str]] | None:
+def check_merge_map(class_merge_map: Mapping[str, Sequence[str]] | None) -> dict[str, list[str]] | None:
     """A validated class_merge_map: merged name → the data's class names it groups (each in one group)."""
     if class_merge_map is None:
         return None
@@ -322,7 +330,7 @@ def unify_classes(data: Any, target_classes: Sequence[str] | None = None, *,
     (default: all). Rows of other classes are kept as `other_rows` (label 0), never trained on.
     Accepts every input `unify` does.
     """
-    merge = _check_merge_map(class_merge_map)
+    merge = check_merge_map(class_merge_map)
     target = _check_target_classes(target_classes, merge)
     data = resolve_table_input(data, "Training data")
     if isinstance(data, Mapping):
@@ -335,6 +343,7 @@ def unify_classes(data: Any, target_classes: Sequence[str] | None = None, *,
         unknown = [c for c in target if c not in {str(a) for a in all_classes}]
         if unknown:
             raise DataError(f"target_classes {unknown} are not in all_classes {list(all_classes)}; add them")
+    raw = raw.assign(raw_class=raw["factual_class"])
     raw, classes = _restrict_classes(_merge_classes(raw, merge), all_classes)
     if raw.empty:
         raise DataError("Training data is empty: no rows left after reading it")
@@ -347,8 +356,19 @@ def unify_classes(data: Any, target_classes: Sequence[str] | None = None, *,
     if len(other):
         logger.info("Rows of other classes (label 0, evaluation only): %s",
                     other["factual_class"].value_counts().sort_index().to_dict())
+    raw_class = pd.concat([rows["raw_class"], other["raw_class"] if len(other) else pd.Series(dtype=str)],
+                          ignore_index=True).astype(str)
     return UnifiedData(rows[UNIFIED_COLUMNS].reset_index(drop=True), pair,
-                       other[UNIFIED_COLUMNS].reset_index(drop=True), classes)
+                       other[UNIFIED_COLUMNS].reset_index(drop=True), classes, raw_class)
+
+
+def data_classes(data: Any, *, class_merge_map: Mapping[str, Sequence[str]] | None = None,
+                 all_classes: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The classes of `data` (after `class_merge_map`, restricted to `all_classes`), sorted unless
+    `all_classes` gives the order; reads any input `unify` accepts."""
+    data = resolve_table_input(data, "Training data")
+    raw = _from_per_class(data, None) if isinstance(data, Mapping) else _from_merged(data)
+    return _restrict_classes(_merge_classes(raw, check_merge_map(class_merge_map)), all_classes)[1]
 
 
 def unify(

@@ -169,3 +169,17 @@ def test_evaluate_encoder_includes_other_classes(tiny_mlm_dir, tmp_path) -> None
     assert "1SG" in trainer.evaluate_encoder()["mean_by_feature_class"]
     meta = next((tmp_path / "exp").glob("encoded_values_split_test*.json"))
     assert "1SG" in json.loads(meta.read_text())["metrics"]["mean_by_feature_class"]
+
+
+def test_raw_classes_survive_the_merge_and_data_classes_lists_them() -> None:
+    from gradiend.data import data_classes
+
+    data = _three_classes()
+    unified = unify_classes(data, ["sg", "3PL"], class_merge_map={"sg": ["3SG", "1SG"]})
+    both = unified.class_rows()
+    assert len(both) == len(unified.rows) + len(unified.other_rows)
+    assert both.groupby(["factual_class", "raw_class"]).size().to_dict() == {
+        ("3PL", "3PL"): 36, ("sg", "1SG"): 36, ("sg", "3SG"): 36}
+    assert data_classes(data) == ("1SG", "3PL", "3SG")
+    assert data_classes(data, class_merge_map={"sg": ["3SG", "1SG"]}) == ("3PL", "sg")
+    assert data_classes(data, all_classes=["3SG", "1SG"]) == ("3SG", "1SG")
