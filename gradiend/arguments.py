@@ -37,6 +37,7 @@ Objective = Literal["mlm", "clm"]
 CacheReuse = Literal["always", "only_convergent"]
 SavedSeedRuns = Literal["best_only", "all_convergent", "all_tried"]
 ConvergentMetric = Literal["correlation", "loss"]
+TopkPart = Literal["decoder-weight", "encoder-weight", "decoder-bias", "decoder-sum"]
 GradientCacheMode = Literal["off", "memory", "disk"]
 GradientCacheDtype = Literal["float32", "bfloat16"]
 PrunePart = Literal["decoder-weight", "encoder-weight", "decoder-bias", "decoder-sum"]
@@ -601,6 +602,11 @@ class SeedArgs(ConfigSection):
         default="best_only", metadata=doc("which seed runs to keep on disk: best_only, all_convergent or all_tried"))
     data_seed: int | None = field(default=None, metadata=doc(
         "seed of the batches (which rows, in which order; default: seed); shared by all seeds"))
+    seed_stability_topk: int | float | None = field(default=1000, metadata=doc(
+        "top-k (count, or fraction in (0, 1]) of the seed-stability analysis written after a multi-seed run with "
+        "min_convergent_seeds > 1 (seeds/seed_stability_topk.json: top-k overlap of the convergent seeds); None: off"))
+    seed_stability_part: TopkPart = field(default="decoder-weight", metadata=doc(
+        "weights ranked for the seed-stability top-k: decoder-weight, encoder-weight, decoder-bias or decoder-sum"))
 
     def _prepare(self) -> None:
         self.seed_runs_dir = _fspath(self.seed_runs_dir)
@@ -609,6 +615,8 @@ class SeedArgs(ConfigSection):
             self.max_seeds = self.min_convergent_seeds
 
     def _check(self) -> None:
+        if self.seed_stability_topk is not None:
+            _check_topk("seed_stability_topk", self.seed_stability_topk)
         if self.min_convergent_seeds > self.max_seeds:
             raise ValueError(f"min_convergent_seeds ({self.min_convergent_seeds}) exceeds max_seeds "
                              f"({self.max_seeds})")
