@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 
-from gradiend.arguments import TrainingArguments
+from gradiend.arguments import TrainingArguments, suggest
 from gradiend.data import MASK, DataError, unify_classes
 from gradiend.data_sources import load_texts
 from gradiend.model_with_gradiend import ModelWithGradiend
+from gradiend.trainer.text.prediction.inputs import (
+    TextPredictionConfig,
+    assign_splits,
+    load_table,
+    neutral_cap,
+    pair_from_correlation_mapping,
+    reshape_table,
+)
 from gradiend.trainer.trainer import Trainer
 
 # DataFrame, dict class → DataFrame/Dataset, file or directory path, datasets.Dataset/DatasetDict, or Hub id
@@ -24,30 +33,81 @@ class TextPredictionTrainer(Trainer):
 
     `data`: merged DataFrame (`masked, split, label_class, label[, alternative,
     alternative_class]`), a dict class → DataFrame, a CSV/TSV/parquet file or directory, a
-    `datasets.Dataset`/`DatasetDict`, a saved dataset directory or a Hugging Face dataset id.
+    `datasets.Dataset`/`DatasetDict`, a saved dataset directory or a Hugging Face dataset id
+    (or `hf_dataset=` with `hf_subset`/`hf_splits`).
     `eval_neutral_data`: feature-free texts (list of str, DataFrame/file/dataset with `text`).
     `class_merge_map` merges classes (`{"masc": ["der_nom", "den_acc"], ...}`), `all_classes` keeps only
     those classes; rows of classes outside the pair are kept for `include_other_classes` evaluations.
+    The reference's data options (column names, `split_col` with random or vocabulary-held-out splits, split
+    ratios, `max_counterfactuals_per_sentence`, `random_state`, `img_format`/`img_dpi`, ...) are keyword
+    arguments or one `config=TextPredictionConfig(...)`; see `gradiend.trainer.text.prediction.inputs`.
+    Positional order is the reference's: `(model, run_id, data, correlation_mapping, config, target_classes)`.
     """
 
-    def __init__(self, model: str | ModelWithGradiend, data: DataInput | None = None,
-                 args: TrainingArguments | None = None, *, training_args: TrainingArguments | None = None,
-                 target_classes: Sequence[str] | None = None, run_id: str | None = None,
-                 eval_neutral_data: NeutralInput | None = None, n_features: int = 1, mask: str = MASK,
-                 all_classes: Sequence[str] | None = None,
-                 class_merge_map: Mapping[str, Sequence[str]] | None = None) -> None:
+    def __init__(self, model: str | ModelWithGradiend | Any, run_id: str | None = None, data: DataInput | None = None,
+                 correlation_mapping: Mapping[str, float] | None = None, config: TextPredictionConfig | None = None,
+                 target_classes: Sequence[str] | None = None, *, args: TrainingArguments | None = None,
+                 training_args: TrainingArguments | None = None, eval_neutral_data: NeutralInput | None = None,
+                 n_features: int | None = None, mask: str | None = None,
+                 evaluator_class: Any = None, **options: Any) -> None:
         if args is not None and training_args is not None and args is not training_args:
             raise ValueError("Pass either args= or training_args=, not both")
-        super().__init__(model, target_classes=target_classes, args=training_args or args, run_id=run_id,
-                         n_features=n_features)
-        if data is None:
-            raise DataError("TextPredictionTrainer needs data= (a DataFrame, a dict of DataFrames or a path)")
-        unified = unify_classes(data, target_classes, all_classes=all_classes, class_merge_map=class_merge_map,
-                                seed=self._args.seed, mask=mask)
-        self._rows, self._pair, self._other_rows = unified.rows, unified.pair, unified.other_rows
+        if run_id is not None and not isinstance(run_id, str):
+            raise TypeError(f"run_id must be a str or None, got {type(run_id).__name__}; the second positional "
+                            f"argument is run_id (as in the reference): pass data= by keyword")
+        if evaluator_class is not None:
+            raise ValueError("evaluator_class is not supported by gradiend; subclass TextPredictionTrainer and "
+                             "override evaluate_encoder/evaluate_decoder to change the evaluation")
+        config = _build_config(config, run_id=run_id, data=data, eval_neutral_data=eval_neutral_data,
+                               n_features=n_features, correlation_mapping=correlation_mapping, **options)
+        target_classes = pair_from_correlation_mapping(config.correlation_mapping,
+                                                       target_classes if target_classes else config.target_classes)
+        arguments = _with_config(training_args or args or TrainingArguments(), config)
+        super().__init__(model, target_classes=target_classes, args=arguments, run_id=config.run_id,
+                         n_features=config.n_features)
+        self.config = config
+        self.correlation_mapping = dict(config.correlation_mapping or {})
+        self._load_data(config, target_classes, _mask_placeholder(mask, config, arguments))
+
+    def _load_data(self, config: TextPredictionConfig, target_classes: Sequence[str] | None, mask: str) -> None:
+        """Read, reshape, unify and split the data; load the neutral texts."""
+        config = config.replace(mask_placeholder=mask, dataset_trust_remote_code=_trust_remote_code(config,
+                                                                                                    self._args))
+        seed = config.random_state if config.random_state is not None else self._args.seed
+        table = reshape_table(load_table(config), config, target_classes, seed)
+        unified = unify_classes(table, target_classes, all_classes=config.all_classes,
+                                class_merge_map=config.class_merge_map, seed=seed, mask=MASK)
+        self._rows, self._pair = assign_splits(unified.rows, config, seed), unified.pair
+        self._other_rows = assign_splits(unified.other_rows, config, seed) if len(unified.other_rows) else \
+            unified.other_rows
         self._all_classes = list(unified.all_classes)
         self._target_classes = list(self._pair)
-        self._neutral = _neutral_texts(eval_neutral_data)
+        texts = _neutral_texts(config.eval_neutral_data, config.dataset_trust_remote_code)
+        self._neutral = neutral_cap(texts, config.eval_neutral_max_rows, seed)
+
+    @staticmethod
+    def _maybe_fail_on_non_convergence(args: TrainingArguments, convergent_count: int, min_convergent: int) -> None:
+        """Raise when `fail_on_non_convergence` is set and fewer than `min_convergent` seeds converged."""
+        if args.fail_on_non_convergence and convergent_count < min_convergent:
+            raise RuntimeError(f"Training did not converge (fail_on_non_convergence=True): {convergent_count} of the "
+                               f"required {min_convergent} seed(s) converged; try more steps, more seeds or another "
+                               f"learning_rate")
+
+    # -- plots: the config's image format and resolution as defaults --------------------------------------------
+    def _plot_options(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        kwargs.setdefault("img_format", self.config.img_format)
+        if self.config.img_dpi is not None:
+            kwargs.setdefault("dpi", self.config.img_dpi)
+        return kwargs
+
+    def plot_training_convergence(self, *args: Any, **kwargs: Any) -> Any:
+        return super().plot_training_convergence(*args, **self._plot_options(kwargs))
+
+    def plot_encoder_distributions(self, *args: Any, **kwargs: Any) -> Any:
+        return super().plot_encoder_distributions(*args, **self._plot_options(kwargs))
+
+    def plot_probability_shifts(self, *args: Any, **kwargs: Any) -> Any:
+        return super().plot_probability_shifts(*args, **self._plot_options(kwargs))
 
     def unified_data(self) -> tuple[pd.DataFrame, tuple[str, str]]:
         return self._rows, self._pair
@@ -70,10 +130,58 @@ class TextPredictionTrainer(Trainer):
         return self._rows.copy()
 
 
-def _neutral_texts(data: NeutralInput | None) -> list[str] | None:
+def _build_config(config: TextPredictionConfig | None, **given: Any) -> TextPredictionConfig:
+    """`config`, or one built from the keyword arguments; both at once is an error (nothing is ignored)."""
+    known = {f.name for f in dataclasses.fields(TextPredictionConfig)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise TypeError(f"TextPredictionTrainer got unexpected keyword argument(s) {unknown}"
+                        f"{suggest(unknown[0], known)}")
+    set_here = {k: v for k, v in given.items() if v is not None or k == "split_col"}  # split_col=None draws splits
+    if config is None:
+        return TextPredictionConfig(**set_here)
+    if not isinstance(config, TextPredictionConfig):
+        raise TypeError(f"config must be a TextPredictionConfig, got {type(config).__name__}")
+    if set_here:
+        raise ValueError(f"Pass the data options either in config= or as arguments, not both (given as arguments: "
+                         f"{sorted(set_here)})")
+    return config
+
+
+def _with_config(args: TrainingArguments, config: TextPredictionConfig) -> TrainingArguments:
+    """`decoder_eval_lms_max_samples` is the reference name of `decoder_eval_max_size_neutral`."""
+    if not isinstance(args, TrainingArguments):
+        raise TypeError(f"args must be TrainingArguments, got {type(args).__name__}")
+    cap = config.decoder_eval_lms_max_samples
+    if cap is None or args.decoder_eval_max_size_neutral == cap:
+        return args
+    if args.decoder_eval_max_size_neutral is not None:
+        raise ValueError(f"decoder_eval_lms_max_samples={cap} and TrainingArguments.decoder_eval_max_size_neutral="
+                         f"{args.decoder_eval_max_size_neutral} name the same cap; pass one of them")
+    return args.replace(decoder_eval_max_size_neutral=cap)
+
+
+def _mask_placeholder(mask: str | None, config: TextPredictionConfig, args: TrainingArguments) -> str:
+    """The data's slot marker: `mask=`, else the config's, else `TrainingArguments.mask_placeholder`."""
+    candidates = {value for value in (mask, config.mask_placeholder, args.mask_placeholder)
+                  if value is not None and value != MASK}
+    if len(candidates) > 1:
+        raise ValueError(f"Different mask placeholders given ({sorted(candidates)}); the data has one slot marker")
+    return candidates.pop() if candidates else MASK
+
+
+def _trust_remote_code(config: TextPredictionConfig, args: TrainingArguments) -> bool | None:
+    if config.dataset_trust_remote_code is None:
+        return args.dataset_trust_remote_code
+    if args.dataset_trust_remote_code not in (None, config.dataset_trust_remote_code):
+        raise ValueError("dataset_trust_remote_code differs between the trainer and TrainingArguments; pass one")
+    return config.dataset_trust_remote_code
+
+
+def _neutral_texts(data: NeutralInput | None, trust_remote_code: bool | None = None) -> list[str] | None:
     if data is None:
         return None
-    texts, _ = load_texts(data, "text", what="eval_neutral_data")
+    texts, _ = load_texts(data, "text", trust_remote_code=trust_remote_code, what="eval_neutral_data")
     if not texts:
         raise DataError("eval_neutral_data has no non-empty texts")
     return texts
