@@ -24,6 +24,7 @@ from gradiend.experiment import (
     ExperimentDir,
     MissingResultError,
     OutputNotWritableError,
+    read_json,
     weights_stamp,
 )
 from gradiend.records import EncoderMetrics, RunConfig, SeedReport, TrainingRecord
@@ -155,3 +156,11 @@ def load_run_config(experiment_dir: str | os.PathLike) -> RunConfig | None:
 def rewritten_models(experiment_dir: str | os.PathLike) -> list[Path]:
     """Sub-directories holding a rewritten base model (HF checkpoint + GRADIEND model card)."""
     return ExperimentDir.find(experiment_dir).rewritten_models()
+
+
+def load_seed_stability(experiment_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The seed-stability analysis of a multi-seed run (`seeds/seed_stability_topk.json`), None when absent."""
+    from gradiend.topk import SEED_STABILITY_FILE
+
+    path = ExperimentDir.find(experiment_dir).seeds / SEED_STABILITY_FILE
+    return dict(read_json(path, "seed stability")) if path.is_file() else None

@@ -63,6 +63,10 @@ def run_seeds_in(experiment: ExperimentDir, args: TrainingArguments,
     report = _seed_report(args, runs, best, early_stop)
     _link_best(experiment, args, report, best)
     experiment.write_json(experiment.seed_report, report)
+    from gradiend.topk import SEED_STABILITY_FILE, write_seed_stability
+
+    write_seed_stability(experiment.seeds / SEED_STABILITY_FILE, runs, args.seed_stability_topk,
+                         args.seed_stability_part, args.min_convergent_seeds)  # before _retain deletes checkpoints
     _retain(runs, best, args)
     logger.info("Best seed %d (selection score %s) linked into %s; report in %s", best.seed, best.selection_score,
                 experiment.model, experiment.seed_report)

@@ -40,6 +40,8 @@ Part = Literal["decoder-weight", "encoder-weight", "decoder-bias", "decoder-sum"
 PARTS: tuple[str, ...] = ("decoder-weight", "encoder-weight", "decoder-bias", "decoder-sum")
 OverlapValue = Literal["intersection", "intersection_frac", "jaccard"]
 OVERLAP_VALUES: tuple[str, ...] = ("intersection", "intersection_frac", "jaccard")
+#: the seed-stability analysis a multi-seed run writes into its seeds directory
+SEED_STABILITY_FILE = "seed_stability_topk.json"
 Coordinate = tuple[str, int]
 #: anything a top-k set can be read from: a loaded model, a checkpoint or experiment directory, a trainer
 ModelLike = Any
@@ -302,6 +304,18 @@ def _seed_checkpoints(experiment_dir: str | os.PathLike, selection: str) -> dict
     return found
 
 
+def _stability(checkpoints: Mapping[str, Path], topk: int | float, part: str) -> dict[str, Any]:
+    """`topk_overlap` (Jaccard) of seed checkpoints plus the stability summary numbers."""
+    payload = topk_overlap({name: str(path) for name, path in checkpoints.items()}, topk, part=part, value="jaccard")
+    jac = np.array(payload["jaccard"])
+    pairs = jac[np.triu_indices(len(jac), k=1)]
+    sets = list(payload["sets"].values())
+    payload.update({"seeds": list(checkpoints), "mean_pairwise_jaccard": float(pairs.mean()),
+                    "min_pairwise_jaccard": float(pairs.min()),
+                    "common_to_all": len(frozenset.intersection(*sets)), "union_size": len(frozenset.union(*sets))})
+    return payload
+
+
 def seed_stability_topk(experiment_dir: str | os.PathLike, topk: int | float = 1000, *,
                         part: Part = "decoder-weight", selection: Literal["all_convergent", "all"] = "all_convergent",
                         ) -> dict[str, Any]:
@@ -313,12 +327,27 @@ def seed_stability_topk(experiment_dir: str | os.PathLike, topk: int | float = 1
     """
     if selection not in ("all_convergent", "all"):
         raise ValueError(f"selection must be 'all_convergent' or 'all', got {selection!r}")
-    checkpoints = _seed_checkpoints(experiment_dir, selection)
-    payload = topk_overlap({name: str(path) for name, path in checkpoints.items()}, topk, part=part, value="jaccard")
-    jac = np.array(payload["jaccard"])
-    pairs = jac[np.triu_indices(len(jac), k=1)]
-    sets = list(payload["sets"].values())
-    payload.update({"seeds": list(checkpoints), "mean_pairwise_jaccard": float(pairs.mean()),
-                    "min_pairwise_jaccard": float(pairs.min()),
-                    "common_to_all": len(frozenset.intersection(*sets)), "union_size": len(frozenset.union(*sets))})
+    return _stability(_seed_checkpoints(experiment_dir, selection), topk, part)
+
+
+def write_seed_stability(path: Path, runs: Sequence[Any], topk: int | float | None, part: str,
+                         min_convergent_seeds: int) -> dict[str, Any] | None:
+    """The seed-stability analysis of a finished multi-seed run, written to `path` (JSON) while every seed's
+    checkpoint still exists; None (nothing written) when off (`topk` None), when the run did not ask for several
+    convergent seeds, or when fewer than two seeds converged."""
+    from gradiend.experiment import atomic_write_json
+    from gradiend.model import is_checkpoint
+
+    path.unlink(missing_ok=True)  # never leave the analysis of an earlier run beside this run's report
+    if topk is None or min_convergent_seeds < 2:
+        return None
+    checkpoints = {f"seed_{r.seed}": Path(r.output_dir) for r in runs
+                   if r.converged and r.output_dir and is_checkpoint(r.output_dir)}
+    if len(checkpoints) < 2:
+        logger.info("Seed stability: %d convergent seed checkpoint(s), at least 2 needed; skipped", len(checkpoints))
+        return None
+    payload = {k: v for k, v in _stability(checkpoints, topk, part).items() if k not in ("sets", "matrix")}
+    atomic_write_json(path, payload)
+    logger.info("Seed stability of the top-%s %s weights: mean pairwise Jaccard %.3f, %d common to all seeds (%s)",
+                topk, part, payload["mean_pairwise_jaccard"], payload["common_to_all"], path)
     return payload

@@ -120,10 +120,11 @@ def test_checkpoint_paths_ours_and_reference(tmp_path, tiny_mlm_dir):
         get_topk_weights(tmp_path)
 
 
-def _multi_seed_run(model_dir: str, directory: Path) -> TextPredictionTrainer:
+def _multi_seed_run(model_dir: str, directory: Path, **overrides) -> TextPredictionTrainer:
+    settings = {"max_seeds": 3, "min_convergent_seeds": 3, "saved_seed_runs": "all_tried", **overrides}
     args = TrainingArguments(experiment_dir=str(directory), train_batch_size=4, max_steps=3, eval_steps=3, seed=0,
                              show_progress=False, scale_estimation_batches=1, params=["encoder.layer.1.output.*"],
-                             max_seeds=3, min_convergent_seeds=3, saved_seed_runs="all_tried")
+                             **settings)
     trainer = TextPredictionTrainer(model=model_dir, data=make_rows(1), args=args, target_classes=["3SG", "3PL"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -147,3 +148,61 @@ def test_seed_stability_over_a_multi_seed_run(tmp_path, tiny_mlm_dir):
     assert Path(path).parent == Path(trainer.experiment_dir) and Path(path).stat().st_size > 1000
     with pytest.raises(FileNotFoundError, match=r"seed_report\.json"):
         seed_stability_topk(tmp_path)
+
+
+def test_multi_seed_run_writes_its_stability_before_dropping_seed_checkpoints(tmp_path, tiny_mlm_dir):
+    from gradiend.results import load_seed_stability
+
+    # every seed converges (threshold 0), only the best seed's checkpoint is kept (the default)
+    trainer = _multi_seed_run(tiny_mlm_dir, tmp_path / "exp", max_seeds=2, min_convergent_seeds=2,
+                              saved_seed_runs="best_only", convergent_score_threshold=0.0,
+                              convergent_mean_by_class_threshold=None, seed_stability_topk=20,
+                              seed_stability_part="encoder-weight")
+    saved = load_seed_stability(trainer.experiment_dir)
+    assert saved is not None and saved["seeds"] == ["seed_0", "seed_1"]
+    assert saved["topk"] == 20 and saved["part"] == "encoder-weight" and set(saved["sizes"].values()) == {20}
+    assert 0.0 <= saved["mean_pairwise_jaccard"] <= 1.0 and saved["common_to_all"] <= 20
+    seed_dir = Path(trainer.experiment_dir) / "seeds" / "seed_1"
+    assert not (seed_dir / "model.safetensors").exists(), "best_only dropped the seed checkpoints afterwards"
+    with pytest.raises(FileNotFoundError, match="saved_seed_runs='all_tried'"):
+        trainer.multi_seed()
+    best = trainer.multi_seed(selection="best")
+    assert len(best.seeds) == 1
+    # switched off: no analysis, and none left over from the earlier run
+    again = _multi_seed_run(tiny_mlm_dir, tmp_path / "exp", max_seeds=2, min_convergent_seeds=2,
+                            saved_seed_runs="best_only", convergent_score_threshold=0.0,
+                            convergent_mean_by_class_threshold=None, seed_stability_topk=None, use_cache=False,
+                            overwrite_output_dir=True)
+    assert load_seed_stability(again.experiment_dir) is None
+
+
+def test_multi_seed_view_evaluates_each_seed_and_aggregates(tmp_path, tiny_mlm_dir):
+    trainer = _multi_seed_run(tiny_mlm_dir, tmp_path / "exp", max_seeds=2, min_convergent_seeds=2,
+                              saved_seed_runs="all_convergent", convergent_score_threshold=0.0,
+                              convergent_mean_by_class_threshold=None, seed_stability_topk=30)
+    main_encoder = trainer.evaluate_encoder(split="validation")
+    view = trainer.multi_seed(return_per_seed=True)
+    assert view.seeds == [0, 1]
+    result = view.evaluate_encoder(split="validation")
+    per_seed = result["seeds"]["per_seed"]
+    correlations = [per_seed[s]["correlation"] for s in (0, 1)]
+    assert result["correlation"] == pytest.approx(sum(correlations) / 2)
+    assert result["seeds"]["stats"]["correlation"] == pytest.approx(abs(correlations[0] - correlations[1]) / 2)
+    assert result["mean_by_class"]["3SG"] == pytest.approx(sum(per_seed[s]["mean_by_class"]["3SG"] for s in (0, 1)) / 2)
+    # each seed is its own model: the seed checkpoints' encodings, not the main model's
+    seed_model = trainer.load_model(str(Path(trainer.experiment_dir) / "seeds" / "seed_1"))
+    direct = trainer.evaluate_encoder(split="validation", model_with_gradiend=seed_model, use_cache=False)
+    assert per_seed[1]["correlation"] == pytest.approx(direct["correlation"], abs=1e-6)
+    # the main run's evaluation cache is untouched
+    assert trainer.evaluate_encoder(split="validation")["correlation"] == main_encoder["correlation"]
+    lowest = trainer.multi_seed(aggregate="min", dispersion="range").evaluate_encoder(split="validation")
+    assert lowest["correlation"] == pytest.approx(min(correlations))
+    paths = view.plot_training_convergence(show=False)
+    assert sorted(paths) == [0, 1] and all(Path(p).is_file() for p in paths.values())
+    stability = view.seed_stability_topk()
+    saved = json.loads((Path(trainer.experiment_dir) / "seeds" / "seed_stability_topk.json").read_text())
+    assert stability["mean_pairwise_jaccard"] == pytest.approx(saved["mean_pairwise_jaccard"])
+    with pytest.raises(ValueError, match="aggregate must be one of"):
+        trainer.multi_seed(aggregate="sum")
+    with pytest.raises(AttributeError, match="no method 'train'"):
+        view.train()

@@ -11,12 +11,14 @@ if TYPE_CHECKING:
 
     from gradiend.experiment import ExperimentDir
     from gradiend.model_with_gradiend import ModelWithGradiend
+    from gradiend.multi_seed import MultiSeedView
     from gradiend.topk import Part
 
 
 class AnalysisMethods:
     """`get_weight_importance`, `get_topk_weights`, `get_topk_feature_metadata`, `export_topk_features`,
-    `seed_stability_topk` (see `gradiend.topk`) and `push_to_hub` (see `gradiend.hub`)."""
+    `seed_stability_topk` (see `gradiend.topk`), `multi_seed` (see `gradiend.multi_seed`) and `push_to_hub`
+    (see `gradiend.hub`)."""
 
     experiment_dir: str
 
@@ -55,6 +57,19 @@ class AnalysisMethods:
         from gradiend.topk import seed_stability_topk
 
         return seed_stability_topk(self.experiment_dir, topk, part=part, selection=selection)
+
+    def multi_seed(self, *, selection: Literal["best", "all_convergent", "all_tried"] = "all_convergent",
+                   aggregate: Literal["mean", "median", "min", "max"] = "mean",
+                   dispersion: Literal["none", "std", "range", "minmax"] | None = None,
+                   return_per_seed: bool = False) -> MultiSeedView:
+        """A view running evaluate_*/plot_* once per seed of the multi-seed run, aggregated (`gradiend.multi_seed`).
+
+        `dispersion` defaults to "std" (each aggregated number's spread in `result["seeds"]["stats"]`).
+        """
+        from gradiend.multi_seed import MultiSeedView
+
+        return MultiSeedView(self, selection=selection, aggregate=aggregate,  # type: ignore[arg-type]
+                             dispersion="std" if dispersion is None else dispersion, return_per_seed=return_per_seed)
 
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
                     revision: str | None = None, commit_message: str = "Upload GRADIEND checkpoint") -> str:
