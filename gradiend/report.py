@@ -33,6 +33,7 @@ from gradiend.results import (
     load_model_config,
     load_run_config,
     load_seed_report,
+    load_seed_stability,
     load_training,
     rewritten_models,
 )
@@ -195,14 +196,26 @@ def _training(training: TrainingRecord, plots: _Plots) -> str:
     return verdict + _kv(rows) + plots.render(training_convergence_figure, "training convergence", training)
 
 
-def _seeds(report: SeedReport) -> str:
+def _seeds(report: SeedReport, stability: Mapping[str, Any] | None = None) -> str:
     keys = ["seed", "converged", "training_score", "eval_correlation", "selection_score",
             "best_checkpoint_global_step", "seconds", "reason"]
     summary = {k: report[k] for k in ("max_seeds", "min_convergent_seeds", "seeds_tried", "convergent_count",
                                       "best_seed", "best_seed_selection_strategy", "early_stop_reason")
                if k in report}
-    return (_kv(summary) + _table(keys, [[r.get(k) for k in keys] for r in report.runs],
+    html = (_kv(summary) + _table(keys, [[r.get(k) for k in keys] for r in report.runs],
                                   ["selected" if r.seed == report.best_seed else "" for r in report.runs]))
+    return html + (_stability(stability) if stability else "")
+
+
+def _stability(stability: Mapping[str, Any]) -> str:
+    """The top-k overlap of the convergent seeds (`seeds/seed_stability_topk.json`)."""
+    names = list(stability["model_ids"])
+    head = f"<h3>Top-{_esc(stability['topk'])} stability of the {_esc(stability['part'])} weights</h3>"
+    summary = _kv([("seeds", ", ".join(names)), ("mean pairwise Jaccard", stability["mean_pairwise_jaccard"]),
+                   ("min pairwise Jaccard", stability["min_pairwise_jaccard"]),
+                   ("common to all seeds", stability["common_to_all"]), ("union", stability["union_size"])])
+    rows = [[name, *row] for name, row in zip(names, stability["jaccard"], strict=True)]
+    return head + summary + _table(["Jaccard", *names], rows)
 
 
 def _encoder(root: Path, plots: _Plots) -> str:
@@ -338,7 +351,7 @@ def build_report(experiment_dir: str | os.PathLike, *, title: str | None = None,
         ("configuration", "Configuration", _configuration(training, config, load_run_config(root))),
         ("data", "Data", _data(training, root)),
         ("training", "Training convergence", _training(training, renderer)),
-        *([("seeds", "Seeds", _seeds(seed_report))] if seed_report else []),
+        *([("seeds", "Seeds", _seeds(seed_report, load_seed_stability(root)))] if seed_report else []),
         ("encoder", "Encoder", _encoder(root, renderer)),
         ("decoder", "Decoder grid", decoder_html),
         ("rewrite", "Rewritten models", _rewrites(root, summaries)),

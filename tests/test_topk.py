@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -162,6 +163,12 @@ def test_multi_seed_run_writes_its_stability_before_dropping_seed_checkpoints(tm
     assert saved is not None and saved["seeds"] == ["seed_0", "seed_1"]
     assert saved["topk"] == 20 and saved["part"] == "encoder-weight" and set(saved["sizes"].values()) == {20}
     assert 0.0 <= saved["mean_pairwise_jaccard"] <= 1.0 and saved["common_to_all"] <= 20
+    from gradiend.report import build_report
+
+    html = build_report(trainer.experiment_dir, plots=False)
+    assert "Top-20 stability of the encoder-weight weights" in html
+    jaccard = f"{saved['mean_pairwise_jaccard']:.4g}"
+    assert re.search(rf"mean pairwise Jaccard</t[hd]><td[^>]*>{re.escape(jaccard)}<", html), html[-3000:]
     seed_dir = Path(trainer.experiment_dir) / "seeds" / "seed_1"
     assert not (seed_dir / "model.safetensors").exists(), "best_only dropped the seed checkpoints afterwards"
     with pytest.raises(FileNotFoundError, match="saved_seed_runs='all_tried'"):
