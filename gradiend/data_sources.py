@@ -243,12 +243,14 @@ def hub_config_names(name: str) -> list[str]:
 
 
 # -- resolution --------------------------------------------------------------------------------
-def resolve_table_input(data: Any, what: str = "data") -> pd.DataFrame | dict[str, pd.DataFrame]:
+def resolve_table_input(data: Any, what: str = "data",
+                        trust_remote_code: bool | None = None) -> pd.DataFrame | dict[str, pd.DataFrame]:
     """Any supported table input → a DataFrame (merged rows) or a dict key → DataFrame.
 
     Accepts a DataFrame, a dict of DataFrames/datasets, a `Dataset`/`DatasetDict`, a local
     file or directory, or a Hub dataset id (a Hub dataset with several configs and no
-    `default` one becomes one entry per config, i.e. per class).
+    `default` one becomes one entry per config, i.e. per class). `trust_remote_code` is passed to
+    `datasets.load_dataset` for a Hub id (None: not passed).
     """
     if isinstance(data, pd.DataFrame):
         return data
@@ -272,9 +274,9 @@ def resolve_table_input(data: Any, what: str = "data") -> pd.DataFrame | dict[st
         configs = hub_config_names(text)
         if len(configs) > 1 and "default" not in configs:
             logger.info("Loading %s: one config per class %s", text, configs)
-            return {cfg: _single_frame(dataset_to_frames(load_hub_dataset(text, cfg, checked=True)), f"{text}/{cfg}")
-                    for cfg in configs}
-        return dataset_to_frames(load_hub_dataset(text, checked=True))
+            return {cfg: _single_frame(dataset_to_frames(load_hub_dataset(
+                text, cfg, trust_remote_code=trust_remote_code, checked=True)), f"{text}/{cfg}") for cfg in configs}
+        return dataset_to_frames(load_hub_dataset(text, trust_remote_code=trust_remote_code, checked=True))
     raise DataError(f"{what} must be a DataFrame, a dict of DataFrames, a datasets.Dataset/DatasetDict, a file or "
                     f"directory path, or a Hugging Face dataset id; got {type(data).__name__}")
 

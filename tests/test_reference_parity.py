@@ -236,3 +236,22 @@ def test_reshaped_data_trains_and_evaluates(tiny_mlm_dir, tmp_path) -> None:
     assert trainer.get_training_stats()["training_stats"]["global_step"] == 2
     result = trainer.evaluate_encoder(split="test")
     assert set(result["mean_by_class"]) == {"3SG", "3PL"}
+
+
+def test_dataset_trust_remote_code_reaches_a_hub_id_given_as_data(tiny_mlm_dir, monkeypatch) -> None:
+    import datasets
+
+    from gradiend import data_sources
+
+    calls = []
+
+    def fake_load(name, config=None, split=None, trust_remote_code=None, checked=False):
+        calls.append((name, trust_remote_code))
+        return datasets.Dataset.from_pandas(make_rows(), preserve_index=False)
+
+    monkeypatch.setattr(data_sources, "check_hub", lambda name: None)
+    monkeypatch.setattr(data_sources, "hub_config_names", lambda name: [])
+    monkeypatch.setattr(data_sources, "load_hub_dataset", fake_load)
+    trainer = _trainer(tiny_mlm_dir, "user/pronouns", dataset_trust_remote_code=True)
+    assert calls == [("user/pronouns", True)]
+    assert len(trainer.combined_data) == len(_trainer(tiny_mlm_dir).combined_data)

@@ -200,21 +200,8 @@ def load_table(config: TextPredictionConfig) -> pd.DataFrame | dict[str, pd.Data
         if config.data is None:
             raise DataError("TextPredictionTrainer needs data= (a DataFrame, a dict of DataFrames, a path) or "
                             "hf_dataset= (a Hugging Face dataset id)")
-        if isinstance(config.data, str) and config.dataset_trust_remote_code is not None:
-            return _hub_or_path(config)
-        return resolve_table_input(config.data, "Training data")
+        return resolve_table_input(config.data, "Training data", config.dataset_trust_remote_code)
     return _hub_table(config.hf_dataset, config)
-
-
-def _hub_or_path(config: TextPredictionConfig) -> pd.DataFrame | dict[str, pd.DataFrame]:
-    """A str `data` with `dataset_trust_remote_code`: a Hub id is loaded with it, a local path is read as usual."""
-    from pathlib import Path
-
-    from gradiend.data_sources import looks_like_path
-
-    if Path(config.data).exists() or looks_like_path(config.data):
-        return resolve_table_input(config.data, "Training data")
-    return _hub_table(config.data, config)
 
 
 def _hub_table(name: str, config: TextPredictionConfig) -> pd.DataFrame | dict[str, pd.DataFrame]:
