@@ -701,6 +701,8 @@ _NO_MLM_HEAD = ("the clm_mlm_head objective is not available; use prediction_obj
                 "(objective='clm')")
 _FIXED_SPLITS = ("the train/validation/test split is the same for every seed of a run; to redraw it, train another run "
                  "with TextPredictionTrainer(random_state=...)")
+_ONE_DEVICE = ("the base model and the GRADIEND share one device (device=...); to spread a large GRADIEND over GPUs, "
+               "run under torchrun with shard_gradiend=True")
 _NO_MONITOR = ("progress, per-phase logging and the early warnings of a run that is not learning go through the "
                "logging module; training.json lists the run's diagnostics")
 
@@ -780,6 +782,13 @@ class ReferenceArgs(ConfigSection):
     activation_decoder: str | None = field(default=None, metadata=doc(
         "reference: decoder activation; the GRADIEND decoder is linear (None or 'id')", only=(None, "id"),
         instead="the decoder is linear: use activation_decoder=None or 'id'"))
+    base_model_device_map: bool | str | dict[str, Any] | None = field(default=None, metadata=doc(
+        "reference: Hugging Face device_map of the base model (None or False: one device)", only=(None, False),
+        instead=_ONE_DEVICE))
+    base_model_max_memory: dict[str, Any] | None = field(default=None, metadata=doc(
+        "reference: Hugging Face max_memory of the base model", instead=_ONE_DEVICE))
+    encoder_decoder_same_device: bool = field(default=False, metadata=doc(
+        "reference: put the GRADIEND's encoder and decoder on one GPU", instead=_ONE_DEVICE))
     split_resplit_per_seed: bool = field(default=False, metadata=doc(
         "reference: redraw the data split for every seed", instead=_FIXED_SPLITS))
     split_resplit_strategy: Literal["random", "balanced_cycle"] = field(default="random", metadata=doc(

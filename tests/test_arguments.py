@@ -33,7 +33,8 @@ def _non_default_args() -> TrainingArguments:
         decoder_eval_lrs=[1.0, 0.1], decoder_eval_feature_factors=[-1.0], decoder_eval_max_size_training_like=13,
         decoder_eval_max_size_neutral=14, trust_remote_code=True, show_progress=False, metadata={"a": [1, 2]},
         gradiend_dtype="bfloat16", device="cpu", shard_gradiend=True, distributed_timeout=60.0,
-        base_gradient_batch_size=4, precompute_gradient_batches=False,
+        seed_stability_topk=128, seed_stability_part="encoder-weight",
+        base_gradient_batch_size=4, precompute_gradient_batches=False, base_model_device_map=False,
         eval_strategy="no", dataset_trust_remote_code=True, prediction_objective="clm_next_token",
         mask_placeholder="[PRONOUN]", activation_decoder="id", use_cached_gradients=True)
 
@@ -128,7 +129,8 @@ REFERENCE_KEYS = [  # ReferenceArgs, the reference's names that were missing
     "lr_search_config", "criterion", "eval_strategy", "encoder_eval_balance", "evaluate_fn", "save_strategy",
     "delete_models", "dataset_trust_remote_code", "model_use_cache", "prediction_objective", "mask_placeholder",
     "decoder_mlm_head_epochs", "decoder_mlm_head_batch_size", "decoder_mlm_head_lr", "decoder_mlm_head_max_size",
-    "decoder_sequence_cloze_rhs_window", "activation_decoder", "split_resplit_per_seed", "split_resplit_strategy",
+    "decoder_sequence_cloze_rhs_window", "activation_decoder", "base_model_device_map", "base_model_max_memory",
+    "encoder_decoder_same_device", "split_resplit_per_seed", "split_resplit_strategy",
     "supervised_encoder", "supervised_decoder", "use_cached_gradients", "reuse_pre_prune"]
 
 
@@ -242,7 +244,8 @@ REFUSED = {  # a value of each reference-only setting that gradiend cannot honou
     "criterion": torch.nn.L1Loss(), "encoder_eval_balance": False, "evaluate_fn": len, "save_strategy": "steps",
     "delete_models": True, "model_use_cache": True, "decoder_mlm_head_epochs": 2, "decoder_mlm_head_batch_size": 8,
     "decoder_mlm_head_lr": 1e-3, "decoder_mlm_head_max_size": 100, "decoder_sequence_cloze_rhs_window": 5,
-    "activation_decoder": "tanh", "split_resplit_per_seed": True, "split_resplit_strategy": "balanced_cycle",
+    "activation_decoder": "tanh", "base_model_device_map": "auto", "base_model_max_memory": {"0": "10GiB"},
+    "encoder_decoder_same_device": True, "split_resplit_per_seed": True, "split_resplit_strategy": "balanced_cycle",
     "supervised_encoder": True, "supervised_decoder": True, "reuse_pre_prune": False}
 
 
