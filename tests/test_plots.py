@@ -134,7 +134,6 @@ def test_trainer_plot_hooks(experiment, tmp_path) -> None:
     assert dec["plot_path"] == dec["plot_paths"][0] == str(exp / "decoder_probability_shifts_3SG.png")
     assert trainer.plot_probability_shifts(output=str(tmp_path / "p.png")) == str(tmp_path / "p.png")  # saved dir
     assert trainer.plot_training_convergence(img_format="jpg").endswith("training_convergence.jpg")
-    assert trainer._autosave_training_convergence() == str(exp / "training_convergence.png")
 
 
 def test_missing_results_name_the_command(tmp_path, tiny_mlm_dir) -> None:
@@ -325,3 +324,38 @@ def test_encoder_scatter_colour_groups_and_names(experiment) -> None:
     assert renamed.data[0].name.startswith("singular") and renamed.layout.title.text == "S"
     with pytest.raises(ValueError, match="color_by='nope'"):
         plots.encoder_scatter_figure(frame, color_by="nope")
+
+
+def test_training_never_imports_matplotlib_and_the_plot_is_drawn_when_asked(tiny_mlm_dir, tmp_path) -> None:
+    code = f"""
+import sys, warnings
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from conftest import make_rows
+from gradiend import TextPredictionTrainer, TrainingArguments, TrainingCallback
+
+class Probe(TrainingCallback):
+    seen = []
+    def on_step_end(self, step, loss):
+        self.seen.append("matplotlib" in sys.modules)
+
+args = TrainingArguments(experiment_dir={str(tmp_path / "exp")!r}, train_batch_size=4, max_steps=2, eval_steps=2,
+                         seed=0, show_progress=False, scale_estimation_batches=1, params=["encoder.layer.1.*"])
+trainer = TextPredictionTrainer(model={tiny_mlm_dir!r}, data=make_rows(), args=args, target_classes=["3SG", "3PL"])
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    trainer.train(callbacks=[Probe()])
+print("during", any(Probe.seen), len(Probe.seen))
+print("after_train", "matplotlib" in sys.modules)
+import pathlib
+print("file_after_train", pathlib.Path({str(tmp_path / "exp" / "training_convergence.png")!r}).exists())
+print("plot", trainer.plot_training_convergence(show=False))
+print("after_plot", "matplotlib" in sys.modules)
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in out.stdout.strip().splitlines())
+    assert lines["during"] == "False 2" and lines["after_train"] == "False", "training imported matplotlib"
+    assert lines["file_after_train"] == "False", "train() drew no plot"
+    assert lines["plot"] == str(tmp_path / "exp" / "training_convergence.png") and lines["after_plot"] == "True"
+    _png(lines["plot"])

@@ -81,21 +81,14 @@ class PlotMethods:
                                     show=show,
                                     **kwargs)
 
-    def _autosave_training_convergence(self, args: TrainingArguments | None = None) -> str | None:
-        """Save the convergence plot after training when `experiment_dir` is set; never fails the run."""
+    def _autosave_training_convergence(self, args: TrainingArguments | None = None) -> None:
+        """Training draws no plot: matplotlib stays off the training path (importing and drawing it took longer
+        than a short run's evaluation). The convergence plot is drawn from `training.json` when asked:
+        `plot_training_convergence()`, `gradiend train` (after the run), `gradiend report` and `write_report`."""
         args = args or self._args
-        if args.experiment_dir is None:
-            return None
-        try:
-            path = self.plot_training_convergence(show=False, experiment_dir=str(self._experiment_of(args).root))
-        except ImportError as err:
-            logger.info("Training convergence plot skipped: %s", err)
-            return None
-        except Exception as err:  # a plot must never fail a finished training run
-            logger.warning("Could not save the training convergence plot: %s", err)
-            return None
-        logger.info("Saved training convergence plot %s", path)
-        return path
+        if args.experiment_dir is not None:
+            logger.info("Training statistics saved; draw them with trainer.plot_training_convergence() "
+                        "(or gradiend report %s)", self._experiment_of(args).root)
 
 
 def split_label(split: str | Sequence[str]) -> str:
