@@ -74,20 +74,58 @@ class HasGradiend(Protocol):
 
 
 class TrainingCallback:
-    """Hooks into the loop; subclass and override what you need (the defaults do nothing)."""
+    """Hooks into the loop (gradiend 0.2.x's lifecycle plus `on_evaluate`); override what you need.
 
-    def on_train_begin(self, model: ModelWithGradiend, optimizer: torch.optim.Optimizer,
-                       args: TrainingArguments) -> None:
+    Hooks are called with keyword arguments and receive the ones their signature names (every one
+    with `**kwargs`): `model` (the ModelWithGradiend), `optimizer`, `args` (TrainingArguments),
+    `config` (the arguments as a dict), `step`, `epoch`, `loss`, `losses` (every step's loss so
+    far) and `metrics`. So both `on_step_end(self, step, loss)` and the reference's
+    `on_step_end(self, step, loss, model, config, **kwargs)` work. The defaults do nothing.
+    """
+
+    def on_train_begin(self, model: ModelWithGradiend, optimizer: torch.optim.Optimizer, args: TrainingArguments,
+                       **kwargs: Any) -> None:
         """Once per run (per seed), before the first step: inspect or adjust model and optimizer.
 
         A resumed run calls it too, before restoring the saved state (which holds the changes made
         by the interrupted run's call), so hooks and references it sets up stay valid."""
 
-    def on_step_end(self, step: int, loss: float) -> None:
+    def on_train_end(self, config: dict[str, Any], **kwargs: Any) -> None:
+        """Once per run, after the last step and its evaluation."""
+
+    def on_epoch_begin(self, epoch: int, config: dict[str, Any], **kwargs: Any) -> None:
+        """Before the first step of each epoch (0-based) this run trains."""
+
+    def on_epoch_end(self, epoch: int, model: ModelWithGradiend, config: dict[str, Any], **kwargs: Any) -> None:
+        """After the last step of each epoch this run trains (its evaluation included)."""
+
+    def on_step_begin(self, step: int, config: dict[str, Any], **kwargs: Any) -> None:
+        """Before every optimizer step (1-based), before its gradients are computed."""
+
+    def on_step_end(self, step: int, loss: float, **kwargs: Any) -> None:
         """After every optimizer step."""
 
-    def on_evaluate(self, step: int, metrics: dict[str, Any]) -> None:
+    def on_evaluate(self, step: int, metrics: dict[str, Any], **kwargs: Any) -> None:
         """After every in-training evaluation (metrics already sign-normalised)."""
+
+
+@functools.lru_cache(maxsize=256)
+def _hook_parameters(hook: Callable[..., Any]) -> frozenset[str] | None:
+    """Keyword names a hook accepts; None when it takes **kwargs (every name)."""
+    import inspect
+
+    params = inspect.signature(hook).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+def notify(callbacks: Sequence[TrainingCallback], hook: str, **available: Any) -> None:
+    """Call `hook` on every callback with the keyword arguments its signature names."""
+    for cb in callbacks:
+        method = getattr(cb, hook)
+        accepted = _hook_parameters(getattr(method, "__func__", method))
+        method(**(available if accepted is None else {k: v for k, v in available.items() if k in accepted}))
 
 
 @dataclass
@@ -323,8 +361,12 @@ class _Shard:
 
     def restore(self, state: dict[str, torch.Tensor]) -> None:
         """Give the full model the full weights `state` (from `gather_state`)."""
-        self.full.load_state_dict({k: v.to(self.module.encoder_weight.device) for k, v in state.items()},
-                                  assign=True)
+        device = self.module.encoder_weight.device
+        with torch.no_grad():
+            for name, param in self.full.named_parameters():
+                param.data = state[name].to(device, copy=True)
+            for name, buffer in self.full.named_buffers():
+                buffer.copy_(state[name])
 
     @contextlib.contextmanager
     def full_encoder(self) -> Iterator[None]:
@@ -428,6 +470,7 @@ class TrainingLoop:
         self._plan: _Plan | None = None
         self._buffers: dict[str, torch.Tensor] = {}
         self._fused: FusedLoss | None = None
+        self._config: dict[str, Any] = {}  # the arguments as a dict, for callbacks
         self._shard: _Shard | None = None
         self.sharded = args.shard_gradiend and distributed.context().enabled
 
@@ -454,8 +497,9 @@ class TrainingLoop:
         state = self._load_checkpoint()
         if state is None and args.standardize_gradients:
             self.standardize()
-        for cb in self.callbacks:
-            cb.on_train_begin(self.model, self.optimizer, args)
+        self._config = args.to_dict()
+        notify(self.callbacks, "on_train_begin", model=self.model, optimizer=self.optimizer, args=args,
+               config=self._config)
         if state is not None:
             self._restore(state)  # after the callbacks: the saved state already holds their changes
         self._fused = self._fused_loss()  # reads the scales
@@ -569,7 +613,10 @@ class TrainingLoop:
         with tqdm(total=total, initial=start, desc="GRADIEND training", disable=not args.show_progress) as bar:
             for step in range(start + 1, total + 1):
                 drawn = [next(batches) for _ in range(args.gradiend_batch_size)]
+                self._enter_epoch(drawn[-1][0], step == start + 1)
                 self.history.epoch = drawn[-1][0]
+                notify(self.callbacks, "on_step_begin", step=step, config=self._config, model=self.model,
+                       epoch=self.history.epoch, args=args)
                 loss = self.step(step, [batch for _, batch in drawn])
                 bar.update(1)
                 score = self.history.latest_score()
@@ -578,9 +625,23 @@ class TrainingLoop:
                     self.evaluate(step, self.history.epoch)
                 if self.checkpoint is not None and self.checkpoint.due(step, total):
                     self._save_checkpoint(step)
+        if total > start:
+            notify(self.callbacks, "on_epoch_end", epoch=self.history.epoch, model=self.model, config=self._config,
+                   losses=self.history.losses, args=args)
+        notify(self.callbacks, "on_train_end", config=self._config, model=self.model, args=args,
+               losses=self.history.losses)
         self.gradiend.eval()
         if self._checkpoints[0]:
             logger.info("Wrote %d resume checkpoints in %.2f s", *self._checkpoints)
+
+    def _enter_epoch(self, epoch: int, first: bool) -> None:
+        """on_epoch_end of the finished epoch and on_epoch_begin of `epoch`, when a step starts a new one."""
+        if not first and epoch == self.history.epoch:
+            return
+        if not first:
+            notify(self.callbacks, "on_epoch_end", epoch=self.history.epoch, model=self.model, config=self._config,
+                   losses=self.history.losses, args=self.args)
+        notify(self.callbacks, "on_epoch_begin", epoch=epoch, config=self._config, model=self.model, args=self.args)
 
     def step(self, step: int, batches: Sequence[Batch]) -> float:
         """One optimizer step on `gradiend_batch_size` batches (one buffer row each); returns the loss."""
@@ -597,8 +658,8 @@ class TrainingLoop:
         self.history.losses.append(value)
         self.timings["gradients"] += t1 - t0
         self.timings["gradiend"] += time.perf_counter() - t1
-        for cb in self.callbacks:
-            cb.on_step_end(step, value)
+        notify(self.callbacks, "on_step_end", step=step, loss=value, model=self.model, config=self._config,
+               epoch=self.history.epoch, losses=self.history.losses, optimizer=self.optimizer, args=self.args)
         return value
 
     def evaluate(self, step: int, epoch: int) -> dict[str, Any]:
@@ -614,8 +675,8 @@ class TrainingLoop:
         self._record(step, epoch, metrics)
         self.monitor.check(self.history.scores, self.history.mean_by_class, self.history.encoder_norms,
                            self.history.losses)
-        for cb in self.callbacks:
-            cb.on_evaluate(step, metrics)
+        notify(self.callbacks, "on_evaluate", step=step, metrics=metrics, model=self.model, config=self._config,
+               epoch=epoch, args=self.args)
         self.gradiend.train()
         self.timings["eval"] += time.perf_counter() - t0
         logger.info("step %d: correlation %.4f, class means %s", step, metrics["correlation"],

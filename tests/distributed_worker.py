@@ -1,0 +1,177 @@
+"""One rank of the distributed tests (`tests/test_distributed.py`): run scenarios, save what they produce.
+
+    python tests/distributed_worker.py MODEL_DIR OUT_DIR SCENARIO [SCENARIO ...]
+
+The test starts two of these with torchrun's variables set (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR,
+MASTER_PORT) and calls `run` in its own process for the one-process reference. Each scenario saves
+`OUT_DIR/<scenario>/rank<r>.safetensors` (tensors) and `rank<r>.json` (numbers) with plain file writes
+(the library's writes are rank 0's only, these are the test's own).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from conftest import make_rows
+
+from gradiend import TrainingArguments, TrainingCallback, distributed
+from gradiend.data import unify
+from gradiend.experiment import WRITE_HOOK_ENV
+from gradiend.gradient_cache import GradientStore
+from gradiend.gradient_source import GradientSource
+from gradiend.model_with_gradiend import ModelWithGradiend
+from gradiend.training import train_gradiend
+
+PAIR = ["3SG", "3PL"]
+PARAMS = ["encoder.layer.1.*"]
+BATCH = 3  # odd: two ranks get 2 and 1 rows
+DIE_AT_STEP = 2
+EXIT_DIED = 17
+
+
+class Setup:
+    """The tiny model's template and the rows every scenario shares."""
+
+    def __init__(self, model_dir: str) -> None:
+        rows, pair = unify(make_rows(repeat=1), target_classes=PAIR, seed=0)
+        self.pair = pair
+        self.train = rows[rows["split"] == "train"].reset_index(drop=True)
+        self.val = rows[rows["split"] == "validation"].reset_index(drop=True)
+        self.model_dir = model_dir
+        self.template = ModelWithGradiend.create(model_dir, feature_classes=pair, seed=0, params=PARAMS)
+
+    def args(self, **overrides: Any) -> TrainingArguments:
+        values = {"train_batch_size": BATCH, "max_steps": 6, "eval_steps": 3, "seed": 0, "show_progress": False,
+                  "scale_estimation_batches": 2, "distributed_timeout": 20.0, **overrides}
+        return TrainingArguments(**values)
+
+
+def _save(out: Path, name: str, tensors: dict[str, torch.Tensor], numbers: dict[str, Any]) -> None:
+    rank = distributed.context().rank
+    directory = out / name
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+              str(directory / f"rank{rank}.safetensors"))
+    (directory / f"rank{rank}.json").write_text(json.dumps(numbers), encoding="utf-8")
+
+
+def _gradients(setup: Setup, out: Path, name: str, sharded: bool) -> None:
+    engine = setup.template.engine
+    n = setup.template.param_map.size
+    ctx = distributed.context()
+    width = distributed.padded_shard(n, ctx.world_size) if sharded and ctx.enabled else n
+    buffers = {k: torch.zeros(width) for k in ("alternative", "diff")}
+    rows = setup.train.iloc[:BATCH]
+    GradientSource(engine, sharded=sharded).gradients(0, list(rows["masked"]), list(rows["factual"]),
+                                                       list(rows["alternative"]), buffers, keep=False)
+    lo, hi = distributed.my_share(n) if sharded else (0, n)
+    _save(out, name, {k: v[:hi - lo] for k, v in buffers.items()}, {"lo": lo, "hi": hi, "n": n})
+
+
+def _train(setup: Setup, out: Path, name: str, cache: str = "off", **overrides: Any) -> None:
+    args = setup.args(**overrides)
+    store = None
+    if cache != "off":
+        store = GradientStore(cache, 2**30, "float32", out / name / "cache" if cache == "disk" else None)
+    model = setup.template.with_new_gradiend(args.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        outcome = train_gradiend(model, setup.train, setup.val, setup.pair, args, gradient_store=store)
+    tensors = {**{f"best.{k}": v for k, v in outcome.state.items()},
+               **{f"final.{k}": v for k, v in model.gradiend.state_dict().items()}}
+    stats, training = outcome.stats, outcome.stats["training_stats"]
+    _save(out, name, tensors, {"losses": stats["losses"], "scores": training["scores"],
+                               "scales": stats["gradient_scales"], "flips": training["sign_flips_at_steps"],
+                               "cache": store.summary() if store is not None else None})
+    if store is not None:
+        store.clear()
+
+
+class _Stop(TrainingCallback):
+    """Rank 1 dies (`die`) or hangs (`hang`) after step `DIE_AT_STEP`."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def on_step_end(self, step: int, loss: float) -> None:
+        if distributed.context().rank != 1 or step != DIE_AT_STEP:
+            return
+        if self.how == "die":
+            os._exit(EXIT_DIED)
+        time.sleep(120)  # the test kills it long before
+
+
+def _broken_peer(setup: Setup, out: Path, how: str) -> None:
+    args = setup.args(max_steps=20, eval_steps=100)
+    model = setup.template.with_new_gradiend(args.seed)
+    started = time.monotonic()
+    try:
+        train_gradiend(model, setup.train, None, setup.pair, args, callbacks=[_Stop(how)])
+    except distributed.DistributedError as err:
+        _save(out, how, {}, {"error": str(err), "seconds": time.monotonic() - started})
+        raise SystemExit(3) from err
+
+
+def _experiment(setup: Setup, out: Path) -> None:
+    """A whole experiment (train, encoder and decoder evaluation) with a per-rank write log."""
+    from tiny_experiment import build
+
+    rank = distributed.context().rank
+    os.environ[WRITE_HOOK_ENV] = str(out / f"writes_rank{rank}.log")
+    try:
+        trainer = build(setup.model_dir, out / "experiment")
+    finally:
+        del os.environ[WRITE_HOOK_ENV]
+    summary = trainer.experiment.load_decoder_summaries().to_json()
+    _save(out, "experiment", {}, {"summaries": summary})
+
+
+SCENARIOS: dict[str, Callable[[Setup, Path], None]] = {
+    "grad": lambda s, o: _gradients(s, o, "grad", sharded=False),
+    "grad_shard": lambda s, o: _gradients(s, o, "grad_shard", sharded=True),
+    "train": lambda s, o: _train(s, o, "train"),
+    "train_memory": lambda s, o: _train(s, o, "train_memory", cache="memory"),
+    "train_disk": lambda s, o: _train(s, o, "train_disk", cache="disk"),
+    "train_shard": lambda s, o: _train(s, o, "train_shard", shard_gradiend=True),
+    "train_shard_disk": lambda s, o: _train(s, o, "train_shard_disk", cache="disk", shard_gradiend=True),
+    "train_batches": lambda s, o: _train(s, o, "train_batches", gradiend_batch_size=2, shard_gradiend=True),
+    "experiment": _experiment,
+    "die": lambda s, o: _broken_peer(s, o, "die"),
+    "hang": lambda s, o: _broken_peer(s, o, "hang"),
+}
+
+
+def run(model_dir: str, out: Path, scenarios: list[str]) -> None:
+    """Run `scenarios` in order in this process (one rank, or the whole run without torchrun)."""
+    setup = Setup(model_dir)
+    for name in scenarios:
+        SCENARIOS[name](setup, out)
+
+
+def _wait_for_peers(out: Path) -> None:
+    """File barrier before the process group forms: imports can lag by seconds on a busy machine, and the
+    `hang` launch's 3-second timeout also bounds the rendezvous."""
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"ready{rank}").touch()
+    deadline = time.monotonic() + 120
+    while not all((out / f"ready{r}").exists() for r in range(world)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+if __name__ == "__main__":
+    _wait_for_peers(Path(sys.argv[2]))
+    with distributed.session(3.0 if "hang" in sys.argv[3:] else 30.0):  # a hanging peer is noticed in seconds
+        run(sys.argv[1], Path(sys.argv[2]), sys.argv[3:])

@@ -1,0 +1,204 @@
+"""Several processes: two gloo ranks on the CPU (torchrun's variables, `tests/distributed_worker.py`) against
+the same scenarios run in this one process.
+
+One launch of two ranks runs every agreement scenario (gradients, training with and without the gradient
+cache, sharded training, a whole experiment) and ends with rank 1 dying; a second launch, started at the
+same time, has rank 1 hang. Process start-up (imports) is most of the time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from distributed_worker import EXIT_DIED, run
+from safetensors.torch import load_file
+
+import gradiend
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+PACKAGE_ROOT = str(Path(gradiend.__file__).resolve().parents[1])  # the workers import this checkout
+AGREEMENT = ["grad", "grad_shard", "train", "train_memory", "train_shard", "train_shard_disk", "train_batches",
+             "experiment"]
+RTOL = 1e-5
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env(rank: int, port: int, world_size: int = 2, cpu: bool = True) -> dict[str, str]:
+    """torchrun's variables for `rank`; the CPU only (gloo) unless `cpu=False`."""
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    path = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    env.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(world_size),
+                "RANK": str(rank), "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1", "PYTHONPATH": path})
+    if cpu:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def _start(model_dir: str, out: Path, scenarios: list[str], world_size: int = 2,
+           cpu: bool = True) -> list[subprocess.Popen]:
+    port = _free_port()
+    procs = []
+    for rank in range(world_size):
+        env = _env(rank, port, world_size, cpu)
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), model_dir, str(out), *scenarios], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def _finish(proc: subprocess.Popen, timeout: float) -> tuple[int, str]:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        return -9, err
+    return proc.returncode, err
+
+
+def _load(out: Path, name: str, rank: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    directory = out / name
+    return (load_file(str(directory / f"rank{rank}.safetensors")),
+            json.loads((directory / f"rank{rank}.json").read_text(encoding="utf-8")))
+
+
+@pytest.fixture(scope="module")
+def launches(tiny_mlm_dir: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Two launches of two ranks, started together while this process runs the one-process reference.
+
+    `agreement` runs every agreement scenario, then rank 1 dies in `die`; `hang`: rank 1 hangs.
+    Returns {"two": output, "one": reference output, "hang_output": output, "<launch>": [(exit code, stderr)] per rank,
+    "<launch>_seconds": until rank 0 exited}.
+    """
+    started = time.monotonic()
+    two, one, hang = (tmp_path_factory.mktemp(name) for name in ("two_ranks", "one_process", "hang"))
+    procs = {"agreement": _start(tiny_mlm_dir, two, [*AGREEMENT, "die"]), "hang": _start(tiny_mlm_dir, hang, ["hang"])}
+    run(tiny_mlm_dir, one, AGREEMENT)
+    result: dict[str, Any] = {"two": two, "one": one, "hang_output": hang}
+    for name, (rank0, rank1) in procs.items():
+        first = _finish(rank0, 300)
+        result[f"{name}_seconds"] = time.monotonic() - started
+        result[name] = [first, _finish(rank1, 1 if name == "hang" else 60)]  # a hanging rank 1 is killed here
+    (code0, err0), (code1, err1) = result["agreement"]
+    assert (code0, code1) == (3, EXIT_DIED), f"rank 0:\n{err0[-3000:]}\nrank 1:\n{err1[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def runs(launches: dict[str, Any]) -> tuple[Path, Path]:
+    """(two-rank output, one-process output) of the agreement scenarios."""
+    return launches["two"], launches["one"]
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal within rtol 1e-5 as vectors (relative L2 distance), and entry by entry within 1e-4 of the largest entry.
+
+    Entries by entry the bar is looser: a float sum in another order changes a gradient's last bits, and
+    Adam divides each gradient by its own size, so a coordinate whose gradient nearly cancels can move
+    by a few 1e-5 of the weights' range (measured: at most 7 of 8544 entries, 3.5e-5 of the range)."""
+    distance = float(torch.linalg.vector_norm(actual.double() - expected.double()))
+    assert distance <= RTOL * float(torch.linalg.vector_norm(expected.double())), distance
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-4 * scale)
+
+
+def test_gradients_equal_one_process_and_ranks_bitwise(runs) -> None:
+    two, one = runs
+    ref, _ = _load(one, "grad", 0)
+    rank0, rank1 = _load(two, "grad", 0)[0], _load(two, "grad", 1)[0]
+    for kind in ("alternative", "diff"):
+        assert torch.equal(rank0[kind], rank1[kind])
+        assert ref[kind].abs().max() > 0
+        _close(rank0[kind], ref[kind])
+    # sharded: each rank holds its slice of the same sum
+    slices = [_load(two, "grad_shard", r) for r in (0, 1)]
+    assert slices[0][1]["hi"] == slices[1][1]["lo"] and slices[1][1]["hi"] == slices[0][1]["n"]
+    for kind in ("alternative", "diff"):
+        _close(torch.cat([slices[0][0][kind], slices[1][0][kind]]), ref[kind])
+
+
+@pytest.mark.parametrize("name", ["train", "train_memory", "train_shard", "train_shard_disk", "train_batches"])
+def test_training_equals_one_process_and_ranks_are_bitwise_equal(runs, name) -> None:
+    two, one = runs
+    ref, ref_stats = _load(one, name, 0)  # in one process shard_gradiend changes nothing
+    (rank0, stats0), (rank1, stats1) = _load(two, name, 0), _load(two, name, 1)
+    assert rank0.keys() == ref.keys()
+    for key in ref:
+        assert torch.equal(rank0[key], rank1[key]), f"{name}: ranks differ in {key}"
+        _close(rank0[key], ref[key])
+    assert stats0 == stats1
+    assert stats0["flips"] == ref_stats["flips"]
+    _close(torch.tensor(stats0["losses"]), torch.tensor(ref_stats["losses"]))
+    for step, score in ref_stats["scores"].items():
+        assert stats0["scores"][step] == pytest.approx(score, abs=1e-4)  # correlations of the encodings
+    assert stats0["scales"]["input"] == pytest.approx(ref_stats["scales"]["input"], rel=RTOL)
+    assert stats0["scales"]["target"] == pytest.approx(ref_stats["scales"]["target"], rel=RTOL)
+    if ref_stats["cache"] is not None:  # steps 5 and 6 draw batches again (4 per epoch): cache hits
+        assert stats0["cache"]["hits"] == ref_stats["cache"]["hits"] >= 2
+        assert stats0["cache"]["misses"] == ref_stats["cache"]["misses"]
+
+
+def test_sharded_equals_unsharded(runs) -> None:
+    two, _ = runs
+    sharded, unsharded = _load(two, "train_shard", 0)[0], _load(two, "train", 0)[0]
+    for key, value in unsharded.items():
+        _close(sharded[key], value)
+
+
+def _written(lines: list[str], root: Path) -> set[str]:
+    """The paths of a write log relative to `root`, temp directory names (`.<name>.<hex>.tmp`) as `<name>`."""
+    return {re.sub(r"/\.([^/]+)\.[0-9a-f]{8}\.tmp(?=/|$)", r"/\1", line.split("\t")[3].replace(str(root), ""))
+            for line in lines}
+
+
+def test_only_rank_zero_writes_and_the_experiment_matches(runs) -> None:
+    two, one = runs
+    assert not (two / "writes_rank1.log").exists(), "rank 1 wrote experiment files"
+    writes = (two / "writes_rank0.log").read_text(encoding="utf-8").splitlines()
+    reference = (one / "writes_rank0.log").read_text(encoding="utf-8").splitlines()
+    written = _written(writes, two)
+    assert written == _written(reference, one)
+    assert any(path.endswith("model") for path in written) and any("decoder" in path for path in written)
+    summaries = _load(two, "experiment", 0)[1]["summaries"], _load(one, "experiment", 0)[1]["summaries"]
+    ids = [{k: v.get("id") for k, v in s["summaries"].items()} for s in summaries]
+    assert ids[0] == ids[1]  # the same decoder candidate selected
+
+
+@pytest.mark.parametrize("how", ["die", "hang"])
+def test_a_broken_rank_stops_the_other_with_a_clear_error(launches, how) -> None:
+    name = "agreement" if how == "die" else "hang"
+    out = launches["two"] if how == "die" else launches["hang_output"]
+    (code0, err0), _ = launches[name]
+    assert code0 == 3, err0[-3000:]
+    _, info = _load(out, how, 0)
+    assert "rank 0 of 2" in info["error"] and "another rank died or did not reach it" in info["error"]
+    assert f"distributed_timeout={3 if how == 'hang' else 30} s" in info["error"]
+    assert info["seconds"] < 30  # seconds, not the default 10 minutes
+    if how == "hang":  # rank 0 waited for the timeout, not less
+        assert info["seconds"] >= 3
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (NCCL cannot put two ranks on one GPU)")
+def test_nccl_smoke(tiny_mlm_dir, tmp_path) -> None:
+    procs = _start(tiny_mlm_dir, tmp_path, ["train_cuda"], cpu=False)
+    for rank, proc in enumerate(procs):
+        code, err = _finish(proc, 300)
+        assert code == 0, f"rank {rank}:\n{err[-3000:]}"
+    rank0, rank1 = _load(tmp_path, "train_cuda", 0)[0], _load(tmp_path, "train_cuda", 1)[0]
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key])
