@@ -1,0 +1,71 @@
+"""The example workflows of examples/ run end to end on tiny random models (issue 19)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from conftest import SPECIAL, WORDS
+from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def example(name: str):
+    """Import examples/<name>.py as a module."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    return importlib.import_module(name)
+
+
+def tiny_bert(directory: Path, words: Iterable[str]) -> str:
+    """A saved random 2-layer BERT MLM whose vocabulary holds `words` (plus the shared test words)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = list(dict.fromkeys([*SPECIAL, *WORDS, *(w.lower() for w in words)]))
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast.from_pretrained(str(directory), do_lower_case=True)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertForMaskedLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+def run(module, argv: list[str]):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a few steps on a random model do not converge
+        return module.main(argv)
+
+
+TINY = ["--steps", "4", "--batch-size", "4", "--max-size", "6", "--params", "encoder.layer.1.*", "--quiet"]
+
+
+def test_three_class_suite(tmp_path) -> None:
+    script = example("three_class_suite")
+    pronouns = script.pronoun_data()  # the embedded-model run (integration test) uses these classes
+    assert set(pronouns["label_class"]) == {"F", "M", "PL"}
+    assert set(pronouns.loc[pronouns["label_class"] == "PL", "label"].str.lower()) == {"they"}
+
+    model = tiny_bert(tmp_path / "religion_bert", script.vocabulary())
+    out = run(script, ["--model", model, "--experiment-dir", str(tmp_path / "r"), "--data", "religion",
+                       "--mode", "symmetric", *TINY])
+    assert list(out["summary"]["member"]) == ["christian__jewish", "christian__muslim", "jewish__muslim"]
+    suite = out["suite"]
+    # the per-class columns give every transition: the third class's rows carry their own counterfactuals
+    other = suite["christian__jewish"].other_class_rows()
+    assert set(other["factual_class"]) == {"muslim"} and set(other["alternative_class"]) == {"christian", "jewish"}
+    assert set(other["alternative"]) <= {w for c in ("christian", "jewish") for w in script.RELIGION[c]}
+    saved = json.loads((tmp_path / "r" / "religion_symmetric" / "cross_encoding_test.json").read_text())
+    assert saved["pairs"]["model_ids"] == list(out["summary"]["member"])
+    assert saved["classes"]["column_ids"] == ["christian", "jewish", "muslim"]
+    assert np.isfinite(np.array(saved["classes"]["matrix"], float)).all()
+    positive = run(script, ["--model", model, "--experiment-dir", str(tmp_path / "r"), "--data", "religion", *TINY])
+    assert list(positive["summary"]["member"]) == ["christian", "jewish", "muslim"]
+    assert positive["suite"]["muslim"].pair == ("muslim", "non_muslim")
