@@ -463,10 +463,10 @@ def recover_interrupted(parent: str | os.PathLike, name: str | None = None) -> l
 
     Where the target is missing, its moved-aside original is renamed back (the old version is
     restored); where the target exists, the swap finished and the leftover original is removed.
-    Leftovers of live processes are skipped. Returns the restored paths.
+    Leftovers of live processes are skipped. Returns the restored paths. Rank 0's job in a distributed run.
     """
     parent = Path(parent)
-    if not parent.is_dir():
+    if not parent.is_dir() or _skip_write():
         return []
     restored = []
     for entry in sorted(parent.iterdir()):
@@ -491,7 +491,10 @@ def remove_orphan_temps(directory: str | os.PathLike) -> list[Path]:
     Not recursive: our temp entries sit next to what they replace (the experiment root, the seeds
     and gradient-cache directories), and folders of the user's inside the experiment are never walked.
     Call only while holding the experiment lock: a live writer's temp entries look the same.
+    Rank 0's job in a distributed run.
     """
+    if _skip_write():
+        return []
     removed = []
     for path in Path(directory).iterdir():
         if _TEMP_RE.match(path.name):

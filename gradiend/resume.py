@@ -50,6 +50,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from gradiend import distributed
 from gradiend.experiment import (
     atomic_directory,
     atomic_write_bytes,
@@ -175,6 +176,8 @@ class ResumeCheckpoint:
         A failed write (disk full, no permission) is a warning, not the end of the run: training goes on,
         the previous checkpoint stays. Returns whether the checkpoint was written.
         """
+        if not distributed.may_write():
+            return True  # rank 0 of a distributed run writes it
         t0 = time.perf_counter()
         tensors, meta = state.to_parts()
         try:
@@ -250,8 +253,8 @@ class ResumeCheckpoint:
 
     def remove(self) -> None:
         """Delete the checkpoint (after the final model is saved): renamed to a temp name first, so a kill
-        mid-delete leaves a temp entry the next start removes, never a partial checkpoint."""
-        if not self.directory.is_dir():
+        mid-delete leaves a temp entry the next start removes, never a partial checkpoint. Rank 0's job."""
+        if not self.directory.is_dir() or not distributed.may_write():
             return
         foreign = foreign_files(self.directory)
         if foreign:

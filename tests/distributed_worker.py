@@ -80,12 +80,13 @@ def _gradients(setup: Setup, out: Path, name: str, sharded: bool) -> None:
     _save(out, name, {k: v[:hi - lo] for k, v in buffers.items()}, {"lo": lo, "hi": hi, "n": n})
 
 
-def _train(setup: Setup, out: Path, name: str, cache: str = "off", **overrides: Any) -> None:
+def _train(setup: Setup, out: Path, name: str, cache: str = "off", template: ModelWithGradiend | None = None,
+           **overrides: Any) -> None:
     args = setup.args(**overrides)
     store = None
     if cache != "off":
         store = GradientStore(cache, 2**30, "float32", out / name / "cache" if cache == "disk" else None)
-    model = setup.template.with_new_gradiend(args.seed)
+    model = (template or setup.template).with_new_gradiend(args.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         outcome = train_gradiend(model, setup.train, setup.val, setup.pair, args, gradient_store=store)
@@ -148,6 +149,8 @@ SCENARIOS: dict[str, Callable[[Setup, Path], None]] = {
     "train_shard_disk": lambda s, o: _train(s, o, "train_shard_disk", cache="disk", shard_gradiend=True),
     "train_batches": lambda s, o: _train(s, o, "train_batches", gradiend_batch_size=2, shard_gradiend=True),
     "experiment": _experiment,
+    "train_cuda": lambda s, o: _train(s, o, "train_cuda", template=s.template.to(f"cuda:{torch.cuda.current_device()}"),
+                                      shard_gradiend=True, cache="memory"),
     "die": lambda s, o: _broken_peer(s, o, "die"),
     "hang": lambda s, o: _broken_peer(s, o, "hang"),
 }
