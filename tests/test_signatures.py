@@ -170,3 +170,59 @@ def test_pre_prune_returns_the_trainer(tiny_mlm_dir, tmp_path) -> None:
         assert trainer.pre_prune(PrePruneConfig(topk=30)).train() is trainer
     assert trainer.get_model().param_map.size == 30
     assert Path(trainer.model_path, "model.safetensors").is_file()
+
+
+def test_callbacks_with_the_reference_hooks_and_ours(tiny_mlm_dir, tmp_path) -> None:
+    from conftest import make_rows
+
+    from gradiend import TextPredictionTrainer, TrainingArguments, TrainingCallback
+
+    events: list[tuple] = []
+
+    class Reference(TrainingCallback):  # gradiend 0.2.x signatures
+        def on_train_begin(self, config, **kwargs):
+            events.append(("train_begin", config["max_steps"], "optimizer" in kwargs))
+
+        def on_epoch_begin(self, epoch, config, **kwargs):
+            events.append(("epoch_begin", epoch))
+
+        def on_step_begin(self, step, config, **kwargs):
+            events.append(("step_begin", step))
+
+        def on_step_end(self, step, loss, model, config, **kwargs):
+            events.append(("step_end", step, len(kwargs["losses"]), model.gradiend is not None))
+
+        def on_epoch_end(self, epoch, model, config, **kwargs):
+            events.append(("epoch_end", epoch))
+
+        def on_train_end(self, config, **kwargs):
+            events.append(("train_end",))
+
+    class Ours(TrainingCallback):
+        def on_step_end(self, step, loss):
+            events.append(("ours", step, isinstance(loss, float)))
+
+        def on_evaluate(self, step, metrics):
+            events.append(("evaluate", step, "correlation" in metrics))
+
+    rows = make_rows(1)
+    n_train = int((rows["split"] == "train").sum())  # 2 classes, batches of 4 rows per class
+    args = TrainingArguments(experiment_dir=str(tmp_path), train_batch_size=4, num_train_epochs=2, eval_steps=100,
+                             seed=0, show_progress=False, scale_estimation_batches=1, params=["encoder.layer.1.*"])
+    trainer = TextPredictionTrainer(model=tiny_mlm_dir, data=rows, args=args, target_classes=["3SG", "3PL"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        trainer.train(callbacks=[Reference(), Ours()])
+    total = len(json.loads((tmp_path / "model" / "training.json").read_text())["losses"])
+    assert n_train > 0 and total >= 2
+    assert events[0] == ("train_begin", args.max_steps, True) and events[-1] == ("train_end",)
+    assert events[1:3] == [("evaluate", 0, True), ("epoch_begin", 0)], "the step-0 evaluation precedes epoch 0"
+    kinds = [e[0] for e in events]
+    assert kinds.count("step_begin") == kinds.count("step_end") == kinds.count("ours") == total
+    assert [e for e in events if e[0] == "epoch_begin"] == [("epoch_begin", 0), ("epoch_begin", 1)]
+    assert [e for e in events if e[0] == "epoch_end"] == [("epoch_end", 0), ("epoch_end", 1)]
+    assert all(e[2] == e[1] and e[3] for e in events if e[0] == "step_end"), "losses so far, model passed"
+    first_end = kinds.index("epoch_end")
+    assert kinds[first_end + 1] == "epoch_begin", "an epoch ends right before the next begins"
+    assert [e for e in events if e[0] == "evaluate"] == [("evaluate", 0, True), ("evaluate", total, True)]
+    assert all(e[2] for e in events if e[0] == "ours")

@@ -173,7 +173,7 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
         self._attach(experiment.model, result.model)
         if args.max_seeds == 1:
             self.post_training(result.model)
-        self._autosave_training_convergence(args)
+        self._autosave_training_convergence()
         runs.report_verdict(result, args, experiment.model)
         if args.max_seeds > 1:
             self.post_training(self.get_model())
