@@ -57,6 +57,8 @@ class GradiendConfig:
     # checkpoints written before these were recorded
     base_model_resolved: str | None = None
     base_model_fingerprint: str | None = None
+    # dtype of the GRADIEND's own weights (`torch_dtype` is the base model's); float32 in older checkpoints
+    gradiend_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         from gradiend.arguments import field_problems
@@ -66,6 +68,10 @@ class GradiendConfig:
             raise ValueError("GradiendConfig: " + "; ".join(problems))
         if self.input_dim <= 0 or self.latent_dim <= 0:
             raise ValueError(f"input_dim and latent_dim must be positive, got {self.input_dim}, {self.latent_dim}")
+        from gradiend.arguments import DTYPE_NAMES
+
+        if self.gradiend_dtype not in DTYPE_NAMES:
+            raise ValueError(f"gradiend_dtype must be one of {list(DTYPE_NAMES)}, got {self.gradiend_dtype!r}")
         if self.activation_encoder not in ACTIVATIONS:
             raise ValueError(f"activation_encoder must be one of {sorted(ACTIVATIONS)}, "
                              f"got {self.activation_encoder!r}")
@@ -98,19 +104,25 @@ class GradiendModel(nn.Module):
     """One-hidden-layer encoder–decoder on gradient space (k feature neurons)."""
 
     def __init__(self, config: GradiendConfig, generator: torch.Generator | None = None,
-                 shape_only: bool = False) -> None:
-        """`shape_only=True`: weights on the meta device (no memory, no values): a template whose
-        configuration other GRADIENDs are built from (`ModelWithGradiend.with_new_gradiend`)."""
+                 shape_only: bool = False, device: torch.device | str | None = None) -> None:
+        """Weights in `config.gradiend_dtype`, allocated on `device` (default: the CPU) and initialised there.
+
+        `shape_only=True`: weights on the meta device (no memory, no values): a template whose
+        configuration other GRADIENDs are built from (`ModelWithGradiend.with_new_gradiend`).
+        """
         super().__init__()
         self.config = config
         n, k = config.input_dim, config.latent_dim
-        device = torch.device("meta") if shape_only else None
-        self.encoder_weight = nn.Parameter(torch.empty(k, n, device=device))
-        self.encoder_bias = nn.Parameter(torch.empty(k, device=device))
-        self.decoder_weight = nn.Parameter(torch.empty(n, k, device=device))
-        self.decoder_bias = nn.Parameter(torch.empty(n, device=device)) if config.bias_decoder else None
-        self.register_buffer("input_scale", torch.ones(()))
-        self.register_buffer("target_scale", torch.ones(()))
+        device = torch.device("meta") if shape_only else torch.device(device or "cpu")
+        dtype = getattr(torch, config.gradiend_dtype)  # one of DTYPE_NAMES, checked by the config
+        self.encoder_weight = nn.Parameter(torch.empty(k, n, device=device, dtype=dtype))
+        self.encoder_bias = nn.Parameter(torch.empty(k, device=device, dtype=dtype))
+        self.decoder_weight = nn.Parameter(torch.empty(n, k, device=device, dtype=dtype))
+        self.decoder_bias = nn.Parameter(torch.empty(n, device=device, dtype=dtype)) if config.bias_decoder else None
+        # the gradient scales stay float32 whatever the weights' dtype (they are two numbers)
+        scale_device = torch.device("cpu") if shape_only else device
+        self.register_buffer("input_scale", torch.ones((), device=scale_device))
+        self.register_buffer("target_scale", torch.ones((), device=scale_device))
         # kept coordinates of pruned parameters (ParamMap.index_tensors), saved to PARAM_MAP_FILE
         self.param_index: dict[str, torch.Tensor] = {}
         if not shape_only:
@@ -122,14 +134,17 @@ class GradiendModel(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Encoder ~ U(±1/√n) (PyTorch Linear default); decoder ~ U(±max|W_e|), same scale."""
+        """Encoder ~ U(±1/√n) (PyTorch Linear default); decoder ~ U(±max|W_e|), same scale.
+
+        The values are drawn in float32 from a CPU generator on every device and dtype, so one seed gives the
+        same GRADIEND on the CPU and on a GPU (rounded once to a lower `gradiend_dtype`).
+        """
         bound = 1.0 / math.sqrt(self.config.input_dim)
-        self.encoder_weight.uniform_(-bound, bound, generator=generator)
-        self.encoder_bias.uniform_(-bound, bound, generator=generator)
-        scale = float(self.encoder_weight.abs().max())
-        self.decoder_weight.uniform_(-scale, scale, generator=generator)
+        scale = _uniform_(self.encoder_weight, bound, generator)
+        _uniform_(self.encoder_bias, bound, generator)
+        _uniform_(self.decoder_weight, scale, generator)
         if self.decoder_bias is not None:
-            self.decoder_bias.uniform_(-scale, scale, generator=generator)
+            _uniform_(self.decoder_bias, scale, generator)
 
     @torch.no_grad()
     def scale_initial_weights(self, bound: float) -> None:
@@ -240,7 +255,8 @@ class GradiendModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: torch.device | str | None = None) -> GradiendModel:
-        """Load a checkpoint (never unpickles); errors name the missing or corrupt file."""
+        """Load a checkpoint (never unpickles) straight onto `device` (default: the CPU); errors name the
+        missing or corrupt file."""
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"GRADIEND checkpoint directory not found: {directory}")
@@ -250,26 +266,67 @@ class GradiendModel(nn.Module):
             if is_reference_checkpoint(directory):  # a gradiend 0.2.x checkpoint
                 model = read_reference_gradiend(directory)
                 return model.to(device) if device is not None else model
-        config = GradiendConfig.from_json(read_json(directory / CONFIG_FILE, "GRADIEND config"),
-                                          str(directory / CONFIG_FILE))
+        config = read_checkpoint_config(directory)
         weights = directory / WEIGHTS_FILE
-        if not weights.is_file():
-            raise FileNotFoundError(f"GRADIEND weights not found: {weights}; the checkpoint is incomplete, "
-                                    f"re-train or copy the file back")
-        try:
-            state = load_file(str(weights), device="cpu")
+        target = torch.device(device or "cpu")
+        try:  # safetensors reads straight onto CPU and CUDA devices; others go through the host
+            state = load_file(str(weights), device=str(target) if target.type in ("cpu", "cuda") else "cpu")
         except (SafetensorError, OSError, ValueError) as err:
             raise ValueError(f"GRADIEND weights {weights} are corrupt ({err}); re-train or restore the file") from err
-        model = cls(config)
+        model = cls(config, shape_only=True)  # no memory and no initialisation: the weights are assigned
         expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         found = {k: tuple(v.shape) for k, v in state.items()}
         if expected != found:
             raise ValueError(f"GRADIEND weights {weights} do not match {CONFIG_FILE}: expected tensors "
                              f"{expected}, found {found}")
-        model.load_state_dict(state)
+        dtype = getattr(torch, config.gradiend_dtype)
+        state = {k: v.to(target, torch.float32 if k.endswith("_scale") else dtype) for k, v in state.items()}
+        model.load_state_dict(state, assign=True)
         if any("kept" in entry for entry in config.param_map):
             model.param_index = _load_tensors(directory / PARAM_MAP_FILE, "kept coordinates of the pruned GRADIEND")
-        return model.to(device) if device is not None else model
+        return model
+
+
+INIT_CHUNK = 1 << 20  # entries drawn on the host at a time when a GRADIEND is initialised on another device
+
+
+def _uniform_(param: torch.Tensor, bound: float, generator: torch.Generator | None) -> float:
+    """Fill `param` with U(±bound) drawn in float32 on the CPU; returns max |value| (before any rounding).
+
+    A float32 CPU tensor is filled in place (one draw); on another device or dtype the values are drawn
+    `INIT_CHUNK` at a time and copied over, which gives the same numbers (the CPU generator draws serially)
+    while the host holds one chunk, not the whole GRADIEND.
+    """
+    if param.device.type == "cpu" and param.dtype == torch.float32:
+        param.uniform_(-bound, bound, generator=generator)
+        return float(param.abs().max()) if param.numel() else 0.0
+    flat, peak = param.view(-1), 0.0
+    for start in range(0, flat.numel(), INIT_CHUNK):
+        part = torch.empty(min(INIT_CHUNK, flat.numel() - start)).uniform_(-bound, bound, generator=generator)
+        peak = max(peak, float(part.abs().max()))
+        flat[start:start + part.numel()].copy_(part)
+    return peak
+
+
+def read_checkpoint_config(directory: str | os.PathLike) -> GradiendConfig:
+    """The config of a checkpoint in our format, after checking its weights file is there and its header intact
+    (cheap: no tensor is read), so a broken checkpoint fails before anything big is loaded."""
+    from gradiend.base_identity import check_safetensors
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"GRADIEND checkpoint directory not found: {directory}")
+    config = GradiendConfig.from_json(read_json(directory / CONFIG_FILE, "GRADIEND config"),
+                                      str(directory / CONFIG_FILE))
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise FileNotFoundError(f"GRADIEND weights not found: {weights}; the checkpoint is incomplete, "
+                                f"re-train or copy the file back")
+    try:
+        check_safetensors(weights)
+    except ValueError as err:
+        raise ValueError(f"GRADIEND weights {weights} are corrupt ({err}); re-train or restore the file") from err
+    return config
 
 
 def _load_tensors(path: Path, what: str) -> dict[str, torch.Tensor]:

@@ -18,8 +18,10 @@ from gradiend.allocator import reuse_large_blocks
 from gradiend.arguments import DTYPES
 from gradiend.base_identity import base_model_fingerprint, check_weight_files, local_model_dir, resolve_base_model
 from gradiend.data import length_batches
+from gradiend.devices import resolve_device, same_device
 from gradiend.gradients import GradientEngine
-from gradiend.model import GradiendConfig, GradiendModel, is_checkpoint
+from gradiend.loaded_base import FINGERPRINT_PREFIX, LoadedBase, weights_fingerprint
+from gradiend.model import GradiendConfig, GradiendModel, is_checkpoint, read_checkpoint_config
 from gradiend.objectives import CausalLMObjective, LMObjective, MaskedLMObjective
 from gradiend.params import ParamMap
 from gradiend.rewrite import applied, rewritten_copy
@@ -50,17 +52,27 @@ def recorded_base_model(config: GradiendConfig) -> str | None:
     return config.base_model
 
 
-def warn_if_other_weights(config: GradiendConfig, base: str, directory: str | os.PathLike) -> None:
-    """Warn when the base model's weights differ from those the checkpoint recorded at training time."""
+def warn_if_other_weights(config: GradiendConfig, base: LoadedBase, directory: str | os.PathLike,
+                          from_path: bool) -> None:
+    """Warn when the base model's weights differ from those the checkpoint recorded at training time.
+
+    A run trained on a model loaded from its files recorded the files' key (compared when `base` was read from
+    a local path); a run trained on a model passed in as an object recorded a content digest (compared by
+    hashing the weights now in memory, one read of them).
+    """
     recorded = config.base_model_fingerprint
-    if recorded is None or local_model_dir(base) is None:
+    if recorded is None:
         return
-    current = base_model_fingerprint(base)
+    if recorded.startswith(FINGERPRINT_PREFIX):
+        current = weights_fingerprint(base.model)
+    elif from_path and local_model_dir(base.name) is not None:
+        current = base_model_fingerprint(base.name)
+    else:
+        return  # a file key against a model object: not comparable without hashing every file
     if current != recorded:
-        warnings.warn(f"GRADIEND checkpoint {directory} was trained on base-model weights other than those now at "
-                      f"{base} (their files changed since training: fingerprint {current}, recorded {recorded}), so "
-                      f"its results may not apply. Pass the base model it was trained on (base_model=), or re-train.",
-                      UserWarning, stacklevel=3)
+        warnings.warn(f"GRADIEND checkpoint {directory} was trained on base-model weights other than those of "
+                      f"{base.name} (fingerprint {current}, recorded {recorded}), so its results may not apply. "
+                      f"Pass the base model it was trained on (base_model=), or re-train.", UserWarning, stacklevel=3)
 
 
 def detect_objective(config: Any) -> str:
@@ -103,7 +115,8 @@ def resolve_objective(config: Any, objective: str | None, name: str = "the model
 def load_base_model(name_or_path: str, torch_dtype: str = "float32", trust_remote_code: bool = False,
                     device: torch.device | str | None = None, objective: str | None = None
                     ) -> tuple[PreTrainedModel, Any]:
-    """Load an HF language model (masked or causal, see `objective`) and its tokenizer."""
+    """Load an HF language model (masked or causal, see `objective`) and its tokenizer onto `device`
+    (None: cuda when available, else cpu)."""
     model, tokenizer, _ = load_model_for_objective(name_or_path, torch_dtype, trust_remote_code, device, objective)
     return model, tokenizer
 
@@ -111,7 +124,8 @@ def load_base_model(name_or_path: str, torch_dtype: str = "float32", trust_remot
 def load_model_for_objective(name_or_path: str, torch_dtype: str = "float32", trust_remote_code: bool = False,
                              device: torch.device | str | None = None, objective: str | None = None
                              ) -> tuple[PreTrainedModel, Any, str]:
-    """(model, tokenizer, objective) with errors that name the fix.
+    """(model, tokenizer, objective) with errors that name the fix; the weights are read straight onto `device`
+    (None: cuda when available, else cpu).
 
     `objective=None` picks "mlm" for masked LMs and "clm" for causal LMs; a forced objective that
     does not fit the model is an error.
@@ -143,8 +157,9 @@ def load_model_for_objective(name_or_path: str, torch_dtype: str = "float32", tr
     if len(tokenizer) <= len(tokenizer.all_special_tokens):
         raise FileNotFoundError(f"The tokenizer of {name_or_path!r} has an empty vocabulary; {fix}")
     loader = AutoModelForMaskedLM if kind == "mlm" else AutoModelForCausalLM
+    target = resolve_device(device)
     model, info = loader.from_pretrained(name_or_path, dtype=DTYPES[torch_dtype], trust_remote_code=trust_remote_code,
-                                         output_loading_info=True)
+                                         output_loading_info=True, **_placement(target))
     prefix = getattr(model, "base_model_prefix", "")
     head_missing = sorted(k for k in info.get("missing_keys", ()) if not prefix or not k.startswith(prefix + "."))
     if head_missing:
@@ -152,9 +167,52 @@ def load_model_for_objective(name_or_path: str, torch_dtype: str = "float32", tr
                          f"GRADIEND needs the model's token predictions. Pass a checkpoint saved with its head "
                          f"({loader.__name__}), not a bare backbone.")
     model.eval()
-    if device is not None:
-        model.to(device)
+    if not same_device(next(model.parameters()).device, target):
+        model.to(target)  # transformers without a device_map loader: loaded on the CPU, then moved once
     return model, tokenizer, kind
+
+
+def _placement(device: torch.device) -> dict[str, Any]:
+    """`from_pretrained` keyword arguments that put the weights on `device` as they are read.
+
+    transformers 5 places them itself; 4.x needs accelerate for a `device_map` (else: CPU, then one move).
+    """
+    if device.type == "cpu":
+        return {}
+    import transformers
+    from transformers.utils import is_accelerate_available
+
+    if int(transformers.__version__.split(".")[0]) >= 5 or is_accelerate_available():
+        return {"device_map": str(device)}
+    return {}
+
+
+def open_base(base_model: str | os.PathLike | PreTrainedModel | LoadedBase, tokenizer: Any = None,
+              torch_dtype: str = "float32", trust_remote_code: bool = False,
+              device: torch.device | str | None = None, objective: str | None = None) -> tuple[LoadedBase, str]:
+    """(the base model with its tokenizer, its objective): loaded from an id/path, or a loaded model used as it is.
+
+    A loaded model keeps its dtype and stays where it is unless `device` is given (then it is moved, in place).
+    """
+    if isinstance(base_model, (str, os.PathLike)):
+        if tokenizer is not None:
+            raise ValueError("tokenizer= goes with a loaded model object; a model id/path loads its own tokenizer. "
+                             "Pass the loaded model (and its tokenizer), or the path alone")
+        model, loaded_tokenizer, kind = load_model_for_objective(os.fspath(base_model), torch_dtype,
+                                                                 trust_remote_code, device, objective)
+        return LoadedBase(model, loaded_tokenizer, os.fspath(base_model)), kind
+    base = base_model if isinstance(base_model, LoadedBase) else LoadedBase.of(base_model, tokenizer)
+    kind = resolve_objective(base.model.config, objective, f"the loaded {type(base.model).__name__}")
+    if device is not None:
+        target = resolve_device(device)
+        if not same_device(base.device, target):
+            logger.info("Moving the loaded %s from %s to %s", type(base.model).__name__, base.device, target)
+            base.model.to(target)
+    if base.dtype_name != torch_dtype:
+        logger.info("Using the loaded model in its own dtype %s (torch_dtype=%r applies to models loaded from a path)",
+                    base.dtype_name, torch_dtype)
+    base.model.eval()
+    return base, kind
 
 
 def make_objective(kind: str, tokenizer: Any, max_length: int = 256, options: dict[str, Any] | None = None
@@ -204,72 +262,84 @@ class ModelWithGradiend:
         return self.engine.device
 
     @classmethod
-    def create(cls, base_model: str, *, params: Sequence[str] | None = None, latent_dim: int = 1,
+    def create(cls, base_model: str | os.PathLike | PreTrainedModel | LoadedBase, *, tokenizer: Any = None,
+               params: Sequence[str] | None = None, latent_dim: int = 1,
                activation_encoder: str = "tanh", bias_decoder: bool = True, torch_dtype: str = "float32",
+               gradiend_dtype: str = "float32",
                feature_classes: Sequence[str] = (), source: str = "alternative", target: str = "diff",
                seed: int | None = 0, max_length: int = 256, trust_remote_code: bool = False,
                device: torch.device | str | None = None, objective: str | None = None,
                objective_options: dict[str, Any] | None = None, param_map: ParamMap | None = None,
                shape_only: bool = False) -> ModelWithGradiend:
-        """A fresh, untrained GRADIEND over `base_model` (HF id or local path).
+        """A fresh, untrained GRADIEND over `base_model`: an HF id or local path, or a loaded model (PEFT style,
+        with `tokenizer=`; used as it is, never reloaded).
 
-        `objective`: "mlm", "clm" or None (chosen from the model); `objective_options` (causal
-        LMs, e.g. `min_left_context_tokens`) are stored in the checkpoint. `param_map` (e.g. a
-        pre-pruned one) replaces the selection by `params`. `shape_only=True` allocates no GRADIEND
-        weights: a template for `with_new_gradiend` (the trainer's seeds), which saves one
-        GRADIEND's memory and initialisation.
+        `device`: where the base model and the GRADIEND live (None: a loaded model's own device, else cuda when
+        available, else cpu); both are built there directly. `torch_dtype`: the base model's dtype when it is
+        loaded from a path; `gradiend_dtype`: the GRADIEND's own. `objective`: "mlm", "clm" or None (chosen from
+        the model); `objective_options` (causal LMs, e.g. `min_left_context_tokens`) are stored in the
+        checkpoint. `param_map` (e.g. a pre-pruned one) replaces the selection by `params`. `shape_only=True`
+        allocates no GRADIEND weights: a template for `with_new_gradiend` (the trainer's seeds), which saves
+        one GRADIEND's memory and initialisation.
         """
-        model, tokenizer, kind = load_model_for_objective(base_model, torch_dtype, trust_remote_code, device,
-                                                          objective)
-        make_objective(kind, tokenizer, max_length, objective_options)  # validate the options before any work
+        base, kind = open_base(base_model, tokenizer, torch_dtype, trust_remote_code, device, objective)
+        make_objective(kind, base.tokenizer, max_length, objective_options)  # validate the options before any work
         if param_map is not None:
-            param_map.check_against(model)
+            param_map.check_against(base.model)
         else:
-            param_map = ParamMap.select(model, params)
+            param_map = ParamMap.select(base.model, params)
         direction = {cls_: sign for cls_, sign in zip(feature_classes, (1, -1), strict=False)}
+        from_path = isinstance(base_model, (str, os.PathLike))
         config = GradiendConfig(
             input_dim=param_map.size, latent_dim=latent_dim, activation_encoder=activation_encoder,
-            bias_decoder=bias_decoder, torch_dtype=torch_dtype, base_model=str(base_model),
-            base_model_resolved=resolve_base_model(base_model),
-            base_model_fingerprint=base_model_fingerprint(base_model),
+            bias_decoder=bias_decoder, torch_dtype=torch_dtype if from_path else base.dtype_name,
+            gradiend_dtype=gradiend_dtype, base_model=base.name, base_model_resolved=resolve_base_model(base.name),
+            base_model_fingerprint=base_model_fingerprint(base.name) if from_path else base.fingerprint(),
             param_map=param_map.to_json(), feature_classes=list(feature_classes),
             feature_class_encoding_direction=direction, source=source, target=target, objective=kind,
             objective_options=dict(objective_options or {}) if kind == "clm" else {})
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        logger.info("GRADIEND over %d parameters of %s (%d tensors)", param_map.size, base_model,
-                    len(param_map.specs))
-        gradiend = GradiendModel(config, generator, shape_only=shape_only)
+        logger.info("GRADIEND over %d parameters of %s (%d tensors) on %s", param_map.size, base.name,
+                    len(param_map.specs), base.device)
+        gradiend = GradiendModel(config, generator, shape_only=shape_only, device=base.device)
         gradiend.param_index = param_map.index_tensors()
-        return cls(model, tokenizer, gradiend, max_length=max_length)
+        return cls(base.model, base.tokenizer, gradiend, max_length=max_length)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, base_model: str | None = None,
-                        device: torch.device | str | None = None, trust_remote_code: bool = False,
-                        max_length: int = 256, revision: str | None = None,
+    def from_pretrained(cls, directory: str | os.PathLike, *,
+                        base_model: str | os.PathLike | PreTrainedModel | LoadedBase | None = None,
+                        tokenizer: Any = None, device: torch.device | str | None = None,
+                        trust_remote_code: bool = False, max_length: int = 256, revision: str | None = None,
                         token: str | bool | None = None) -> ModelWithGradiend:
-        """Load a GRADIEND checkpoint and the base model it names (or `base_model`).
+        """Load a GRADIEND checkpoint with the base model it names, or with `base_model` (an id/path, or a loaded
+        model + `tokenizer`, used as it is: no second copy).
 
         `directory` is a local checkpoint directory or a Hugging Face Hub repo id (`org/name`, at
         `revision`), read from the local Hub cache or downloaded into it (`gradiend.hub.resolve_pretrained`;
-        with `HF_HUB_OFFLINE=1` only the cache is searched).
+        with `HF_HUB_OFFLINE=1` only the cache is searched). Base model and GRADIEND are read straight onto
+        `device` (None: a loaded model's own device, else cuda when available, else cpu).
         """
         from gradiend.hub import resolve_pretrained
 
         directory = resolve_pretrained(directory, revision=revision, token=token)
+        loaded = not isinstance(base_model, (str, os.PathLike, type(None)))
         if not is_checkpoint(directory):
             from gradiend.reference_format import is_reference_checkpoint, load_reference_checkpoint
 
             if is_reference_checkpoint(directory):  # a gradiend 0.2.x checkpoint
+                if loaded:
+                    raise ValueError(f"{directory} is a gradiend 0.2.x checkpoint: pass its base model as an id/path, "
+                                     f"or convert it first (gradiend.reference_format.convert_reference_checkpoint)")
                 return load_reference_checkpoint(directory, base_model=base_model, device=device,
                                                  trust_remote_code=trust_remote_code, max_length=max_length)
-        gradiend = GradiendModel.from_pretrained(directory)
-        base = base_model or recorded_base_model(gradiend.config)
-        if base is None:
+        config = read_checkpoint_config(directory)  # the weights' header too: a broken checkpoint fails first
+        name = base_model if base_model is not None else recorded_base_model(config)
+        if name is None:
             raise ValueError(f"Checkpoint {directory} does not name its base model; pass base_model=")
-        warn_if_other_weights(gradiend.config, base, directory)
-        model, tokenizer, _ = load_model_for_objective(base, gradiend.config.torch_dtype, trust_remote_code, device,
-                                                       gradiend.config.objective)
-        return cls(model, tokenizer, gradiend, max_length=max_length)
+        base, _ = open_base(name, tokenizer, config.torch_dtype, trust_remote_code, device, config.objective)
+        gradiend = GradiendModel.from_pretrained(directory, device=base.device)  # straight onto the base's device
+        warn_if_other_weights(gradiend.config, base, directory, from_path=not loaded)
+        return cls(base.model, base.tokenizer, gradiend, max_length=max_length)
 
     def save_pretrained(self, directory: str | os.PathLike, extra_json: dict[str, Any] | None = None) -> None:
         self.gradiend.save_pretrained(directory, extra_json)
@@ -295,9 +365,9 @@ class ModelWithGradiend:
         GRADIEND of the same configuration (parameter map included) seeded by `seed`."""
         clone = copy.copy(self)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        gradiend = GradiendModel(copy.deepcopy(self.gradiend.config), generator)
+        gradiend = GradiendModel(copy.deepcopy(self.gradiend.config), generator, device=self.device)
         gradiend.param_index = dict(self.gradiend.param_index)
-        clone.gradiend = gradiend.to(self.device)
+        clone.gradiend = gradiend
         clone.engine = GradientEngine(self.base_model, self.objective, self.param_map)  # re-asserts requires_grad
         return clone
 
@@ -313,8 +383,10 @@ class ModelWithGradiend:
         return self
 
     def to(self, device: torch.device | str) -> ModelWithGradiend:
+        """Move the base model and the GRADIEND (in place; a shape-only template has no weights to move)."""
         self.base_model.to(device)
-        self.gradiend.to(device)
+        if not self.gradiend.shape_only:
+            self.gradiend.to(device)
         self.engine = GradientEngine(self.base_model, self.objective, self.param_map)
         return self
 

@@ -2,7 +2,10 @@
 
 The decoder grid and the public `apply(...)` context manager never deep-copy the base model:
 they add the update to the selected parameters in place and restore them bitwise from a saved
-copy of only those parameters.
+copy of only those parameters. A saved rewrite does not copy the model either: the edited tensors are
+computed on the host, one at a time, and written in place of the originals (`edited_state_dict`); the
+loaded model never changes and the accelerator holds nothing extra. Only a rewrite returned in memory
+(`rewritten_copy`) is a copy, since the caller gets a second model.
 """
 
 from __future__ import annotations
@@ -85,6 +88,29 @@ def rewritten_copy(model: nn.Module, param_map: ParamMap, update: Update, learni
     return clone
 
 
+@torch.no_grad()
+def edited_state_dict(model: nn.Module, param_map: ParamMap, update: Update, learning_rate: float
+                      ) -> dict[str, torch.Tensor]:
+    """`model.state_dict()` with every mapped tensor replaced by an edited host copy (θ + learning_rate · update).
+
+    The other entries are the model's own tensors (no copy), and the model itself stays unchanged. Keys that
+    share a tensor (tied input and output embeddings) all get the edited copy, so it is saved once, tied.
+    """
+    if isinstance(update, torch.Tensor) and update.numel() != param_map.size:
+        raise ValueError(f"update has {update.numel()} entries, the parameter map {param_map.size}")
+    state = model.state_dict()
+    named = dict(model.named_parameters())
+    for spec in param_map.specs:
+        param = named[spec.name].detach()
+        edited = param.to("cpu", copy=True)
+        delta = update[spec.rows] if isinstance(update, torch.Tensor) else update(spec.rows)
+        param_map.add_to(edited, spec, delta, learning_rate)
+        for key, tensor in state.items():
+            if tensor.data_ptr() == param.data_ptr() and tensor.shape == param.shape:
+                state[key] = edited
+    return state
+
+
 def model_card(info: dict[str, Any]) -> str:
     """A README.md for a rewritten checkpoint: Hub metadata, what was changed, how, and what it measured
     (see `gradiend.cards.rewrite_card`)."""
@@ -94,13 +120,14 @@ def model_card(info: dict[str, Any]) -> str:
 
 
 def save_rewritten(model: nn.Module, tokenizer: Any, output_dir: str | os.PathLike, card: dict[str, Any], *,
-                   overwrite: bool = False) -> str:
+                   overwrite: bool = False, state_dict: dict[str, torch.Tensor] | None = None) -> str:
     """Save a complete HF checkpoint (safetensors weights, config, tokenizer, model card) atomically.
 
-    An existing `output_dir` is replaced only when it is ours (or `overwrite`), see `atomic_directory`.
+    `state_dict`: the weights to write instead of the model's own (`edited_state_dict`). An existing
+    `output_dir` is replaced only when it is ours (or `overwrite`), see `atomic_directory`.
     """
     with atomic_directory(output_dir, overwrite=overwrite, kind="rewrite") as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         (Path(tmp) / "README.md").write_text(model_card(card), encoding="utf-8")
     return str(output_dir)
@@ -109,17 +136,21 @@ def save_rewritten(model: nn.Module, tokenizer: Any, output_dir: str | os.PathLi
 def save_selected_rewrite(model: ModelWithGradiend, selection: dict[str, Any], *, key: str, target_class: str,
                           feature_classes: list[str], base_model: str, output_dir: str | os.PathLike,
                           overwrite: bool = False) -> str:
-    """Rewrite a copy of the base model with a decoder selection and save it with a card describing the edit."""
+    """Save the base model rewritten by a decoder selection, with a card describing the edit.
+
+    No copy of the model: the edited tensors go straight into the saved weights (`edited_state_dict`).
+    """
     from gradiend._version import __version__
 
-    rewritten = model.rewrite_base_model(selection["learning_rate"], selection["feature_factor"])
     # the recorded resolved path tells a local base model from a Hub id, when it is the one trained on
     resolved = model.config.base_model_resolved if base_model == model.config.base_model else None
     card = {**selection, "key": key, "target_class": target_class, "base_model": base_model,
             "base_model_resolved": resolved, "objective": model.objective.name, "feature_classes": feature_classes,
             "n_parameters": model.param_map.size, "n_tensors": len(model.param_map.specs),
             "library_version": __version__}
-    return save_rewritten(rewritten, model.tokenizer, output_dir, card, overwrite=overwrite)
+    state = edited_state_dict(model.base_model, model.param_map, model.lazy_update(selection["feature_factor"]),
+                              selection["learning_rate"])
+    return save_rewritten(model.base_model, model.tokenizer, output_dir, card, overwrite=overwrite, state_dict=state)
 
 
 def rewrite_selected(model: ModelWithGradiend, selections: Mapping[str, Any], classes: Sequence[str],

@@ -18,6 +18,7 @@ from gradiend.base_identity import base_model_fingerprint, local_model_dir, reso
 from gradiend.data import prepare_rows
 from gradiend.experiment import TRAINING_STATS, atomic_directory, atomic_write_json, fingerprint, read_json, short_hash
 from gradiend.gradient_cache import GradientStore
+from gradiend.loaded_base import LoadedBase
 from gradiend.memory import plan_for_model
 from gradiend.model import CONFIG_FILE, is_checkpoint
 from gradiend.pruning import post_prune, pre_prune
@@ -41,7 +42,15 @@ logger = logging.getLogger(__name__)
 _NOT_LEARNING = {"experiment_dir", "output_dir", "use_cache", "show_progress", "fail_on_non_convergence",
                  "eval_batch_size", "encoder_eval_max_size", "metadata", "keep_seed_runs", "saved_seed_runs",
                  "seed_runs_dir", "gradient_cache", "gradient_cache_max_gb", "overwrite_output_dir", "save_steps",
-                 "resume_from_checkpoint"}
+                 "resume_from_checkpoint", "device"}
+
+BaseModel = str | LoadedBase
+"""A base model id/path (loaded by the run), or a model already in memory with its tokenizer (used as it is)."""
+
+
+def base_name(base_model: BaseModel) -> str:
+    """What records and stats name the base model by: the id/path, or a loaded model's `name_or_path`."""
+    return base_model.name if isinstance(base_model, LoadedBase) else base_model
 
 
 def rows_hash(rows: pd.DataFrame) -> str:
@@ -49,16 +58,18 @@ def rows_hash(rows: pd.DataFrame) -> str:
     return short_hash(rows.to_csv(index=False))
 
 
-def run_fingerprint(args: TrainingArguments, base_model: str, rows: pd.DataFrame,
+def run_fingerprint(args: TrainingArguments, base_model: BaseModel, rows: pd.DataFrame,
                     explicit_pre_prune: dict[str, Any] | None) -> str:
-    """Key of everything that changes what a run learns.
+    """Key of everything that changes what a run learns (the device does not: a run is reused on another).
 
-    The base model is keyed by content (`base_model_fingerprint`: its weight files' headers, sizes and
-    modification times), not by the path string: new weights saved at the same path make a new run.
+    The base model is keyed by content, not by the path string: a local model by `base_model_fingerprint`
+    (its weight files' headers, sizes and modification times), so new weights saved at the same path make a
+    new run; a loaded model by a digest of its weights in memory (`loaded_base.weights_fingerprint`).
     """
     learning = {k: v for k, v in args.to_dict().items()
                 if k not in _NOT_LEARNING and not k.startswith("decoder_eval_")}
-    return fingerprint({"args": learning, "base_model": base_model_fingerprint(base_model), "data": rows_hash(rows),
+    key = base_model.fingerprint() if isinstance(base_model, LoadedBase) else base_model_fingerprint(base_model)
+    return fingerprint({"args": learning, "base_model": key, "data": rows_hash(rows),
                         "explicit_pre_prune": explicit_pre_prune})
 
 
@@ -77,18 +88,23 @@ def finished_run(directory: Path, key: str, mode: bool | str) -> bool:
     return True
 
 
-def new_template(base_model: str, args: TrainingArguments, rows: pd.DataFrame, pair: tuple[str, str],
+def new_template(base_model: BaseModel, args: TrainingArguments, rows: pd.DataFrame, pair: tuple[str, str],
                  device: torch.device | None = None) -> ModelWithGradiend:
     """An untrained, weightless (meta) GRADIEND over the base model: the template every seed starts from.
 
+    `base_model`: an id/path, loaded onto `device`, or a loaded model (moved there when it is elsewhere).
     Every target token is looked up once here, so an unknown word fails before any training.
     """
     from gradiend.model_with_gradiend import ModelWithGradiend
 
-    check_trainable_dtype(args.torch_dtype)  # before the base model is loaded
+    if isinstance(base_model, LoadedBase):
+        check_trainable_dtype(base_model.dtype_name)
+    else:
+        check_trainable_dtype(args.torch_dtype)  # before the base model is loaded
     model = ModelWithGradiend.create(
         base_model, params=args.params, latent_dim=args.latent_dim, activation_encoder=args.activation_encoder,
-        bias_decoder=args.bias_decoder, torch_dtype=args.torch_dtype, feature_classes=pair, source=args.source,
+        bias_decoder=args.bias_decoder, torch_dtype=args.torch_dtype, gradiend_dtype=args.gradiend_dtype,
+        feature_classes=pair, source=args.source,
         target=args.target, seed=args.seed, max_length=args.max_length, trust_remote_code=args.trust_remote_code,
         device=device, objective=args.objective,
         objective_options={"min_left_context_tokens": args.min_left_context_tokens}, shape_only=True)
@@ -136,13 +152,14 @@ class RunResult:
 
 
 def prepare_run(template: ModelWithGradiend, args: TrainingArguments, rows: pd.DataFrame, pair: tuple[str, str],
-                base_model: str, key: str, callbacks: Sequence[TrainingCallback] = (),
+                base_model: BaseModel, key: str, callbacks: Sequence[TrainingCallback] = (),
                 pre_pruned: bool = False) -> RunInputs:
     """Training and validation rows the objective can score; pre-pruning of the template if configured."""
     if args.post_prune_config is not None and not args.post_prune_config.inplace:
         raise ValueError("post_prune_config.inplace=False makes no sense when train() post-prunes: the pruned "
                          "model is what train() saves. Use inplace=True, or call "
                          "trainer.post_prune(PostPruneConfig(..., inplace=False)) after training for a copy.")
+    check_training_dtype(args.gradiend_dtype)
     train_rows = prepare_rows(rows, "train", pair, template.objective, "training")
     eval_rows = (prepare_rows(rows, "validation", pair, template.objective, "in-training evaluation")
                  if args.do_eval else None)
@@ -150,7 +167,17 @@ def prepare_run(template: ModelWithGradiend, args: TrainingArguments, rows: pd.D
         pre_prune(template, train_rows, pair, args.pre_prune_config, args.show_progress)
     cache_bytes = int(args.gradient_cache_max_gb * 1024**3) if args.gradient_cache == "memory" else 0
     plan_for_model(template, args, cache_bytes=cache_bytes).check(template.device)  # refuse before allocating
-    return RunInputs(template, args, train_rows, eval_rows, pair, base_model, key, tuple(callbacks))
+    return RunInputs(template, args, train_rows, eval_rows, pair, base_name(base_model), key, tuple(callbacks))
+
+
+def check_training_dtype(gradiend_dtype: str) -> None:
+    """Training runs in a float32 GRADIEND for now: the training loop's gradient buffers are float32 and the
+    fused step needs one dtype (`step.FusedLoss`). A GRADIEND created or loaded for encoding and rewriting
+    (`ModelWithGradiend.create/from_pretrained`) may have any `gradiend_dtype`."""
+    if gradiend_dtype != "float32":
+        raise ValueError(f"gradiend_dtype={gradiend_dtype!r} cannot train yet: the training loop keeps its gradient "
+                         f"buffers in float32. Train with gradiend_dtype='float32' (the default); to save memory use "
+                         f"a bf16 base model (torch_dtype='bfloat16'), pre-pruning or bias_decoder=False")
 
 
 def train_seed(inputs: RunInputs, args: TrainingArguments, directory: Path, key: str,
@@ -200,8 +227,10 @@ def train_run(inputs: RunInputs, experiment: ExperimentDir) -> RunResult:
         seeds = _Seeds(inputs, store, resume_root(experiment.root))
         report = run_seeds_in(experiment, args, seeds.train, seeds.eval_correlation)
         seeds.finished_run_marker.unlink(missing_ok=True)
-        # usually the last seed trained is the best: keep it instead of reloading model/
+        # usually the last seed trained is the best: keep it; else its GRADIEND joins the base model in memory
         best = seeds.last_model if seeds.last_seed == report.best_seed else None
+        seeds.last_model = None  # one GRADIEND in memory at a time
+        best = best or with_saved_gradiend(inputs.template, experiment.model, args.max_length)
         return RunResult(best, report.convergent_count > 0, f"none of the seeds {report.seeds_tried} converged",
                          report)
     finally:
@@ -289,16 +318,24 @@ class _Seeds:
             # the best checkpoint was chosen on exactly these rows with exactly these weights
             return result.stats.best_correlation, "training"
         from gradiend.data import cap_per_class
-        from gradiend.model_with_gradiend import ModelWithGradiend
 
-        model = result.model or ModelWithGradiend.from_pretrained(
-            directory, trust_remote_code=inputs.args.trust_remote_code, max_length=inputs.args.max_length)
+        model = result.model or with_saved_gradiend(inputs.template, directory, inputs.args.max_length)
         rows = cap_per_class(inputs.eval_rows, self.selection_cap, self.data_seed).reset_index(drop=True)
         metrics = evaluate_during_training(model, rows, inputs.pair, inputs.args.eval_batch_size)
         return metrics["correlation"], "validation"
 
 
-def pruned_template(base_model: str, args: TrainingArguments, rows: pd.DataFrame, pair: tuple[str, str],
+def with_saved_gradiend(template: ModelWithGradiend, directory: Path, max_length: int) -> ModelWithGradiend:
+    """The GRADIEND saved in `directory` on the template's base model (already in memory, never reloaded),
+    read straight onto its device."""
+    from gradiend.model import GradiendModel
+    from gradiend.model_with_gradiend import ModelWithGradiend
+
+    gradiend = GradiendModel.from_pretrained(directory, device=template.device)
+    return ModelWithGradiend(template.base_model, template.tokenizer, gradiend, max_length=max_length)
+
+
+def pruned_template(base_model: BaseModel, args: TrainingArguments, rows: pd.DataFrame, pair: tuple[str, str],
                     config: PrePruneConfig, device: torch.device | None = None) -> ModelWithGradiend:
     """An untrained GRADIEND pre-pruned by gradient importance on the training rows (real weights, pruned size)."""
     model = new_template(base_model, args, rows, pair, device)

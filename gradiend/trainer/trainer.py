@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import torch
 
     from gradiend.experiment import ExperimentDir
+    from gradiend.loaded_base import LoadedBase
     from gradiend.model_with_gradiend import ModelWithGradiend
     from gradiend.records import TrainingRecord
     from gradiend.training import TrainingCallback
@@ -39,10 +40,12 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
 
     Training, pruning and model state live here; evaluation/rewriting and plot methods in the two mixins."""
 
-    def __init__(self, model: str | os.PathLike | ModelWithGradiend, target_classes: Sequence[str] | None = None,
-                 args: TrainingArguments | None = None, run_id: str | None = None, n_features: int = 1) -> None:
-        from gradiend.model_with_gradiend import ModelWithGradiend
-
+    def __init__(self, model: str | os.PathLike | ModelWithGradiend | Any, target_classes: Sequence[str] | None = None,
+                 args: TrainingArguments | None = None, run_id: str | None = None, n_features: int = 1, *,
+                 tokenizer: Any = None) -> None:
+        """`model`: a base model id/path (loaded on first use), a loaded Hugging Face model with its `tokenizer=`
+        (PEFT style: used as it is, never reloaded), or a `ModelWithGradiend` (its base model and tokenizer are
+        used the same way; before training, `get_model()` returns it)."""
         if run_id is not None and not isinstance(run_id, str):
             raise TypeError(f"run_id must be a str or None, got {type(run_id).__name__}")
         _check_run_id(run_id)
@@ -50,13 +53,11 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
             raise ValueError(f"n_features must be a positive int, got {n_features!r}")
         if args is not None and not isinstance(args, TrainingArguments):
             raise TypeError(f"args must be TrainingArguments, got {type(args).__name__}")
-        if isinstance(model, ModelWithGradiend):
-            self._model_instance: ModelWithGradiend | None = model
-            self._base_model_arg = model.base_model_path
-        elif isinstance(model, (str, os.PathLike)):
-            self._model_instance, self._base_model_arg = None, str(model)
-        else:
-            raise TypeError(f"model must be a model id/path or a ModelWithGradiend, got {type(model).__name__}")
+        from gradiend.model_with_gradiend import ModelWithGradiend
+
+        self._base: LoadedBase | None = _loaded_base(model, tokenizer)  # a model passed in as an object
+        self._base_model_arg = self._base.name if self._base is not None else os.fspath(model)
+        self._model_instance: ModelWithGradiend | None = model if isinstance(model, ModelWithGradiend) else None
         self._model_path = self._base_model_arg
         self._target_classes = list(target_classes) if target_classes is not None else None
         args = args or TrainingArguments()
@@ -156,7 +157,7 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
         args = self._args.replace(**overrides) if overrides else self._args
         if output_dir is not None:
             args = args.replace(output_dir=_output_dir(output_dir))
-        base = self._base_model_arg if model is None else _base_model_of(model)
+        base = self._base_source if model is None else _base_model_of(model)
         (rows, pair), experiment = self.unified_data(), self._experiment_of(args)
         key = runs.run_fingerprint(args, base, rows, self._explicit_pre_prune)
         with experiment.lock():
@@ -165,7 +166,7 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
                 self._attach(experiment.model, None)
                 return self
             _check_model_dir(experiment.model, args.overwrite_output_dir)  # before training, not after it
-            template = self._pre_pruned or runs.new_template(base, args, rows, pair, self._device())
+            template = self._pre_pruned or runs.new_template(base, args, rows, pair, self._device(args, base))
             inputs = runs.prepare_run(template, args, rows, pair, base, key, callbacks or (),
                                       pre_pruned=self._pre_pruned is not None)
             self._pre_pruned = self._explicit_pre_prune = None
@@ -212,7 +213,7 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
         if cfg is None:
             raise ValueError("Pre-prune config required: pass pre_cfg=PrePruneConfig(...) or set "
                              "TrainingArguments.pre_prune_config")
-        model = pruned_template(self._base_model_arg, self._args, *self.unified_data(), cfg, self._device())
+        model = pruned_template(self._base_source, self._args, *self.unified_data(), cfg, self._device())
         if not inplace:
             return model
         self._pre_pruned, self._explicit_pre_prune = model, cfg.to_dict()
@@ -239,8 +240,19 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
         return self
 
     # -- models ---------------------------------------------------------------------------------
-    def _device(self) -> torch.device | None:
-        return self._model_instance.device if self._model_instance is not None else None
+    @property
+    def _base_source(self) -> str | LoadedBase:
+        """The base model runs start from: the loaded one passed in, else its id/path."""
+        return self._base if self._base is not None else self._base_model_arg
+
+    def _device(self, args: TrainingArguments | None = None, base: str | LoadedBase | None = None) -> torch.device:
+        """Where models load: `args.device` (set by `to()`/`cuda()`/`cpu()` too), else the loaded base model's
+        device, else cuda when available, else cpu."""
+        from gradiend.devices import resolve_device
+        from gradiend.loaded_base import LoadedBase
+
+        base = self._base_source if base is None else base
+        return resolve_device((args or self._args).device, base.device if isinstance(base, LoadedBase) else None)
 
     def get_model(self, use_cache: bool | None = None, *, load_directory: str | None = None) -> ModelWithGradiend:
         """The trained model (cached in memory); `load_directory` loads another checkpoint."""
@@ -283,16 +295,26 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
         return self
 
     def load_model(self, load_directory: str | os.PathLike) -> ModelWithGradiend:
-        """Load a GRADIEND checkpoint directory (without replacing the trainer's model)."""
+        """Load a GRADIEND checkpoint directory (without replacing the trainer's model) onto the trainer's device;
+        a base model passed in as an object is reused, not reloaded."""
         from gradiend.model_with_gradiend import ModelWithGradiend
 
-        return ModelWithGradiend.from_pretrained(load_directory, trust_remote_code=self._args.trust_remote_code,
+        return ModelWithGradiend.from_pretrained(load_directory, base_model=self._base, device=self._device(),
+                                                 trust_remote_code=self._args.trust_remote_code,
                                                  max_length=self._args.max_length)
 
-    def to(self, device: torch.device | str) -> Trainer:
-        """Move the loaded model (no-op when none is loaded)."""
-        if self._model_instance is not None:
-            self._model_instance.to(device)
+    def to(self, device: torch.device | str | int) -> Trainer:
+        """Move the models in memory to `device` and remember it (`training_args.device`): every later load
+        and reload (train, a cached run, the best seed, get_model, load_model) lands there too."""
+        from gradiend.devices import device_name, resolve_device
+
+        name = device_name(device)
+        target = resolve_device(name)
+        self._args = self._args.replace(device=name)
+        if self._base is not None:
+            self._base.model.to(target)
+        for model in {id(m): m for m in (self._model_instance, self._pre_pruned) if m is not None}.values():
+            model.to(target)
         return self
 
     def cpu(self) -> Trainer:
@@ -326,15 +348,34 @@ def _output_dir(output_dir: str | os.PathLike) -> str:
     return os.fspath(output_dir)
 
 
-def _base_model_of(model: str | os.PathLike | ModelWithGradiend) -> str:
-    """The base model id/path `train(model=...)` names."""
+def _base_model_of(model: str | os.PathLike | ModelWithGradiend) -> str | LoadedBase:
+    """The base model `train(model=...)` names: an id/path, or a ModelWithGradiend's loaded base (not reloaded)."""
     from gradiend.model_with_gradiend import ModelWithGradiend
 
     if isinstance(model, ModelWithGradiend):
-        return model.base_model_path
+        return _loaded_base(model, None)
     if isinstance(model, (str, os.PathLike)) and str(model).strip():
         return os.fspath(model)
     raise TypeError(f"model must be a base model id/path or a ModelWithGradiend, got {model!r}")
+
+
+def _loaded_base(model: Any, tokenizer: Any) -> LoadedBase | None:
+    """The loaded base model (+ tokenizer) a trainer's `model` argument carries; None for an id/path."""
+    from gradiend.loaded_base import LoadedBase
+    from gradiend.model_with_gradiend import ModelWithGradiend
+
+    if isinstance(model, (str, os.PathLike)):
+        if tokenizer is not None:
+            raise ValueError("tokenizer= goes with a loaded model object; a model id/path loads its own tokenizer. "
+                             "Pass the loaded model with its tokenizer, or the path alone")
+        if not str(model).strip():
+            raise ValueError("model is an empty string; pass a model id/path or a loaded model")
+        return None
+    if isinstance(model, ModelWithGradiend):
+        if tokenizer is not None and tokenizer is not model.tokenizer:
+            raise ValueError("A ModelWithGradiend brings its own tokenizer; do not pass tokenizer= with it")
+        return LoadedBase(model.base_model, model.tokenizer, model.base_model_path or model.base_model.name_or_path)
+    return LoadedBase.of(model, tokenizer)
 
 
 def _check_model_dir(model_dir: Path, overwrite: bool) -> None:

@@ -36,6 +36,8 @@ class TextPredictionTrainer(Trainer):
     `datasets.Dataset`/`DatasetDict`, a saved dataset directory or a Hugging Face dataset id
     (or `hf_dataset=` with `hf_subset`/`hf_splits`).
     `eval_neutral_data`: feature-free texts (list of str, DataFrame/file/dataset with `text`).
+    `model`: a base model id/path, a loaded Hugging Face model with its `tokenizer=` (used as it is, never
+    reloaded), or a `ModelWithGradiend`.
     `class_merge_map` merges classes (`{"masc": ["der_nom", "den_acc"], ...}`), `all_classes` keeps only
     those classes; rows of classes outside the pair are kept for `include_other_classes` evaluations.
     The reference's data options (column names, `split_col` with random or vocabulary-held-out splits, split
@@ -48,7 +50,7 @@ class TextPredictionTrainer(Trainer):
                  correlation_mapping: Mapping[str, float] | None = None, config: TextPredictionConfig | None = None,
                  target_classes: Sequence[str] | None = None, *, args: TrainingArguments | None = None,
                  training_args: TrainingArguments | None = None, eval_neutral_data: NeutralInput | None = None,
-                 n_features: int | None = None, mask: str | None = None,
+                 n_features: int | None = None, mask: str | None = None, tokenizer: Any = None,
                  evaluator_class: Any = None, **options: Any) -> None:
         if args is not None and training_args is not None and args is not training_args:
             raise ValueError("Pass either args= or training_args=, not both")
@@ -64,7 +66,7 @@ class TextPredictionTrainer(Trainer):
                                                        target_classes if target_classes else config.target_classes)
         arguments = _with_config(training_args or args or TrainingArguments(), config)
         super().__init__(model, target_classes=target_classes, args=arguments, run_id=config.run_id,
-                         n_features=config.n_features)
+                         n_features=config.n_features, tokenizer=tokenizer)
         self.config = config
         self.correlation_mapping = dict(config.correlation_mapping or {})
         self._load_data(config, target_classes, _mask_placeholder(mask, config, arguments))
