@@ -39,6 +39,23 @@ def test_train_overrides_apply_to_one_call(tiny_mlm_dir, trained, tmp_path) -> N
         trained.train(tmp_path / "bad", model=3)
 
 
+def test_results_follow_the_model_a_train_call_moved(tiny_mlm_dir, tmp_path) -> None:
+    trainer = tiny_experiment.build(tiny_mlm_dir, tmp_path / "a", encoder=False, decoder=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        trainer.train(experiment_dir=str(tmp_path / "b"))
+    assert trainer.training_args.experiment_dir == str(tmp_path / "a")
+    assert trainer.model_path == str(tmp_path / "b" / "model") and trainer.experiment_dir == str(tmp_path / "b")
+    assert trainer.experiment.model == tmp_path / "b" / "model"
+    trainer.evaluate_encoder()
+    assert (tmp_path / "b" / "encoded_values_split_test.csv").is_file(), "the moved model's results go beside it"
+    assert not (tmp_path / "a" / "encoded_values_split_test.csv").exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        trainer.train()  # the trainer's own layout again
+    assert trainer.experiment_dir == str(tmp_path / "a") and trainer.model_path == str(tmp_path / "a" / "model")
+
+
 def test_evaluate_encoder_split_names_lists_and_all(trained) -> None:
     val = trained.evaluate_encoder(split="val", return_df=True)
     validation = trained.evaluate_encoder(split="validation")

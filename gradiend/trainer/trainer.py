@@ -40,6 +40,8 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
 
     Training, pruning and model state live here; evaluation/rewriting and plot methods in the two mixins."""
 
+    _layout: TrainingArguments | None = None  # see `_layout_args`
+
     def __init__(self, model: str | os.PathLike | ModelWithGradiend | Any, target_classes: Sequence[str] | None = None,
                  args: TrainingArguments | None = None, run_id: str | None = None, n_features: int = 1, *,
                  tokenizer: Any = None) -> None:
@@ -107,9 +109,15 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
         return self._args
 
     @property
+    def _layout_args(self) -> TrainingArguments:
+        """The arguments that say where the trainer's model and results live: the last `train()` call's, when
+        that call moved them (`output_dir=`, `experiment_dir=`, `seed_runs_dir=` overrides), else the trainer's."""
+        return self._layout or self._args
+
+    @property
     def experiment_dir(self) -> str:
         """`experiment_dir` (plus `run_id`); a temporary directory when none was given."""
-        base = self._args.experiment_dir
+        base = self._layout_args.experiment_dir
         if base is None:
             if self._temp_dir is None:
                 self._temp_dir = tempfile.TemporaryDirectory(prefix="gradiend-")
@@ -120,7 +128,7 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
     @property
     def experiment(self) -> ExperimentDir:
         """The experiment directory's layout, reads, writes and lock."""
-        return self._experiment_of(self._args)
+        return self._experiment_of(self._layout_args)
 
     @property
     def model_path(self) -> str:
@@ -164,6 +172,7 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
             if runs.finished_run(experiment.model, key, args.use_cache):
                 logger.info("Reusing the finished run in %s (use_cache=%r)", experiment.model, args.use_cache)
                 self._attach(experiment.model, None)
+                self._layout = args if _layout_of(args) != _layout_of(self._args) else None
                 return self
             _check_model_dir(experiment.model, args.overwrite_output_dir)  # before training, not after it
             template = self._pre_pruned or runs.new_template(base, args, rows, pair, self._device(args, base))
@@ -172,6 +181,7 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
             self._pre_pruned = self._explicit_pre_prune = None
             result = runs.train_run(inputs, experiment)
         self._attach(experiment.model, result.model)
+        self._layout = args if _layout_of(args) != _layout_of(self._args) else None
         if args.max_seeds == 1:
             self.post_training(result.model)
         self._autosave_training_convergence()
@@ -340,6 +350,10 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
         return (f"{type(self).__name__}(model={self._base_model_arg!r}, run_id={self.run_id!r}, "
                 f"target_classes={self._target_classes}, experiment_dir={self._args.experiment_dir!r}, "
                 f"model_path={self._model_path!r})")
+
+
+def _layout_of(args: TrainingArguments) -> tuple[str | None, str | None, str | None]:
+    return args.experiment_dir, args.output_dir, args.seed_runs_dir
 
 
 def _output_dir(output_dir: str | os.PathLike) -> str:
