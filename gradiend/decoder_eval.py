@@ -13,13 +13,14 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from gradiend import distributed
 from gradiend.allocator import reuse_large_blocks
 from gradiend.data import MASK, cap_per_class, prepare_rows, rows_with_context, unify
 from gradiend.experiment import atomic_write_json, fingerprint, read_json, short_hash
@@ -43,6 +44,7 @@ FAST_UPDATE_MAX_BYTES = 1 << 30
 FLOAT32_MAX = torch.finfo(torch.float32).max
 
 Record = dict[str, Any]
+_R = TypeVar("_R")
 Selector = Callable[[list[Record], Record], Record]
 SummaryExtractor = Callable[[list[Record], str, bool], Record]
 
@@ -176,24 +178,62 @@ def search_grid(run: GridRun, feature_factors: Sequence[float], learning_rates: 
     LMS passes that stop once they cannot reach it; candidates with a smaller |lr| get class
     probabilities and `lms: None` with `lms_at_least` (LMS falls with |lr|, so they keep the bound;
     `verify_selection` measures whichever gets selected). Candidates above the boundary are absent.
+    Several processes: grid candidates (adaptive: feature factors) are split across ranks and gathered.
     """
     if search not in SEARCH_MODES:
         raise ValueError(f"search must be one of {SEARCH_MODES}, got {search!r}")
     total = 1 + len(feature_factors) * len(learning_rates)
     with reuse_large_blocks(), tqdm(total=total, desc="Decoder grid", disable=not show_progress, leave=False) as bar:
-        base = run.score(None, None)
+        if search != "adaptive" and distributed.context().enabled:
+            return _split_grid(run, feature_factors, learning_rates, bar)
+        base = _shared_map(run, [None], lambda _: run.score(None, None))[0]
         if base is None:
             raise ValueError("The base model's own weights are not finite")
         records = [base]
         bar.update(1)
         bound = lms_ratio * base["lms"] if search == "adaptive" and _finite(base["lms"]) else None
-        for ff in feature_factors:
+
+        def factor_records(ff: float) -> list[Record]:
             if bound is None:
-                records += [r for r in (run.score(float(ff), float(lr)) for lr in learning_rates) if r is not None]
+                found = [r for r in (run.score(float(ff), float(lr)) for lr in learning_rates) if r is not None]
             else:
-                records += _search_factor(run, float(ff), [float(lr) for lr in learning_rates], bound)
+                found = _search_factor(run, float(ff), [float(lr) for lr in learning_rates], bound)
             bar.update(len(learning_rates))
+            return found
+
+        for found in _shared_map(run, list(feature_factors), factor_records):
+            records += found
     return records
+
+
+def _shared_map(run: GridRun, items: list[Any], fn: Callable[[Any], _R]) -> list[_R]:
+    """`[fn(item) for item in items]`; with several processes each rank maps its share (`distributed.split_items`)
+    and every rank gets all results in order, the ranks' statistics in `run.stats` summed."""
+    if not distributed.context().enabled:
+        return [fn(item) for item in items]
+    before = {k: (list(v) if isinstance(v, list) else v) for k, v in run.stats.items()}
+    local = [fn(item) for item in distributed.split_items(items)]
+    added = {k: (v[len(before[k]):] if isinstance(v, list) else v - before[k]) for k, v in run.stats.items()}
+    parts = distributed.all_gather_objects((local, added), "gather of decoder-grid candidates")
+    for key, value in before.items():
+        extra = [part[1][key] for part in parts]
+        run.stats[key] = value + [x for e in extra for x in e] if isinstance(value, list) else value + sum(extra)
+    return [result for part in parts for result in part[0]]
+
+
+def _split_grid(run: GridRun, feature_factors: Sequence[float], learning_rates: Sequence[float],
+                bar: tqdm) -> list[Record]:
+    """`search="grid"` with several processes: the base and every candidate split across ranks, in grid order."""
+    candidates = [(None, None)] + [(float(ff), float(lr)) for ff in feature_factors for lr in learning_rates]
+
+    def score(candidate: tuple[float | None, float | None]) -> Record | None:
+        bar.update(1)
+        return run.score(*candidate)
+
+    scored = _shared_map(run, candidates, score)
+    if scored[0] is None:
+        raise ValueError("The base model's own weights are not finite")
+    return [record for record in scored if record is not None]
 
 
 def _log_midpoint(steps: Sequence[float], lo: int, hi: int) -> int:
