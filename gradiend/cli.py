@@ -426,7 +426,8 @@ def _trainer_for(experiment_dir: str, ns: argparse.Namespace) -> Any:
     return Trainer.from_experiment(experiment_dir, data=getattr(ns, "data", None),
                                    eval_neutral_data=getattr(ns, "eval_neutral_data", None),
                                    model=getattr(ns, "base_model", None),
-                                   **({"show_progress": False} if ns.quiet else {}))
+                                   **({"show_progress": False} if ns.quiet else {}),
+                                   **({"device": ns.device} if getattr(ns, "device", None) else {}))
 
 
 def _print_json(obj: Any) -> None:
@@ -776,6 +777,18 @@ def _add_data_overrides(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--data", default=None, help="training data the experiment was trained on")
     group.add_argument("--eval-neutral-data", default=None, help="feature-free texts")
     group.add_argument("--base-model", default=None, help="base model id or path (default: the one trained on)")
+    group.add_argument("--device", default=None, type=_device_flag,
+                       help="device for the models: cpu, cuda, cuda:N, mps (default: cuda when available, else cpu)")
+
+
+def _device_flag(text: str) -> str:
+    """`--device` value, checked like `TrainingArguments.device` (argparse shows the message)."""
+    from gradiend.devices import device_name
+
+    try:
+        return str(device_name(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
 
 
 def _bool_flags(parser: argparse.ArgumentParser) -> set[str]:

@@ -374,7 +374,8 @@ def reattach_settings(experiment: ExperimentDir, data: Any = None, eval_neutral_
     dropped = sorted(set(stored) - set(known))
     if dropped:
         logger.warning("Ignoring saved arguments this version does not know: %s", dropped)
-    stored = {k: v for k, v in stored.items() if k in known}
+    # the device belongs to the machine that trained, not to the run: here it is the caller's (overrides) or auto
+    stored = {k: v for k, v in stored.items() if k in known and k != "device"}
     args = TrainingArguments.from_dict({**stored, **TrainingArguments.flatten(overrides),
                                         "experiment_dir": str(experiment.root), "output_dir": None})
     recorded = run.model or training.base_model

@@ -306,3 +306,19 @@ def test_a_saved_rewrite_copies_no_model(tiny_mlm_dir: str, tmp_path: Path, monk
         assert torch.equal(saved[key], value), key
     head, embeddings = saved["cls.predictions.decoder.weight"], saved["bert.embeddings.word_embeddings.weight"]
     assert head.data_ptr() == embeddings.data_ptr(), "saved tied, as the model is"
+
+
+def test_a_reattached_run_takes_the_device_of_the_caller(tiny_mlm_dir: str, tmp_path: Path,
+                                                         meta_default: None) -> None:
+    """The stored device belongs to the machine that trained; `--device` (or device=) sets it on reattach."""
+    from gradiend import cli
+
+    trainer = _train(TextPredictionTrainer(tiny_mlm_dir, data=make_rows(), args=_args(tmp_path / "exp", device="cpu")))
+    assert trainer.get_training_record().training_args["device"] == "cpu"
+    assert Trainer.from_experiment(trainer.experiment_dir, data=make_rows()).training_args.device is None
+    ns = cli.build_parser().parse_args(["evaluate", trainer.experiment_dir, "--encoder", "--device", "CPU", "-q"])
+    ns.data = make_rows()  # as --data would give
+    attached = cli._trainer_for(trainer.experiment_dir, ns)
+    assert attached.training_args.device == "cpu" and _where(attached.get_model()) == {("cpu", torch.float32)}
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["rewrite", trainer.experiment_dir, "--target-class", "3SG", "--device", "gpu"])
