@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from gradiend import distributed
 from gradiend.data import MASK, cap_per_class, mask_random_word, prepare_rows
 from gradiend.experiment import atomic_write_json, atomic_write_with, fingerprint, read_json, short_hash
 from gradiend.metrics import count_by_group, mean_by_group, pearson
@@ -69,8 +70,20 @@ def encode_frame(model: ModelWithGradiend, frame: pd.DataFrame, batch_size: int 
     """Add an `encoded` column (feature 0; `encoded_<j>` for further features).
 
     Target-pair rows use the GRADIEND's training source; neutral rows the factual gradient.
+    Several processes (torchrun): each rank encodes its share of the rows, all ranks get every value.
     """
     frame = frame.copy()
+    lo, hi = distributed.my_share(len(frame))
+    values = distributed.gather_rows(_encoded_values(model, frame.iloc[lo:hi], batch_size, show_progress), len(frame))
+    frame["encoded"] = values[:, 0]
+    for j in range(1, values.shape[1]):
+        frame[f"encoded_{j}"] = values[:, j]
+    return frame
+
+
+def _encoded_values(model: ModelWithGradiend, frame: pd.DataFrame, batch_size: int,
+                    show_progress: bool) -> np.ndarray:
+    """(rows × latent_dim) encodings of `frame`'s rows, each group with its gradient kind."""
     values = np.zeros((len(frame), model.config.latent_dim), dtype=np.float32)
     groups = [(frame["type"] == TRAINING).to_numpy(), (frame["type"] != TRAINING).to_numpy()]
     kinds = [model.config.source, "factual"]
@@ -84,10 +97,7 @@ def encode_frame(model: ModelWithGradiend, frame: pd.DataFrame, batch_size: int 
                 values[chunk] = model.encode(list(sub["text"]), list(sub["factual"]), list(sub["alternative"]),
                                              kind=kind, batch_size=batch_size)
                 bar.update(len(chunk))
-    frame["encoded"] = values[:, 0]
-    for j in range(1, values.shape[1]):
-        frame[f"encoded_{j}"] = values[:, j]
-    return frame
+    return values
 
 
 def _ternary(values: np.ndarray) -> np.ndarray:
