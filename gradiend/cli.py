@@ -456,11 +456,16 @@ def _train(ns: argparse.Namespace) -> int:
     trainer_inputs, arg_values = _train_settings(ns)
     args = _make_training_arguments(arg_values)
     _ensure_writable(Path(args.experiment_dir))
-    trainer = _run_training(trainer_inputs, args)
-    exp = _write_run_config(trainer, trainer_inputs, args)
-    if not ns.no_plots:
-        _plot_or_hint(trainer.plot_training_convergence)
-    _print_training_outcome(ns, trainer, exp)
+    from gradiend import distributed
+
+    # `torchrun --nproc-per-node N -m gradiend train run.yaml`: every rank runs this; nothing changes in one process
+    with distributed.session(args.distributed_timeout):
+        trainer = _run_training(trainer_inputs, args)
+        exp = _write_run_config(trainer, trainer_inputs, args)
+        if distributed.is_main():  # rank 0 plots and reports
+            if not ns.no_plots:
+                _plot_or_hint(trainer.plot_training_convergence)
+            _print_training_outcome(ns, trainer, exp)
     return EXIT_OK
 
 

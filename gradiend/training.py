@@ -514,7 +514,7 @@ class TrainingLoop:
         self._shard = _Shard(self.gradiend)
         self.gradiend = self._shard.module
         if self.checkpoint is not None:
-            logger.warning("shard_gradiend: resume checkpoints are not written in sharded runs")
+            logger.info("shard_gradiend: resume checkpoints are not written in sharded runs")
             self.checkpoint = None
 
     def _fused_loss(self) -> FusedLoss:
