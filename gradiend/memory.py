@@ -15,12 +15,17 @@ that: the base model (parameters × dtype size), its activations (an estimate), 
 gradients of the selected tensors while a batch is gathered, and the gradient cache's byte limit
 (host memory). `plan_memory` adds these up per place (device, host); `MemoryPlan.check` compares
 them with free memory and stops a run that cannot fit, naming the settings that would make it fit.
+
+A sharded GRADIEND over N processes (`shard_gradiend` under torchrun, `gradiend.training`) holds per rank
+1/N of every GRADIEND component (the best checkpoint: 1/N per rank, N ranks on one host), the rank's slice of
+the gradient buffers plus one full-length float32 vector per kind that the ranks reduce-scatter
+(`gradient_source`), and, when training ends, the gathered full weights (`gathered_weights`); the base
+model, its activations and the engine's gradients are whole on every rank. Host figures are per rank.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,8 +34,11 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from gradiend.arguments import TrainingArguments
     from gradiend.model_with_gradiend import ModelWithGradiend
+    from gradiend.params import ParamMap
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +71,11 @@ class RunShape:
     cache_bytes: int = 0  # in-memory gradient cache limit (host); 0 for no cache or a disk cache
     best_on_host: bool = True
     base_loaded: bool = True  # the base model is already in memory (free memory excludes it)
+    shards: int = 1  # processes a sharded GRADIEND is split over (1: not sharded)
 
     def __post_init__(self) -> None:
-        for name in ("n_inputs", "latent_dim", "n_kinds", "gradiend_batch_size", "gradiend_bytes", "base_bytes"):
+        for name in ("n_inputs", "latent_dim", "n_kinds", "gradiend_batch_size", "gradiend_bytes", "base_bytes",
+                     "shards"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RunShape.{name} must be ≥ 1, got {getattr(self, name)}")
         for name in ("base_parameters", "activation_bytes", "cache_bytes", "n_tied"):
@@ -105,7 +115,8 @@ class MemoryPlan:
 
     @property
     def per_input(self) -> float:
-        return self.gradiend_bytes / self.shape.n_inputs
+        """GRADIEND bytes per selected input (of this rank's share when sharded)."""
+        return self.gradiend_bytes / -(-self.shape.n_inputs // self.shape.shards)
 
     def needed(self, where: str, device_is_host: bool = False) -> int:
         """Bytes still to allocate in `where` ("device"/"host"); on a CPU run the two are one place."""
@@ -158,18 +169,22 @@ class MemoryPlan:
 
 
 def plan_memory(shape: RunShape) -> MemoryPlan:
-    """The memory plan of a run of `shape` (no allocation)."""
-    n, k, v = shape.n_inputs, shape.latent_dim, shape.gradiend_bytes
+    """The memory plan of a run of `shape` (no allocation); with `shards` > 1, of one rank."""
+    n, k, v = -(-shape.n_inputs // shape.shards), shape.latent_dim, shape.gradiend_bytes  # this rank's inputs
     weights = (2 * n * k + k + (n if shape.bias_decoder else 0)) * v
     vector_path = k == 1 and shape.gradiend_batch_size == 1 and shape.bias_decoder
+    buffers = shape.n_kinds * shape.gradiend_batch_size * n * GRADIENT_BUFFER_BYTES
+    sharded = shape.shards > 1
+    scratch = shape.n_kinds * shape.n_inputs * GRADIENT_BUFFER_BYTES if sharded else 0  # reduce-scatter input
+    full = (2 * shape.n_inputs * k + k + (shape.n_inputs if shape.bias_decoder else 0)) * v
     components = (
         Component("gradiend_weights", weights, "device"),
         Component("optimizer_state", 2 * weights, "device"),
         Component("grad_buffers", weights, "device"),
         Component("residual", 0 if vector_path else shape.gradiend_batch_size * n * v, "device"),
-        Component("gradient_buffers", shape.n_kinds * shape.gradiend_batch_size * n * GRADIENT_BUFFER_BYTES,
-                  "device"),
+        Component("gradient_buffers", buffers + scratch, "device"),
         Component("best_checkpoint", weights, "host" if shape.best_on_host else "device"),
+        Component("gathered_weights", full if sharded else 0, "device"),
         Component("base_parameters", shape.base_parameters * shape.base_bytes, "device", allocated=shape.base_loaded),
         Component("base_activations", shape.activation_bytes, "device", estimate=True),
         Component("engine_gradients", engine_gradient_bytes(shape), "device"),
@@ -188,28 +203,41 @@ def engine_gradient_bytes(shape: RunShape) -> int:
 
 
 def plan_for_model(model: ModelWithGradiend, args: TrainingArguments, seq_len: int = 128,
-                   cache_bytes: int = 0, best_on_host: bool = True) -> MemoryPlan:
+                   cache_bytes: int = 0, best_on_host: bool = True, shards: int | None = None) -> MemoryPlan:
     """The plan of training `model`'s GRADIEND with `args` (shape-only templates work: nothing is allocated).
 
     `seq_len`: the token length the activation estimate assumes; `cache_bytes`: an in-memory gradient
-    cache's byte limit (0 for none or a disk cache).
+    cache's byte limit (0 for none or a disk cache); `shards`: processes the GRADIEND is split over
+    (default: the torchrun world size with `args.shard_gradiend`, else 1).
     """
-    base, param_map = model.base_model, model.param_map
+    if shards is None:
+        from gradiend.distributed import env_world_size
+
+        shards = env_world_size() if args.shard_gradiend else 1
+    config = model.gradiend.config
+    return plan_memory(run_shape(model.base_model, model.param_map, args, latent_dim=config.latent_dim,
+                                 bias_decoder=config.bias_decoder,
+                                 gradiend_bytes=model.gradiend.encoder_weight.element_size(), seq_len=seq_len,
+                                 cache_bytes=cache_bytes, best_on_host=best_on_host, shards=shards))
+
+
+def run_shape(base: nn.Module, param_map: ParamMap, args: TrainingArguments, *, latent_dim: int = 1,
+              bias_decoder: bool = True, gradiend_bytes: int = 4, seq_len: int = 128, cache_bytes: int = 0,
+              best_on_host: bool = True, shards: int = 1, base_loaded: bool = True) -> RunShape:
+    """The `RunShape` of a GRADIEND over `param_map` of the Hugging Face model `base` (a meta-device model works:
+    only shapes, dtypes and the config are read), trained with `args`."""
     named = dict(base.named_parameters())
     head = base.get_output_embeddings()
     tied = {id(head.weight)} if head is not None else set()
-    shape = RunShape(
-        n_inputs=param_map.size, latent_dim=model.gradiend.config.latent_dim,
-        bias_decoder=model.gradiend.config.bias_decoder, n_kinds=len({args.source, args.target}),
-        gradiend_batch_size=args.gradiend_batch_size, gradiend_bytes=model.gradiend.encoder_weight.element_size(),
-        n_selected_full=sum(spec.full_numel for spec in param_map.specs),
+    base_bytes = next(iter(base.parameters())).element_size()
+    return RunShape(
+        n_inputs=param_map.size, latent_dim=latent_dim, bias_decoder=bias_decoder,
+        n_kinds=len({args.source, args.target}), gradiend_batch_size=args.gradiend_batch_size,
+        gradiend_bytes=gradiend_bytes, n_selected_full=sum(spec.full_numel for spec in param_map.specs),
         n_tied=sum(spec.full_numel for spec in param_map.specs if id(named[spec.name]) in tied),
-        base_parameters=sum(p.numel() for p in base.parameters()),
-        base_bytes=next(iter(base.parameters())).element_size(),
-        activation_bytes=activation_estimate(base.config, args.train_batch_size, seq_len,
-                                             next(iter(base.parameters())).element_size()),
-        cache_bytes=cache_bytes, best_on_host=best_on_host)
-    return plan_memory(shape)
+        base_parameters=sum(p.numel() for p in base.parameters()), base_bytes=base_bytes,
+        activation_bytes=activation_estimate(base.config, args.train_batch_size, seq_len, base_bytes),
+        cache_bytes=cache_bytes, best_on_host=best_on_host, base_loaded=base_loaded, shards=shards)
 
 
 def memory_estimate(n_inputs: int, latent_dim: int, bias_decoder: bool, n_gradient_kinds: int,
@@ -251,15 +279,27 @@ def levers_for(plan: MemoryPlan, device: torch.device | str, free_device: int | 
     return out
 
 
+MAX_GPUS = 64  # the largest process count the GPU lever considers
+
+
 def _gpu_lever(plan: MemoryPlan, device: torch.device, free_device: int | None) -> str:
-    """More GPUs with a sharded GRADIEND: each holds 1/N of the GRADIEND part (the base model stays whole)."""
-    part = sum(c.bytes for c in plan.components if c.name in GRADIEND_COMPONENTS and c.where == "device")
-    rest = plan.needed("device") - part
-    if device.type != "cuda" or free_device is None or free_device <= rest:
-        return (f"more GPUs (sharded GRADIEND): N GPUs hold {_gb(part)}/N of GRADIEND state each, saving "
-                f"{_gb(part // 2)} per GPU with N = 2")
-    gpus = max(2, math.ceil(part / (free_device - rest)))
-    return f"more GPUs (sharded GRADIEND): {gpus} GPUs hold {_gb(part // gpus)} each, saving {_gb(part - part // gpus)}"
+    """More GPUs with a sharded GRADIEND (`torchrun --nproc-per-node N`, `shard_gradiend=True`): each rank holds
+    1/N of the GRADIEND state; the base model, its activations and gradients stay whole on every rank."""
+    s, now = plan.shape, plan.needed("device")
+    launch = "torchrun --nproc-per-node N with shard_gradiend=True"
+
+    def need(gpus: int) -> int:
+        return plan_memory(replace(s, shards=s.shards * gpus)).needed("device")
+
+    if device.type == "cuda" and free_device is not None:
+        gpus = next((g for g in range(2, MAX_GPUS + 1) if need(g) <= free_device), None)
+        if gpus is not None:
+            return f"more GPUs (sharded GRADIEND, {launch}): N = {gpus} needs {_gb(need(gpus))} per GPU, saving " \
+                   f"{_gb(now - need(gpus))} per GPU"
+        floor = now - plan.gradiend_bytes
+        return f"more GPUs do not suffice alone: even {MAX_GPUS} GPUs need {_gb(need(MAX_GPUS))} each (the base " \
+               f"model, its activations and gradients, {_gb(floor)}, are whole on every GPU)"
+    return f"more GPUs (sharded GRADIEND, {launch}): N = 2 needs {_gb(need(2))} per GPU, saving {_gb(now - need(2))}"
 
 
 def _gb(n: int) -> str:

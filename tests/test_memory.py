@@ -123,7 +123,9 @@ def test_plan_check_stops_a_run_that_cannot_fit_and_names_the_levers() -> None:
                   "best checkpoint on the host", "more GPUs"):
         assert lever in text, lever
     assert "bias_decoder=False` saves 16.00 GB" in text  # 5·4 B per input, minus the 4 B residual it then needs
-    assert "3 GPUs hold" in text  # 68 GB of GRADIEND state over the 31 GB left beside the rest
+    # sharded over N: 68/N GB of GRADIEND state + 8 GB reduce-scatter scratch + 12 GB gathered weights per GPU,
+    # beside the 9 GB the base model's gradients and activations take on every GPU: 29 + 68/7 = 38.71 ≤ 40
+    assert "N = 7 needs 38.71 GB per GPU" in text
     plan.check("cuda", free_device=80 * 10**9, free_host=10**12)  # fits: no error
     plan.check("mps", free_host=10**12)  # a device of unknown free memory: checked against the host only
     with pytest.raises(InsufficientMemoryError, match=r"host: 12\.00 GB needed"):
@@ -132,6 +134,32 @@ def test_plan_check_stops_a_run_that_cannot_fit_and_names_the_levers() -> None:
         plan.check("cpu", free_host=10 * 10**9)  # a CPU run: one pool, base model already loaded
     with pytest.raises(ValueError, match="n_inputs"):
         RunShape(0)
+
+
+def test_a_sharded_plan_splits_the_gradiend_state_not_the_base_model() -> None:
+    n = 8 * 10**6
+    one = plan_memory(RunShape(n, base_parameters=10**6, activation_bytes=10**6))
+    eight = plan_memory(RunShape(n, base_parameters=10**6, activation_bytes=10**6, shards=8))
+    for name in ("gradiend_weights", "optimizer_state", "grad_buffers", "best_checkpoint"):
+        assert eight.bytes(name) == pytest.approx(one.bytes(name) / 8, abs=8), name
+    assert eight.bytes("gradient_buffers") == 2 * (n // 8) * 4 + 2 * n * 4  # the slice + the full scratch vectors
+    assert eight.bytes("gathered_weights") == one.bytes("gradiend_weights") and one.bytes("gathered_weights") == 0
+    for name in ("base_activations", "engine_gradients", "base_parameters"):
+        assert eight.bytes(name) == one.bytes(name), name
+    assert eight.per_input == pytest.approx((12 + 24 + 12 + 8 + 12) + 2 * 4 * 8, rel=1e-5)
+    with pytest.raises(ValueError, match="shards"):
+        RunShape(n, shards=0)
+
+
+def test_the_gpu_lever_is_the_smallest_sharded_run_that_fits() -> None:
+    plan = plan_memory(RunShape(10**9, base_parameters=8 * 10**9, base_bytes=2, activation_bytes=10**9))
+    levers = " ".join(levers_for(plan, "cuda", free_device=40 * 10**9))
+    need = {g: plan_memory(RunShape(10**9, base_parameters=8 * 10**9, base_bytes=2, activation_bytes=10**9,
+                                    shards=g)).needed("device") for g in range(2, 9)}
+    fits = min(g for g, b in need.items() if b <= 40 * 10**9)
+    assert f"N = {fits} needs {need[fits] / 1e9:.2f} GB per GPU" in levers and need[fits - 1] > 40 * 10**9
+    hopeless = " ".join(levers_for(plan, "cuda", free_device=10**9))
+    assert "more GPUs do not suffice alone" in hopeless
 
 
 def test_levers_save_what_replanning_says() -> None:
