@@ -69,3 +69,28 @@ def test_three_class_suite(tmp_path) -> None:
     positive = run(script, ["--model", model, "--experiment-dir", str(tmp_path / "r"), "--data", "religion", *TINY])
     assert list(positive["summary"]["member"]) == ["christian", "jewish", "muslim"]
     assert positive["suite"]["muslim"].pair == ("muslim", "non_muslim")
+
+
+TEMPLATES = ["then {} walked to the house .", "so {} looked at the letter again .",
+             "at home {} thought of the friend .",
+             "when {} saw the ship , the day was old .", "the man said that {} had left .",
+             "in the room {} talked with the mother .", "that night {} knew the sea was good .",
+             "the old woman saw that {} came home .", "there {} felt very happy .", "again {} went to the door .",
+             "by the sea {} had a little house .", "the children said {} never came ."]
+
+
+def test_pronouns_other_classes_and_merged_classes(tmp_path) -> None:
+    script = example("pronouns")
+    sentences = [t.format(p) for t in TEMPLATES for p in ("i", "we", "he", "she", "it", "they")]
+    corpus = tmp_path / "sentences.txt"
+    corpus.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    model = tiny_bert(tmp_path / "pronoun_bert", ["i", "we"])
+    out = run(script, ["--model", model, "--experiment-dir", str(tmp_path / "p"), "--sentences", str(corpus), *TINY])
+    assert out["classes"] == {"1SG": 12, "1PL": 12, "3SG": 12, "3PL": 12}
+    number = out["3SG_3PL"]["encoder"]
+    assert set(number["mean_by_feature_class"]) == {"1SG", "1PL", "3SG", "3PL"}  # other classes encoded too
+    assert number["n_by_feature_class"]["1SG"] == 2 * 1  # one test row, probed toward 3SG and 3PL
+    assert out["3SG_3PL"]["trainer"].training_args.include_other_classes
+    merged = out["singular_plural"]
+    assert merged["trainer"].pair == ("singular", "plural")
+    assert merged["encoder"]["n_by_feature_class"] == {"plural": 2, "singular": 2}
