@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from safetensors.torch import save_file
 
@@ -135,8 +136,10 @@ def _experiment(setup: Setup, out: Path) -> None:
         trainer = build(setup.model_dir, out / "experiment")
     finally:
         del os.environ[WRITE_HOOK_ENV]
-    summary = trainer.experiment.load_decoder_summaries().to_json()
-    _save(out, "experiment", {}, {"summaries": summary})
+    experiment = trainer.experiment
+    encoded = [float(v) for r in experiment.encoder_results() for v in pd.read_csv(r.csv)["encoded"]]
+    _save(out, "experiment", {"encoded": torch.tensor(encoded)},
+          {"summaries": experiment.load_decoder_summaries().to_json(), "grid": experiment.load_decoder()["grid"]})
 
 
 SCENARIOS: dict[str, Callable[[Setup, Path], None]] = {

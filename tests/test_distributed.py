@@ -173,9 +173,17 @@ def test_only_rank_zero_writes_and_the_experiment_matches(runs) -> None:
     written = _written(writes, two)
     assert written == _written(reference, one)
     assert any(path.endswith("model") for path in written) and any("decoder" in path for path in written)
-    summaries = _load(two, "experiment", 0)[1]["summaries"], _load(one, "experiment", 0)[1]["summaries"]
-    ids = [{k: v.get("id") for k, v in s["summaries"].items()} for s in summaries]
-    assert ids[0] == ids[1]  # the same decoder candidate selected
+    (tensors, ours), (tensors_ref, ref) = _load(two, "experiment", 0), _load(one, "experiment", 0)
+    encoded, encoded_ref = tensors["encoded"], tensors_ref["encoded"]
+    assert encoded.numel() == encoded_ref.numel() > 0  # encoder evaluation: rows split across ranks, gathered
+    torch.testing.assert_close(encoded, encoded_ref, rtol=0, atol=1e-4)
+    ids = [{k: v.get("id") for k, v in s["summaries"].items()} for s in (ours["summaries"], ref["summaries"])]
+    assert ids[0] == ids[1] and ids[0]  # the same decoder candidate selected
+    assert [r["id"] for r in ours["grid"]] == [r["id"] for r in ref["grid"]]  # candidates split, gathered in order
+    for record, expected in zip(ours["grid"], ref["grid"], strict=True):
+        assert record["lms"] == pytest.approx(expected["lms"], rel=1e-4)
+        for cls, probs in expected["probs"].items():
+            assert record["probs"][cls] == pytest.approx(probs, rel=1e-4, abs=1e-7)
 
 
 @pytest.mark.parametrize("how", ["die", "hang"])
