@@ -355,7 +355,7 @@ def report_verdict(result: RunResult, args: TrainingArguments, model_dir: Path) 
 
 
 def reattach_settings(experiment: ExperimentDir, data: Any = None, eval_neutral_data: Any = None,
-                      model: str | None = None, **overrides: Any) -> dict[str, Any]:
+                      model: Any = None, **overrides: Any) -> dict[str, Any]:
     """Trainer keyword arguments that rebuild a finished run's inputs from its directory (nothing is hashed).
 
     Model, data and classes come from `run_config.json` (written by `gradiend train`) and the
@@ -382,6 +382,6 @@ def reattach_settings(experiment: ExperimentDir, data: Any = None, eval_neutral_
     if recorded == training.base_model and training.base_model_resolved is not None \
             and local_model_dir(training.base_model_resolved) is not None:
         recorded = training.base_model_resolved  # a relative spelling means another model from another directory
-    return {"model": model or recorded, "data": data, "args": args,
+    return {"model": model if model is not None else recorded, "data": data, "args": args,
             "target_classes": run.target_classes or training.pair,
             "eval_neutral_data": eval_neutral_data if eval_neutral_data is not None else run.eval_neutral_data}

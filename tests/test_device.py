@@ -322,3 +322,64 @@ def test_a_reattached_run_takes_the_device_of_the_caller(tiny_mlm_dir: str, tmp_
     assert attached.training_args.device == "cpu" and _where(attached.get_model()) == {("cpu", torch.float32)}
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["rewrite", trainer.experiment_dir, "--target-class", "3SG", "--device", "gpu"])
+
+
+def test_a_run_reattaches_to_a_loaded_base_model(tiny_mlm_dir: str, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = _train(TextPredictionTrainer(tiny_mlm_dir, data=make_rows(), args=_args(tmp_path / "exp")))
+    loaded = AutoModelForMaskedLM.from_pretrained(tiny_mlm_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_mlm_dir)
+    _forbid_loading(monkeypatch)
+    attached = Trainer.from_experiment(trainer.experiment_dir, data=make_rows(), model=loaded, tokenizer=tokenizer)
+    model = attached.get_model()
+    assert model.base_model is loaded
+    for name, value in trainer.get_model().gradiend.state_dict().items():
+        assert torch.equal(value, model.gradiend.state_dict()[name]), name
+
+
+# -- on a GPU ---------------------------------------------------------------------------------------------------
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_the_gpu_every_load_lands_there_and_is_built_there(tiny_mlm_dir: str, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[dict] = []
+    original = PreTrainedModel.from_pretrained.__func__
+
+    def recording(cls, name, *a, **kw):
+        calls.append(kw)
+        return original(cls, name, *a, **kw)
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(recording))
+    on_gpu = ModelWithGradiend.create(tiny_mlm_dir, params=PARAMS, seed=3, device="cuda")
+    assert calls[-1].get("device_map") == "cuda", "read straight onto the GPU"
+    on_cpu = ModelWithGradiend.create(tiny_mlm_dir, params=PARAMS, seed=3, device="cpu")
+    for name, value in on_gpu.gradiend.state_dict().items():  # the same initial GRADIEND on both devices
+        assert value.is_cuda and torch.equal(value.cpu(), on_cpu.gradiend.state_dict()[name]), name
+    gpu = {("cuda", torch.float32)}
+    trainer = _train(TextPredictionTrainer(tiny_mlm_dir, data=make_rows(),
+                                           args=_args(tmp_path / "exp", decoder_eval_lrs=[0.1])).cuda())
+    assert trainer.training_args.device == "cuda" and _where(trainer.get_model()) == gpu
+    cached = _train(TextPredictionTrainer(tiny_mlm_dir, data=make_rows(), args=_args(tmp_path / "exp", device="cuda")))
+    assert _where(cached.get_model()) == gpu and _where(cached.load_model(cached.model_path)) == gpu
+    assert _where(Trainer.from_experiment(trainer.experiment_dir, data=make_rows(), device="cuda").get_model()) == gpu
+    trainer.evaluate_decoder(target_class="3SG")
+    assert all(p.is_cuda for p in trainer.rewrite_base_model(target_class="3SG").parameters())
+    saved = trainer.rewrite_base_model(target_class="3SG", output_dir=tmp_path / "rw")
+    expected = trainer.rewrite_base_model(target_class="3SG").state_dict()
+    reread = AutoModelForMaskedLM.from_pretrained(saved).state_dict()
+    assert all(torch.equal(reread[k], v.cpu()) for k, v in expected.items())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_the_gpu_a_loaded_model_is_used_where_it_is(tiny_mlm_dir: str, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = AutoModelForMaskedLM.from_pretrained(tiny_mlm_dir).cuda()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_mlm_dir)
+    _forbid_loading(monkeypatch)
+    trainer = _train(TextPredictionTrainer(loaded, data=make_rows(), args=_args(tmp_path / "exp"),
+                                           tokenizer=tokenizer))  # device=None: the loaded model's own
+    model = trainer.get_model()
+    assert model.base_model is loaded and _where(model) == {("cuda", torch.float32)}
+    trainer.cpu()
+    assert next(loaded.parameters()).device.type == "cpu" and _where(trainer.get_model()) == {("cpu", torch.float32)}

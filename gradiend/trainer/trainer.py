@@ -72,11 +72,12 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
 
     @classmethod
     def from_experiment(cls, directory: str | os.PathLike, *, data: Any = None, eval_neutral_data: Any = None,
-                        model: str | None = None, **overrides: Any) -> Trainer:
+                        model: Any = None, tokenizer: Any = None, **overrides: Any) -> Trainer:
         """A trainer attached to the finished run in `directory` (or its `model/`); never trains.
 
         Inputs come from `run_config.json` and `training.json` (`data=` for runs trained from Python);
-        `overrides` replace `TrainingArguments` fields (e.g. `show_progress=False`).
+        `model=` another base model id/path, or the loaded base model (with `tokenizer=`, used as it is);
+        `overrides` replace `TrainingArguments` fields (e.g. `show_progress=False`, `device="cuda:1"`).
         """
         from gradiend.experiment import MODEL_DIR, ExperimentDir
         from gradiend.runs import reattach_settings
@@ -84,6 +85,8 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
 
         experiment = ExperimentDir.find(directory)
         settings = reattach_settings(experiment, data, eval_neutral_data, model, **overrides)
+        if tokenizer is not None:
+            settings["tokenizer"] = tokenizer
         trainer = (TextPredictionTrainer if inspect.isabstract(cls) else cls)(**settings)
         # `model/` caught mid-swap (see ExperimentDir.find): hold its previous version in memory, since the
         # next writer restores or removes the moved-aside copy
