@@ -488,7 +488,9 @@ class GradiendArgs(ConfigSection):
             self.params = list(self.params)
 
     def _check(self) -> None:
-        self.torch_dtype = TorchDtypeName(self.torch_dtype)  # validated name; equals its torch dtype too
+        # validated names that also equal their torch dtypes (`args.torch_dtype == torch.float16`)
+        self.torch_dtype = TorchDtypeName(self.torch_dtype)
+        self.gradiend_dtype = TorchDtypeName(self.gradiend_dtype)
 
     @property
     def dtype(self) -> torch.dtype:

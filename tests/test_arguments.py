@@ -273,6 +273,7 @@ def test_torch_dtype_reports_a_torch_dtype_and_stays_a_string_in_json() -> None:
     assert data["torch_dtype"] == "float16" and type(args.to_dict()["torch_dtype"]) is str
     assert TrainingArguments.from_dict(data).torch_dtype == torch.float16
     assert arguments.DTYPES[args.torch_dtype] is torch.float16  # still a key of the name table
+    assert TrainingArguments(gradiend_dtype=torch.bfloat16).gradiend_dtype == torch.bfloat16
 
 
 def test_base_gradient_batch_size_is_train_batch_size() -> None:
