@@ -62,12 +62,26 @@ def _check_text_column(df: pd.DataFrame, column: str, where: str, mask: str = MA
 
 
 def _sample_alternatives(factual: pd.Series, other_tokens: Counter, rng: np.random.Generator) -> list[str]:
-    """Draw an alternative per row from the other class's token distribution, copying the casing."""
+    """Draw an alternative per row from the other class's token distribution, copying the casing.
+
+    When the classes share a word (merged classes, `der` as masculine and feminine), a row never
+    draws its own word as long as the other class has another one (it would teach nothing).
+    """
     tokens = sorted(other_tokens)
     weights = np.array([other_tokens[t] for t in tokens], dtype=float)
-    weights /= weights.sum()
-    drawn = rng.choice(len(tokens), size=len(factual), p=weights)
-    return [match_case(tokens[i], word) for i, word in zip(drawn, factual, strict=True)]
+    lowered = [str(w).lower() for w in factual]
+    shared = {w for w in lowered if w in other_tokens}
+    if not shared or len(tokens) == 1:
+        drawn = rng.choice(len(tokens), size=len(factual), p=weights / weights.sum())
+        return [match_case(tokens[i], word) for i, word in zip(drawn, factual, strict=True)]
+    out = [""] * len(lowered)
+    for word in sorted(set(lowered)):
+        rows = [i for i, w in enumerate(lowered) if w == word]
+        w = np.where(np.array(tokens) == word, 0.0, weights) if word in shared else weights
+        drawn = rng.choice(len(tokens), size=len(rows), p=w / w.sum())
+        for i, d in zip(rows, drawn, strict=True):
+            out[i] = match_case(tokens[d], str(factual.iloc[i]))
+    return out
 
 
 def match_case(token: str, like: str) -> str:

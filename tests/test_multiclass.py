@@ -268,3 +268,19 @@ def test_collection_of_built_trainers_and_bad_suites(tiny_mlm_dir, tmp_path) -> 
     with pytest.raises(TypeError, match="target_classes= is set by the suite"):
         GradiendSuite(tiny_mlm_dir, _three_classes(), _tiny_args(tmp_path / "s"), [("3SG", "3PL")],
                       target_classes=["3SG", "3PL"])
+
+
+def test_merged_classes_sharing_a_word_never_draw_it_as_alternative() -> None:
+    """`der` is masculine nominative and feminine dative: a merged masculine row must not get `der` back."""
+    text = "am tag sah [MASK] mann das haus ."
+    rows = []
+    for split in ("train", "validation", "test"):
+        for cls, word in (("masc_nom", "der"), ("masc_acc", "den"), ("fem_nom", "die"), ("fem_dat", "der")):
+            rows += [{"masked": text, "split": split, "label_class": cls, "label": word}] * 10
+    unified = unify_classes(pd.DataFrame(rows), class_merge_map={"masc": ["masc_nom", "masc_acc"],
+                                                                  "fem": ["fem_nom", "fem_dat"]})
+    same = unified.rows["factual"].str.lower() == unified.rows["alternative"].str.lower()
+    assert not same.any()
+    masc_der = unified.rows[(unified.rows["factual_class"] == "masc") & (unified.rows["factual"] == "der")]
+    assert set(masc_der["alternative"]) == {"die"}
+    assert set(unified.rows.loc[unified.rows["factual"] == "den", "alternative"]) == {"der", "die"}
