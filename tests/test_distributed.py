@@ -8,6 +8,7 @@ same time, has rank 1 hang. Process start-up (imports) is most of the time.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from distributed_worker import EXIT_DIED, run
 from safetensors.torch import load_file
 
 import gradiend
+from gradiend import distributed
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 PACKAGE_ROOT = str(Path(gradiend.__file__).resolve().parents[1])  # the workers import this checkout
@@ -198,6 +200,44 @@ def test_a_broken_rank_stops_the_other_with_a_clear_error(launches, how) -> None
     assert info["seconds"] < 30  # seconds, not the default 10 minutes
     if how == "hang":  # rank 0 waited for the timeout, not less
         assert info["seconds"] >= 3
+
+
+def test_shard_ranges_cover_every_item_once_and_differ_by_one_at_most() -> None:
+    for n in (0, 1, 5, 8544):
+        for world in (1, 2, 3, 8):
+            ranges = [distributed.shard_range(n, r, world) for r in range(world)]
+            assert ranges[0][0] == 0 and ranges[-1][1] == n
+            assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+            sizes = [hi - lo for lo, hi in ranges]
+            assert max(sizes) - min(sizes) <= 1 and distributed.padded_shard(n, world) == max(sizes)
+    with pytest.raises(ValueError, match="rank 2 of 2"):
+        distributed.shard_range(3, 2, 2)
+
+
+def test_one_process_changes_nothing(monkeypatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ctx = distributed.context()
+    assert (ctx.rank, ctx.world_size, ctx.enabled, ctx.is_main) == (0, 1, False, True)
+    values = torch.arange(4.0)
+    assert distributed.all_reduce_(values) is values and torch.equal(values, torch.arange(4.0))
+    out = torch.empty(4)
+    assert torch.equal(distributed.reduce_scatter_(values, out), values)
+    assert distributed.all_agree(False) is False and distributed.all_agree(True) is True
+    assert distributed.gather_items(distributed.split_items([1, 2, 3])) == [1, 2, 3]
+    assert distributed.my_share(7) == (0, 7) and distributed.may_write()
+
+
+def test_bad_launch_settings_get_clear_errors(monkeypatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match=r"WORLD_SIZE='two' is not a positive integer.*torchrun"):
+        distributed.init_from_env()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(ValueError, match="RANK=None is not set to a rank; launch with `torchrun"):
+        distributed.init_from_env()
+    with pytest.raises(ValueError, match="distributed_timeout must be a positive number of seconds"):
+        distributed.init_from_env(0)
+    assert not torch.distributed.is_initialized()
 
 
 @pytest.mark.cuda
