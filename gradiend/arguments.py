@@ -104,9 +104,6 @@ class TorchDtypeName(str):
 
     __hash__ = str.__hash__
 
-    def __repr__(self) -> str:
-        return f"torch.{self!s}"
-
     def __reduce__(self) -> tuple[Any, ...]:
         return TorchDtypeName, (str(self),)
 

@@ -268,7 +268,7 @@ def test_torch_dtype_reports_a_torch_dtype_and_stays_a_string_in_json() -> None:
     assert args.torch_dtype == torch.float16 and torch.float16 == args.torch_dtype
     assert args.torch_dtype != torch.float32 and args.torch_dtype == "float16"
     assert TrainingArguments().torch_dtype == torch.float32  # the reference resolves None to float32 too
-    assert args.torch_dtype.dtype is torch.float16 and repr(args.torch_dtype) == "torch.float16"
+    assert args.torch_dtype.dtype is torch.float16 and repr(args.torch_dtype) == "'float16'"  # messages quote it
     data = json.loads(json.dumps(args.to_dict()))
     assert data["torch_dtype"] == "float16" and type(args.to_dict()["torch_dtype"]) is str
     assert TrainingArguments.from_dict(data).torch_dtype == torch.float16
