@@ -259,6 +259,8 @@ class EncoderMetrics(Record):
     all_data: dict[str, Any] = field(default_factory=dict)
     target_classes_only: dict[str, Any] = field(default_factory=dict)
     mean_by_class: dict[str, float] = field(default_factory=dict)
+    mean_by_feature_class: dict[str, float] = field(default_factory=dict)  # every class encoded, other classes too
+    n_by_feature_class: dict[str, int] = field(default_factory=dict)
     mean_by_type: dict[str, float] = field(default_factory=dict)
     abs_mean_by_type: dict[str, float] = field(default_factory=dict)
     neutral_mean_by_type: dict[str, float] = field(default_factory=dict)
