@@ -374,6 +374,14 @@ def _reject_unknown(owner: str, unknown: set[str], known: list[str]) -> None:
         raise ValueError(f"Unknown {owner} field(s): {names}{suggest(names[0], known)}")
 
 
+def _none_to_default(obj: ConfigSection, *names: str) -> None:
+    """The reference spells "the default" as None for these fields: None becomes the field's default."""
+    defaults = {f.name: f.default for f in fields(obj)}  # type: ignore[arg-type]
+    for name in names:
+        if getattr(obj, name) is None:
+            setattr(obj, name, defaults[name])
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -477,6 +485,7 @@ class GradiendArgs(ConfigSection):
         unused=True, instead="a GRADIEND is trained on the rows of its two target classes only"))
 
     def _prepare(self) -> None:
+        _none_to_default(self, "latent_dim", "activation_encoder", "bias_decoder")
         self.torch_dtype = dtype_name(self.torch_dtype)  # type: ignore[assignment]
         self.gradiend_dtype = dtype_name(self.gradiend_dtype)  # type: ignore[assignment]
         if isinstance(self.params, str):
@@ -580,6 +589,9 @@ class ConvergenceArgs(ConfigSection):
     fail_on_non_convergence: bool = field(
         default=False, metadata=doc("raise (CLI: exit with an error) when training does not converge"))
 
+    def _prepare(self) -> None:
+        _none_to_default(self, "convergent_score_threshold")
+
 
 @dataclass
 class SeedArgs(ConfigSection):
@@ -608,6 +620,7 @@ class SeedArgs(ConfigSection):
         "weights ranked for the seed-stability top-k: decoder-weight, encoder-weight, decoder-bias or decoder-sum"))
 
     def _prepare(self) -> None:
+        _none_to_default(self, "convergent_metric")
         self.seed_runs_dir = _fspath(self.seed_runs_dir)
         if self.max_seeds == 1 and _is_int(self.min_convergent_seeds) and self.min_convergent_seeds > 1:
             # asking for several convergent seeds implies trying at least that many (the default max_seeds is 1)
@@ -802,9 +815,8 @@ class ReferenceArgs(ConfigSection):
         "reference switch of the gradient cache: false turns it off (gradient_cache='off'), true requires it on; "
         "None: gradient_cache decides"))
     reuse_pre_prune: bool = field(default=True, metadata=doc(
-        "pre-pruning runs once per train() and every seed trains on the same kept inputs",
-        instead="pre-pruning runs once per train() and all seeds share its kept inputs, so their top-k sets are "
-                "comparable"))
+        "pre-pruning runs once per train() and every seed trains on the same kept inputs (false, the reference's "
+        "per-seed pre-pruning, is refused with a pre_prune_config)"))
 
     def _prepare(self) -> None:
         if self.criterion is not None and type(self.criterion).__name__ == "MSELoss" \
@@ -890,6 +902,12 @@ class TrainingArguments(ReferenceArgs, MiscArgs, DecoderEvalArgs, PruningArgs, G
                                  f"but objective={self.objective!r} was given; pass one of them")
             self.objective = mapped  # type: ignore[assignment]
         _apply_use_cached_gradients(self)
+
+    def _check(self) -> None:
+        if not self.reuse_pre_prune and self.pre_prune_config is not None:
+            raise ValueError("reuse_pre_prune=False (pre-prune again for every seed) is not supported by gradiend: "
+                             "pre-pruning runs once per train() and all seeds share its kept inputs, so their top-k "
+                             "sets are comparable; drop reuse_pre_prune or pass True")
 
 
 def _alias_batch_size(args: TrainingArguments) -> None:

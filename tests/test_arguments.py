@@ -46,7 +46,9 @@ def _refused_otherwise(f: dataclasses.Field) -> bool:
 
 def test_every_field_differs_from_default_in_fixture() -> None:
     args, default = _non_default_args(), TrainingArguments()
-    same = [f.name for f in dataclasses.fields(args) if f.name != "num_epochs" and not _refused_otherwise(f)
+    # num_epochs moves into num_train_epochs; reuse_pre_prune=False is refused with the fixture's pre-pruning
+    same = [f.name for f in dataclasses.fields(args) if f.name not in ("num_epochs", "reuse_pre_prune")
+            and not _refused_otherwise(f)
             and getattr(args, f.name) == getattr(default, f.name)]
     assert same == []
 
@@ -246,7 +248,7 @@ REFUSED = {  # a value of each reference-only setting that gradiend cannot honou
     "decoder_mlm_head_lr": 1e-3, "decoder_mlm_head_max_size": 100, "decoder_sequence_cloze_rhs_window": 5,
     "activation_decoder": "tanh", "base_model_device_map": "auto", "base_model_max_memory": {"0": "10GiB"},
     "encoder_decoder_same_device": True, "split_resplit_per_seed": True, "split_resplit_strategy": "balanced_cycle",
-    "supervised_encoder": True, "supervised_decoder": True, "reuse_pre_prune": False}
+    "supervised_encoder": True, "supervised_decoder": True}
 
 
 def test_every_reference_only_setting_is_listed() -> None:
@@ -309,3 +311,50 @@ def test_reference_aliases_set_our_settings() -> None:
     assert TrainingArguments(min_convergent_seeds=2).max_seeds == 2  # asking for 2 convergent seeds tries 2
     with pytest.raises(ValueError, match="mask_placeholder must not be empty"):
         TrainingArguments(mask_placeholder="")
+
+
+def test_reference_none_means_the_default() -> None:
+    args = TrainingArguments(latent_dim=None, activation_encoder=None, bias_decoder=None, convergent_metric=None,
+                             convergent_score_threshold=None)
+    assert (args.latent_dim, args.activation_encoder, args.bias_decoder) == (1, "tanh", True)
+    assert (args.convergent_metric, args.convergent_score_threshold) == ("correlation", 0.5)
+
+
+def test_reuse_pre_prune_false_only_without_pre_pruning() -> None:
+    assert TrainingArguments(reuse_pre_prune=False).reuse_pre_prune is False  # nothing is pre-pruned: no effect
+    assert TrainingArguments(pre_prune_config={"topk": 0.5}).reuse_pre_prune is True
+    with pytest.raises(ValueError, match=r"reuse_pre_prune=False .* is not supported"):
+        TrainingArguments(reuse_pre_prune=False, pre_prune_config={"topk": 0.5})
+
+
+def test_a_saved_reference_configuration_loads() -> None:
+    """The keys and values gradiend 0.2.3 writes for `TrainingArguments().to_dict()` (those we know)."""
+    saved = {"experiment_dir": None, "output_dir": None, "use_cache": False, "add_identity_for_other_classes": False,
+             "source": "alternative", "target": "diff", "train_batch_size": 32, "base_gradient_batch_size": 32,
+             "gradiend_batch_size": 1, "precompute_gradient_batches": None, "precompute_gradient_buffer_size": 1,
+             "gradient_timing_steps": 0, "runtime_monitor": False, "runtime_monitor_interval": 5.0,
+             "runtime_monitor_system_stats": True, "train_max_size": None, "learning_rate": 1e-05,
+             "lr_search_config": None, "num_train_epochs": 3, "max_steps": -1, "weight_decay": 0.01,
+             "adam_epsilon": 1e-08, "optim": "adamw", "eval_strategy": "steps", "eval_steps": 250,
+             "encoder_eval_train_max_size": None, "encoder_eval_max_size": None, "encoder_eval_balance": True,
+             "include_other_classes": False, "seed_selection_eval_max_size": None,
+             "decoder_eval_max_size_training_like": None, "decoder_eval_max_size_neutral": None,
+             "decoder_eval_lrs": None, "decoder_eval_feature_factors": None, "eval_batch_size": 32, "do_eval": True,
+             "save_strategy": "best", "save_steps": 5000, "save_only_best": True, "delete_models": False,
+             "trust_remote_code": False, "dataset_trust_remote_code": None, "model_use_cache": False,
+             "prediction_objective": "auto", "mask_placeholder": "[MASK]", "decoder_mlm_head_epochs": 5,
+             "decoder_mlm_head_batch_size": 4, "decoder_mlm_head_lr": 0.0001, "decoder_mlm_head_max_size": None,
+             "decoder_sequence_cloze_rhs_window": -1, "params": None, "activation_encoder": None,
+             "activation_decoder": None, "bias_decoder": None, "latent_dim": None, "normalize_gradiend": True,
+             "torch_dtype": "torch.float32", "base_model_device_map": None, "base_model_max_memory": None,
+             "encoder_decoder_same_device": False, "max_seeds": 3, "min_convergent_seeds": 1,
+             "convergent_metric": None, "convergent_score_threshold": 0.5, "convergent_mean_by_class_threshold": 0.5,
+             "split_resplit_per_seed": False, "split_resplit_strategy": "random", "seed": 0, "seed_runs_dir": None,
+             "saved_seed_runs": "all_convergent", "seed_stability_topk": 1000,
+             "seed_stability_part": "decoder-weight", "supervised_encoder": False, "supervised_decoder": False,
+             "use_cached_gradients": False, "pre_prune_config": None, "reuse_pre_prune": False,
+             "fail_on_non_convergence": False, "post_prune_config": None, "metadata": {}}
+    args = TrainingArguments.from_dict(saved)
+    assert args.learning_rate == 1e-05 and args.max_seeds == 3 and args.torch_dtype == torch.float32
+    assert args.gradient_cache == "off"  # use_cached_gradients=False, as the reference ran
+    assert TrainingArguments.from_dict(json.loads(json.dumps(args.to_dict()))) == args
