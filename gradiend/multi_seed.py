@@ -110,7 +110,7 @@ class MultiSeedView:
         evaluation_dir = path.parent / EVALUATION_DIR / path.name
         seed_trainer._args = self._trainer.training_args.replace(experiment_dir=str(evaluation_dir),
                                                                  output_dir=str(path))
-        seed_trainer.run_id, seed_trainer._temp_dir = None, None
+        seed_trainer.run_id, seed_trainer._temp_dir, seed_trainer._layout = None, None, None
         seed_trainer._pre_pruned = seed_trainer._explicit_pre_prune = None
         seed_trainer._attach(path, None)
         return seed_trainer
