@@ -44,7 +44,7 @@ def run(module, argv: list[str]):
         return module.main(argv)
 
 
-TINY = ["--steps", "4", "--batch-size", "4", "--max-size", "6", "--params", "encoder.layer.1.*", "--quiet"]
+TINY = ["--steps", "4", "--batch-size", "4", "--max-size", "6", "--params", "encoder.layer.1.*"]
 
 
 def test_three_class_suite(tmp_path) -> None:
@@ -94,3 +94,16 @@ def test_pronouns_other_classes_and_merged_classes(tmp_path) -> None:
     merged = out["singular_plural"]
     assert merged["trainer"].pair == ("singular", "plural")
     assert merged["encoder"]["n_by_feature_class"] == {"plural": 2, "singular": 2}
+
+
+def test_topk_overlap_across_features_and_seeds(tiny_mlm_dir, tmp_path) -> None:
+    script = example("topk_overlap")
+    out = run(script, ["--model", tiny_mlm_dir, "--experiment-dir", str(tmp_path / "t"), "--topk", "50",
+                       "--rows-per-class", "6", *TINY])
+    features, seeds = out["features"], out["seeds"]
+    assert features["model_ids"] == ["3SG_3PL", "M_F"] and features["sizes"] == {"3SG_3PL": 50, "M_F": 50}
+    matrix = np.array(features["matrix"])
+    assert np.allclose(np.diag(matrix), 1.0) and 0.0 <= matrix[0, 1] <= 1.0 and matrix[0, 1] == matrix[1, 0]
+    assert seeds["seeds"] == ["seed_0", "seed_1"] and len(seeds["jaccard"]) == 2
+    assert seeds["common_to_all"] <= 50 <= seeds["union_size"] <= 100
+    assert all(Path(p).is_file() for p in out["plots"])
