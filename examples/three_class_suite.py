@@ -57,9 +57,12 @@ def religion_data(repeat: int = 3) -> dict[str, pd.DataFrame]:
     return {cls: frame.copy() for cls in RELIGION}
 
 
-def pronoun_data() -> pd.DataFrame:
-    """The demo sentences with he/she/they as classes M/F/PL (merged format; alternatives are sampled)."""
+def pronoun_data(max_words: int | None = None) -> pd.DataFrame:
+    """The demo sentences with he/she/they as classes M/F/PL (merged format; alternatives are sampled),
+    only those of at most `max_words` words when given (shorter runs)."""
     demo = load_demo_data()
+    if max_words is not None:
+        demo = demo[demo["masked"].str.split().str.len() <= max_words]
     lowered = demo["label"].str.lower()
     out = demo[lowered.isin(list(PRONOUNS))].copy()
     out["label_class"] = lowered[out.index].map(PRONOUNS).astype(str)
@@ -70,9 +73,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = parser(__doc__.splitlines()[0], steps=60, experiment_dir="runs/three_class_suite")
     p.add_argument("--data", choices=["pronouns", "religion"], default="pronouns")
     p.add_argument("--mode", choices=["symmetric", "positive"], default="positive")
+    p.add_argument("--max-words", type=int, default=None, help="pronouns: only sentences of at most this many words")
     ns = p.parse_args(argv)
     setup_logging(ns)
-    data = pronoun_data() if ns.data == "pronouns" else religion_data()
+    data = pronoun_data(ns.max_words) if ns.data == "pronouns" else religion_data()
     neutral = list(load_demo_neutral()["text"][:200])
     suite_cls = PositiveSuite if ns.mode == "positive" else SymmetricSuite
     suite = suite_cls(model_path(ns.model), data, training_args(ns, ns.experiment_dir),

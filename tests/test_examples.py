@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import SPECIAL, WORDS
 from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
@@ -107,3 +108,26 @@ def test_topk_overlap_across_features_and_seeds(tiny_mlm_dir, tmp_path) -> None:
     assert seeds["seeds"] == ["seed_0", "seed_1"] and len(seeds["jaccard"]) == 2
     assert seeds["common_to_all"] <= 50 <= seeds["union_size"] <= 100
     assert all(Path(p).is_file() for p in out["plots"])
+
+
+def test_german_articles_gender_and_case_from_tags(tmp_path) -> None:
+    pytest.importorskip("spacy", reason="spaCy is an optional extra: pip install 'gradiend[spacy]'")
+    script = example("german_articles")
+    model = tiny_bert(tmp_path / "german_bert", script.vocabulary())
+    out = run(script, ["--model", model, "--experiment-dir", str(tmp_path / "g"), *TINY])
+    classes = ["fem_acc", "fem_dat", "fem_nom", "masc_acc", "masc_dat", "masc_nom", "neut_acc", "neut_dat", "neut_nom"]
+    assert sorted(out["classes"]) == classes and set(out["classes"].values()) == {32}
+    case = out["masc_nom_acc"]
+    assert case["trainer"].pair == ("masc_nom", "masc_acc")
+    rows = case["trainer"].unified_data()[0]
+    assert set(rows.loc[rows["factual_class"] == "masc_nom", "factual"].str.lower()) == {"der"}
+    assert set(rows.loc[rows["factual_class"] == "masc_nom", "alternative"].str.lower()) == {"den"}
+    assert sorted(case["encoder"]["mean_by_feature_class"]) == classes  # every class encoded (label 0 but the pair)
+    # the tags split `der`: feminine dative rows are another class, not masculine nominative
+    other = case["trainer"].other_class_rows()
+    assert set(other.loc[other["factual_class"] == "fem_dat", "factual"].str.lower()) == {"der"}
+    gender = out["masc_fem"]
+    assert gender["trainer"].pair == ("masc", "fem")
+    pair_rows = gender["trainer"].unified_data()[0]
+    assert not (pair_rows["factual"].str.lower() == pair_rows["alternative"].str.lower()).any()
+    assert sorted(gender["encoder"]["mean_by_feature_class"]) == ["fem", "masc", "neut_acc", "neut_dat", "neut_nom"]
