@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = ["GradiendCollection", "GradiendSuite", "PairDefinition", "PositiveSuite", "SymmetricSuite",
-           "cross_encoding"]
+           "SymmetricTrainerSuite", "TrainerCollection", "cross_encoding"]
 
 
 @dataclass(frozen=True)
@@ -331,3 +331,37 @@ def cross_encoding(trainers: Mapping[str, Trainer], class_rows: Mapping[str, pd.
 def _json_matrix(matrix: np.ndarray) -> list[list[float | None]]:
     """Rows of floats, None where a cell has no rows (JSON has no NaN)."""
     return [[None if np.isnan(v) else float(v) for v in row] for row in matrix]
+
+
+# -- the reference's spellings ----------------------------------------------------------------
+def _reference_inputs(trainer_cls: type, trainer_args: tuple[Any, ...], kwargs: dict[str, Any]
+                      ) -> tuple[Any, Any, TrainingArguments, dict[str, Any]]:
+    """(model, data, args, other trainer kwargs) of a reference-style suite call."""
+    from gradiend.trainer.text.prediction.trainer import TextPredictionTrainer
+
+    if not (isinstance(trainer_cls, type) and issubclass(trainer_cls, TextPredictionTrainer)):
+        raise TypeError(f"trainer_cls must be TextPredictionTrainer (or a subclass), got {trainer_cls!r}")
+    if len(trainer_args) > 1:
+        raise TypeError("Pass only the model positionally; data= and args= as keywords")
+    model = trainer_args[0] if trainer_args else kwargs.pop("model", None)
+    data, args = kwargs.pop("data", None), kwargs.pop("training_args", None) or kwargs.pop("args", None)
+    if model is None or data is None or args is None:
+        raise TypeError("A suite needs model=, data= and args= (TrainingArguments with experiment_dir)")
+    return model, data, args, kwargs
+
+
+class SymmetricTrainerSuite(SymmetricSuite):
+    """The reference's spelling: `SymmetricTrainerSuite(TextPredictionTrainer, model=..., data=..., args=...,
+    target_classes=[a, b, c], run_id=...)`, a `SymmetricSuite` over `target_classes`."""
+
+    def __init__(self, trainer_cls: type, *trainer_args: Any, target_classes: Sequence[str] | None = None,
+                 run_id: str | None = None, **trainer_kwargs: Any) -> None:
+        model, data, args, rest = _reference_inputs(trainer_cls, trainer_args, dict(trainer_kwargs))
+        super().__init__(model, data, args, classes=target_classes, run_id=run_id, **rest)
+
+
+class TrainerCollection(GradiendCollection):
+    """The reference's spelling: `TrainerCollection(trainer_a, trainer_b, ...)`, keyed by each trainer's run_id."""
+
+    def __init__(self, *trainers: Trainer, output_dir: str | None = None) -> None:
+        super().__init__(list(trainers), output_dir=output_dir)

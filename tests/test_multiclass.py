@@ -284,3 +284,19 @@ def test_merged_classes_sharing_a_word_never_draw_it_as_alternative() -> None:
     masc_der = unified.rows[(unified.rows["factual_class"] == "masc") & (unified.rows["factual"] == "der")]
     assert set(masc_der["alternative"]) == {"die"}
     assert set(unified.rows.loc[unified.rows["factual"] == "den", "alternative"]) == {"der", "die"}
+
+
+def test_reference_spellings_build_the_same_suites(tiny_mlm_dir, tmp_path) -> None:
+    from gradiend import TextPredictionTrainer
+    from gradiend.suites import SymmetricTrainerSuite, TrainerCollection
+
+    suite = SymmetricTrainerSuite(TextPredictionTrainer, model=tiny_mlm_dir, data=_three_classes(),
+                                  args=_tiny_args(tmp_path / "s"), target_classes=["3SG", "3PL", "OBJ"], run_id="r")
+    assert list(suite) == ["3PL__3SG", "3PL__OBJ", "3SG__OBJ"]
+    assert suite["3PL__OBJ"].experiment_dir == str(tmp_path / "s" / "r" / "3PL__OBJ")
+    with pytest.raises(TypeError, match="TextPredictionTrainer"):
+        SymmetricTrainerSuite(dict, model=tiny_mlm_dir, data=_three_classes(), args=_tiny_args(tmp_path / "s"))
+    with pytest.raises(TypeError, match="data="):
+        SymmetricTrainerSuite(TextPredictionTrainer, tiny_mlm_dir, args=_tiny_args(tmp_path / "s"))
+    collection = TrainerCollection(suite["3PL__3SG"], suite["3SG__OBJ"])
+    assert list(collection) == ["r/3PL__3SG", "r/3SG__OBJ"]
