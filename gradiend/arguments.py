@@ -889,6 +889,16 @@ class TrainingArguments(ReferenceArgs, MiscArgs, DecoderEvalArgs, PruningArgs, G
         """View name → section class, in field order (`from_dict` accepts these names as nested keys)."""
         return {name: view.section for name, view in vars(cls).items() if isinstance(view, SectionView)}
 
+    def replace(self, **overrides: Any) -> TrainingArguments:
+        """A validated copy with `overrides` applied; `train_batch_size` and its alias `base_gradient_batch_size`
+        change together."""
+        flat = type(self).flatten(overrides)
+        for name, alias in (("train_batch_size", "base_gradient_batch_size"),
+                            ("base_gradient_batch_size", "train_batch_size")):
+            if name in flat and alias not in flat:
+                flat[alias] = flat[name]
+        return dataclasses.replace(self, **flat)
+
     def _prepare(self) -> None:
         """Reference spellings (`ReferenceArgs`) onto the settings they name, before validation."""
         _alias_batch_size(self)
@@ -911,8 +921,12 @@ class TrainingArguments(ReferenceArgs, MiscArgs, DecoderEvalArgs, PruningArgs, G
 
 
 def _alias_batch_size(args: TrainingArguments) -> None:
-    """`base_gradient_batch_size` is the reference's name of `train_batch_size`: a given value becomes it."""
+    """`base_gradient_batch_size` is the reference's name of `train_batch_size`: a given value becomes it, and it
+    reports `train_batch_size` when not given (as the reference does)."""
     base = args.base_gradient_batch_size
+    if base is None:
+        args.base_gradient_batch_size = args.train_batch_size
+        return
     if not _is_int(base) or base == args.train_batch_size:
         return
     default = next(f.default for f in fields(OptimizationArgs) if f.name == "train_batch_size")

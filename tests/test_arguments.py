@@ -282,7 +282,9 @@ def test_base_gradient_batch_size_is_train_batch_size() -> None:
     args = TrainingArguments(base_gradient_batch_size=4)
     assert args.train_batch_size == 4 and args.base_gradient_batch_size == 4
     assert TrainingArguments(train_batch_size=8, base_gradient_batch_size=8).train_batch_size == 8
-    assert TrainingArguments(train_batch_size=8).base_gradient_batch_size is None
+    assert TrainingArguments(train_batch_size=8).base_gradient_batch_size == 8  # reports the batch size
+    assert TrainingArguments(base_gradient_batch_size=4).replace(train_batch_size=16).base_gradient_batch_size == 16
+    assert TrainingArguments(train_batch_size=8).replace(base_gradient_batch_size=2).train_batch_size == 2
     with pytest.raises(ValueError, match="name the same setting"):
         TrainingArguments(train_batch_size=8, base_gradient_batch_size=1)
     with pytest.raises(ValueError, match="base_gradient_batch_size must be a positive integer"):
