@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from gradiend.model_with_gradiend import ModelWithGradiend
     from gradiend.plots import plot_topk_overlap_heatmap, plot_topk_overlap_venn
     from gradiend.reference_format import load_reference_checkpoint
+    from gradiend.selection import LMSThresholdPolicy, LMSTimesMetricPolicy, SelectionPolicy
     from gradiend.topk import get_topk_weights, seed_stability_topk, topk_overlap
     from gradiend.trainer.text.prediction.trainer import TextPredictionTrainer
     from gradiend.trainer.trainer import Trainer
@@ -55,6 +56,9 @@ _EXPORTS: dict[str, str] = {
     "plot_topk_overlap_heatmap": "gradiend.plots",
     "plot_topk_overlap_venn": "gradiend.plots",
     "push_to_hub": "gradiend.hub",
+    "LMSThresholdPolicy": "gradiend.selection",
+    "LMSTimesMetricPolicy": "gradiend.selection",
+    "SelectionPolicy": "gradiend.selection",
 }
 
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
@@ -63,10 +67,13 @@ __all__ = [
     "DataError",
     "GradiendConfig",
     "GradiendModel",
+    "LMSThresholdPolicy",
+    "LMSTimesMetricPolicy",
     "ModelWithGradiend",
     "PairedTextFilterConfig",
     "PostPruneConfig",
     "PrePruneConfig",
+    "SelectionPolicy",
     "TextFilterConfig",
     "TextPredictionDataCreator",
     "TextPredictionTrainer",

@@ -464,7 +464,7 @@ def _train(ns: argparse.Namespace) -> int:
         exp = _write_run_config(trainer, trainer_inputs, args)
         if distributed.is_main():  # rank 0 plots and reports
             if not ns.no_plots:
-                _plot_or_hint(trainer.plot_training_convergence)
+                _plot_or_hint(lambda: trainer.plot_training_convergence(show=False))
             _print_training_outcome(ns, trainer, exp)
     return EXIT_OK
 
@@ -556,7 +556,7 @@ def _evaluate(ns: argparse.Namespace) -> int:
         frame = enc.pop("encoder_df", None)
         if plots and frame is not None:
             enc["plot_path"] = _plot_or_hint(
-                lambda: trainer.plot_encoder_distributions(encoder_df=frame, split=ns.split))
+                lambda: trainer.plot_encoder_distributions(encoder_df=frame, split=ns.split, show=False))
         out["encoder"] = enc
     if do_decoder:
         classes = ns.target_class or list(trainer.pair)
@@ -569,7 +569,7 @@ def _evaluate(ns: argparse.Namespace) -> int:
             decoder[key] = dec[key]
             if plots:
                 decoder[key]["plot_path"] = _plot_or_hint(
-                    lambda dec=dec, cls=cls: trainer.plot_probability_shifts(dec, cls, not ns.weaken))
+                    lambda dec=dec, cls=cls: trainer.plot_probability_shifts(dec, cls, not ns.weaken, show=False))
         out["decoder"] = decoder
     if ns.json:
         _print_json(out)

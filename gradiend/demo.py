@@ -106,9 +106,9 @@ def run_demo(experiment_dir: str | None = None, max_steps: int = 100, train_batc
     t_dec = time.perf_counter() - t3
     paths, report = [], None
     if plots:
-        paths.append(trainer.plot_probability_shifts(decoder, setup.target))
-        paths.append(trainer.plot_training_convergence())
-        paths.append(trainer.plot_encoder_distributions(encoder_df=encoder.pop("encoder_df")))
+        paths.append(trainer.plot_probability_shifts(decoder, setup.target, show=False))
+        paths.append(trainer.plot_training_convergence(show=False))
+        paths.append(trainer.plot_encoder_distributions(encoder_df=encoder.pop("encoder_df"), show=False))
         from gradiend.report import write_report
 
         report = write_report(trainer.experiment_dir)
