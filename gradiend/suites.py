@@ -138,7 +138,8 @@ class GradiendCollection:
                 for member_id, trainer in self._members.items()}
 
     def summary(self, split: str = "test", max_size: int | None = None, *, write: bool = True) -> pd.DataFrame:
-        """One row per member: its pair, convergence, correlation, all-data scores, mean h per class.
+        """One row per member: its pair, convergence, correlation, all-data scores, mean h of its two
+        classes (`mean_a`, `mean_b`) and of every class it encodes (`mean_<class>`).
 
         Written to `<output_dir>/suite_summary_<split>.csv` when `write`.
         """
@@ -147,10 +148,12 @@ class GradiendCollection:
         for member_id, result in results.items():
             trainer = self._members[member_id]
             stats = trainer.get_training_record()
+            means = result["mean_by_feature_class"]
             record = {"member": member_id, "class_a": trainer.pair[0], "class_b": trainer.pair[1],
                       "converged": bool(stats.converged) if stats is not None else False,
                       "correlation": result["correlation"], "all_data_correlation": result["all_data_correlation"],
-                      "all_data_accuracy": result["all_data_accuracy"]}
+                      "all_data_accuracy": result["all_data_accuracy"], "mean_a": means.get(trainer.pair[0]),
+                      "mean_b": means.get(trainer.pair[1])}
             record.update({f"mean_{c}": v for c, v in result["mean_by_feature_class"].items()})
             records.append(record)
         table = pd.DataFrame(records)

@@ -214,6 +214,7 @@ def test_symmetric_suite_trains_every_pair_reuses_finished_members_and_cross_enc
     assert passes == []
     table = again.summary()
     assert list(table["member"]) == list(suite) and {"mean_OBJ", "mean_3PL", "mean_3SG"} <= set(table.columns)
+    assert table["mean_a"].tolist() == [table.loc[i, f"mean_{table.loc[i, 'class_a']}"] for i in table.index]
     assert (tmp_path / "exp" / "pronouns" / "suite_summary_test.csv").is_file()
     row = table.set_index("member").loc["3SG__OBJ"]
     assert row["correlation"] == pytest.approx(again["3SG__OBJ"].evaluate_encoder(
