@@ -73,7 +73,6 @@ class GradientSource:
         self.base_passes = 0.0
         self.dist = distributed.context()
         self.sharded = sharded and self.dist.enabled
-        self._full: dict[str, torch.Tensor] = {}  # sharded: full-length scratch vectors the ranks reduce-scatter
 
     def gradients(self, step: int, texts: Sequence[str], factual: Sequence[str], alternative: Sequence[str],
                   out: dict[str, torch.Tensor], keep: bool) -> dict[str, torch.Tensor]:
@@ -103,7 +102,11 @@ class GradientSource:
                  out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """This rank's weighted share of the batch, summed over ranks into `out` (all of it, or this rank's slice)."""
         n = self.engine.param_map.size
-        local = {k: self._scratch(k, n, v) for k, v in out.items()} if self.sharded else out
+        # sharded: full-length vectors (zero padding to world_size × slice) that live for this call only, so
+        # the memory is free again for what follows training (gathering the weights)
+        full = {k: torch.zeros(v.numel() * self.dist.world_size, dtype=v.dtype, device=v.device)
+                for k, v in out.items()} if self.sharded else {}
+        local = {k: v[:n] for k, v in full.items()} if self.sharded else out
         lo, hi = distributed.my_share(len(texts))
         if hi > lo:
             self.engine.gradients(texts[lo:hi], factual[lo:hi], alternative[lo:hi], list(local), out=local)
@@ -120,17 +123,8 @@ class GradientSource:
                                          f"{texts[0][:60]!r}); nothing was saved. Check the base model's dtype "
                                          f"(use float32) and the data of this batch.")
             for kind, vec in out.items():
-                distributed.reduce_scatter_(self._full[kind], vec, f"reduce-scatter of the {kind} gradient")
+                distributed.reduce_scatter_(full[kind], vec, f"reduce-scatter of the {kind} gradient")
         else:
             for kind, vec in out.items():
                 distributed.all_reduce_(vec, f"all-reduce of the {kind} gradient")
         return out
-
-    def _scratch(self, kind: str, n: int, like: torch.Tensor) -> torch.Tensor:
-        """The full-length buffer of `kind` (world_size × slice entries, zero padding) as an n-entry view."""
-        m = like.numel()
-        buf = self._full.get(kind)
-        if buf is None or buf.numel() != m * self.dist.world_size:
-            buf = torch.zeros(m * self.dist.world_size, dtype=like.dtype, device=like.device)
-            self._full[kind] = buf
-        return buf[:n]

@@ -224,8 +224,9 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], args: OptimizationArgs,
     return optim_cls(params, **kwargs)
 
 
-def _flip(g: GradiendModel, optimizer: torch.optim.Optimizer) -> None:
+def _flip(model: HasGradiend, optimizer: torch.optim.Optimizer) -> None:
     """Negate the feature and the matching Adam first moments (an exact symmetry of training)."""
+    g = model.gradiend
     g.flip_sign()
     for param in (g.encoder_weight, g.encoder_bias, g.decoder_weight):
         state = optimizer.state.get(param)
@@ -685,7 +686,7 @@ class TrainingLoop:
 
     def _normalise_sign(self, step: int, metrics: dict[str, Any]) -> None:
         """Flip the feature (class A positive) and the metrics that already measured it."""
-        _flip(self.gradiend, self.optimizer)
+        _flip(self, self.optimizer)  # the GRADIEND being trained: this rank's slice when sharded
         self.history.flips.append(step)
         metrics["correlation"] = -metrics["correlation"]
         metrics["mean_by_class"] = {c: -v for c, v in metrics["mean_by_class"].items()}
@@ -733,6 +734,7 @@ class TrainingLoop:
         }
         best_state = h.best_state if h.best_state is not None else _snapshot(self.gradiend)
         if self._shard is not None:  # every rank gets the full weights: evaluation and rewrites need them
+            self.optimizer.state.clear()  # its slices' AdamW state is not needed any more: room for the full weights
             self._shard.restore(self._shard.gather_state(self.gradiend.state_dict()))
             best_state = self._shard.gather_state(best_state)
         return TrainingOutcome(best_state, stats, converged, reason, timings)
