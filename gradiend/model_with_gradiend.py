@@ -22,12 +22,15 @@ from gradiend.devices import resolve_device, same_device
 from gradiend.gradients import GradientEngine
 from gradiend.loaded_base import FINGERPRINT_PREFIX, LoadedBase, weights_fingerprint
 from gradiend.model import GradiendConfig, GradiendModel, is_checkpoint, read_checkpoint_config
-from gradiend.objectives import CausalLMObjective, LMObjective, MaskedLMObjective
+from gradiend.objectives import CausalLMObjective, CausalMLMHeadObjective, LMObjective, MaskedLMObjective
 from gradiend.params import ParamMap
 from gradiend.rewrite import applied, rewritten_copy
 
 if TYPE_CHECKING:
+    import pandas as pd
     from transformers import PreTrainedModel
+
+    from gradiend.arguments import TrainingArguments
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
 
 
-OBJECTIVES = ("mlm", "clm")
+OBJECTIVES = ("mlm", "clm", "clm_mlm_head")
 
 
 def recorded_base_model(config: GradiendConfig) -> str | None:
@@ -105,9 +108,10 @@ def resolve_objective(config: Any, objective: str | None, name: str = "the model
         return detected
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES} or None (automatic), got {objective!r}")
-    if objective != detected:
+    needed = "clm" if objective == "clm_mlm_head" else objective  # the head objective reads a causal LM
+    if needed != detected:
         kinds = {"mlm": "a masked LM", "clm": "a causal LM"}
-        raise ValueError(f"objective={objective!r} needs {kinds[objective]}, but {name} is {kinds[detected]} "
+        raise ValueError(f"objective={objective!r} needs {kinds[needed]}, but {name} is {kinds[detected]} "
                          f"({type(config).__name__}); use objective={detected!r} or objective=None (automatic)")
     return objective
 
@@ -172,6 +176,18 @@ def load_model_for_objective(name_or_path: str, torch_dtype: str = "float32", tr
     return model, tokenizer, kind
 
 
+def meta_base_model(name_or_path: str, torch_dtype: str = "float32", trust_remote_code: bool = False,
+                    objective: str | None = None) -> PreTrainedModel:
+    """The model `name_or_path` names, built from its config on the meta device (shapes and dtypes, no weights):
+    what the memory plan reads before anything is loaded. OSError/ValueError when its config cannot be read."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
+
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    loader = AutoModelForMaskedLM if resolve_objective(config, objective) == "mlm" else AutoModelForCausalLM
+    with torch.device("meta"):
+        return loader.from_config(config, dtype=DTYPES[torch_dtype], trust_remote_code=trust_remote_code)
+
+
 def _placement(device: torch.device) -> dict[str, Any]:
     """`from_pretrained` keyword arguments that put the weights on `device` as they are read.
 
@@ -215,13 +231,17 @@ def open_base(base_model: str | os.PathLike | PreTrainedModel | LoadedBase, toke
     return base, kind
 
 
-def make_objective(kind: str, tokenizer: Any, max_length: int = 256, options: dict[str, Any] | None = None
-                   ) -> LMObjective:
-    """The objective named `kind` ("mlm" or "clm"); `options` go to `CausalLMObjective` (masked LMs ignore them)."""
+def make_objective(kind: str, tokenizer: Any, max_length: int = 256, options: dict[str, Any] | None = None,
+                   tensors: dict[str, torch.Tensor] | None = None) -> LMObjective:
+    """The objective named `kind` ("mlm", "clm" or "clm_mlm_head"); `options` go to the causal objectives (masked
+    LMs ignore them); `tensors`: the clm_mlm_head's trained head (its config is `options["head"]`)."""
     if kind == "mlm":
         return MaskedLMObjective(tokenizer, max_length=max_length)
     if kind == "clm":
         return CausalLMObjective(tokenizer, max_length=max_length, **(options or {}))
+    if kind == "clm_mlm_head":
+        return CausalMLMHeadObjective(tokenizer, max_length=max_length, head_tensors=tensors or None,
+                                      **(options or {}))
     raise ValueError(f"Unknown objective {kind!r}; use one of {OBJECTIVES}")
 
 
@@ -246,7 +266,7 @@ class ModelWithGradiend:
         self.param_map = ParamMap.from_json(gradiend.config.param_map, gradiend.param_index)
         max_length = _fit_max_length(base_model, max_length)
         self.objective = make_objective(gradiend.config.objective, tokenizer, max_length,
-                                        gradiend.config.objective_options)
+                                        gradiend.config.objective_options, gradiend.objective_tensors)
         self.engine = GradientEngine(base_model, self.objective, self.param_map)
 
     @property
@@ -297,7 +317,7 @@ class ModelWithGradiend:
             base_model_fingerprint=base_model_fingerprint(base.name) if from_path else base.fingerprint(),
             param_map=param_map.to_json(), feature_classes=list(feature_classes),
             feature_class_encoding_direction=direction, source=source, target=target, objective=kind,
-            objective_options=dict(objective_options or {}) if kind == "clm" else {})
+            objective_options=dict(objective_options or {}) if kind != "mlm" else {})
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         logger.info("GRADIEND over %d parameters of %s (%d tensors) on %s", param_map.size, base.name,
                     len(param_map.specs), base.device)
@@ -367,9 +387,24 @@ class ModelWithGradiend:
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         gradiend = GradiendModel(copy.deepcopy(self.gradiend.config), generator, device=self.device)
         gradiend.param_index = dict(self.gradiend.param_index)
+        gradiend.objective_tensors = dict(self.gradiend.objective_tensors)
         clone.gradiend = gradiend
         clone.engine = GradientEngine(self.base_model, self.objective, self.param_map)  # re-asserts requires_grad
         return clone
+
+    def fit_objective(self, rows: pd.DataFrame, pair: Sequence[str], args: TrainingArguments) -> None:
+        """Train what the objective learns before the GRADIEND does: for `clm_mlm_head` its slot head, on the
+        pair's training rows (`decoder_mlm_head_*` settings); the head's weights and settings become part of this
+        GRADIEND's checkpoint. Nothing to learn for `mlm` and `clm`."""
+        if not isinstance(self.objective, CausalMLMHeadObjective):
+            return
+        from gradiend.mlm_head import head_settings, head_training_rows
+
+        settings = head_settings(args)
+        texts, words = head_training_rows(rows, pair, self.objective, settings)
+        self.objective.fit(self.base_model, texts, words, settings, batch_size=args.eval_batch_size)
+        self.gradiend.config.objective_options = self.objective.options_json()
+        self.gradiend.objective_tensors = self.objective.head_tensors()
 
     def prune(self, keep: torch.Tensor) -> ModelWithGradiend:
         """Keep only the input coordinates where `keep` is True (in place); rewriting afterwards

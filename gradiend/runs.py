@@ -101,6 +101,7 @@ def new_template(base_model: BaseModel, args: TrainingArguments, rows: pd.DataFr
         check_trainable_dtype(base_model.dtype_name)
     else:
         check_trainable_dtype(args.torch_dtype)  # before the base model is loaded
+        check_memory_before_loading(base_model, args, device)
     model = ModelWithGradiend.create(
         base_model, params=args.params, latent_dim=args.latent_dim, activation_encoder=args.activation_encoder,
         bias_decoder=args.bias_decoder, torch_dtype=args.torch_dtype, gradiend_dtype=args.gradiend_dtype,
@@ -112,6 +113,46 @@ def new_template(base_model: BaseModel, args: TrainingArguments, rows: pd.DataFr
         model.objective.pieces(token)
     model.objective.check_rows_fit(rows["masked"])  # a slot beyond max_length fails now, not mid-training
     return model
+
+
+def check_memory_before_loading(base_model: str, args: TrainingArguments, device: torch.device | None = None) -> None:
+    """Refuse a run that cannot fit before its base model is loaded: the plan from the model's config on the meta
+    device (`InsufficientMemoryError` naming the levers). A config that cannot be read here is left to the
+    loader's own error; the plan is checked again once the template exists (`prepare_run`)."""
+    import dataclasses
+
+    from gradiend.arguments import DTYPES
+    from gradiend.devices import resolve_device
+    from gradiend.memory import plan_memory, run_shape
+    from gradiend.model_with_gradiend import meta_base_model
+    from gradiend.params import ParamMap
+
+    try:
+        meta = meta_base_model(base_model, args.torch_dtype, args.trust_remote_code, args.objective)
+    except (OSError, ValueError) as err:
+        logger.debug("No memory plan before loading %s (%s); it is checked once the model is loaded", base_model, err)
+        return
+    param_map = ParamMap.select(meta, args.params)
+    shape = run_shape(meta, param_map, args, latent_dim=args.latent_dim, bias_decoder=args.bias_decoder,
+                      gradiend_bytes=DTYPES[args.gradiend_dtype].itemsize, base_loaded=False,
+                      cache_bytes=_cache_bytes(args), shards=_shards(args))
+    cfg = args.pre_prune_config
+    if cfg is not None:  # the GRADIEND is built at the pruned size: plan that (a threshold keeps an unknown count)
+        kept = 1 if cfg.threshold is not None else cfg.topk if isinstance(cfg.topk, int) else round(
+            cfg.topk * shape.n_inputs)
+        shape = dataclasses.replace(shape, n_inputs=max(1, min(kept, shape.n_inputs)))
+    plan_memory(shape).check(resolve_device(device))
+
+
+def _cache_bytes(args: TrainingArguments) -> int:
+    """Host bytes an in-memory gradient cache may take (0 for none or a disk cache)."""
+    return int(args.gradient_cache_max_gb * 1024**3) if args.gradient_cache == "memory" else 0
+
+
+def _shards(args: TrainingArguments) -> int:
+    from gradiend.distributed import env_world_size
+
+    return env_world_size() if args.shard_gradiend else 1
 
 
 def gradient_store(settings: GradientCacheArgs, directory: Path, shared: bool) -> GradientStore | None:
@@ -165,8 +206,7 @@ def prepare_run(template: ModelWithGradiend, args: TrainingArguments, rows: pd.D
                  if args.do_eval else None)
     if not pre_pruned and args.pre_prune_config is not None:
         pre_prune(template, train_rows, pair, args.pre_prune_config, args.show_progress)
-    cache_bytes = int(args.gradient_cache_max_gb * 1024**3) if args.gradient_cache == "memory" else 0
-    plan_for_model(template, args, cache_bytes=cache_bytes).check(template.device)  # refuse before allocating
+    plan_for_model(template, args, cache_bytes=_cache_bytes(args)).check(template.device)  # refuse before allocating
     return RunInputs(template, args, train_rows, eval_rows, pair, base_name(base_model), key, tuple(callbacks))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from gradiend import gradient_cache
-from gradiend.arguments import TrainingArguments
+from gradiend.arguments import PrePruneConfig, TrainingArguments
 from gradiend.gradient_cache import GradientStore, kept_blocks, pack, packed_nbytes, wants_pinned
 from gradiend.memory import (
     InsufficientMemoryError,
@@ -170,6 +171,36 @@ def test_levers_save_what_replanning_says() -> None:
     pruned = plan_memory(RunShape(10**5, base_bytes=4, base_parameters=10**6, cache_bytes=5 * 10**9))
     saved = plan.needed("host", device_is_host=True) - pruned.needed("host", device_is_host=True)
     assert any(f"saves {saved / 1e9:.2f} GB" in lever for lever in levers if "pre_prune" in lever)
+
+
+def test_a_run_that_cannot_fit_stops_before_its_base_model_is_loaded(tiny_mlm_dir: str, monkeypatch) -> None:
+    from conftest import make_rows
+    from transformers import PreTrainedModel
+
+    from gradiend import memory, runs
+    from gradiend.data import unify
+    from gradiend.model_with_gradiend import meta_base_model
+    from gradiend.params import ParamMap
+
+    args = TrainingArguments(train_batch_size=4, gradient_cache="off")  # the GRADIEND dominates the plan
+    rows, pair = unify(make_rows(), target_classes=["3SG", "3PL"], seed=0)
+    template = runs.new_template(tiny_mlm_dir, args, rows, pair, torch.device("cpu"))
+    meta = meta_base_model(tiny_mlm_dir)
+    assert all(p.is_meta for p in meta.parameters())
+    before = memory.run_shape(meta, ParamMap.select(meta, args.params), args)
+    assert before == plan_for_model(template, args).shape, "the plan from the config is the plan of the loaded model"
+    loads = []
+    original = PreTrainedModel.from_pretrained.__func__
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained",
+                        classmethod(lambda cls, *a, **kw: loads.append(a) or original(cls, *a, **kw)))
+    need = plan_memory(dataclasses.replace(before, base_loaded=False)).needed("host", device_is_host=True)
+    monkeypatch.setattr(memory, "free_host_bytes", lambda: need - 1)
+    with pytest.raises(InsufficientMemoryError, match=rf"host: {need / 1e9:.2f} GB needed") as err:
+        runs.new_template(tiny_mlm_dir, args, rows, pair, torch.device("cpu"))
+    assert loads == [] and "pre_prune_config" in str(err.value)
+    pruned = args.replace(pre_prune_config=PrePruneConfig(topk=0.01, n_samples=4))
+    runs.new_template(tiny_mlm_dir, pruned, rows, pair, torch.device("cpu"))  # fits at the pruned size
+    assert len(loads) == 1
 
 
 def test_free_host_memory_is_measured() -> None:
