@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FINGERPRINT_PREFIX = "weights:"
+IN_MEMORY = "in-memory "  # the name of a loaded model without a path (e.g. built with from_config)
 HASH_CHUNK = 64 * 1024 * 1024  # bytes copied to the host at a time when hashing accelerator tensors
 # a tokenizer smaller than the embedding matrix by more than this share is another model's (padding to a
 # multiple of 64/128 rows, as GPT-2-like and Qwen-like checkpoints do, stays far below it)
@@ -44,7 +45,7 @@ class LoadedBase:
         """Check a loaded model and tokenizer (clear errors naming the fix) and name them."""
         check_loaded_model(model)
         check_tokenizer(model, tokenizer)
-        name = model.name_or_path or f"in-memory {type(model).__name__}"
+        name = model.name_or_path or f"{IN_MEMORY}{type(model).__name__}"
         return cls(model, tokenizer, str(name))
 
     @property

@@ -20,7 +20,7 @@ from gradiend.base_identity import base_model_fingerprint, check_weight_files, l
 from gradiend.data import length_batches
 from gradiend.devices import resolve_device, same_device
 from gradiend.gradients import GradientEngine
-from gradiend.loaded_base import FINGERPRINT_PREFIX, LoadedBase, weights_fingerprint
+from gradiend.loaded_base import FINGERPRINT_PREFIX, IN_MEMORY, LoadedBase, weights_fingerprint
 from gradiend.model import GradiendConfig, GradiendModel, is_checkpoint, read_checkpoint_config
 from gradiend.objectives import CausalLMObjective, CausalMLMHeadObjective, LMObjective, MaskedLMObjective
 from gradiend.params import ParamMap
@@ -356,6 +356,9 @@ class ModelWithGradiend:
         name = base_model if base_model is not None else recorded_base_model(config)
         if name is None:
             raise ValueError(f"Checkpoint {directory} does not name its base model; pass base_model=")
+        if isinstance(name, str) and name.startswith(IN_MEMORY):
+            raise ValueError(f"Checkpoint {directory} was trained on a model passed in memory ({name}, no path "
+                             f"recorded); pass that model as base_model= with its tokenizer=")
         base, _ = open_base(name, tokenizer, config.torch_dtype, trust_remote_code, device, config.objective)
         gradiend = GradiendModel.from_pretrained(directory, device=base.device)  # straight onto the base's device
         warn_if_other_weights(gradiend.config, base, directory, from_path=not loaded)

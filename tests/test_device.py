@@ -241,6 +241,16 @@ def test_loaded_model_errors_name_the_fix(tiny_mlm_dir: str, tmp_path: Path) -> 
         TextPredictionTrainer(torch.nn.Linear(2, 2), data=rows, tokenizer=tokenizer)
     with pytest.raises(ValueError, match="needs its tokenizer"):
         ModelWithGradiend.create(loaded, params=PARAMS)
+    config = loaded.config.__class__.from_dict(loaded.config.to_dict())
+    config.name_or_path = ""
+    pathless = AutoModelForMaskedLM.from_config(config)  # built, not loaded: no name_or_path
+    model = ModelWithGradiend.create(pathless, tokenizer=tokenizer, params=PARAMS)
+    assert model.config.base_model == "in-memory BertForMaskedLM"
+    model.save_pretrained(tmp_path / "g")
+    with pytest.raises(ValueError, match=r"passed in memory .* pass that model as base_model="):
+        ModelWithGradiend.from_pretrained(tmp_path / "g")
+    assert ModelWithGradiend.from_pretrained(tmp_path / "g", base_model=pathless, tokenizer=tokenizer).base_model \
+        is pathless
 
 
 # -- GRADIENDs on their device, in their dtype ------------------------------------------------------------------
