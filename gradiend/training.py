@@ -380,8 +380,8 @@ class _Shard:
         try:
             yield
         finally:
-            full.encoder_weight.data = torch.empty(0, dtype=full.encoder_weight.dtype,
-                                                   device=full.encoder_weight.device)
+            for param in (full.encoder_weight, full.encoder_bias):
+                param.data = torch.empty(0, dtype=param.dtype, device=param.device)
 
     def encoder_norm(self) -> float:
         squares = self.module.encoder_weight.detach().double().pow(2).sum().reshape(1)

@@ -88,17 +88,33 @@ def _train(setup: Setup, out: Path, name: str, cache: str = "off", template: Mod
     if cache != "off":
         store = GradientStore(cache, 2**30, "float32", out / name / "cache" if cache == "disk" else None)
     model = (template or setup.template).with_new_gradiend(args.seed)
+    held = _Held()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        outcome = train_gradiend(model, setup.train, setup.val, setup.pair, args, gradient_store=store)
+        outcome = train_gradiend(model, setup.train, setup.val, setup.pair, args, callbacks=[held],
+                                 gradient_store=store)
     tensors = {**{f"best.{k}": v for k, v in outcome.state.items()},
                **{f"final.{k}": v for k, v in model.gradiend.state_dict().items()}}
     stats, training = outcome.stats, outcome.stats["training_stats"]
     _save(out, name, tensors, {"losses": stats["losses"], "scores": training["scores"],
                                "scales": stats["gradient_scales"], "flips": training["sign_flips_at_steps"],
-                               "cache": store.summary() if store is not None else None})
+                               "cache": store.summary() if store is not None else None, "held": held.sizes})
     if store is not None:
         store.clear()
+
+
+class _Held(TrainingCallback):
+    """What a rank holds while it trains: entries of the trained weights, of their AdamW state, of the full model."""
+
+    def on_train_begin(self, model: ModelWithGradiend, optimizer: torch.optim.Optimizer, args: Any) -> None:
+        self.model, self.optimizer, self.sizes = model, optimizer, {}
+
+    def on_step_end(self, step: int, loss: float) -> None:
+        if step == 1:
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            state = [t for entry in self.optimizer.state.values() for t in entry.values() if t.dim() > 0]
+            self.sizes = {"trained": sum(p.numel() for p in params), "adam": sum(t.numel() for t in state),
+                          "full_model": sum(p.numel() for p in self.model.gradiend.parameters())}
 
 
 class _Stop(TrainingCallback):

@@ -154,11 +154,20 @@ def test_training_equals_one_process_and_ranks_are_bitwise_equal(runs, name) -> 
         assert stats0["cache"]["misses"] == ref_stats["cache"]["misses"]
 
 
-def test_sharded_equals_unsharded(runs) -> None:
+def test_sharded_equals_unsharded_and_holds_half_per_rank(runs) -> None:
     two, _ = runs
     sharded, unsharded = _load(two, "train_shard", 0)[0], _load(two, "train", 0)[0]
     for key, value in unsharded.items():
         _close(sharded[key], value)
+    full = _load(two, "train", 0)[1]["held"]
+    assert full["trained"] == full["full_model"] > 0 and full["adam"] == 2 * full["trained"]
+    n = _load(two, "train_shard", 0)[0]["final.decoder_bias"].numel()
+    for rank in (0, 1):
+        held = _load(two, "train_shard", rank)[1]["held"]
+        # weights, AdamW state (and gradient buffers) of this rank's slice only; the full model's released
+        assert held["full_model"] == 0
+        assert held["trained"] == pytest.approx(full["trained"] / 2, abs=3) and held["adam"] == 2 * held["trained"]
+        assert held["trained"] < full["trained"] - n
 
 
 def _written(lines: list[str], root: Path) -> set[str]:
