@@ -8,6 +8,7 @@ same time, has rank 1 hang. Process start-up (imports) is most of the time.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -15,6 +16,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -209,6 +211,64 @@ def test_a_broken_rank_stops_the_other_with_a_clear_error(launches, how) -> None
     assert info["seconds"] < 30  # seconds, not the default 10 minutes
     if how == "hang":  # rank 0 waited for the timeout, not less
         assert info["seconds"] >= 3
+
+
+@pytest.mark.parametrize(("batch", "latent", "bias"), [(1, 1, True), (1, 1, False), (3, 2, True)])
+def test_sharded_step_equals_the_full_step(batch: int, latent: int, bias: bool) -> None:
+    """Three coordinate slices stepped in three threads whose `reduce` sums over them = the full FusedLoss."""
+    from gradiend.model import GradiendConfig, GradiendModel
+    from gradiend.step import FusedLoss
+
+    n, world = 1001, 3
+    full = GradiendModel(GradiendConfig(input_dim=n, latent_dim=latent, bias_decoder=bias),
+                         generator=torch.Generator().manual_seed(1)).double()
+    full.input_scale.fill_(0.02)
+    full.target_scale.fill_(3e-3)
+    gen = torch.Generator().manual_seed(2)
+    x, y = (torch.randn(batch, n, generator=gen, dtype=torch.float64) * 1e-2 for _ in range(2))
+    loss_full, _ = FusedLoss(full, batch).loss_and_grad(x, y)
+    barrier, parts = threading.Barrier(world), [None] * world
+
+    def step(rank: int, out: list) -> None:
+        lo, hi = distributed.shard_range(n, rank, world)
+        config = dataclasses.replace(full.config, input_dim=hi - lo)
+        shard = GradiendModel(config, shape_only=True)
+        state = {k: v.clone() for k, v in full.state_dict().items()}
+        state["encoder_weight"] = state["encoder_weight"][:, lo:hi].clone()
+        state["decoder_weight"] = state["decoder_weight"][lo:hi].clone()
+        if bias:
+            state["decoder_bias"] = state["decoder_bias"][lo:hi].clone()
+        shard.load_state_dict(state, assign=True)
+
+        def reduce(value: torch.Tensor) -> torch.Tensor:  # an all-reduce over the threads
+            parts[rank] = value.clone()
+            barrier.wait()
+            total = sum(parts)
+            barrier.wait()
+            return value.copy_(total)
+
+        loss, _ = FusedLoss(shard, batch, reduce=reduce, n_total=n).loss_and_grad(x[:, lo:hi].contiguous(),
+                                                                                   y[:, lo:hi].contiguous())
+        out.append((rank, loss, {k: p.grad.clone() for k, p in shard.named_parameters()}))
+
+    results: list = []
+    threads = [threading.Thread(target=step, args=(r, results)) for r in range(world)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    results.sort(key=lambda item: item[0])
+    assert len(results) == world
+    for _, loss, grads in results:
+        torch.testing.assert_close(loss, loss_full, rtol=1e-12, atol=0)
+        torch.testing.assert_close(grads["encoder_bias"], full.encoder_bias.grad, rtol=1e-12, atol=0)
+    for name, dim in (("encoder_weight", 1), ("decoder_weight", 0), ("decoder_bias", 0)):
+        if name == "decoder_bias" and not bias:
+            continue
+        joined = torch.cat([grads[name] for _, _, grads in results], dim=dim)
+        expected = dict(full.named_parameters())[name].grad
+        assert expected.abs().max() > 0
+        torch.testing.assert_close(joined, expected, rtol=1e-12, atol=1e-15 * float(expected.abs().max()))
 
 
 def test_shard_ranges_cover_every_item_once_and_differ_by_one_at_most() -> None:
