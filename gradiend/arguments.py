@@ -33,7 +33,7 @@ GradientKind = Literal["factual", "alternative", "diff"]
 DtypeName = Literal["float32", "float16", "bfloat16", "float64"]
 Activation = Literal["tanh", "hardtanh"]
 Optimizer = Literal["adamw", "adam"]
-Objective = Literal["mlm", "clm"]
+Objective = Literal["mlm", "clm", "clm_mlm_head"]
 CacheReuse = Literal["always", "only_convergent"]
 SavedSeedRuns = Literal["best_only", "all_convergent", "all_tried"]
 ConvergentMetric = Literal["correlation", "loss"]
@@ -485,7 +485,7 @@ class GradiendArgs(ConfigSection):
         unused=True, instead="a GRADIEND is trained on the rows of its two target classes only"))
 
     def _prepare(self) -> None:
-        _none_to_default(self, "latent_dim", "activation_encoder", "bias_decoder")
+        _none_to_default(self, "latent_dim", "activation_encoder")
         self.torch_dtype = dtype_name(self.torch_dtype)  # type: ignore[assignment]
         self.gradiend_dtype = dtype_name(self.gradiend_dtype)  # type: ignore[assignment]
         if isinstance(self.params, str):
@@ -546,12 +546,17 @@ class OptimizationArgs(ConfigSection):
 
 @dataclass
 class ObjectiveArgs(ConfigSection):
-    """Prediction objective: masked token (mlm) or next token (clm)."""
+    """Prediction objective: masked token (mlm), next token (clm) or a slot head on a causal LM (clm_mlm_head)."""
 
     objective: Objective | None = field(default=None, metadata=doc(
-        "prediction objective: mlm (masked token) or clm (next token); default: from the model"))
+        "prediction objective: mlm (masked token), clm (next token) or clm_mlm_head (causal LMs: a head trained on "
+        "the frozen model reads the slot and the tokens after it); default: from the model"))
     min_left_context_tokens: int = field(
         default=3, metadata=doc("causal LMs: drop rows with fewer tokens left of the slot (logged)", positive=True))
+    decoder_mlm_head_pooling_length: int = field(default=3, metadata=doc(
+        "clm_mlm_head: hidden states averaged from the slot on (the slot and the next N-1 tokens)", positive=True))
+    decoder_mlm_head_placeholder: str | None = field(default=None, metadata=doc(
+        "clm_mlm_head: one-token string that fills the slot; default: the tokenizer's mask token, else its EOS token"))
 
 
 @dataclass

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from gradiend.experiment import MODEL_CONFIG, MODEL_WEIGHTS, atomic_write_json, atomic_write_with, read_json
+from gradiend.mlm_head import HEAD_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,9 @@ class GradiendModel(nn.Module):
         self.register_buffer("target_scale", torch.ones((), device=scale_device))
         # kept coordinates of pruned parameters (ParamMap.index_tensors), saved to PARAM_MAP_FILE
         self.param_index: dict[str, torch.Tensor] = {}
+        # weights the objective learnt before training (the clm_mlm_head's head), saved to HEAD_FILE; its
+        # settings are in config.objective_options["head"]
+        self.objective_tensors: dict[str, torch.Tensor] = {}
         if not shape_only:
             self.reset_parameters(generator)
 
@@ -251,6 +255,11 @@ class GradiendModel(nn.Module):
             atomic_write_with(directory / PARAM_MAP_FILE, lambda tmp: save_file(index, tmp))
         elif (directory / PARAM_MAP_FILE).exists():
             (directory / PARAM_MAP_FILE).unlink()
+        if self.objective_tensors:
+            head = {k: v.detach().contiguous().cpu() for k, v in self.objective_tensors.items()}
+            atomic_write_with(directory / HEAD_FILE, lambda tmp: save_file(head, tmp))
+        elif (directory / HEAD_FILE).exists():
+            (directory / HEAD_FILE).unlink()
         atomic_write_json(directory / CONFIG_FILE, {**self.config.to_json(), **(extra_json or {})})
 
     @classmethod
@@ -284,6 +293,8 @@ class GradiendModel(nn.Module):
         model.load_state_dict(state, assign=True)
         if any("kept" in entry for entry in config.param_map):
             model.param_index = _load_tensors(directory / PARAM_MAP_FILE, "kept coordinates of the pruned GRADIEND")
+        if "head" in config.objective_options:
+            model.objective_tensors = _load_tensors(directory / HEAD_FILE, "the clm_mlm_head objective's head")
         return model
 
 

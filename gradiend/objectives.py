@@ -10,14 +10,15 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradiend.data import MASK, DataError
+from gradiend.data import MASK, DataError, length_batches
+from gradiend.mlm_head import HEAD_FILE, HeadConfig, HeadSettings, SlotHead, train_head
 
 logger = logging.getLogger(__name__)
 
@@ -429,3 +430,196 @@ class CausalLMObjective(LMObjective):
             raise ValueError(f"{type(model.base_model).__name__} takes no position_ids, so left padding would shift "
                              f"its positions; use padding_side='right'")
         return super().head(model)
+
+
+UNIFORM_TARGET = -1
+"""Head label of a word that is none of the head's target words: its loss is the mean over all of them."""
+
+
+class CausalMLMHeadObjective(CausalLMObjective):
+    """`clm_mlm_head`: GRADIEND gradients of a slot head that reads the right context of a frozen causal LM.
+
+    The slot (its first placeholder; later ones too) is filled with a one-token placeholder and the mean
+    hidden state of the slot and the `pooling_length - 1` tokens after it goes through a linear head over
+    the target words (`gradiend.mlm_head`). A row's loss is the head's cross-entropy for its word; a word
+    that is none of the head's words (a neutral row's masked word) gets the mean cross-entropy over all of
+    them, i.e. "none of the feature's words". Tokens after the pooling window cannot change the pooled
+    states of a causal model and are dropped.
+
+    Everything that scores the model's own predictions — class probabilities and LMS of the decoder
+    evaluation (`gradiend.scoring`) — is inherited from `CausalLMObjective` and uses the causal LM's
+    next-token head, so a rewrite is judged by what the rewritten model itself predicts. Rows need the
+    same left context as for `clm` (`min_left_context_tokens`), so that both uses see the same rows.
+    """
+
+    name = "clm_mlm_head"
+
+    def __init__(self, tokenizer: Any, max_length: int = 256, mask: str = MASK, *,
+                 head: dict[str, Any] | None = None, head_tensors: dict[str, torch.Tensor] | None = None,
+                 **causal_options: Any) -> None:
+        super().__init__(tokenizer, max_length, mask, **causal_options)
+        self.causal_options = dict(causal_options)
+        self._pooling_length = HeadSettings.pooling_length
+        self.head_config: HeadConfig | None = None
+        self.slot_head: SlotHead | None = None
+        self.placeholder_id: int | None = None
+        self._class_index: dict[str, int] = {}
+        if head is not None:
+            if head_tensors is None:
+                raise ValueError("The clm_mlm_head objective's config names a trained head but its weights are "
+                                 f"missing ({HEAD_FILE}); the checkpoint is incomplete, re-train it")
+            config = HeadConfig.from_json(head)
+            self._install(config, SlotHead.from_tensors(config, head_tensors))
+
+    # -- the head ---------------------------------------------------------------------------------
+    @property
+    def fitted(self) -> bool:
+        return self.slot_head is not None
+
+    def default_placeholder(self) -> str:
+        """The tokenizer's mask token when it has one, else its EOS token."""
+        for token in (self.tokenizer.mask_token, self.tokenizer.eos_token):
+            if token is not None:
+                return str(token)
+        raise ValueError(f"Tokenizer {type(self.tokenizer).__name__} has neither a mask nor an EOS token; pass a "
+                         f"one-token placeholder for the clm_mlm_head slot")
+
+    def _placeholder_id(self, placeholder: str) -> int:
+        ids = self.tokenizer(placeholder, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"The clm_mlm_head placeholder {placeholder!r} is {len(ids)} tokens for this tokenizer; "
+                             f"it must be exactly one (e.g. the EOS token {self.tokenizer.eos_token!r})")
+        return int(ids[0])
+
+    def _install(self, config: HeadConfig, head: SlotHead) -> None:
+        self.placeholder_id = self._placeholder_id(config.placeholder)
+        self.head_config, self.slot_head = config, head
+        self._class_index = {word: i for i, word in enumerate(config.classes)}
+
+    def options_json(self) -> dict[str, Any]:
+        """The constructor options (causal ones and the head's config) as stored in the GRADIEND config."""
+        head = self.head_config.to_json() if self.head_config is not None else None
+        return {**self.causal_options, **({"head": head} if head is not None else {})}
+
+    def head_tensors(self) -> dict[str, torch.Tensor]:
+        """The trained head's weights (CPU), for `mlm_head.safetensors`."""
+        return self._require_head().tensors()
+
+    def _require_head(self) -> SlotHead:
+        if self.slot_head is None:
+            raise ValueError("The clm_mlm_head objective's head is not trained yet: train it on the training rows "
+                             "first (ModelWithGradiend.fit_objective, which the trainer calls before training)")
+        return self.slot_head
+
+    def class_index(self, token: str) -> int:
+        """The head output that scores `token`, or `UNIFORM_TARGET` for a word that is none of its words."""
+        return self._class_index.get(token, UNIFORM_TARGET)
+
+    @torch.no_grad()
+    def fit(self, model: nn.Module, texts: Sequence[str], tokens: Sequence[str], settings: HeadSettings,
+            batch_size: int = 32) -> HeadConfig:
+        """Train the head on (text, word) rows: one pass of the frozen model, then `settings.epochs` on the
+        pooled states. Output i of the head scores the i-th of the sorted distinct words."""
+        if len(texts) != len(tokens) or not len(texts):
+            raise DataError(f"The clm_mlm_head needs training rows with one word each, got {len(texts)} texts and "
+                            f"{len(tokens)} words")
+        classes = sorted(set(tokens))
+        if len(classes) < 2:
+            raise DataError(f"The clm_mlm_head needs at least two distinct target words, got {classes}")
+        placeholder = settings.placeholder or self.default_placeholder()
+        self.placeholder_id = self._placeholder_id(placeholder)
+        self.pooling_length = settings.pooling_length
+        device = next(model.parameters()).device
+        batches = length_batches(self.token_lengths(texts), batch_size)
+        features = torch.cat([self._pooled_hidden(model, self.slot_inputs([texts[i] for i in rows]).to(device))
+                              for rows in batches]).float()
+        order = [i for rows in batches for i in rows]
+        index = {word: i for i, word in enumerate(classes)}
+        labels = torch.tensor([index[tokens[i]] for i in order], dtype=torch.long, device=device)
+        with torch.enable_grad():
+            head, record = train_head(features, labels, len(classes), settings)
+        config = HeadConfig(classes=classes, hidden_size=features.shape[1], pooling_length=settings.pooling_length,
+                            placeholder=placeholder, training={**asdict(settings), **record})
+        self._install(config, head)
+        return config
+
+    # -- inputs and losses ------------------------------------------------------------------------
+    @property
+    def pooling_length(self) -> int:
+        return self.head_config.pooling_length if self.head_config is not None else self._pooling_length
+
+    @pooling_length.setter
+    def pooling_length(self, value: int) -> None:
+        self._pooling_length = value
+
+    def _slot_ids(self, text: str) -> tuple[list[int], int]:
+        """(ids of the row, index of its slot): left context as for `clm`, the placeholder, then the first
+        `pooling_length - 1` tokens of the right context (later placeholders become the placeholder too)."""
+        if self.placeholder_id is None:
+            self._require_head()
+        prefix, _ = self.prefix_ids(text)  # checks the left context
+        window = self.pooling_length
+        lead = len(self.lead_ids)
+        prefix = prefix[:lead] + prefix[lead:][-max(1, self.max_length - lead - window):]
+        suffix: list[int] = []
+        for i, part in enumerate(text[text.find(self.mask) + len(self.mask):].split(self.mask)):
+            if i:
+                suffix.append(int(self.placeholder_id))
+            if part.strip():
+                suffix.extend(self.tokenizer(part.rstrip(), add_special_tokens=False)["input_ids"])
+        return [*prefix, int(self.placeholder_id), *suffix[:window - 1]], len(prefix)
+
+    def slot_inputs(self, texts: Sequence[str]) -> ModelInputs:
+        """Padded rows with their pooling windows: `positions` (flat) and `rows` per window entry; no labels."""
+        encoded = [self._slot_ids(t) for t in texts]
+        tensors, _ = self.pad([ids for ids, _ in encoded])
+        width = tensors["input_ids"].shape[1]
+        positions, rows = [], []
+        for r, (ids, slot) in enumerate(encoded):
+            start = width - len(ids) if self.padding_side == "left" else 0
+            end = min(len(ids), slot + self.pooling_length)
+            positions.extend(r * width + start + c for c in range(slot, end))
+            rows.extend([r] * (end - slot))
+        rows_t = torch.tensor(rows, dtype=torch.long)
+        return ModelInputs(tensors, torch.tensor(positions, dtype=torch.long), rows_t,
+                           torch.full_like(rows_t, UNIFORM_TARGET), len(texts))
+
+    def encode(self, texts: Sequence[str], tokens: Sequence[str]) -> ModelInputs:
+        """`slot_inputs` labelled with the head output of tokens[i] (repeated over row i's window)."""
+        self._require_head()
+        inputs = self.slot_inputs(texts)
+        per_row = torch.tensor([self.class_index(t) for t in tokens], dtype=torch.long)
+        inputs.labels = per_row[inputs.rows]
+        return inputs
+
+    def _pooled_hidden(self, model: nn.Module, inputs: ModelInputs) -> torch.Tensor:
+        """Mean hidden state over each row's pooling window (rows × hidden)."""
+        hidden = model.base_model(**inputs.tensors).last_hidden_state
+        picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, inputs.positions)
+        counts = torch.zeros(inputs.n_rows, device=picked.device, dtype=picked.dtype).index_add(
+            0, inputs.rows, torch.ones_like(inputs.rows, dtype=picked.dtype))
+        sums = torch.zeros(inputs.n_rows, picked.shape[-1], device=picked.device, dtype=picked.dtype).index_add(
+            0, inputs.rows, picked)
+        return sums / counts.unsqueeze(1)
+
+    def logits_at(self, model: nn.Module, inputs: ModelInputs) -> torch.Tensor:
+        """Head logits (float32), one row per text (not per window entry)."""
+        head = self._require_head()
+        pooled = self._pooled_hidden(model, inputs)
+        if head.linear.weight.device != pooled.device:
+            head.to(pooled.device)
+        return head(pooled.float()).float()
+
+    def row_losses(self, model: nn.Module, inputs: ModelInputs,
+                   label_sets: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-row head cross-entropy, one vector per label set; `UNIFORM_TARGET` rows: the mean over all words."""
+        log_probs = F.log_softmax(self.logits_at(model, inputs), dim=-1)
+        rows = inputs.rows.to(log_probs.device)
+        uniform = -log_probs.mean(dim=-1)
+        out = []
+        for labels in label_sets:  # equal within a row, so the scatter is exact
+            per_row = torch.zeros(inputs.n_rows, dtype=torch.long, device=rows.device).scatter_(
+                0, rows, labels.to(rows.device))
+            picked = -log_probs.gather(1, per_row.clamp(min=0).unsqueeze(1)).squeeze(1)
+            out.append(torch.where(per_row >= 0, picked, uniform))
+        return out

@@ -22,7 +22,8 @@ def _non_default_args() -> TrainingArguments:
         scale_estimation_batches=2, train_batch_size=4,
         gradiend_batch_size=2, train_max_size=50, learning_rate=5e-4, weight_decay=0.0, adam_epsilon=1e-6,
         optim="adam", num_train_epochs=7, max_steps=11, seed=3, max_length=64, objective="clm",
-        min_left_context_tokens=5, do_eval=False, eval_steps=3,
+        min_left_context_tokens=5, decoder_mlm_head_pooling_length=2, decoder_mlm_head_placeholder="<|endoftext|>",
+        do_eval=False, eval_steps=3,
         eval_batch_size=8, encoder_eval_train_max_size=9, encoder_eval_max_size=10, include_other_classes=True,
         convergent_score_threshold=0.7, convergent_mean_by_class_threshold=0.4, fail_on_non_convergence=True,
         max_seeds=4, min_convergent_seeds=2, seed_selection_eval_max_size=12, saved_seed_runs="all_tried",
@@ -316,9 +317,11 @@ def test_reference_aliases_set_our_settings() -> None:
 
 
 def test_reference_none_means_the_default() -> None:
-    args = TrainingArguments(latent_dim=None, activation_encoder=None, bias_decoder=None, convergent_metric=None,
+    args = TrainingArguments(latent_dim=None, activation_encoder=None, convergent_metric=None,
                              convergent_score_threshold=None)
-    assert (args.latent_dim, args.activation_encoder, args.bias_decoder) == (1, "tanh", True)
+    assert (args.latent_dim, args.activation_encoder) == (1, "tanh")
+    with pytest.raises(ValueError, match="bias_decoder must be a bool"):  # bools stay strict (test_hostile_values)
+        TrainingArguments(bias_decoder=None)
     assert (args.convergent_metric, args.convergent_score_threshold) == ("correlation", 0.5)
 
 
@@ -330,7 +333,8 @@ def test_reuse_pre_prune_false_only_without_pre_pruning() -> None:
 
 
 def test_a_saved_reference_configuration_loads() -> None:
-    """The keys and values gradiend 0.2.3 writes for `TrainingArguments().to_dict()` (those we know)."""
+    """The keys and values gradiend 0.2.3 writes for `TrainingArguments().to_dict()` (those we know; its
+    `bias_decoder: null` is refused, as every bool here must be a real bool)."""
     saved = {"experiment_dir": None, "output_dir": None, "use_cache": False, "add_identity_for_other_classes": False,
              "source": "alternative", "target": "diff", "train_batch_size": 32, "base_gradient_batch_size": 32,
              "gradiend_batch_size": 1, "precompute_gradient_batches": None, "precompute_gradient_buffer_size": 1,
@@ -347,7 +351,7 @@ def test_a_saved_reference_configuration_loads() -> None:
              "prediction_objective": "auto", "mask_placeholder": "[MASK]", "decoder_mlm_head_epochs": 5,
              "decoder_mlm_head_batch_size": 4, "decoder_mlm_head_lr": 0.0001, "decoder_mlm_head_max_size": None,
              "decoder_sequence_cloze_rhs_window": -1, "params": None, "activation_encoder": None,
-             "activation_decoder": None, "bias_decoder": None, "latent_dim": None, "normalize_gradiend": True,
+             "activation_decoder": None, "latent_dim": None, "normalize_gradiend": True,
              "torch_dtype": "torch.float32", "base_model_device_map": None, "base_model_max_memory": None,
              "encoder_decoder_same_device": False, "max_seeds": 3, "min_convergent_seeds": 1,
              "convergent_metric": None, "convergent_score_threshold": 0.5, "convergent_mean_by_class_threshold": 0.5,
