@@ -711,11 +711,10 @@ class MiscArgs(ConfigSection):
 
 
 # prediction objectives of the reference: ours by their names here, the others refused with what to use
-REFERENCE_OBJECTIVES: dict[str, str | None] = {"auto": None, "mlm_mask_token": "mlm", "clm_next_token": "clm"}
-_REFUSED_OBJECTIVES = ("clm_mlm_head", "clm_sequence_cloze", "seq2seq_decoder", "seq2seq_decoder_sequence_cloze",
+REFERENCE_OBJECTIVES: dict[str, str | None] = {"auto": None, "mlm_mask_token": "mlm", "clm_next_token": "clm",
+                                               "clm_mlm_head": "clm_mlm_head"}
+_REFUSED_OBJECTIVES = ("clm_sequence_cloze", "seq2seq_decoder", "seq2seq_decoder_sequence_cloze",
                        "seq2seq_encoder_mlm")
-_NO_MLM_HEAD = ("the clm_mlm_head objective is not available; use prediction_objective='clm_next_token' "
-                "(objective='clm')")
 _FIXED_SPLITS = ("the train/validation/test split is the same for every seed of a run; to redraw it, train another run "
                  "with TextPredictionTrainer(random_state=...)")
 _ONE_DEVICE = ("the base model and the GRADIEND share one device (device=...); to spread a large GRADIEND over GPUs, "
@@ -782,17 +781,18 @@ class ReferenceArgs(ConfigSection):
         "reference: key/value cache in the base model's forward passes",
         instead="gradients are computed without the key/value cache, which only speeds up generation"))
     prediction_objective: str = field(default="auto", metadata=doc(
-        "reference name of objective: auto, mlm_mask_token (objective mlm) or clm_next_token (objective clm)"))
+        "reference name of objective: auto, mlm_mask_token (objective mlm), clm_next_token (objective clm) or "
+        "clm_mlm_head (objective clm_mlm_head)"))
     mask_placeholder: str = field(default="[MASK]", metadata=doc(
         "placeholder of the target slot in the masked texts (TextPredictionTrainer's mask)", nonempty=True))
     decoder_mlm_head_epochs: int = field(default=5, metadata=doc(
-        "reference: clm_mlm_head training epochs", instead=_NO_MLM_HEAD))
+        "clm_mlm_head: epochs of the slot head's training", positive=True))
     decoder_mlm_head_batch_size: int = field(default=4, metadata=doc(
-        "reference: clm_mlm_head batch size", instead=_NO_MLM_HEAD))
+        "clm_mlm_head: batch size of the slot head's training", positive=True))
     decoder_mlm_head_lr: float = field(default=1e-4, metadata=doc(
-        "reference: clm_mlm_head learning rate", instead=_NO_MLM_HEAD))
+        "clm_mlm_head: AdamW learning rate of the slot head", positive=True, finite=True))
     decoder_mlm_head_max_size: int | None = field(default=None, metadata=doc(
-        "reference: clm_mlm_head rows per label", instead=_NO_MLM_HEAD))
+        "clm_mlm_head: training rows per target word for the slot head (None: all)", positive=True))
     decoder_sequence_cloze_rhs_window: int = field(default=-1, metadata=doc(
         "reference: right context of the clm_sequence_cloze objective",
         instead="the clm_sequence_cloze objective is not available; use prediction_objective='clm_next_token'"))
@@ -831,7 +831,8 @@ class ReferenceArgs(ConfigSection):
     def _check(self) -> None:
         if self.prediction_objective in _REFUSED_OBJECTIVES:
             raise ValueError(f"prediction_objective={self.prediction_objective!r} is not available in gradiend; use "
-                             f"'clm_next_token' (objective='clm') or 'mlm_mask_token' (objective='mlm')")
+                             f"'clm_next_token' (objective='clm'), 'clm_mlm_head' (a slot head on a causal LM, for "
+                             f"features decided by the words after the slot) or 'mlm_mask_token' (objective='mlm')")
         if self.prediction_objective not in REFERENCE_OBJECTIVES:
             raise ValueError(f"prediction_objective must be one of {sorted(REFERENCE_OBJECTIVES)}, got "
                              f"{self.prediction_objective!r}{suggest(self.prediction_objective, REFERENCE_OBJECTIVES)}")

@@ -37,7 +37,8 @@ def _non_default_args() -> TrainingArguments:
         seed_stability_topk=128, seed_stability_part="encoder-weight",
         base_gradient_batch_size=4, precompute_gradient_batches=False, base_model_device_map=False,
         eval_strategy="no", dataset_trust_remote_code=True, prediction_objective="clm_next_token",
-        mask_placeholder="[PRONOUN]", activation_decoder="id", use_cached_gradients=True)
+        mask_placeholder="[PRONOUN]", activation_decoder="id", use_cached_gradients=True, decoder_mlm_head_epochs=2,
+        decoder_mlm_head_batch_size=8, decoder_mlm_head_lr=1e-3, decoder_mlm_head_max_size=100)
 
 
 def _refused_otherwise(f: dataclasses.Field) -> bool:
@@ -245,8 +246,7 @@ REFUSED = {  # a value of each reference-only setting that gradiend cannot honou
     "precompute_gradient_buffer_size": 4, "gradient_timing_steps": 10, "runtime_monitor": True,
     "runtime_monitor_interval": 1.0, "runtime_monitor_system_stats": False, "lr_search_config": {"n_steps": 5},
     "criterion": torch.nn.L1Loss(), "encoder_eval_balance": False, "evaluate_fn": len, "save_strategy": "steps",
-    "delete_models": True, "model_use_cache": True, "decoder_mlm_head_epochs": 2, "decoder_mlm_head_batch_size": 8,
-    "decoder_mlm_head_lr": 1e-3, "decoder_mlm_head_max_size": 100, "decoder_sequence_cloze_rhs_window": 5,
+    "delete_models": True, "model_use_cache": True, "decoder_sequence_cloze_rhs_window": 5,
     "activation_decoder": "tanh", "base_model_device_map": "auto", "base_model_max_memory": {"0": "10GiB"},
     "encoder_decoder_same_device": True, "split_resplit_per_seed": True, "split_resplit_strategy": "balanced_cycle",
     "supervised_encoder": True, "supervised_decoder": True}
@@ -301,8 +301,9 @@ def test_reference_aliases_set_our_settings() -> None:
     assert TrainingArguments(prediction_objective="auto").objective is None
     with pytest.raises(ValueError, match="objective='mlm' was given"):
         TrainingArguments(prediction_objective="clm_next_token", objective="mlm")
-    with pytest.raises(ValueError, match="'clm_mlm_head' is not available"):
-        TrainingArguments(prediction_objective="clm_mlm_head")
+    assert TrainingArguments(prediction_objective="clm_mlm_head").objective == "clm_mlm_head"
+    with pytest.raises(ValueError, match="'clm_sequence_cloze' is not available"):
+        TrainingArguments(prediction_objective="clm_sequence_cloze")
     with pytest.raises(ValueError, match="prediction_objective must be one of"):
         TrainingArguments(prediction_objective="masked")
     assert TrainingArguments(use_cached_gradients=False).gradient_cache == "off"
