@@ -195,7 +195,7 @@ def head_training_rows(rows: pd.DataFrame, pair: Sequence[str], objective: Any, 
 
     part = prepare_rows(rows, "train", pair, objective, "clm_mlm_head training").reset_index(drop=True)
     if settings.max_size is not None:
-        part = (part.groupby("factual", group_keys=False, sort=True)
-                .apply(lambda g: g.sample(n=min(len(g), settings.max_size), random_state=settings.seed))
-                .reset_index(drop=True))
+        keep = [i for _, group in part.groupby("factual", sort=True)
+                for i in group.sample(n=min(len(group), settings.max_size), random_state=settings.seed).index]
+        part = part.loc[sorted(keep)].reset_index(drop=True)
     return [str(t) for t in part["masked"]], [str(t) for t in part["factual"]]

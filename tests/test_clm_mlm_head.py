@@ -13,7 +13,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from gradiend import TrainingArguments
 from gradiend.data import DataError, unify
 from gradiend.decoder_eval import DecoderRequest, evaluate_decoder
-from gradiend.mlm_head import HEAD_FILE, HeadSettings
+from gradiend.mlm_head import HEAD_FILE, HeadSettings, head_training_rows
 from gradiend.model_with_gradiend import ModelWithGradiend
 from gradiend.objectives import UNIFORM_TARGET, CausalMLMHeadObjective
 from gradiend.training import train_gradiend
@@ -216,3 +216,14 @@ def test_a_checkpoint_without_its_head_weights_is_refused(gpt2_dir: str, tmp_pat
     (tmp_path / "model" / HEAD_FILE).unlink()
     with pytest.raises(FileNotFoundError, match=r"mlm_head\.safetensors.*clm_mlm_head"):
         ModelWithGradiend.from_pretrained(tmp_path / "model", device="cpu")
+
+
+def test_head_rows_are_the_pairs_training_rows_capped_per_word(gpt2_dir: str) -> None:
+    rows = right_context_rows(16)
+    objective = ModelWithGradiend.create(gpt2_dir, objective="clm_mlm_head", device="cpu").objective
+    texts, words = head_training_rows(rows, PAIR, objective, HeadSettings())
+    train = rows[rows["split"] == "train"]
+    assert sorted(texts) == sorted(train["masked"]) and sorted(words) == sorted(train["factual"])
+    texts, words = head_training_rows(rows, PAIR, objective, HeadSettings(max_size=3, seed=1))
+    assert sorted(words) == ["he"] * 3 + ["she"] * 3 and set(texts) <= set(train["masked"])
+    assert head_training_rows(rows, PAIR, objective, HeadSettings(max_size=3, seed=1)) == (texts, words)
