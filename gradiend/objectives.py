@@ -2,7 +2,9 @@
 
 Each objective owns its tokenizer quirks and evaluates the LM head only at the labelled
 positions. The masked-LM objective fills the slot with one mask per target piece; the causal-LM
-objective predicts the target as the next token after the text left of the slot.
+objective predicts the target as the next token after the text left of the slot; `clm_mlm_head`
+scores the target with a small head trained on the frozen causal LM that also reads the tokens
+after the slot (`gradiend.mlm_head`).
 """
 
 from __future__ import annotations
