@@ -227,3 +227,18 @@ def test_head_rows_are_the_pairs_training_rows_capped_per_word(gpt2_dir: str) ->
     texts, words = head_training_rows(rows, PAIR, objective, HeadSettings(max_size=3, seed=1))
     assert sorted(words) == ["he"] * 3 + ["she"] * 3 and set(texts) <= set(train["masked"])
     assert head_training_rows(rows, PAIR, objective, HeadSettings(max_size=3, seed=1)) == (texts, words)
+
+
+def test_left_padding_gives_the_same_losses(gpt2_dir: str) -> None:
+    rows = right_context_rows(8)
+    model = head_model(gpt2_dir, rows, HeadSettings(epochs=2))
+    right = model.objective
+    options = {**right.options_json(), "padding_side": "left"}
+    left = CausalMLMHeadObjective(right.tokenizer, right.max_length, head_tensors=right.head_tensors(), **options)
+    texts = ["the a of [MASK] man", "the a of and to in [MASK] girl so very ."]  # different lengths: padding
+    words = ["he", "they"]
+    with torch.no_grad():
+        expected = right.row_losses(model.base_model, right.encode(texts, words), [right.encode(texts, words).labels])
+        got = left.row_losses(model.base_model, left.encode(texts, words), [left.encode(texts, words).labels])
+    assert left.encode(texts, words).tensors["attention_mask"][0, 0] == 0  # really padded on the left
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-6)
