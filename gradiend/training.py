@@ -512,6 +512,9 @@ class TrainingLoop:
 
     def _start_sharding(self) -> None:
         """Train this rank's slice instead of the full GRADIEND (no resume checkpoints then)."""
+        if not (isinstance(self.source, GradientSource) and self.source.sharded):
+            raise ValueError("shard_gradiend=True needs a gradient source that serves this rank's slice: "
+                             "GradientSource(engine, store, sharded=True) (train_gradiend builds it)")
         self._shard = _Shard(self.gradiend)
         self.gradiend = self._shard.module
         if self.checkpoint is not None:
