@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from gradiend.reference_format import load_reference_checkpoint
     from gradiend.selection import LMSThresholdPolicy, LMSTimesMetricPolicy, SelectionPolicy
     from gradiend.topk import get_topk_weights, seed_stability_topk, topk_overlap
+    from gradiend.trainer.text.prediction.inputs import TextPredictionConfig
     from gradiend.trainer.text.prediction.trainer import TextPredictionTrainer
     from gradiend.trainer.trainer import Trainer
     from gradiend.training import TrainingCallback, set_seed
@@ -42,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     "TextFilterConfig": "gradiend.data_creation",
     "TextPredictionDataCreator": "gradiend.data_creation",
     "TextPredictionTrainer": "gradiend.trainer.text.prediction.trainer",
+    "TextPredictionConfig": "gradiend.trainer.text.prediction.inputs",
     "TextPreprocessConfig": "gradiend.data_creation",
     "Trainer": "gradiend.trainer.trainer",
     "TrainingArguments": "gradiend.arguments",
@@ -75,6 +77,7 @@ __all__ = [
     "PrePruneConfig",
     "SelectionPolicy",
     "TextFilterConfig",
+    "TextPredictionConfig",
     "TextPredictionDataCreator",
     "TextPredictionTrainer",
     "TextPreprocessConfig",

@@ -128,13 +128,13 @@ def test_every_training_argument_has_a_documented_flag() -> None:
     flags = set(parser.known_flags())
     for field in dataclasses.fields(TrainingArguments):
         assert cli.flag_name(field.name) in flags, field.name
-        is_bool = cli._field_types()[field.name] is bool
+        is_bool = cli._without_none(cli._field_types()[field.name]) == (bool,)
         assert ("--no-" + cli.flag_name(field.name)[2:] in flags) == is_bool, field.name
     flat = " ".join(help_text.split())
     assert "Optimisation: batch sizes, optimiser, schedule, seed and sequence length:" in help_text
     assert "TrainingArguments.optimization (OptimizationArgs)" in flat
     assert "AdamW learning rate of the GRADIEND [float, > 0, finite; default 0.001]" in flat
-    assert "--activation-encoder {tanh,hardtanh}" in flat and "--objective {mlm,clm,none}" in flat
+    assert "--activation-encoder {tanh,hardtanh}" in flat and "--objective {mlm,clm,clm_mlm_head,none}" in flat
     assert "exit codes:" in help_text
 
 
