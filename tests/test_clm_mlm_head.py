@@ -176,9 +176,12 @@ def test_end_to_end_and_the_head_reloads_bitwise(gpt2_dir: str, tmp_path) -> Non
     training = args(decoder_mlm_head_pooling_length=2)
     model = ModelWithGradiend.create(gpt2_dir, objective="clm_mlm_head", feature_classes=PAIR, device="cpu",
                                      objective_options={"min_left_context_tokens": 3})
-    model.fit_objective(rows, PAIR, training.replace(decoder_mlm_head_epochs=5))
+    model.fit_objective(rows, PAIR, training.replace(decoder_mlm_head_epochs=30, decoder_mlm_head_lr=1e-2,
+                                                     decoder_mlm_head_batch_size=16, decoder_mlm_head_max_size=20))
+    record = model.objective.head_config.training
     assert model.objective.head_config.pooling_length == 2
-    assert model.objective.head_config.training["epochs"] == 5
+    assert (record["epochs"], record["learning_rate"], record["batch_size"]) == (30, 1e-2, 16)
+    assert record["n_rows"] == 40 and record["train_accuracy"] == 1.0  # 24 training rows per word, capped at 20
     model = trained(model, rows, training)
     model.save_pretrained(tmp_path / "model")
     saved = load_file(str(tmp_path / "model" / HEAD_FILE))
