@@ -510,7 +510,7 @@ class CausalMLMHeadObjective(CausalLMObjective):
     def _require_head(self) -> SlotHead:
         if self.slot_head is None:
             raise ValueError("The clm_mlm_head objective's head is not trained yet: train it on the training rows "
-                             "first (ModelWithGradiend.fit_objective, which the trainer calls before training)")
+                             "first with ModelWithGradiend.fit_objective(rows, pair, args)")
         return self.slot_head
 
     def class_index(self, token: str) -> int:
