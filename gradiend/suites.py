@@ -123,11 +123,16 @@ class GradiendCollection:
         return parents.pop()
 
     # -- training and evaluation ----------------------------------------------------------------
-    def train(self, use_cache: bool | str = True, **overrides: Any) -> GradiendCollection:
-        """Train every member; a finished member (same fingerprint) is reused when `use_cache` allows it."""
+    def train(self, use_cache: bool | str | None = None, **overrides: Any) -> GradiendCollection:
+        """Train every member; a finished member (same fingerprint) is reused.
+
+        `use_cache` (default: the member's own setting when it has one, else True) decides which
+        finished runs count; `use_cache=False` retrains every member.
+        """
         for i, (member_id, trainer) in enumerate(self._members.items(), start=1):
             logger.info("Suite member %d/%d: %s %s", i, len(self._members), member_id, list(trainer.pair))
-            trainer.train(use_cache=use_cache, **overrides)
+            mode = use_cache if use_cache is not None else (trainer.training_args.use_cache or True)
+            trainer.train(use_cache=mode, **overrides)
         return self
 
     def evaluate_encoder(self, split: str = "test", max_size: int | None = None,

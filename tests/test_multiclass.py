@@ -301,3 +301,22 @@ def test_reference_spellings_build_the_same_suites(tiny_mlm_dir, tmp_path) -> No
         SymmetricTrainerSuite(TextPredictionTrainer, tiny_mlm_dir, args=_tiny_args(tmp_path / "s"))
     collection = TrainerCollection(suite["3PL__3SG"], suite["3SG__OBJ"])
     assert list(collection) == ["r/3PL__3SG", "r/3SG__OBJ"]
+
+
+def test_collection_train_keeps_a_members_cache_mode() -> None:
+    from gradiend.suites import GradiendCollection
+
+    calls = []
+
+    class Member:
+        def __init__(self, run_id, use_cache):
+            self.run_id, self.pair = run_id, ("A", "B")
+            self.training_args = type("Args", (), {"use_cache": use_cache})()
+
+        def train(self, **kw):
+            calls.append((self.run_id, kw["use_cache"]))
+
+    members = [Member("a", False), Member("b", "only_convergent")]
+    GradiendCollection(members).train()
+    GradiendCollection(members).train(use_cache=False)
+    assert calls == [("a", True), ("b", "only_convergent"), ("a", False), ("b", False)]
