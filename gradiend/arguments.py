@@ -593,6 +593,9 @@ class ConvergenceArgs(ConfigSection):
         unit_interval=True))
     fail_on_non_convergence: bool = field(
         default=False, metadata=doc("raise (CLI: exit with an error) when training does not converge"))
+    highlight_non_convergence: bool = field(default=True, metadata=doc(
+        "plots of a run that did not converge say so (the convergence plot's title ends with '(not converged) †'); "
+        "false: no convergence marker"))
 
     def _prepare(self) -> None:
         _none_to_default(self, "convergent_score_threshold")
@@ -623,9 +626,14 @@ class SeedArgs(ConfigSection):
         "min_convergent_seeds > 1 (seeds/seed_stability_topk.json: top-k overlap of the convergent seeds); None: off"))
     seed_stability_part: TopkPart = field(default="decoder-weight", metadata=doc(
         "weights ranked for the seed-stability top-k: decoder-weight, encoder-weight, decoder-bias or decoder-sum"))
+    analyze_seed_stability: bool = field(default=False, metadata=doc(
+        "a multi-seed run is for comparing seeds: it fails unless min_convergent_seeds seeds converged, and the "
+        "convergent seeds' checkpoints are kept (saved_seed_runs 'best_only' becomes 'all_convergent')"))
 
     def _prepare(self) -> None:
         _none_to_default(self, "convergent_metric")
+        if self.analyze_seed_stability is True and self.saved_seed_runs == "best_only":
+            self.saved_seed_runs = "all_convergent"  # the seeds to compare must stay on disk
         self.seed_runs_dir = _fspath(self.seed_runs_dir)
         if self.max_seeds == 1 and _is_int(self.min_convergent_seeds) and self.min_convergent_seeds > 1:
             # asking for several convergent seeds implies trying at least that many (the default max_seeds is 1)
@@ -811,11 +819,10 @@ class ReferenceArgs(ConfigSection):
     split_resplit_strategy: Literal["random", "balanced_cycle"] = field(default="random", metadata=doc(
         "reference: how split_resplit_per_seed redraws", instead=_FIXED_SPLITS))
     supervised_encoder: bool = field(default=False, metadata=doc(
-        "reference: baseline that trains the encoder alone on the labels",
-        instead="the supervised baselines are not available; a GRADIEND learns encoder and decoder together"))
+        "baseline: train the encoder alone against the class labels (+1/-1); the decoder stays as initialised"))
     supervised_decoder: bool = field(default=False, metadata=doc(
-        "reference: baseline that trains the decoder alone from the labels",
-        instead="the supervised baselines are not available; a GRADIEND learns encoder and decoder together"))
+        "baseline: train the decoder alone from the class labels (needs convergent_metric='loss'); the encoder "
+        "stays as initialised"))
     use_cached_gradients: bool | None = field(default=None, metadata=doc(
         "reference switch of the gradient cache: false turns it off (gradient_cache='off'), true requires it on; "
         "None: gradient_cache decides"))

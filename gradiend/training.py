@@ -48,6 +48,7 @@ from gradiend.memory import memory_estimate
 from gradiend.metrics import pearson
 from gradiend.resume import TrainingState
 from gradiend.step import FusedLoss
+from gradiend.supervised import SupervisedLoss, supervised_mode
 
 if TYPE_CHECKING:
     from gradiend.arguments import OptimizationArgs, TrainingArguments
@@ -471,6 +472,7 @@ class TrainingLoop:
         self._plan: _Plan | None = None
         self._buffers: dict[str, torch.Tensor] = {}
         self._fused: FusedLoss | None = None
+        self._supervised: SupervisedLoss | None = None  # a supervised baseline replaces the GRADIEND loss
         self._config: dict[str, Any] = {}  # the arguments as a dict, for callbacks
         self._shard: _Shard | None = None
         self.sharded = args.shard_gradiend and distributed.context().enabled
@@ -504,6 +506,8 @@ class TrainingLoop:
         if state is not None:
             self._restore(state)  # after the callbacks: the saved state already holds their changes
         self._fused = self._fused_loss()  # reads the scales
+        mode = supervised_mode(args)
+        self._supervised = SupervisedLoss(self.gradiend, mode) if mode is not None else None
         if self.evaluator is not None and state is None:
             self.evaluate(0, 0)
         self._run(state.step if state is not None else 0)
@@ -536,7 +540,7 @@ class TrainingLoop:
         """Free the GRADIEND's `.grad` buffers (12 B per input), which the fused loss references too."""
         for param in self.gradiend.parameters():
             param.grad = None
-        self._fused = None
+        self._fused = self._supervised = None
 
     def _load_checkpoint(self) -> TrainingState | None:
         """The state `checkpoint` holds for this run, None when there is none (or it is of another run)."""
@@ -653,7 +657,10 @@ class TrainingLoop:
         for slot, batch in enumerate(batches):
             self._gradients(step, batch, {k: self._buffers[k][slot] for k in self.kinds})
         t1 = time.perf_counter()
-        loss, _ = self._fused.loss_and_grad(*self._step_inputs())
+        if self._supervised is not None:
+            loss = self._supervised.loss_and_grad(*self._step_inputs(), [batch.label for batch in batches])
+        else:
+            loss, _ = self._fused.loss_and_grad(*self._step_inputs())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"GRADIEND loss became {loss.item()} at step {step}; nothing was saved. "
                                      f"Lower learning_rate.")
@@ -674,11 +681,14 @@ class TrainingLoop:
         self.gradiend.eval()
         with self._shard.full_encoder() if self._shard is not None else contextlib.nullcontext():
             metrics = self.evaluator()
-        if self.args.normalize_gradiend and self.gradiend.config.latent_dim == 1 and metrics["correlation"] < 0:
+        # a supervised baseline fixed the sign by its labels (and a decoder baseline's encoder is random)
+        flip = self.args.normalize_gradiend and self._supervised is None and self.gradiend.config.latent_dim == 1
+        if flip and metrics["correlation"] < 0:
             self._normalise_sign(step, metrics)
         self._record(step, epoch, metrics)
-        self.monitor.check(self.history.scores, self.history.mean_by_class, self.history.encoder_norms,
-                           self.history.losses)
+        if self._supervised is None or self._supervised.mode == "encoder":  # a decoder baseline's encoder stays
+            self.monitor.check(self.history.scores, self.history.mean_by_class, self.history.encoder_norms,
+                               self.history.losses)
         notify(self.callbacks, "on_evaluate", step=step, metrics=metrics, model=self.model, config=self._config,
                epoch=epoch, args=self.args)
         self.gradiend.train()

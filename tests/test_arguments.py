@@ -34,7 +34,9 @@ def _non_default_args() -> TrainingArguments:
         decoder_eval_lrs=[1.0, 0.1], decoder_eval_feature_factors=[-1.0], decoder_eval_max_size_training_like=13,
         decoder_eval_max_size_neutral=14, trust_remote_code=True, show_progress=False, metadata={"a": [1, 2]},
         gradiend_dtype="bfloat16", device="cpu", shard_gradiend=True, distributed_timeout=60.0,
-        seed_stability_topk=128, seed_stability_part="encoder-weight",
+        seed_stability_topk=128, seed_stability_part="encoder-weight", analyze_seed_stability=True,
+        supervised_encoder=True, supervised_decoder=True,
+        highlight_non_convergence=False,
         base_gradient_batch_size=4, precompute_gradient_batches=False, base_model_device_map=False,
         eval_strategy="no", dataset_trust_remote_code=True, prediction_objective="clm_next_token",
         mask_placeholder="[PRONOUN]", activation_decoder="id", use_cached_gradients=True, decoder_mlm_head_epochs=2,
@@ -248,8 +250,7 @@ REFUSED = {  # a value of each reference-only setting that gradiend cannot honou
     "criterion": torch.nn.L1Loss(), "encoder_eval_balance": False, "evaluate_fn": len, "save_strategy": "steps",
     "delete_models": True, "model_use_cache": True, "decoder_sequence_cloze_rhs_window": 5,
     "activation_decoder": "tanh", "base_model_device_map": "auto", "base_model_max_memory": {"0": "10GiB"},
-    "encoder_decoder_same_device": True, "split_resplit_per_seed": True, "split_resplit_strategy": "balanced_cycle",
-    "supervised_encoder": True, "supervised_decoder": True}
+    "encoder_decoder_same_device": True, "split_resplit_per_seed": True, "split_resplit_strategy": "balanced_cycle"}
 
 
 def test_every_reference_only_setting_is_listed() -> None:
@@ -365,3 +366,13 @@ def test_a_saved_reference_configuration_loads() -> None:
     assert args.learning_rate == 1e-05 and args.max_seeds == 3 and args.torch_dtype == torch.float32
     assert args.gradient_cache == "off"  # use_cached_gradients=False, as the reference ran
     assert TrainingArguments.from_dict(json.loads(json.dumps(args.to_dict()))) == args
+
+
+def test_analyze_seed_stability_keeps_the_convergent_seeds() -> None:
+    assert TrainingArguments().saved_seed_runs == "best_only"
+    assert TrainingArguments(analyze_seed_stability=True).saved_seed_runs == "all_convergent"
+    assert TrainingArguments(analyze_seed_stability=True, saved_seed_runs="all_tried").saved_seed_runs == "all_tried"
+    with pytest.raises(ValueError, match="analyze_seed_stability"):
+        TrainingArguments(analyze_seed_stability="yes")
+    with pytest.raises(ValueError, match="highlight_non_convergence"):
+        TrainingArguments(highlight_non_convergence=1)

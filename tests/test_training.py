@@ -308,3 +308,46 @@ def test_training_leaves_global_random_state_alone_and_is_seeded_locally(tiny_ml
     n = template.param_map.size
     assert stats["memory_estimate_bytes"] == memory_estimate(n, 1, True, 2, 1)
     assert stats["training_stats"]["n_train_rows"] == len(train) and stats["training_stats"]["n_eval_rows"] == len(val)
+
+
+@pytest.mark.parametrize("mode", ["encoder", "decoder"])
+def test_supervised_baselines_train_one_half_through_the_loop(mode: str, caplog: pytest.LogCaptureFixture) -> None:
+    source = _SyntheticGradients()
+    gradiend = GradiendModel(GradiendConfig(input_dim=300, feature_classes=["A", "B"]),
+                             torch.Generator().manual_seed(1))
+    gradiend.input_scale.fill_(0.008)
+    gradiend.target_scale.fill_(0.1)
+    initial = {k: v.clone() for k, v in gradiend.state_dict().items()}
+    eval_x = torch.cat([source.sample(1.0, 20)[0], source.sample(-1.0, 20)[0]])
+
+    def evaluate() -> dict:
+        with torch.no_grad():
+            h = gradiend.encode(eval_x)[:, 0]
+        return {"correlation": pearson(h, [1] * 20 + [-1] * 20), "n": 40,
+                "mean_by_class": {"A": float(h[:20].mean()), "B": float(h[20:].mean())}}
+
+    rows = pd.DataFrame({"masked": [f"row {i} [MASK]" for i in range(16)], "factual": ["A", "B"] * 8,
+                         "alternative": ["B", "A"] * 8, "label": [1, -1] * 8})
+    extra = {"supervised_encoder": True} if mode == "encoder" else {"supervised_decoder": True,
+                                                                     "convergent_metric": "loss"}
+    args = TrainingArguments(train_batch_size=2, max_steps=120, eval_steps=40, learning_rate=1e-2, seed=0,
+                             show_progress=False, standardize_gradients=False, convergent_mean_by_class_threshold=None,
+                             **extra)
+    outcome = TrainingLoop(_Holder(gradiend), args, source, evaluate).fit(rows)
+    gradiend.load_state_dict(outcome.state)
+    frozen, trained = ("decoder_weight", "encoder_weight") if mode == "encoder" else ("encoder_weight",
+                                                                                     "decoder_weight")
+    assert torch.equal(gradiend.state_dict()[frozen], initial[frozen]), "the other half stays as initialised"
+    assert not torch.equal(gradiend.state_dict()[trained], initial[trained])
+    if mode == "encoder":
+        assert evaluate()["correlation"] > 0.9
+    else:  # decode(+1) points along class A's target direction
+        update = gradiend.decode_normalized(torch.ones(1, 1))[0] * gradiend.target_scale
+        assert torch.nn.functional.cosine_similarity(update, source.v, dim=0) > 0.9
+        assert "not learning" not in caplog.text, "the untrained encoder of a decoder baseline is no warning"
+
+
+def test_supervised_decoder_needs_the_loss_metric() -> None:
+    with pytest.raises(ValueError, match="convergent_metric='loss'"):
+        from gradiend.supervised import supervised_mode
+        supervised_mode(TrainingArguments(supervised_decoder=True))
