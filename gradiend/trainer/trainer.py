@@ -47,7 +47,9 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
                  tokenizer: Any = None) -> None:
         """`model`: a base model id/path (loaded on first use), a loaded Hugging Face model with its `tokenizer=`
         (PEFT style: used as it is, never reloaded), or a `ModelWithGradiend` (its base model and tokenizer are
-        used the same way; before training, `get_model()` returns it)."""
+        used the same way; before training, `get_model()` returns it; `train()` builds new GRADIENDs from the
+        arguments). Models load onto `args.device` (see `to()`), else a loaded model's device, else cuda when
+        available, else cpu."""
         if run_id is not None and not isinstance(run_id, str):
             raise TypeError(f"run_id must be a str or None, got {type(run_id).__name__}")
         _check_run_id(run_id)
