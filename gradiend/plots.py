@@ -219,10 +219,12 @@ def infer_pair(encoder_df: pd.DataFrame) -> tuple[str, str]:
 def training_convergence_figure(stats: Mapping[str, Any], *, best_step: bool = True, show: bool = False,
                                 title: str | bool | None = True, figsize: tuple[float, float] | None = None,
                                 plot_mean_by_class: bool = True,
-                                label_name_mapping: Mapping[Any, str] | None = None) -> Figure:
+                                label_name_mapping: Mapping[Any, str] | None = None,
+                                highlight_non_convergence: bool = True) -> Figure:
     """Validation correlation, mean encoding per class (`plot_mean_by_class`) and training loss per step.
 
-    `stats`: a `TrainingRecord` or the training.json dict; `label_name_mapping` renames classes.
+    `stats`: a `TrainingRecord` or the training.json dict; `label_name_mapping` renames classes;
+    `highlight_non_convergence` puts the run's verdict in the title ("(not converged) †").
     """
     record = stats if isinstance(stats, TrainingRecord) else TrainingRecord.from_json(stats)
     train = record.training_stats
@@ -261,8 +263,8 @@ def training_convergence_figure(stats: Mapping[str, Any], *, best_step: bool = T
     pair, verdict = record.pair, record.converged
     default = "Training convergence" + (
         f": {_display(pair[0], label_name_mapping)} vs {_display(pair[1], label_name_mapping)}" if pair else "")
-    if verdict is not None:
-        default += " (converged)" if verdict else " (not converged)"
+    if verdict is not None and highlight_non_convergence:
+        default += " (converged)" if verdict else " (not converged) †"
     _set_title(fig, title, default)
     fig.tight_layout()
     return fig
@@ -273,7 +275,7 @@ def plot_training_convergence(source: StatsSource, output: str | os.PathLike | N
                               best_step: bool = True, img_format: str = "png", dpi: int = 120,
                               title: str | bool | None = True, figsize: tuple[float, float] | None = None,
                               plot_mean_by_class: bool = True, label_name_mapping: Mapping[Any, str] | None = None,
-                              return_fig_ax: bool = False) -> Any:
+                              return_fig_ax: bool = False, highlight_non_convergence: bool = True) -> Any:
     """Save the convergence plot of a run; `source`: experiment directory or the `training.json` dict.
 
     Default file: `<experiment_dir>/training_convergence.<img_format>` (`directory` for dict input).
@@ -282,7 +284,8 @@ def plot_training_convergence(source: StatsSource, output: str | os.PathLike | N
     stats, found = _stats_and_dir(source)
     path = _output(output, directory or found, "training_convergence", img_format, return_fig_ax)
     fig = training_convergence_figure(stats, best_step=best_step, show=show, title=title, figsize=figsize,
-                                      plot_mean_by_class=plot_mean_by_class, label_name_mapping=label_name_mapping)
+                                      plot_mean_by_class=plot_mean_by_class, label_name_mapping=label_name_mapping,
+                                      highlight_non_convergence=highlight_non_convergence)
     return _finish(fig, path, show, dpi, return_fig_ax)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gradiend.arguments import ReferenceArgs
 from gradiend.base_identity import base_model_fingerprint, local_model_dir, resolve_base_model
 from gradiend.data import prepare_rows
 from gradiend.experiment import TRAINING_STATS, atomic_directory, atomic_write_json, fingerprint, read_json, short_hash
@@ -42,7 +43,11 @@ logger = logging.getLogger(__name__)
 _NOT_LEARNING = {"experiment_dir", "output_dir", "use_cache", "show_progress", "fail_on_non_convergence",
                  "eval_batch_size", "encoder_eval_max_size", "metadata", "keep_seed_runs", "saved_seed_runs",
                  "seed_runs_dir", "gradient_cache", "gradient_cache_max_gb", "overwrite_output_dir", "save_steps",
-                 "resume_from_checkpoint", "device"}
+                 "resume_from_checkpoint", "device", "analyze_seed_stability", "highlight_non_convergence"}
+# the reference (0.2.x) spellings are aliases of settings keyed above or accepted only at gradiend's behaviour;
+# the clm_mlm_head slot head's settings and the supervised baselines do change what is learnt
+_NOT_LEARNING |= {name for name in ReferenceArgs.field_names()
+                  if not name.startswith(("decoder_mlm_head_", "supervised_"))}
 
 BaseModel = str | LoadedBase
 """A base model id/path (loaded by the run), or a model already in memory with its tokenizer (used as it is)."""

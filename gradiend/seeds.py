@@ -70,7 +70,21 @@ def run_seeds_in(experiment: ExperimentDir, args: TrainingArguments,
     _retain(runs, best, args)
     logger.info("Best seed %d (selection score %s) linked into %s; report in %s", best.seed, best.selection_score,
                 experiment.model, experiment.seed_report)
+    _check_seed_stability(report, args)
     return report
+
+
+def _check_seed_stability(report: SeedReport, args: TrainingArguments) -> None:
+    """`analyze_seed_stability`: a run meant for comparing seeds fails without `min_convergent_seeds` of them."""
+    if not args.analyze_seed_stability:
+        return
+    if report.convergent_count < args.min_convergent_seeds:
+        raise RuntimeError(f"analyze_seed_stability=True needs {args.min_convergent_seeds} convergent seed(s), but "
+                           f"{report.convergent_count} of {len(report.runs)} converged (seeds/seed_report.json); "
+                           f"raise max_seeds, lower convergent_score_threshold or set analyze_seed_stability=False")
+    if args.min_convergent_seeds == 1:
+        logger.warning("analyze_seed_stability=True with min_convergent_seeds=1: one convergent seed has no spread "
+                       "to analyse; set min_convergent_seeds >= 2 to compare seeds")
 
 
 def _train_seeds(experiment: ExperimentDir, args: TrainingArguments,

@@ -359,3 +359,22 @@ print("after_plot", "matplotlib" in sys.modules)
     assert lines["file_after_train"] == "False", "train() drew no plot"
     assert lines["plot"] == str(tmp_path / "exp" / "training_convergence.png") and lines["after_plot"] == "True"
     _png(lines["plot"])
+
+
+def test_highlight_non_convergence_marks_the_title(experiment) -> None:
+    exp, trainer = experiment
+    stats = load_training(exp)
+    failed = {**stats, "convergence_info": {**(stats.get("convergence_info") or {}), "converged": False}}
+    assert plots.training_convergence_figure(failed)._suptitle.get_text().endswith("(not converged) †")
+    quiet = plots.training_convergence_figure(failed, highlight_non_convergence=False)._suptitle.get_text()
+    assert "converged" not in quiet and "†" not in quiet
+    # the trainer's plot takes TrainingArguments.highlight_non_convergence as its default
+    args = trainer._args
+    try:
+        trainer._args = args.replace(highlight_non_convergence=False)
+        fig, _ = trainer.plot_training_convergence(show=False, return_fig_ax=True)
+        assert "converged" not in fig._suptitle.get_text()
+    finally:
+        trainer._args = args
+    fig, _ = trainer.plot_training_convergence(show=False, return_fig_ax=True)
+    assert "converged" in fig._suptitle.get_text()

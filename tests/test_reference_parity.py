@@ -255,3 +255,54 @@ def test_dataset_trust_remote_code_reaches_a_hub_id_given_as_data(tiny_mlm_dir, 
     trainer = _trainer(tiny_mlm_dir, "user/pronouns", dataset_trust_remote_code=True)
     assert calls == [("user/pronouns", True)]
     assert len(trainer.combined_data) == len(_trainer(tiny_mlm_dir).combined_data)
+
+
+# -- reference TrainingArguments with an effect on runs -----------------------------------------------------------
+def _seed_args(tmp_path, **kw) -> TrainingArguments:
+    return TrainingArguments(**{**dict(experiment_dir=str(tmp_path / "exp"), train_batch_size=4, max_steps=6,
+                                       eval_steps=3, learning_rate=1e-3, seed=0, show_progress=False,
+                                       scale_estimation_batches=2, convergent_score_threshold=0.3,
+                                       convergent_mean_by_class_threshold=None, use_cache=True), **kw})
+
+
+def test_reference_aliases_do_not_enter_the_run_fingerprint(tiny_mlm_dir, tmp_path) -> None:
+    from gradiend.runs import run_fingerprint
+
+    trainer = _trainer(tiny_mlm_dir)
+    rows, _ = trainer.unified_data()
+    args = TrainingArguments(show_progress=False)
+    key = run_fingerprint(args, tiny_mlm_dir, rows, None)
+    for alias in ({"use_cached_gradients": True}, {"dataset_trust_remote_code": True}, {"mask_placeholder": "[P]"},
+                  {"base_gradient_batch_size": args.train_batch_size}, {"analyze_seed_stability": True},
+                  {"highlight_non_convergence": False}):
+        assert run_fingerprint(args.replace(**alias), tiny_mlm_dir, rows, None) == key, alias
+    # what an alias maps onto still counts, and so do the slot head's settings
+    assert run_fingerprint(args.replace(base_gradient_batch_size=3), tiny_mlm_dir, rows, None) != key
+    assert run_fingerprint(args.replace(decoder_mlm_head_epochs=2), tiny_mlm_dir, rows, None) != key
+
+
+def test_changing_only_an_alias_reuses_the_cached_run(tiny_mlm_dir, tmp_path, monkeypatch) -> None:
+    from conftest import count_gradient_passes
+
+    _trainer(tiny_mlm_dir, args=_seed_args(tmp_path)).train()
+    passes = count_gradient_passes(monkeypatch)
+    again = _trainer(tiny_mlm_dir, args=_seed_args(tmp_path, use_cached_gradients=True, highlight_non_convergence=False,
+                                                   dataset_trust_remote_code=False))
+    again.train()
+    assert passes == []  # the finished run is reused: no base-model gradient is computed
+    _trainer(tiny_mlm_dir, args=_seed_args(tmp_path, learning_rate=2e-3)).train()
+    assert passes  # a learning setting retrains
+
+
+def test_analyze_seed_stability_fails_without_enough_convergent_seeds(tiny_mlm_dir, tmp_path, caplog) -> None:
+    import json
+
+    # a threshold no tiny run reaches: no seed converges
+    strict = _seed_args(tmp_path, max_seeds=2, min_convergent_seeds=2, convergent_score_threshold=1.0,
+                        analyze_seed_stability=True)
+    with pytest.raises(RuntimeError, match=r"analyze_seed_stability=True needs 2 convergent seed\(s\), but 0 of 2"):
+        _trainer(tiny_mlm_dir, args=strict).train()
+    report = json.loads((tmp_path / "exp" / "seeds" / "seed_report.json").read_text())
+    assert report["convergent_count"] == 0  # the report is written before the failure
+    lenient = _seed_args(tmp_path / "b", max_seeds=2, min_convergent_seeds=2, convergent_score_threshold=1.0)
+    _trainer(tiny_mlm_dir, args=lenient).train()  # without analyze_seed_stability: a warning only

@@ -52,8 +52,12 @@ class PlotMethods:
 
     def plot_training_convergence(self, output: str | None = None, show: bool = True, *,
                                   experiment_dir: str | None = None, img_format: str = "png", **kwargs: Any) -> Any:
-        """Correlation, class means and loss per step, the best step marked."""
+        """Correlation, class means and loss per step, the best step marked; a run that did not converge says so
+        in the title unless `highlight_non_convergence` (default: `TrainingArguments.highlight_non_convergence`)
+        is False."""
         from gradiend.plots import plot_training_convergence
+
+        kwargs.setdefault("highlight_non_convergence", self._args.highlight_non_convergence)
 
         stats = self.get_training_stats()
         if stats is None:
