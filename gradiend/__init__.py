@@ -27,6 +27,14 @@ if TYPE_CHECKING:
     from gradiend.plots import plot_topk_overlap_heatmap, plot_topk_overlap_venn
     from gradiend.reference_format import load_reference_checkpoint
     from gradiend.selection import LMSThresholdPolicy, LMSTimesMetricPolicy, SelectionPolicy
+    from gradiend.suites import (
+        GradiendCollection,
+        GradiendSuite,
+        PositiveSuite,
+        SymmetricSuite,
+        SymmetricTrainerSuite,
+        TrainerCollection,
+    )
     from gradiend.topk import get_topk_weights, seed_stability_topk, topk_overlap
     from gradiend.trainer.text.prediction.inputs import TextPredictionConfig
     from gradiend.trainer.text.prediction.trainer import TextPredictionTrainer
@@ -61,27 +69,39 @@ _EXPORTS: dict[str, str] = {
     "LMSThresholdPolicy": "gradiend.selection",
     "LMSTimesMetricPolicy": "gradiend.selection",
     "SelectionPolicy": "gradiend.selection",
+    "GradiendCollection": "gradiend.suites",
+    "GradiendSuite": "gradiend.suites",
+    "PositiveSuite": "gradiend.suites",
+    "SymmetricSuite": "gradiend.suites",
+    "SymmetricTrainerSuite": "gradiend.suites",
+    "TrainerCollection": "gradiend.suites",
 }
 
 __getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
 
 __all__ = [
     "DataError",
+    "GradiendCollection",
     "GradiendConfig",
     "GradiendModel",
+    "GradiendSuite",
     "LMSThresholdPolicy",
     "LMSTimesMetricPolicy",
     "ModelWithGradiend",
     "PairedTextFilterConfig",
+    "PositiveSuite",
     "PostPruneConfig",
     "PrePruneConfig",
     "SelectionPolicy",
+    "SymmetricSuite",
+    "SymmetricTrainerSuite",
     "TextFilterConfig",
     "TextPredictionConfig",
     "TextPredictionDataCreator",
     "TextPredictionTrainer",
     "TextPreprocessConfig",
     "Trainer",
+    "TrainerCollection",
     "TrainingArguments",
     "TrainingCallback",
     "__version__",
