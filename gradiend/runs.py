@@ -134,8 +134,11 @@ def check_memory_before_loading(base_model: str, args: TrainingArguments, device
 
     try:
         meta = meta_base_model(base_model, args.torch_dtype, args.trust_remote_code, args.objective)
-    except (OSError, ValueError) as err:
-        logger.debug("No memory plan before loading %s (%s); it is checked once the model is loaded", base_model, err)
+    except (OSError, ValueError, TypeError, RuntimeError, NotImplementedError) as err:
+        # no readable config, or a (remote-code) model that cannot be built on the meta device: the loader
+        # reports the former; the latter is planned once loaded
+        logger.info("No memory plan before loading %s (%s: %s); it is checked once the model is loaded", base_model,
+                    type(err).__name__, err)
         return
     param_map = ParamMap.select(meta, args.params)
     shape = run_shape(meta, param_map, args, latent_dim=args.latent_dim, bias_decoder=args.bias_decoder,
@@ -427,6 +430,9 @@ def reattach_settings(experiment: ExperimentDir, data: Any = None, eval_neutral_
     if recorded == training.base_model and training.base_model_resolved is not None \
             and local_model_dir(training.base_model_resolved) is not None:
         recorded = training.base_model_resolved  # a relative spelling means another model from another directory
+    classes = {k: v for k, v in (("all_classes", run.all_classes), ("class_merge_map", run.class_merge_map))
+               if v is not None}  # the run's class options rebuild the same pair rows
     return {"model": model if model is not None else recorded, "data": data, "args": args,
             "target_classes": run.target_classes or training.pair,
-            "eval_neutral_data": eval_neutral_data if eval_neutral_data is not None else run.eval_neutral_data}
+            "eval_neutral_data": eval_neutral_data if eval_neutral_data is not None else run.eval_neutral_data,
+            **classes}
