@@ -43,7 +43,7 @@ EXIT_CODES_HELP = """exit codes:
   5  output path not writable                      130 interrupted"""
 
 # Trainer inputs that are not TrainingArguments fields (config-file keys and `train` flags).
-TRAINER_KEYS = ("model", "data", "target_classes", "eval_neutral_data", "run_id")
+TRAINER_KEYS = ("model", "data", "target_classes", "eval_neutral_data", "run_id", "all_classes", "class_merge_map")
 # TrainingArguments paths that a config file's relative values resolve against (the file's directory)
 OUTPUT_PATH_KEYS = ("experiment_dir", "output_dir", "seed_runs_dir")
 ARGS_KEYS = ("training_args", "args")  # a config file may nest the TrainingArguments fields under these
@@ -503,7 +503,9 @@ def _run_training(trainer_inputs: dict[str, Any], args: Any) -> Any:
     trainer = TextPredictionTrainer(model=trainer_inputs["model"], data=trainer_inputs["data"], args=args,
                                     target_classes=trainer_inputs.get("target_classes"),
                                     run_id=trainer_inputs.get("run_id"),
-                                    eval_neutral_data=trainer_inputs.get("eval_neutral_data"))
+                                    eval_neutral_data=trainer_inputs.get("eval_neutral_data"),
+                                    all_classes=trainer_inputs.get("all_classes"),
+                                    class_merge_map=trainer_inputs.get("class_merge_map"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         trainer.train()
@@ -522,7 +524,8 @@ def _write_run_config(trainer: Any, trainer_inputs: dict[str, Any], args: Any) -
                   "data": _absolute_if_local(trainer_inputs["data"]),
                   "target_classes": list(trainer.pair), "run_id": trainer_inputs.get("run_id"),
                   "eval_neutral_data": _absolute_if_local(trainer_inputs.get("eval_neutral_data")),
-                  "training_args": args.to_dict()}
+                  "training_args": args.to_dict(), "all_classes": trainer_inputs.get("all_classes"),
+                  "class_merge_map": trainer_inputs.get("class_merge_map")}
     atomic_write_json(exp / RUN_CONFIG, run_config)
     return exp
 
@@ -706,6 +709,10 @@ def _add_train_command(command: _CommandFactory) -> None:
     inputs.add_argument("--target-classes", nargs=2, metavar="CLASS", help="the two feature classes (+1, −1)")
     inputs.add_argument("--eval-neutral-data", help="feature-free texts (file, directory or Hub id)")
     inputs.add_argument("--run-id", help="sub-directory of experiment_dir for this run")
+    inputs.add_argument("--all-classes", nargs="+", metavar="CLASS",
+                        help="the classes the data holds (others are dropped); see include_other_classes")
+    inputs.add_argument("--class-merge-map", type=_yaml_value, metavar="YAML",
+                        help='merge classes into one, e.g. \'{"sg": ["1SG", "3SG"], "pl": ["1PL", "3PL"]}\'')
     train.add_argument("--no-plots", action="store_true", help="do not save the convergence plot")
     train.add_argument("--json", action="store_true", help="print the outcome as JSON")
     add_training_arguments(train)

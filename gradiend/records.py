@@ -321,3 +321,5 @@ class RunConfig(Record):
     run_id: str | None = None
     eval_neutral_data: Any = None
     training_args: dict[str, Any] = field(default_factory=dict)
+    all_classes: list[str] | None = None
+    class_merge_map: dict[str, list[str]] | None = None

@@ -338,3 +338,26 @@ def test_config_file_output_paths_resolve_against_the_file(tmp_path, monkeypatch
     assert args["experiment_dir"] == str(folder / "runs" / "x")
     assert args["seed_runs_dir"] == str(folder / "seeds") and args["output_dir"] == str(tmp_path / "abs")
     assert args["learning_rate"] == 0.01
+
+
+def test_class_options_reach_training_and_reattach(tmp_path, tiny_mlm_dir) -> None:
+    """--class-merge-map / --all-classes train the merged pair, and run_config.json reattaches with them."""
+    import pandas as pd
+
+    from gradiend import Trainer
+
+    rows = make_rows(repeat=2)
+    obj = rows[rows["label_class"] == "3SG"].assign(label_class="OBJ", label="him")
+    pd.concat([rows, obj], ignore_index=True).to_csv(tmp_path / "data.csv", index=False)
+    exp = tmp_path / "exp"
+    code = cli.main(["train", "--model", tiny_mlm_dir, "--data", str(tmp_path / "data.csv"), "--experiment-dir",
+                     str(exp), "--class-merge-map", '{"singular": ["3SG", "OBJ"], "plural": ["3PL"]}',
+                     "--all-classes", "singular", "plural", "--max-steps", "2", "--train-batch-size", "4",
+                     "--scale-estimation-batches", "1", "--params", "encoder.layer.1.*", "--no-do-eval", "-q",
+                     "--no-plots"])
+    assert code == 0
+    run_config = json.loads((exp / "run_config.json").read_text())
+    assert run_config["class_merge_map"] == {"singular": ["3SG", "OBJ"], "plural": ["3PL"]}
+    assert run_config["all_classes"] == run_config["target_classes"] == ["singular", "plural"]
+    trainer = Trainer.from_experiment(exp, show_progress=False)
+    assert trainer.pair == ("singular", "plural")
