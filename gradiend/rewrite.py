@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from gradiend import distributed
 from gradiend.experiment import UnsafePathError, atomic_directory, check_replaceable, child_path
 from gradiend.params import ParamMap
 
@@ -126,6 +127,8 @@ def save_rewritten(model: nn.Module, tokenizer: Any, output_dir: str | os.PathLi
     `state_dict`: the weights to write instead of the model's own (`edited_state_dict`). An existing
     `output_dir` is replaced only when it is ours (or `overwrite`), see `atomic_directory`.
     """
+    if not distributed.may_write():  # under torchrun rank 0 saves; another rank would write a scratch copy
+        return str(output_dir)
     with atomic_directory(output_dir, overwrite=overwrite, kind="rewrite") as tmp:
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gradiend import distributed
 from gradiend.arguments import TrainingArguments
 from gradiend.experiment import SEED_REPORT, TRAINING_STATS, ExperimentDir, link_or_copy
 from gradiend.records import ConvergenceInfo, SeedReport, SeedRun, TrainingRecord
@@ -167,8 +168,8 @@ def _link_best(experiment: ExperimentDir, args: TrainingArguments, report: SeedR
 def _retain(runs: Sequence[SeedRun], best: SeedRun, args: TrainingArguments) -> None:
     """Delete seed checkpoints (weights and config; training.json stays) as `saved_seed_runs` says,
     unless `keep_seed_runs`. The best seed always lives on in the model directory."""
-    if args.keep_seed_runs or args.saved_seed_runs == "all_tried":
-        return
+    if args.keep_seed_runs or args.saved_seed_runs == "all_tried" or not distributed.may_write():
+        return  # under torchrun only rank 0 deletes (the files are its own)
     for run in runs:
         if args.saved_seed_runs == "all_convergent" and run.converged:
             continue

@@ -165,9 +165,10 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
         converged; the best is linked into the model directory and `seeds/seed_report.json` is
         written. Returns the trainer, or `{seed: model}` when `keep_seed_runs=True`.
         """
-        from gradiend import runs
+        from gradiend import distributed, runs
 
         args = self._args.replace(**overrides) if overrides else self._args
+        distributed.init_from_env(args.distributed_timeout)  # under torchrun: join the ranks (no-op otherwise)
         if output_dir is not None:
             args = args.replace(output_dir=_output_dir(output_dir))
         base = self._base_source if model is None else _base_model_of(model)
