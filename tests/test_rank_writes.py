@@ -40,3 +40,16 @@ def test_rewrite_saves_only_on_rank_zero(tmp_path: Path, tiny_mlm_dir: str, monk
     assert rewrite.save_rewritten(model, tokenizer, out, {"base_model": tiny_mlm_dir}) == str(out)
     assert (out / "model.safetensors").exists() == rank0
     assert not [p for p in tmp_path.iterdir() if p != out], "no scratch copy is left behind"
+
+
+def test_settings_that_do_not_change_learning_keep_the_cached_run(tiny_mlm_dir: str) -> None:
+    """Process layout and evaluation-only switches reuse a finished run; a learning setting does not."""
+    from conftest import make_rows
+
+    from gradiend.runs import run_fingerprint
+
+    args, rows = TrainingArguments(), make_rows()
+    key = run_fingerprint(args, tiny_mlm_dir, rows, None)
+    for change in ({"distributed_timeout": 30.0}, {"shard_gradiend": True}, {"include_other_classes": True}):
+        assert run_fingerprint(args.replace(**change), tiny_mlm_dir, rows, None) == key, change
+    assert run_fingerprint(args.replace(learning_rate=1e-4), tiny_mlm_dir, rows, None) != key
