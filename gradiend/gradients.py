@@ -49,13 +49,20 @@ class GradientEngine:
         self.param_map = param_map
         named = dict(model.named_parameters())
         selected = set(param_map.names)
-        for name, param in named.items():
-            param.requires_grad_(name in selected)
+        self._flags = [(param, name in selected) for name, param in named.items()]
+        self._select()
         self.params = [named[n] for n in param_map.names]
         self.device = self.params[0].device
         self._wrapper = _RowLoss(model, objective)
         self._use_jvp = True
         objective.head(model)  # resolve and check the head eagerly, outside any transform
+
+    def _select(self) -> None:
+        """Only the selected parameters require grad. Set again at every call: engines with other parameter
+        maps over the same loaded base model (several `ModelWithGradiend`s sharing it) switch the flags too."""
+        for param, wanted in self._flags:
+            if param.requires_grad != wanted:
+                param.requires_grad_(wanted)
 
     # -- losses ---------------------------------------------------------------------------------
     def _row_losses(self, texts: Sequence[str], factual: Sequence[str], alternative: Sequence[str],
@@ -97,6 +104,7 @@ class GradientEngine:
         for kind in kinds:
             if kind not in GRADIENT_KINDS:
                 raise ValueError(f"Unknown gradient kind {kind!r}; use one of {GRADIENT_KINDS}")
+        self._select()
         with torch.enable_grad():
             losses = self._row_losses(texts, factual, alternative, set(kinds))
             result: dict[str, torch.Tensor] = {}

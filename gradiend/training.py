@@ -495,7 +495,8 @@ class TrainingLoop:
                     memory["optimizer_state"] / 1e6, memory["gradient_buffers"] / 1e6, memory["total"] / 1e6)
         device = self.gradiend.encoder_weight.device
         width = self._shard.padded if self._shard is not None else n_local  # a slice: reduce-scatter pads it
-        self._buffers = {k: torch.empty(args.gradiend_batch_size, width, device=device) for k in self.kinds}
+        self._buffers = {k: torch.empty(args.gradiend_batch_size, width, device=device,
+                                  dtype=self.gradiend.encoder_weight.dtype) for k in self.kinds}  # gradiend_dtype
         self.optimizer = make_optimizer(self.gradiend.parameters(), args)
         state = self._load_checkpoint()
         if state is None and args.standardize_gradients:

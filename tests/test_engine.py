@@ -208,3 +208,15 @@ def test_gradient_source_rejects_non_finite_gradients_with_the_step() -> None:
         source.gradients(7, ["x y"], ["he"], ["they"], out, keep=True)
     assert store.summary()["entries"] == 0, "a non-finite batch is never cached"
     check_finite(1, {"diff": torch.full((4,), 3e38)}, ["t"])  # a finite vector whose float sum overflows passes
+
+
+def test_engines_sharing_one_base_model_each_get_their_own_gradients(engine: GradientEngine) -> None:
+    """A second engine (another parameter map) on the same loaded model switches the flags; the first one's
+    next call sets its own again instead of returning zeros for parameters that no longer require grad."""
+    before = engine.gradients(TEXTS, FACTUAL, ALTERNATIVE, ["diff"])["diff"].clone()
+    other = GradientEngine(engine.model, engine.objective, ParamMap.select(engine.model, ["encoder.layer.1.*"]))
+    assert not engine.params[0].requires_grad  # the embeddings are not in the other map
+    other.gradients(TEXTS, FACTUAL, ALTERNATIVE, ["diff"])
+    again = engine.gradients(TEXTS, FACTUAL, ALTERNATIVE, ["diff"])["diff"]
+    assert bool(before.abs().sum() > 0)
+    torch.testing.assert_close(again, before, rtol=1e-5, atol=1e-7)

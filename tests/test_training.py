@@ -4,6 +4,7 @@ loop on its own with an injected synthetic gradient source."""
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -351,3 +352,32 @@ def test_supervised_decoder_needs_the_loss_metric() -> None:
     with pytest.raises(ValueError, match="convergent_metric='loss'"):
         from gradiend.supervised import supervised_mode
         supervised_mode(TrainingArguments(supervised_decoder=True))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "bfloat16"])
+def test_training_loop_trains_in_the_gradiend_dtype(dtype: str) -> None:
+    """Gradient buffers are allocated in the GRADIEND's dtype, so a float64 or bf16 GRADIEND trains."""
+    source = _SyntheticGradients()
+    gradiend = GradiendModel(GradiendConfig(input_dim=300, feature_classes=["A", "B"], gradiend_dtype=dtype),
+                             torch.Generator().manual_seed(1))
+    gradiend.input_scale.fill_(0.008)
+    gradiend.target_scale.fill_(0.1)
+    eval_x = torch.cat([source.sample(1.0, 20)[0], source.sample(-1.0, 20)[0]]).to(getattr(torch, dtype))
+    eval_labels = [1] * 20 + [-1] * 20
+
+    def evaluate() -> dict:
+        with torch.no_grad():
+            h = gradiend.encode(eval_x)[:, 0].float()
+        return {"correlation": pearson(h, eval_labels), "n": len(eval_labels),
+                "mean_by_class": {"A": float(h[:20].mean()), "B": float(h[20:].mean())}}
+
+    rows = pd.DataFrame({"masked": [f"row {i} [MASK]" for i in range(16)], "factual": ["A", "B"] * 8,
+                         "alternative": ["B", "A"] * 8, "label": [1, -1] * 8})
+    args = TrainingArguments(train_batch_size=2, max_steps=200, eval_steps=100, learning_rate=1e-3, seed=0,
+                             show_progress=False, standardize_gradients=False, convergent_mean_by_class_threshold=None)
+    loop = TrainingLoop(_Holder(gradiend), args, source, evaluate)
+    outcome = loop.fit(rows)
+    assert all(buf.dtype == getattr(torch, dtype) for buf in loop._buffers.values())
+    assert all(v.dtype == getattr(torch, dtype) for k, v in outcome.state.items() if k.startswith(("enc", "dec")))
+    assert math.isfinite(outcome.stats["losses"][-1])
+    assert outcome.stats["best_score_checkpoint"]["correlation"] > 0.8  # 0.2 after 100 steps
