@@ -96,7 +96,8 @@ def _feature_lines(config: GradiendConfig, base_text: str) -> list[str]:
             f"feature value; the decoder maps a feature value back to a weight update.", "",
             f"- **Feature classes:** {classes}",
             f"- **Gradients:** source `{config.source}`, target `{config.target}`, latent dimension "
-            f"{config.latent_dim}, activation `{config.activation_encoder}`, dtype `{config.torch_dtype}`"]
+            f"{config.latent_dim}, activation `{config.activation_encoder}`, weights in `{config.gradiend_dtype}` "
+            f"(base model in `{config.torch_dtype}`)"]
 
 
 def _parameter_lines(config: GradiendConfig) -> list[str]:

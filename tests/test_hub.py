@@ -105,6 +105,7 @@ def test_gradiend_card_reports_the_experiment_and_its_example_runs(experiment: P
     config = GradiendConfig.from_json(json.loads((staged / "gradiend_config.json").read_text()))
     assert f"{config.input_dim:,} entries in {len(config.param_map)} tensors" in text
     assert config.param_map[0]["name"] in text and "gradiend 0.1" in text
+    assert f"weights in `{config.gradiend_dtype}` (base model in `{config.torch_dtype}`)" in text
     code = _code_block(text)
     assert len(code.strip().splitlines()) == 3 and f'from_pretrained("{REPO}")' in code
     # the three lines work: load the staged checkpoint and apply the selected rewrite
