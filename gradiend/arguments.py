@@ -470,7 +470,7 @@ class GradiendArgs(ConfigSection):
         default="tanh", metadata=doc("encoder activation (odd, bounded): tanh or hardtanh"))
     bias_decoder: bool = field(default=True, metadata=doc("learn a decoder bias"))
     torch_dtype: DtypeName = field(default="float32", metadata=doc(
-        "dtype of the GRADIEND: float32, float16, bfloat16 or float64 (a torch dtype is accepted)"))
+        "dtype the base model is loaded in: float32, float16, bfloat16 or float64 (a torch dtype is accepted)"))
     gradiend_dtype: DtypeName = field(default="float32", metadata=doc(
         "dtype of the GRADIEND's own weights (and so its optimizer state and checkpoint): float32, bfloat16, "
         "float16 or float64 (a torch dtype is accepted); the base model's dtype is torch_dtype"))
