@@ -3,10 +3,11 @@
 The engine takes base-model gradients with `autograd.grad` into flat buffers, so plain collectives
 on those buffers are all a data-parallel run needs: each rank computes its share of every batch,
 weighted so the sum over ranks is the one-process batch mean, and the flat gradients are
-all-reduced (or, with `shard_gradiend`, reduce-scattered: each rank keeps its slice of the
-coordinates, `gradiend.training`). Evaluation rows and decoder-grid candidates are split across
-ranks and gathered. Only rank 0 writes files and holds the experiment lock (`gradiend.experiment`);
-the others wait at a barrier when it takes and releases the lock, then read what it wrote.
+all-reduced (or, with `shard_gradiend`, reduced chunk by chunk to the rank owning each chunk: each rank
+keeps its slice of the coordinates, `gradiend.gradient_source`, `gradiend.training`). Evaluation rows
+and decoder-grid candidates are split across ranks and gathered. Only rank 0 writes files and holds the
+experiment lock (`gradiend.experiment`); the others wait at a barrier when it takes and releases the
+lock, then read what it wrote.
 
 Nothing changes in one process: without `WORLD_SIZE > 1` in the environment every helper here is
 the identity (`rank 0 of 1`). With it, the process group is initialised from torchrun's variables
@@ -186,7 +187,7 @@ def my_share(n: int) -> tuple[int, int]:
 
 
 def padded_shard(n: int, world_size: int) -> int:
-    """Equal slice length ⌈n / world_size⌉ that reduce-scatter needs (the last slice is padded)."""
+    """The longest `shard_range` slice, ⌈n / world_size⌉: the width of every rank's (zero-padded) slice buffers."""
     return -(-n // world_size)
 
 
@@ -214,21 +215,12 @@ def all_reduce_(tensor: torch.Tensor, what: str = "all-reduce") -> torch.Tensor:
     return tensor
 
 
-def reduce_scatter_(full: torch.Tensor, out: torch.Tensor, what: str = "reduce-scatter") -> torch.Tensor:
-    """`out` ← this rank's slice of the sum over ranks of the flat `full`.
-
-    `full` holds world_size · len(out) entries (pad it; `padded_shard`); rank r gets entries
-    [r·len(out), (r+1)·len(out)). In one process `out` gets `full`'s first len(out) entries.
-    """
-    ctx = context()
-    m = out.numel()
-    if full.numel() != ctx.world_size * m:
-        raise ValueError(f"reduce_scatter_ needs {ctx.world_size} x {m} input entries, got {full.numel()}")
-    if not ctx.enabled:
-        return out.copy_(full)
-    with _collective(what):
-        dist.reduce_scatter(out, list(full.view(ctx.world_size, m).unbind(0)))
-    return out
+def reduce_to_(tensor: torch.Tensor, dst: int, what: str = "reduce") -> torch.Tensor:
+    """Sum `tensor` over ranks into rank `dst`'s `tensor`, in place (the others' are left undefined)."""
+    if context().enabled:
+        with _collective(what):
+            dist.reduce(tensor, dst)
+    return tensor
 
 
 def all_gather_slices(local: torch.Tensor, n: int, width: int = 1, what: str = "all-gather") -> torch.Tensor:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -100,6 +100,24 @@ class GradientEngine:
 
         `out` may hold preallocated flat float buffers (one per kind), filled in place.
         """
+        result: dict[str, torch.Tensor] = {}
+
+        def flatten(kind: str, grads: Sequence[torch.Tensor | None]) -> None:
+            buf = out[kind] if out is not None and kind in out else torch.empty(
+                self.param_map.size, dtype=torch.float32, device=self.device)
+            result[kind] = self.param_map.gather(grads, buf)
+
+        self.parameter_gradients(texts, factual, alternative, kinds, flatten)
+        return result
+
+    def parameter_gradients(self, texts: Sequence[str], factual: Sequence[str], alternative: Sequence[str],
+                            kinds: Sequence[str], sink: Callable[[str, Sequence[torch.Tensor | None]], None]) -> None:
+        """`sink(kind, grads)` for each kind in turn: the per-parameter gradients of the batch-mean loss
+        (`self.params` order; None for a parameter the loss does not reach), before any flat copy.
+
+        The sharded path reduces them chunk by chunk to the ranks owning the coordinates, so no full-length
+        flat vector is ever built (`gradiend.gradient_source`). One kind's gradients are alive at a time.
+        """
         kinds = list(dict.fromkeys(kinds))
         for kind in kinds:
             if kind not in GRADIENT_KINDS:
@@ -107,14 +125,11 @@ class GradientEngine:
         self._select()
         with torch.enable_grad():
             losses = self._row_losses(texts, factual, alternative, set(kinds))
-            result: dict[str, torch.Tensor] = {}
             for i, kind in enumerate(kinds):
                 grads = torch.autograd.grad(losses[kind].mean(), self.params, retain_graph=i < len(kinds) - 1,
                                             allow_unused=True)
-                buf = out[kind] if out is not None and kind in out else torch.empty(
-                    self.param_map.size, dtype=torch.float32, device=self.device)
-                result[kind] = self.param_map.gather(grads, buf)
-        return result
+                sink(kind, grads)
+                del grads
 
     # -- encodings ------------------------------------------------------------------------------
     def directional(self, texts: Sequence[str], factual: Sequence[str], alternative: Sequence[str],

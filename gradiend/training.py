@@ -494,7 +494,7 @@ class TrainingLoop:
                     "= %.1f MB (besides the base model)", memory["gradiend_weights"] / 1e6,
                     memory["optimizer_state"] / 1e6, memory["gradient_buffers"] / 1e6, memory["total"] / 1e6)
         device = self.gradiend.encoder_weight.device
-        width = self._shard.padded if self._shard is not None else n_local  # a slice: reduce-scatter pads it
+        width = self._shard.padded if self._shard is not None else n_local  # a slice: padded to the longest
         self._buffers = {k: torch.empty(args.gradiend_batch_size, width, device=device,
                                   dtype=self.gradiend.encoder_weight.dtype) for k in self.kinds}  # gradiend_dtype
         self.optimizer = make_optimizer(self.gradiend.parameters(), args)

@@ -289,8 +289,7 @@ def test_one_process_changes_nothing(monkeypatch) -> None:
     assert (ctx.rank, ctx.world_size, ctx.enabled, ctx.is_main) == (0, 1, False, True)
     values = torch.arange(4.0)
     assert distributed.all_reduce_(values) is values and torch.equal(values, torch.arange(4.0))
-    out = torch.empty(4)
-    assert torch.equal(distributed.reduce_scatter_(values, out), values)
+    assert distributed.reduce_to_(values, 0) is values and torch.equal(values, torch.arange(4.0))
     assert distributed.all_agree(False) is False and distributed.all_agree(True) is True
     assert distributed.gather_items(distributed.split_items([1, 2, 3])) == [1, 2, 3]
     assert distributed.my_share(7) == (0, 7) and distributed.may_write()
@@ -319,3 +318,54 @@ def test_nccl_smoke(tiny_mlm_dir, tmp_path) -> None:
     rank0, rank1 = _load(tmp_path, "train_cuda", 0)[0], _load(tmp_path, "train_cuda", 1)[0]
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key])
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 20])
+def test_chunked_reduction_gives_each_rank_its_slice_of_the_sum(monkeypatch, chunk: int) -> None:
+    """Three ranks (threads) reduce per-parameter gradients chunk by chunk: each gets its `shard_range` slice of
+    the weighted sum, zero-padded, on a pruned map with a parameter the loss does not reach on one rank."""
+    from gradiend import gradient_source
+    from gradiend.params import ParamMap
+
+    world, gen = 3, torch.Generator().manual_seed(3)
+    full = ParamMap.from_shapes([("a", (7, 5)), ("b", (13,)), ("c", (4, 4, 3))])
+    pm = full.restrict(torch.rand(full.size, generator=gen) > 0.3)
+    shapes = [spec.shape for spec in pm.specs]
+    grads = [[torch.randn(s, generator=gen) for s in shapes] for _ in range(world)]
+    grads[1][1] = None
+    weights = [0.5, 0.25, 0.25]
+    expected = sum(pm.gather(g, torch.zeros(pm.size)) * w for g, w in zip(grads, weights, strict=True))
+    monkeypatch.setattr(gradient_source, "REDUCE_CHUNK", chunk)
+    width = distributed.padded_shard(pm.size, world)
+    reducers = []
+    for rank in range(world):
+        monkeypatch.setattr(distributed, "context", lambda rank=rank: distributed.Context(rank, world))
+        reducers.append(gradient_source._ChunkReducer(pm, torch.empty(width), weights[rank]))
+    barrier, parts, local, calls = threading.Barrier(world), [None] * world, threading.local(), []
+
+    def reduce_to(buf: torch.Tensor, dst: int, what: str) -> torch.Tensor:  # dist.reduce over the threads
+        parts[local.rank] = buf.clone()
+        barrier.wait()
+        if local.rank == dst:
+            buf.copy_(sum(parts))
+            calls.append(buf.numel())
+        barrier.wait()
+        return buf
+
+    monkeypatch.setattr(distributed, "reduce_to_", reduce_to)
+    outs = [torch.full((width,), float("nan")) for _ in range(world)]
+
+    def work(rank: int) -> None:
+        local.rank = rank
+        reducers[rank].reduce("diff", grads[rank], outs[rank])
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(world)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    for rank in range(world):
+        lo, hi = distributed.shard_range(pm.size, rank, world)
+        torch.testing.assert_close(outs[rank][:hi - lo], expected[lo:hi], rtol=1e-6, atol=1e-7)
+        assert torch.equal(outs[rank][hi - lo:], torch.zeros(width - (hi - lo)))
+    assert sum(calls) == pm.size and max(calls) <= chunk  # each coordinate reduced once, one chunk at a time
