@@ -7,7 +7,7 @@ GRADIEND's dtype (v bytes; k feature neurons, B = gradiend_batch_size, K gradien
     AdamW state          2 · (2k + bias) · v     exp_avg and exp_avg_sq
     .grad buffers        (2k + bias) · v         the fused step's gradients (`step.FusedLoss`)
     residual             B · v                   its work buffer (none for k = 1, B = 1 with a bias)
-    gradient buffers     K · B · 4               float32 source/target gradients per batch slot
+    gradient buffers     K · B · v               source/target gradients per batch slot
     best checkpoint      (2k + bias) · v         a copy of the best weights (host or device)
 
 k = 1, B = 1, a decoder bias, two kinds, float32: 12 + 24 + 12 + 8 + 12 = 68 B per input. Besides
@@ -18,9 +18,10 @@ them with free memory and stops a run that cannot fit, naming the settings that 
 
 A sharded GRADIEND over N processes (`shard_gradiend` under torchrun, `gradiend.training`) holds per rank
 1/N of every GRADIEND component (the best checkpoint: 1/N per rank, N ranks on one host), the rank's slice of
-the gradient buffers plus one full-length float32 vector per kind that the ranks reduce-scatter
-(`gradient_source`), and, when training ends, the gathered full weights (`gathered_weights`); the base
-model, its activations and the engine's gradients are whole on every rank. Host figures are per rank.
+the gradient buffers plus one chunk of `REDUCE_CHUNK` entries of scratch for the chunked reduction of the
+base gradients (`gradient_source`; no full-length vector), and, when training ends, the gathered full
+weights (`gathered_weights`); the base model, its activations and the engine's gradients are whole on every
+rank. Host figures are per rank.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
+from gradiend.gradient_source import REDUCE_CHUNK
 
 if TYPE_CHECKING:
     from torch import nn
@@ -46,7 +49,6 @@ GRADIEND_COMPONENTS = ("gradiend_weights", "optimizer_state", "grad_buffers", "r
                        "best_checkpoint")
 BASE_COMPONENTS = ("base_parameters", "base_activations", "engine_gradients")
 PRUNE_FRACTION = 0.1  # the pre-pruning lever is priced at keeping this share of the inputs
-GRADIENT_BUFFER_BYTES = 4  # the loop's gradient buffers are float32
 
 
 class InsufficientMemoryError(MemoryError):
@@ -173,9 +175,9 @@ def plan_memory(shape: RunShape) -> MemoryPlan:
     n, k, v = -(-shape.n_inputs // shape.shards), shape.latent_dim, shape.gradiend_bytes  # this rank's inputs
     weights = (2 * n * k + k + (n if shape.bias_decoder else 0)) * v
     vector_path = k == 1 and shape.gradiend_batch_size == 1 and shape.bias_decoder
-    buffers = shape.n_kinds * shape.gradiend_batch_size * n * GRADIENT_BUFFER_BYTES
+    buffers = shape.n_kinds * shape.gradiend_batch_size * n * v  # in the GRADIEND's dtype (`TrainingLoop.fit`)
     sharded = shape.shards > 1
-    scratch = shape.n_kinds * shape.n_inputs * GRADIENT_BUFFER_BYTES if sharded else 0  # reduce-scatter input
+    scratch = min(REDUCE_CHUNK, n) * v if sharded else 0  # one chunk of the chunked reduction
     full = (2 * shape.n_inputs * k + k + (shape.n_inputs if shape.bias_decoder else 0)) * v
     components = (
         Component("gradiend_weights", weights, "device"),

@@ -15,6 +15,7 @@ import torch
 from gradiend import gradient_cache
 from gradiend.arguments import PrePruneConfig, TrainingArguments
 from gradiend.gradient_cache import GradientStore, kept_blocks, pack, packed_nbytes, wants_pinned
+from gradiend.gradient_source import REDUCE_CHUNK
 from gradiend.memory import (
     InsufficientMemoryError,
     RunShape,
@@ -124,9 +125,9 @@ def test_plan_check_stops_a_run_that_cannot_fit_and_names_the_levers() -> None:
                   "best checkpoint on the host", "more GPUs"):
         assert lever in text, lever
     assert "bias_decoder=False` saves 16.00 GB" in text  # 5·4 B per input, minus the 4 B residual it then needs
-    # sharded over N: 68/N GB of GRADIEND state + 8 GB reduce-scatter scratch + 12 GB gathered weights per GPU,
-    # beside the 9 GB the base model's gradients and activations take on every GPU: 29 + 68/7 = 38.71 ≤ 40
-    assert "N = 7 needs 38.71 GB per GPU" in text
+    # sharded over N: 68/N GB of GRADIEND state + one 0.067 GB reduction chunk + 12 GB gathered weights per GPU,
+    # beside the 9 GB the base model's gradients and activations take on every GPU: 21.07 + 68/4 = 38.07 ≤ 40
+    assert "N = 4 needs 38.07 GB per GPU" in text
     plan.check("cuda", free_device=80 * 10**9, free_host=10**12)  # fits: no error
     plan.check("mps", free_host=10**12)  # a device of unknown free memory: checked against the host only
     with pytest.raises(InsufficientMemoryError, match=r"host: 12\.00 GB needed"):
@@ -143,11 +144,12 @@ def test_a_sharded_plan_splits_the_gradiend_state_not_the_base_model() -> None:
     eight = plan_memory(RunShape(n, base_parameters=10**6, activation_bytes=10**6, shards=8))
     for name in ("gradiend_weights", "optimizer_state", "grad_buffers", "best_checkpoint"):
         assert eight.bytes(name) == pytest.approx(one.bytes(name) / 8, abs=8), name
-    assert eight.bytes("gradient_buffers") == 2 * (n // 8) * 4 + 2 * n * 4  # the slice + the full scratch vectors
+    # the slice + one chunk of the chunked reduction (no full-length vector)
+    assert eight.bytes("gradient_buffers") == 2 * (n // 8) * 4 + min(REDUCE_CHUNK, n // 8) * 4
     assert eight.bytes("gathered_weights") == one.bytes("gradiend_weights") and one.bytes("gathered_weights") == 0
     for name in ("base_activations", "engine_gradients", "base_parameters"):
         assert eight.bytes(name) == one.bytes(name), name
-    assert eight.per_input == pytest.approx((12 + 24 + 12 + 8 + 12) + 2 * 4 * 8, rel=1e-5)
+    assert eight.per_input == pytest.approx((12 + 24 + 12 + 8 + 12) + 4, rel=1e-5)  # a slice-long chunk
     with pytest.raises(ValueError, match="shards"):
         RunShape(n, shards=0)
 
