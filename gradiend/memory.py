@@ -198,10 +198,10 @@ def plan_memory(shape: RunShape) -> MemoryPlan:
 def engine_gradient_bytes(shape: RunShape) -> int:
     """Autograd's per-tensor gradients while a batch is gathered into the flat buffers.
 
-    One set per kind (the previous kind's are still referenced while the next is computed); a tied
-    tensor (input embeddings shared with the LM head) gets two partial gradients before autograd sums them.
+    One set at a time (`GradientEngine.parameter_gradients` drops a kind's before it computes the next); a
+    tied tensor (input embeddings shared with the LM head) gets two partial gradients before autograd sums them.
     """
-    return (min(shape.n_kinds, 2) * shape.selected_full + 2 * shape.n_tied) * shape.base_bytes
+    return (shape.selected_full + 2 * shape.n_tied) * shape.base_bytes
 
 
 def plan_for_model(model: ModelWithGradiend, args: TrainingArguments, seq_len: int = 128,
