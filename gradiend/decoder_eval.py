@@ -321,10 +321,13 @@ def full_factor(run: GridRun, records: list[Record], ff: float, lrs: Sequence[fl
     return out if placed else out + fresh
 
 
-def metric_value(record: Record, cls: str, other: str, strengthen: bool) -> float:
-    """Strengthen: P(cls tokens) on the other class's rows. Weaken: 1 − P(cls tokens) on cls's rows."""
+def metric_value(record: Record, cls: str, other: str, strengthen: bool, on_other_class: bool = True) -> float:
+    """Strengthen: P(cls tokens) on the other class's rows (`on_other_class=False`: the mean over both classes'
+    rows, each class weighted equally). Weaken: 1 − P(cls tokens) on cls's rows."""
     if strengthen:
-        return record["probs"][other][cls]
+        if on_other_class:
+            return record["probs"][other][cls]
+        return float(np.mean([record["probs"][d][cls] for d in (cls, other)]))
     return 1.0 - record["probs"][cls][cls]
 
 
@@ -369,10 +372,10 @@ def lms_threshold_selector(ratio: float = LMS_RATIO) -> Selector:
 
 
 def summarize(records: list[Record], cls: str, other: str, strengthen: bool, wanted_factor: float,
-              selector: Selector) -> Record:
+              selector: Selector, on_other_class: bool = True) -> Record:
     """The selected candidate for one goal (strengthen or weaken `cls`)."""
     base = next(r for r in records if r["feature_factor"] is None)
-    candidates = [{**r, "value": metric_value(r, cls, other, strengthen)} for r in records
+    candidates = [{**r, "value": metric_value(r, cls, other, strengthen, on_other_class)} for r in records
                   if r["feature_factor"] is not None and np.sign(r["feature_factor"]) == np.sign(wanted_factor)]
     if not candidates:
         raise ValueError(f"The grid has no candidate with a feature factor of sign {np.sign(wanted_factor):+g}, "
@@ -380,7 +383,8 @@ def summarize(records: list[Record], cls: str, other: str, strengthen: bool, wan
     chosen = selector(candidates, base)
     return {"value": chosen["value"], "feature_factor": chosen["feature_factor"],
             "learning_rate": chosen["learning_rate"], "id": chosen["id"], "strengthen": strengthen,
-            "lms": chosen["lms"], "base_lms": base["lms"], "base_value": metric_value(base, cls, other, strengthen)}
+            "lms": chosen["lms"], "base_lms": base["lms"],
+            "base_value": metric_value(base, cls, other, strengthen, on_other_class)}
 
 
 def other_class(pair: Sequence[str], cls: str) -> str:
@@ -405,6 +409,9 @@ class DecoderRequest:
     summary_extractor: SummaryExtractor | None = None
     show_progress: bool = True
     search: str = "adaptive"  # "grid": score every candidate (also used for custom selectors/extractors)
+    targets: Mapping[str, Sequence[str]] | None = None  # words scored per class (None: the data's words of the pair)
+    ignore_tokens: Sequence[str] | None = None  # words the LMS never masks (None: every scored word)
+    prob_on_other_class: bool = True  # strengthen metric: P(class) on the other class's rows (False: on both)
 
     def __post_init__(self) -> None:
         if self.search not in SEARCH_MODES:
@@ -418,6 +425,7 @@ class DecoderRequest:
             if bad or not len(values):
                 raise ValueError(f"decoder grid {name} must be a non-empty list of finite numbers, got {list(values)!r}"
                                  f" (bad: {bad})")
+        check_targets(self.targets, self.ignore_tokens)
 
     @classmethod
     def from_arguments(cls, args: TrainingArguments, classes: Sequence[str], *, strengthen: bool = True,
@@ -431,6 +439,20 @@ class DecoderRequest:
                    max_size_neutral=max_size_neutral or args.decoder_eval_max_size_neutral,
                    batch_size=batch_size if batch_size is not None else args.eval_batch_size, seed=args.seed,
                    show_progress=args.show_progress, **options)
+
+
+def check_targets(targets: Any, ignore_tokens: Any) -> None:
+    """`targets`: class → non-empty list of words; `ignore_tokens`: a list of words (a bare string is an error)."""
+    if targets is not None:
+        if not isinstance(targets, Mapping):
+            raise TypeError(f"decoder_eval_targets must map class names to lists of words, got {targets!r}")
+        for cls, words in targets.items():
+            if isinstance(words, str) or not isinstance(words, Sequence) or not words \
+                    or not all(isinstance(w, str) and w.strip() for w in words):
+                raise ValueError(f"decoder_eval_targets[{cls!r}] must be a non-empty list of words, got {words!r}")
+    if ignore_tokens is not None and (isinstance(ignore_tokens, str) or not isinstance(ignore_tokens, Sequence)
+                                      or not all(isinstance(w, str) for w in ignore_tokens)):
+        raise TypeError(f"decoder_eval_ignore_tokens must be a list of words, got {ignore_tokens!r}")
 
 
 @dataclass(frozen=True)
@@ -466,19 +488,19 @@ def evaluate_decoder(model: ModelWithGradiend, rows: pd.DataFrame, pair: Sequenc
     if not lrs or not factors:
         raise ValueError(f"The decoder grid is empty (learning rates {lrs}, feature factors {factors})")
     like, neutral = _grid_texts(model, rows, pair, request)
-    tokens = {c: set(rows.loc[rows["factual_class"] == c, "factual"]) | set(
-        rows.loc[rows["alternative_class"] == c, "alternative"]) for c in pair}
+    tokens, ignored = grid_tokens(rows, pair, request)
     mode, ratio = _search_mode(request)
     key = fingerprint({**(cache.model_identity if cache else {}), "rows": short_hash(like.to_csv(index=False)),
                        "lrs": lrs, "factors": factors, "neutral": short_hash("\n".join(neutral)),
                        "tokens": {c: sorted(t) for c, t in tokens.items()}, "lms_seed": LMS_SEED, "search": mode,
-                       **({"lms_ratio": ratio} if mode == "adaptive" else {})})
+                       **({"lms_ratio": ratio} if mode == "adaptive" else {}),
+                       **({"lms_ignored": sorted(ignored)} if request.ignore_tokens is not None else {})})
     runs: list[GridRun] = []
 
     def grid_run() -> GridRun:  # built on first use: a cached, verified grid needs no model passes
         if not runs:
-            lms_data = prepare_lms(model.objective, neutral, ignore_tokens=set().union(*tokens.values()),
-                                   seed=LMS_SEED, batch_size=request.batch_size)
+            lms_data = prepare_lms(model.objective, neutral, ignore_tokens=ignored, seed=LMS_SEED,
+                                   batch_size=request.batch_size)
             runs.append(GridRun(model, like, class_piece_sets(model.objective, tokens), lms_data, request.batch_size))
         return runs[0]
 
@@ -497,6 +519,22 @@ def evaluate_decoder(model: ModelWithGradiend, rows: pd.DataFrame, pair: Sequenc
         store_selections(cache, dict(result))
     result["grid"] = records
     return result
+
+
+def grid_tokens(rows: pd.DataFrame, pair: Sequence[str], request: DecoderRequest
+                ) -> tuple[dict[str, set[str]], set[str]]:
+    """(words scored per class, words the LMS never masks).
+
+    The words of a class are `request.targets[class]`, or the data's: its factual words and the alternatives
+    of the other class's rows. The pair's classes are always scored; `targets` may add more classes, whose
+    probabilities the grid records too. The LMS ignores `request.ignore_tokens`, or every scored word.
+    """
+    given = dict(request.targets or {})
+    tokens = {c: set(map(str, given[c])) if c in given else set(rows.loc[rows["factual_class"] == c, "factual"]) | set(
+        rows.loc[rows["alternative_class"] == c, "alternative"]) for c in pair}
+    tokens.update({str(c): set(map(str, words)) for c, words in given.items() if c not in pair})
+    ignored = set(request.ignore_tokens) if request.ignore_tokens is not None else set().union(*tokens.values())
+    return tokens, ignored
 
 
 def _search_mode(request: DecoderRequest) -> tuple[str, float]:
@@ -520,7 +558,7 @@ def _select_verified(records: list[Record], request: DecoderRequest, pair: Seque
             result[selection_key(cls, request.strengthen)] = (
                 request.summary_extractor(records, cls, request.strengthen) if request.summary_extractor
                 else summarize(records, cls, other_class(pair, cls), request.strengthen, goal_factor[cls],
-                               request.selector))
+                               request.selector, request.prob_on_other_class))
         pending = {s["id"] for s in result.values() if isinstance(s, dict) and s.get("id") is not None
                    and s.get("lms", 0.0) is None}
         if not pending:

@@ -180,22 +180,23 @@ class EncoderCache:
 def split_encodings(model: ModelWithGradiend, rows: pd.DataFrame, pair: Sequence[str], split: str, *,
                     max_size: int | None = None, neutral_texts: Sequence[str] | None = None, seed: int | None = 0,
                     batch_size: int = 32, show_progress: bool = True, cache: EncoderCache | None = None,
-                    use_cache: bool = True) -> pd.DataFrame:
+                    use_cache: bool = True, excluded_words: Iterable[str] = ()) -> pd.DataFrame:
     """Encode the pair's rows of `split` plus both neutral variants; reuse a cached result of the same inputs.
 
-    Words of every target token in `rows` are never masked in the neutral variants.
+    Words of every target token in `rows`, and `excluded_words`, are never masked in the neutral variants.
     """
+    extra = sorted({str(w).lower() for w in excluded_words})
     purpose = f"encoder evaluation on {split!r}"
     part = prepare_rows(rows, split, pair, model.objective, purpose)
     neutral = list(neutral_texts) if neutral_texts is not None else None
     key = fingerprint({**(cache.model_identity if cache else {}), "split": split, "max_size": max_size,
                        "rows": short_hash(part.to_csv(index=False)), "seed": seed,
-                       "neutral": short_hash("\n".join(neutral or []))})
+                       "neutral": short_hash("\n".join(neutral or [])), **({"excluded": extra} if extra else {})})
     if cache is not None and use_cache and cache.csv.is_file() and cache.meta.is_file() \
             and EncoderMeta.from_json(read_json(cache.meta, "encoder cache metadata")).fingerprint == key:
         logger.info("Reusing cached encodings %s", cache.csv)
         return pd.read_csv(cache.csv, keep_default_na=False)
-    targets = {t.lower() for t in rows["factual"]} | {t.lower() for t in rows["alternative"]}
+    targets = {t.lower() for t in rows["factual"]} | {t.lower() for t in rows["alternative"]} | set(extra)
     frame = build_encoder_frame(part, pair, neutral_texts=neutral, max_size=max_size, seed=seed,
                                 excluded_words=targets, usable=model.objective.is_known,
                                 context_ok=model.objective.has_context)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pandas as pd
 import pytest
 from conftest import make_rows
@@ -181,11 +183,9 @@ def test_neutral_and_decoder_caps(tiny_mlm_dir) -> None:
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"decoder_eval_targets": {"3SG": ["he"]}}, "decoder_eval_targets is not supported.*training_like_df="),
-    ({"decoder_eval_ignore_tokens": ["the"]}, "decoder_eval_ignore_tokens is not supported.*neutral_df="),
-    ({"decoder_eval_restrict_to_target_classes": False}, "decoder_eval_restrict_to_target_classes=False"),
-    ({"decoder_eval_prob_on_other_class": False}, "decoder_eval_prob_on_other_class=False"),
-    ({"eval_neutral_additional_excluded_words": ["sea"]}, "eval_neutral_additional_excluded_words"),
+    ({"decoder_eval_targets": "label"}, "row-wise 'label' mode"),
+    ({"decoder_eval_targets": {"3SG": []}}, r"decoder_eval_targets\['3SG'\] must be a non-empty list"),
+    ({"decoder_eval_targets": {"2SG": ["you"]}}, r"classes the data does not have: \['2SG'\]"),
     ({"class_merge_transition_groups": [["a", "b"]]}, "class_merge_map="),
     ({"evaluator_class": object}, "evaluator_class is not supported"),
     ({"img_format": "gif"}, "img_format must be one of"),
@@ -306,3 +306,84 @@ def test_analyze_seed_stability_fails_without_enough_convergent_seeds(tiny_mlm_d
     assert report["convergent_count"] == 0  # the report is written before the failure
     lenient = _seed_args(tmp_path / "b", max_seeds=2, min_convergent_seeds=2, convergent_score_threshold=1.0)
     _trainer(tiny_mlm_dir, args=lenient).train()  # without analyze_seed_stability: a warning only
+
+
+
+# -- the decoder/encoder evaluation options of the reference's config -------------------------------------------
+def _three_classes() -> pd.DataFrame:
+    rows = make_rows()
+    first = rows[rows["label_class"] == "3PL"].assign(label_class="1PL", label="people")  # a word the vocabulary knows
+    return pd.concat([rows, first], ignore_index=True)
+
+
+def _trained(model: str, tmp_path, data=None, **kwargs) -> TextPredictionTrainer:
+    """A trainer of a 2-step run (shared by trainers of the same data: the run cache reuses it)."""
+    args = TrainingArguments(experiment_dir=str(tmp_path / "exp"), train_batch_size=4, max_steps=2, do_eval=False,
+                             show_progress=False, scale_estimation_batches=1, use_cache=True)
+    trainer = _trainer(model, data, args=args, **kwargs)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "GRADIEND training did not converge", RuntimeWarning)  # 2 steps: expected
+        trainer.train()
+    return trainer
+
+
+def _base_probs(trainer: TextPredictionTrainer) -> dict:
+    return trainer.evaluate_base_model()["probs"]
+
+
+def test_decoder_eval_targets_choose_the_scored_words(tiny_mlm_dir, tmp_path) -> None:
+    default = _base_probs(_trained(tiny_mlm_dir, tmp_path))
+    narrow = _base_probs(_trained(tiny_mlm_dir, tmp_path, decoder_eval_targets={"3SG": ["he"]}))
+    assert set(default) == set(narrow) == {"3SG", "3PL"}
+    # P(3SG) over he, she, it is larger than over he alone; 3PL keeps the data's words
+    assert narrow["3PL"]["3SG"] < default["3PL"]["3SG"]
+    assert narrow["3SG"]["3PL"] == pytest.approx(default["3SG"]["3PL"])
+
+
+def test_restrict_to_target_classes_false_scores_the_other_classes(tiny_mlm_dir, tmp_path) -> None:
+    data = _three_classes()
+    kept = _base_probs(_trained(tiny_mlm_dir, tmp_path, data, target_classes=["3SG", "3PL"]))
+    assert set(kept["3SG"]) == {"3SG", "3PL"}
+    wide = _trained(tiny_mlm_dir, tmp_path, data, target_classes=["3SG", "3PL"],
+                    decoder_eval_restrict_to_target_classes=False)
+    probs = _base_probs(wide)
+    assert set(probs) == {"3SG", "3PL"}  # the pair's rows are scored ...
+    assert set(probs["3SG"]) == {"3SG", "3PL", "1PL"} and probs["3SG"]["1PL"] > 0  # ... for every class's words
+    given = _trained(tiny_mlm_dir, tmp_path, data, target_classes=["3SG", "3PL"],
+                     decoder_eval_targets={"1PL": ["people"]})
+    assert set(_base_probs(given)["3SG"]) == {"3SG", "3PL"}  # restricted: the other class is not scored
+
+
+def test_decoder_eval_ignore_tokens_replace_the_lms_ignored_words(tiny_mlm_dir, tmp_path, monkeypatch) -> None:
+    import gradiend.scoring
+
+    seen = []
+    original = gradiend.scoring.prepare_lms
+    monkeypatch.setattr(gradiend.scoring, "prepare_lms",
+                        lambda *a, **kw: seen.append(set(kw["ignore_tokens"])) or original(*a, **kw))
+    _trained(tiny_mlm_dir, tmp_path).evaluate_base_model()
+    _trained(tiny_mlm_dir, tmp_path, decoder_eval_ignore_tokens=["sea"]).evaluate_base_model()
+    assert seen == [{"he", "she", "it", "they"}, {"sea"}]
+
+
+def test_prob_on_other_class_false_scores_both_classes_rows(tiny_mlm_dir, tmp_path) -> None:
+    from gradiend.decoder_eval import metric_value
+
+    record = {"probs": {"A": {"A": 0.8, "B": 0.2}, "B": {"A": 0.4, "B": 0.6}}}
+    assert metric_value(record, "A", "B", True) == 0.4
+    assert metric_value(record, "A", "B", True, on_other_class=False) == pytest.approx(0.6)
+    assert metric_value(record, "A", "B", False, on_other_class=False) == pytest.approx(0.2)  # weaken: own rows
+    trainer = _trained(tiny_mlm_dir, tmp_path, decoder_eval_prob_on_other_class=False)
+    result = trainer.evaluate_decoder(lrs=[1e-3], use_cache=False)
+    base = result["grid"][0]["probs"]
+    assert result["3SG"]["base_value"] == pytest.approx((base["3SG"]["3SG"] + base["3PL"]["3SG"]) / 2)
+
+
+def test_eval_neutral_additional_excluded_words_are_never_masked(tiny_mlm_dir, tmp_path) -> None:
+    plain = _trained(tiny_mlm_dir, tmp_path).evaluate_encoder(return_df=True)["encoder_df"]
+    words = set(plain.loc[plain["type"] != "training", "factual"].str.lower())
+    excluded = sorted(words)[:3]
+    trainer = _trained(tiny_mlm_dir, tmp_path, eval_neutral_additional_excluded_words=excluded)
+    frame = trainer.evaluate_encoder(return_df=True)["encoder_df"]
+    neutral = frame[frame["type"] != "training"]
+    assert len(neutral) and not set(neutral["factual"].str.lower()) & set(excluded)

@@ -37,6 +37,14 @@ class EvaluationMethods:
     plot_probability_shifts: Callable[..., str]
     plot_encoder_distributions: Callable[..., str]
 
+    def _decoder_eval_options(self) -> dict[str, Any]:
+        """`DecoderRequest` options a trainer's configuration sets (targets, ignored words, metric); none here."""
+        return {}
+
+    def _neutral_excluded_words(self) -> list[str]:
+        """Words, besides the target words, never masked in the neutral variants of the encoder evaluation."""
+        return []
+
     def _model_identity(self) -> dict[str, Any]:
         """What identifies the current model in evaluation caches: path, file stamp, in-memory prunes, and
         `max_length` (it changes tokenisation, so a reattached trainer with another value recomputes)."""
@@ -122,7 +130,8 @@ class EvaluationMethods:
             neutral_texts=list(neutral_data_df["text"]) if neutral_data_df is not None else self.neutral_texts(),
             seed=args.seed, batch_size=args.eval_batch_size, cache=cache,
             use_cache=bool(args.use_cache if use_cache is None else use_cache),
-            show_progress=args.show_progress if show_progress is None else show_progress)
+            show_progress=args.show_progress if show_progress is None else show_progress,
+            excluded_words=self._neutral_excluded_words())
         if source is not None and source != model.config.source:
             frame = frame.copy()
             pairs = (frame["type"] == TRAINING).to_numpy()
@@ -204,7 +213,8 @@ class EvaluationMethods:
             max_size_training_like=max_size_training_like, max_size_neutral=max_size_neutral,
             batch_size=eval_batch_size, training_like=training_like_df, selector=as_selector(selector),
             neutral_texts=list(neutral_df["text"]) if neutral_df is not None else self.neutral_texts(),
-            summary_extractor=summary_extractor, search=search if summary_metrics is None else "grid")
+            summary_extractor=summary_extractor, search=search if summary_metrics is None else "grid",
+            **self._decoder_eval_options())
         use_cache = self._args.use_cache if use_cache is None else use_cache
         with self.experiment.writing():  # the decoder grid, its summaries and plots go into the experiment
             result = evaluate_decoder(self.get_model(), *self.unified_data(), request, self._decoder_cache(use_cache))
@@ -228,19 +238,19 @@ class EvaluationMethods:
         `{"id": "base", "feature_factor": None, "learning_rate": None, "lms": ..., "probs": {dataset
         class: {class: mean P(class tokens)}}}`, the grid's base record; nothing is cached or written.
         """
-        from gradiend.decoder_eval import LMS_SEED, DecoderRequest, GridRun, _grid_texts
+        from gradiend.decoder_eval import LMS_SEED, DecoderRequest, GridRun, _grid_texts, grid_tokens
         from gradiend.scoring import class_piece_sets, prepare_lms
 
         rows, pair = self.unified_data()
         request = DecoderRequest.from_arguments(
             self._args, list(pair), max_size_training_like=max_size_training_like, max_size_neutral=max_size_neutral,
             batch_size=eval_batch_size, training_like=training_like_df,
-            neutral_texts=list(neutral_df["text"]) if neutral_df is not None else self.neutral_texts())
+            neutral_texts=list(neutral_df["text"]) if neutral_df is not None else self.neutral_texts(),
+            **self._decoder_eval_options())
         model = self.get_model()
         like, neutral = _grid_texts(model, rows, pair, request)
-        tokens = {c: set(rows.loc[rows["factual_class"] == c, "factual"]) | set(
-            rows.loc[rows["alternative_class"] == c, "alternative"]) for c in pair}
-        lms_data = prepare_lms(model.objective, neutral, ignore_tokens=set().union(*tokens.values()), seed=LMS_SEED,
+        tokens, ignored = grid_tokens(rows, pair, request)
+        lms_data = prepare_lms(model.objective, neutral, ignore_tokens=ignored, seed=LMS_SEED,
                                batch_size=request.batch_size)
         run = GridRun(model, like, class_piece_sets(model.objective, tokens), lms_data, request.batch_size)
         return run.score(None, None)

@@ -30,8 +30,8 @@ HELDOUT = "heldout"
 IMG_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 # unified columns a held-out split may group by (the user's other columns do not survive `unify`)
 GROUP_COLUMNS = ("factual", "alternative", "masked")
-# (argument, default) of the decoder options gradiend evaluates one way only
-_DECODER_FIXED = {"decoder_eval_restrict_to_target_classes": True, "decoder_eval_prob_on_other_class": True}
+# the decoder-evaluation switches (bools; read by the trainer)
+_DECODER_FLAGS = ("decoder_eval_restrict_to_target_classes", "decoder_eval_prob_on_other_class")
 
 
 @dataclass
@@ -110,7 +110,7 @@ class TextPredictionConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value}")
-        for name in ("use_class_names_as_columns", *_DECODER_FIXED):
+        for name in ("use_class_names_as_columns", *_DECODER_FLAGS):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.dataset_trust_remote_code is not None and not isinstance(self.dataset_trust_remote_code, bool):
@@ -124,26 +124,25 @@ class TextPredictionConfig:
         if self.img_format.lower().lstrip(".") not in IMG_FORMATS:
             raise ValueError(f"img_format must be one of {IMG_FORMATS}, got {self.img_format!r}")
         self.img_format = self.img_format.lower().lstrip(".")
-        for name, default in _DECODER_FIXED.items():
-            if getattr(self, name) != default:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not supported by gradiend: the decoder is scored "
-                                 f"on the test rows of the two target classes (each class's words where the other "
-                                 f"class is the factual one); pass training_like_df= to evaluate_decoder() to score "
-                                 f"other rows")
-        if self.decoder_eval_targets is not None:
-            raise ValueError("decoder_eval_targets is not supported by gradiend: the decoder scores each class's "
-                             "own words as they occur in the data (factual and alternative tokens); pass "
-                             "training_like_df= to evaluate_decoder() with rows holding the words to score")
-        if self.decoder_eval_ignore_tokens is not None:
-            raise ValueError("decoder_eval_ignore_tokens is not supported by gradiend: the LMS ignores every target "
-                             "word of both classes; pass neutral_df= to evaluate_decoder() with texts to score")
-        if self.eval_neutral_additional_excluded_words is not None:
-            raise ValueError("eval_neutral_additional_excluded_words is not supported by gradiend: pass "
-                             "eval_neutral_data= texts that contain none of those words")
+        self._check_decoder_options()
         if self.class_merge_transition_groups is not None:
             raise ValueError("class_merge_transition_groups is not supported by gradiend; merge classes with "
                              "class_merge_map= and pick the pair with target_classes=")
         self._check_split_options()
+
+    def _check_decoder_options(self) -> None:
+        """`decoder_eval_targets` (class → words), the ignored LMS words and the excluded neutral words."""
+        from gradiend.decoder_eval import check_targets
+
+        if isinstance(self.decoder_eval_targets, str):
+            raise ValueError(f"decoder_eval_targets={self.decoder_eval_targets!r}: gradiend scores words per class; "
+                             f"pass a dict class -> [words] (the row-wise 'label' mode of gradiend 0.2.x is not "
+                             f"available), or None for the data's words")
+        check_targets(self.decoder_eval_targets, self.decoder_eval_ignore_tokens)
+        words = self.eval_neutral_additional_excluded_words
+        if words is not None and (isinstance(words, str) or not isinstance(words, Sequence)
+                                  or not all(isinstance(w, str) for w in words)):
+            raise TypeError(f"eval_neutral_additional_excluded_words must be a list of words, got {words!r}")
 
     def _check_split_options(self) -> None:
         if self.split_col in (None, HELDOUT):

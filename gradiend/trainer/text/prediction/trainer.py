@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +22,8 @@ from gradiend.trainer.text.prediction.inputs import (
     reshape_table,
 )
 from gradiend.trainer.trainer import Trainer
+
+logger = logging.getLogger(__name__)
 
 # DataFrame, dict class → DataFrame/Dataset, file or directory path, datasets.Dataset/DatasetDict, or Hub id
 DataInput = Any
@@ -86,6 +89,17 @@ class TextPredictionTrainer(Trainer):
         self._target_classes = list(self._pair)
         texts = _neutral_texts(config.eval_neutral_data, config.dataset_trust_remote_code)
         self._neutral = neutral_cap(texts, config.eval_neutral_max_rows, seed)
+        self._decoder_targets = _decoder_targets(config, self._target_classes, self._all_classes, self._other_rows)
+
+    # -- the configuration's evaluation options -----------------------------------------------------------------
+    def _decoder_eval_options(self) -> dict[str, Any]:
+        """`decoder_eval_targets` (restricted to the pair unless `decoder_eval_restrict_to_target_classes=False`),
+        `decoder_eval_ignore_tokens` and `decoder_eval_prob_on_other_class` for the decoder grid."""
+        return {"targets": self._decoder_targets, "ignore_tokens": self.config.decoder_eval_ignore_tokens,
+                "prob_on_other_class": self.config.decoder_eval_prob_on_other_class}
+
+    def _neutral_excluded_words(self) -> list[str]:
+        return list(self.config.eval_neutral_additional_excluded_words or [])
 
     @staticmethod
     def _maybe_fail_on_non_convergence(args: TrainingArguments, convergent_count: int, min_convergent: int) -> None:
@@ -130,6 +144,27 @@ class TextPredictionTrainer(Trainer):
     def combined_data(self) -> pd.DataFrame:
         """The validated training rows in the unified schema (a copy)."""
         return self._rows.copy()
+
+
+def _decoder_targets(config: TextPredictionConfig, pair: Sequence[str], known: Sequence[str],
+                     other_rows: pd.DataFrame) -> dict[str, list[str]] | None:
+    """Words the decoder grid scores per class: the given ones (classes must exist in the data), kept to the pair
+    when `decoder_eval_restrict_to_target_classes`, else with every other class (its data's words by default)."""
+    given = dict(config.decoder_eval_targets or {})
+    unknown = sorted(set(given) - set(known) - set(pair))
+    if unknown:
+        raise ValueError(f"decoder_eval_targets names classes the data does not have: {unknown}; known classes: "
+                         f"{sorted(set(known) | set(pair))}")
+    if config.decoder_eval_restrict_to_target_classes:
+        dropped = sorted(set(given) - set(pair))
+        if dropped:
+            logger.info("decoder_eval_targets: classes %s are outside the pair and not scored "
+                        "(decoder_eval_restrict_to_target_classes=True)", dropped)
+        given = {c: w for c, w in given.items() if c in pair}
+    elif len(other_rows):
+        for cls, words in other_rows.groupby("factual_class")["factual"]:
+            given.setdefault(str(cls), sorted(set(map(str, words))))
+    return given or None
 
 
 def _build_config(config: TextPredictionConfig | None, **given: Any) -> TextPredictionConfig:
