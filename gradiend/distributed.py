@@ -226,22 +226,33 @@ def reduce_to_(tensor: torch.Tensor, dst: int, what: str = "reduce") -> torch.Te
 def all_gather_slices(local: torch.Tensor, n: int, width: int = 1, what: str = "all-gather") -> torch.Tensor:
     """The full flat vector of n rows of `width` values from each rank's `shard_range` rows `local` (flat).
 
-    A copy of `local` in one process. Every rank gets the same result.
+    A copy of `local` in one process. Every rank gets the same result (`all_gather_into_`).
+    """
+    if not context().enabled:
+        return local.clone()
+    return all_gather_into_(local, torch.empty(n * width, dtype=local.dtype, device=local.device), n, width, what)
+
+
+def all_gather_into_(local: torch.Tensor, out: torch.Tensor, n: int, width: int = 1,
+                     what: str = "all-gather") -> torch.Tensor:
+    """`out` (flat, n · width) ← every rank's `shard_range` rows, each rank's `local` broadcast into its place.
+
+    Nothing beyond `out` is allocated (no padded copies, no list of parts to concatenate), so gathering a
+    large GRADIEND at the end of a sharded run needs the full weights once, not twice.
     """
     ctx = context()
-    if not ctx.enabled:
-        return local.clone()
-    m = padded_shard(n, ctx.world_size) * width
-    padded = torch.zeros(m, dtype=local.dtype, device=local.device)
-    padded[:local.numel()] = local
-    parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
-    with _collective(what):
-        dist.all_gather(parts, padded)
-    pieces = []
-    for r, part in enumerate(parts):
-        lo, hi = shard_range(n, r, ctx.world_size)
-        pieces.append(part[:(hi - lo) * width])
-    return torch.cat(pieces)
+    lo, hi = shard_range(n, ctx.rank, ctx.world_size)
+    if out.numel() != n * width or local.numel() != (hi - lo) * width:
+        raise ValueError(f"all_gather_into_: {local.numel()} local and {out.numel()} output entries do not fit "
+                         f"rank {ctx.rank}'s rows {lo}..{hi} of {n} x {width}")
+    out[lo * width:hi * width].copy_(local.reshape(-1))
+    if ctx.enabled:
+        with _collective(what):
+            for rank in range(ctx.world_size):
+                a, b = shard_range(n, rank, ctx.world_size)
+                if b > a:
+                    dist.broadcast(out[a * width:b * width], src=rank)
+    return out
 
 
 def gather_rows(local: np.ndarray, n: int, what: str = "gather of encodings") -> np.ndarray:

@@ -366,7 +366,7 @@ class _Shard:
         device = self.module.encoder_weight.device
         with torch.no_grad():
             for name, param in self.full.named_parameters():
-                param.data = state[name].to(device, copy=True)
+                param.data = state[name].to(device)  # gathered tensors of their own: no second copy
             for name, buffer in self.full.named_buffers():
                 buffer.copy_(state[name])
 

@@ -290,6 +290,10 @@ def test_one_process_changes_nothing(monkeypatch) -> None:
     values = torch.arange(4.0)
     assert distributed.all_reduce_(values) is values and torch.equal(values, torch.arange(4.0))
     assert distributed.reduce_to_(values, 0) is values and torch.equal(values, torch.arange(4.0))
+    out = torch.empty(4)
+    assert distributed.all_gather_into_(values, out, 2, width=2) is out and torch.equal(out, values)
+    with pytest.raises(ValueError, match="do not fit"):
+        distributed.all_gather_into_(values, torch.empty(6), 3, width=2)
     assert distributed.all_agree(False) is False and distributed.all_agree(True) is True
     assert distributed.gather_items(distributed.split_items([1, 2, 3])) == [1, 2, 3]
     assert distributed.my_share(7) == (0, 7) and distributed.may_write()
