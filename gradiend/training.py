@@ -17,7 +17,8 @@ gradient source sums the ranks' shares of each batch, so the ranks take bitwise 
 validation rows are split across ranks and gathered. With `shard_gradiend` each rank trains only its
 slice of the coordinates (`_Shard`: weights, AdamW state, gradient buffers and cache entries are
 1/world_size of the full ones); the step exchanges a few scalars (`FusedLoss(reduce=...)`), evaluation
-gathers the encoder weights for the duration, and the finished weights are gathered on every rank.
+gathers the encoder weights for the duration, and the finished weights are gathered on every rank (each
+rank's slice broadcast into one preallocated full tensor, `distributed.all_gather_into_`).
 Resume checkpoints are not written in sharded runs.
 """
 
