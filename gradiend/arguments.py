@@ -826,6 +826,9 @@ class ReferenceArgs(ConfigSection):
     use_cached_gradients: bool | None = field(default=None, metadata=doc(
         "reference switch of the gradient cache: false turns it off (gradient_cache='off'), true requires it on; "
         "None: gradient_cache decides"))
+    positive_class: str | None = field(default=None, metadata=doc(
+        "the target class that encodes +1 (TextPredictionTrainer puts it first in the pair); None: the first of "
+        "target_classes", nonempty=True))
     reuse_pre_prune: bool = field(default=True, metadata=doc(
         "pre-pruning runs once per train() and every seed trains on the same kept inputs (false, the reference's "
         "per-seed pre-pruning, is refused with a pre_prune_config)"))

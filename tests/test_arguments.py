@@ -36,7 +36,7 @@ def _non_default_args() -> TrainingArguments:
         gradiend_dtype="bfloat16", device="cpu", shard_gradiend=True, distributed_timeout=60.0,
         seed_stability_topk=128, seed_stability_part="encoder-weight", analyze_seed_stability=True,
         supervised_encoder=True, supervised_decoder=True,
-        highlight_non_convergence=False,
+        highlight_non_convergence=False, positive_class="3PL",
         base_gradient_batch_size=4, precompute_gradient_batches=False, base_model_device_map=False,
         eval_strategy="no", dataset_trust_remote_code=True, prediction_objective="clm_next_token",
         mask_placeholder="[PRONOUN]", activation_decoder="id", use_cached_gradients=True, decoder_mlm_head_epochs=2,
@@ -137,7 +137,7 @@ REFERENCE_KEYS = [  # ReferenceArgs, the reference's names that were missing
     "decoder_mlm_head_epochs", "decoder_mlm_head_batch_size", "decoder_mlm_head_lr", "decoder_mlm_head_max_size",
     "decoder_sequence_cloze_rhs_window", "activation_decoder", "base_model_device_map", "base_model_max_memory",
     "encoder_decoder_same_device", "split_resplit_per_seed", "split_resplit_strategy",
-    "supervised_encoder", "supervised_decoder", "use_cached_gradients", "reuse_pre_prune"]
+    "supervised_encoder", "supervised_decoder", "use_cached_gradients", "positive_class", "reuse_pre_prune"]
 
 
 def test_flat_keys_and_sections_partition_the_fields() -> None:

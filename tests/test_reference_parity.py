@@ -387,3 +387,17 @@ def test_eval_neutral_additional_excluded_words_are_never_masked(tiny_mlm_dir, t
     frame = trainer.evaluate_encoder(return_df=True)["encoder_df"]
     neutral = frame[frame["type"] != "training"]
     assert len(neutral) and not set(neutral["factual"].str.lower()) & set(excluded)
+
+
+def test_positive_class_encodes_plus_one(tiny_mlm_dir) -> None:
+    args = TrainingArguments(show_progress=False, positive_class="3PL")
+    for given in (["3SG", "3PL"], None):  # named pair, and the pair read from the data
+        trainer = _trainer(tiny_mlm_dir, args=args, target_classes=given)
+        rows, pair = trainer.unified_data()
+        assert list(pair) == ["3PL", "3SG"]
+        assert set(rows.loc[rows["factual_class"] == "3PL", "label"]) == {1}
+    assert list(_trainer(tiny_mlm_dir, target_classes=["3SG", "3PL"]).unified_data()[1]) == ["3SG", "3PL"]
+    with pytest.raises(ValueError, match="positive_class='1SG' is not one of the target classes"):
+        _trainer(tiny_mlm_dir, args=TrainingArguments(positive_class="1SG"))
+    with pytest.raises(ValueError, match="correlation_mapping puts '3SG' first"):
+        _trainer(tiny_mlm_dir, args=args, correlation_mapping={"3SG": 1, "3PL": -1})

@@ -68,6 +68,7 @@ class TextPredictionTrainer(Trainer):
         target_classes = pair_from_correlation_mapping(config.correlation_mapping,
                                                        target_classes if target_classes else config.target_classes)
         arguments = _with_config(training_args or args or TrainingArguments(), config)
+        target_classes = _positive_first(target_classes, arguments.positive_class, config.correlation_mapping)
         super().__init__(model, target_classes=target_classes, args=arguments, run_id=config.run_id,
                          n_features=config.n_features, tokenizer=tokenizer)
         self.config = config
@@ -82,6 +83,12 @@ class TextPredictionTrainer(Trainer):
         table = reshape_table(load_table(config), config, target_classes, seed)
         unified = unify_classes(table, target_classes, all_classes=config.all_classes,
                                 class_merge_map=config.class_merge_map, seed=seed, mask=MASK)
+        positive = self._args.positive_class
+        if target_classes is None and positive is not None and unified.pair[0] != positive:
+            if positive not in unified.pair:
+                raise ValueError(f"positive_class={positive!r} is not one of the target classes {list(unified.pair)}")
+            unified = unify_classes(table, list(unified.pair)[::-1], all_classes=config.all_classes,
+                                    class_merge_map=config.class_merge_map, seed=seed, mask=MASK)
         self._rows, self._pair = assign_splits(unified.rows, config, seed), unified.pair
         self._other_rows = assign_splits(unified.other_rows, config, seed) if len(unified.other_rows) else \
             unified.other_rows
@@ -144,6 +151,20 @@ class TextPredictionTrainer(Trainer):
     def combined_data(self) -> pd.DataFrame:
         """The validated training rows in the unified schema (a copy)."""
         return self._rows.copy()
+
+
+def _positive_first(pair: list[str] | None, positive: str | None,
+                    mapping: Mapping[str, float] | None) -> list[str] | None:
+    """`TrainingArguments.positive_class` first in the pair (it encodes +1); a different correlation_mapping is an
+    error. Without target_classes the pair comes from the data, and is ordered once it is known."""
+    if positive is None or pair is None:
+        return pair
+    if positive not in pair:
+        raise ValueError(f"positive_class={positive!r} is not one of the target classes {list(pair)}")
+    if mapping is not None and pair[0] != positive:
+        raise ValueError(f"correlation_mapping puts {pair[0]!r} first (+1), positive_class names {positive!r}; "
+                         f"pass one of them")
+    return [positive, *[c for c in pair if c != positive]]
 
 
 def _decoder_targets(config: TextPredictionConfig, pair: Sequence[str], known: Sequence[str],
