@@ -28,8 +28,9 @@ MAX_LISTED_TENSORS = 12
 _LMS_TEXT = {
     "mlm": "LMS: masked-token accuracy on neutral text.",
     "clm": "LMS: 1 / (1 + mean next-token cross-entropy) on neutral text.",
+    "clm_mlm_head": "LMS: 1 / (1 + mean next-token cross-entropy) on neutral text (the causal LM's own head).",
 }
-_PIPELINE_TAGS = {"mlm": "fill-mask", "clm": "text-generation"}
+_PIPELINE_TAGS = {"mlm": "fill-mask", "clm": "text-generation", "clm_mlm_head": "text-generation"}
 
 
 def hub_model_id(name: str | os.PathLike | None, resolved: str | None = None) -> str | None:
@@ -208,7 +209,7 @@ def rewrite_card(info: Mapping[str, Any]) -> ModelCard:
                          tags=[LIBRARY_NAME, str(info["key"])],
                          **({"base_model_relation": "finetune"} if base_id else {}))
     verb = "strengthening" if info["strengthen"] else "weakening"
-    loader = "AutoModelForCausalLM" if objective == "clm" else "AutoModelForMaskedLM"
+    loader = "AutoModelForMaskedLM" if objective == "mlm" else "AutoModelForCausalLM"
     body = [
         f"# {base_name} rewritten by GRADIEND ({info['key']})", "",
         f"This checkpoint is `{base_name}`{'' if base_id else ' (a local model, not on the Hub)'} with the weights "

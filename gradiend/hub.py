@@ -207,6 +207,7 @@ def stage_for_hub(directory: str | os.PathLike | ExperimentDir, target: str | os
     """Copy a checkpoint, its current results and a fresh model card into the empty directory `target`."""
     from gradiend.cards import gradiend_card
     from gradiend.experiment import MODEL_CONFIG, MODEL_WEIGHTS, TRAINING_STATS
+    from gradiend.mlm_head import HEAD_FILE
     from gradiend.model import PARAM_MAP_FILE
 
     checkpoint, experiment = locate_checkpoint(directory)
@@ -216,7 +217,7 @@ def stage_for_hub(directory: str | os.PathLike | ExperimentDir, target: str | os
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
     results, result_files = collect_results(checkpoint, experiment)
-    for name in (MODEL_CONFIG, MODEL_WEIGHTS, PARAM_MAP_FILE, TRAINING_STATS):
+    for name in (MODEL_CONFIG, MODEL_WEIGHTS, PARAM_MAP_FILE, HEAD_FILE, TRAINING_STATS):
         if (checkpoint / name).is_file():
             shutil.copy2(checkpoint / name, target / name)
     if result_files:

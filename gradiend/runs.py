@@ -118,6 +118,7 @@ def new_template(base_model: BaseModel, args: TrainingArguments, rows: pd.DataFr
     for token in sorted(set(rows["factual"]) | set(rows["alternative"])):
         model.objective.pieces(token)
     model.objective.check_rows_fit(rows["masked"])  # a slot beyond max_length fails now, not mid-training
+    model.fit_objective(rows, pair, args)  # clm_mlm_head: its slot head, trained once for every seed (no-op else)
     return model
 
 

@@ -54,6 +54,11 @@ def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def right_context_rows(n_per_class: int = 48, seed: int = 0) -> pd.DataFrame:
+    """`raw_right_context_rows` as unified rows."""
+    return unify(raw_right_context_rows(n_per_class, seed), PAIR)[0]
+
+
+def raw_right_context_rows(n_per_class: int = 48, seed: int = 0) -> pd.DataFrame:
     """Rows whose class is decided only by the word right after the slot: random left context shared by both
     classes, the cue noun, more filler. Both classes have the same alternative word ("it"), so the source
     gradient (alternative) differs between the classes only through what the objective sees of the context."""
@@ -67,7 +72,7 @@ def right_context_rows(n_per_class: int = 48, seed: int = 0) -> pd.DataFrame:
             rows.append({"masked": f"{left} [MASK] {rng.choice(CUES[cls])} {right} .", "split": split,
                          "label_class": cls, "label": TARGETS[cls], "alternative": SHARED_ALTERNATIVE,
                          "alternative_class": PAIR[1] if cls == PAIR[0] else PAIR[0]})
-    return unify(pd.DataFrame(rows), PAIR)[0]
+    return pd.DataFrame(rows)
 
 
 def args(**overrides) -> TrainingArguments:
@@ -245,3 +250,26 @@ def test_left_padding_gives_the_same_losses(gpt2_dir: str) -> None:
         got = left.row_losses(model.base_model, left.encode(texts, words), [left.encode(texts, words).labels])
     assert left.encode(texts, words).tensors["attention_mask"][0, 0] == 0  # really padded on the left
     torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-6)
+
+
+def test_the_trainer_trains_the_head_once_and_shares_it(gpt2_dir: str, tmp_path) -> None:
+    """TextPredictionTrainer(objective='clm_mlm_head'): the head is fitted before training, saved with the
+    GRADIEND, used by the encoder evaluation, and staged for the Hub."""
+    from gradiend import TextPredictionTrainer
+    from gradiend.hub import stage_for_hub
+
+    training = args(objective="clm_mlm_head", experiment_dir=str(tmp_path / "exp"), min_left_context_tokens=3,
+                    decoder_mlm_head_epochs=30, decoder_mlm_head_lr=1e-2, decoder_mlm_head_batch_size=16)
+    trainer = TextPredictionTrainer(model=gpt2_dir, data=raw_right_context_rows(), target_classes=list(PAIR),
+                                    args=training)
+    trainer.train()
+    head = load_file(str(tmp_path / "exp" / "model" / HEAD_FILE))
+    assert head and all(torch.isfinite(t).all() for t in head.values())
+    assert trainer.get_model().gradiend.config.objective_options["head"]["classes"] == ["he", "she"]
+    assert trainer.evaluate_encoder()["correlation"] > 0.5
+    decoder = trainer.evaluate_decoder(target_class="M", lrs=[1e-3, 1e-2])
+    out = trainer.rewrite_base_model(decoder_results=decoder, target_class="M", output_dir=str(tmp_path / "rw"))
+    card = (tmp_path / "rw" / "README.md").read_text()
+    assert "AutoModelForCausalLM" in card and "pipeline_tag: text-generation" in card and out
+    staged = stage_for_hub(tmp_path / "exp", tmp_path / "staged", "someone/head")
+    assert (staged / HEAD_FILE).read_bytes() == (tmp_path / "exp" / "model" / HEAD_FILE).read_bytes()
