@@ -35,7 +35,6 @@ from gradiend.gradient_source import GradientSource
 from gradiend.model_with_gradiend import ModelWithGradiend
 from gradiend.training import train_gradiend
 
-gradient_source.REDUCE_CHUNK = 4099  # sharded runs reduce many chunks, cut inside parameters (not at their ends)
 PAIR = ["3SG", "3PL"]
 PARAMS = ["encoder.layer.1.*"]
 BATCH = 3  # odd: two ranks get 2 and 1 rows
@@ -196,6 +195,7 @@ def _wait_for_peers(out: Path) -> None:
 
 
 if __name__ == "__main__":
+    gradient_source.REDUCE_CHUNK = 4099  # sharded runs reduce many chunks, cut inside parameters (not at their ends)
     _wait_for_peers(Path(sys.argv[2]))
     with distributed.session(3.0 if "hang" in sys.argv[3:] else 30.0):  # a hanging peer is noticed in seconds
         run(sys.argv[1], Path(sys.argv[2]), sys.argv[3:])
