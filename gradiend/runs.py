@@ -210,7 +210,6 @@ def prepare_run(template: ModelWithGradiend, args: TrainingArguments, rows: pd.D
         raise ValueError("post_prune_config.inplace=False makes no sense when train() post-prunes: the pruned "
                          "model is what train() saves. Use inplace=True, or call "
                          "trainer.post_prune(PostPruneConfig(..., inplace=False)) after training for a copy.")
-    check_training_dtype(args.gradiend_dtype)
     train_rows = prepare_rows(rows, "train", pair, template.objective, "training")
     eval_rows = (prepare_rows(rows, "validation", pair, template.objective, "in-training evaluation")
                  if args.do_eval else None)
@@ -218,16 +217,6 @@ def prepare_run(template: ModelWithGradiend, args: TrainingArguments, rows: pd.D
         pre_prune(template, train_rows, pair, args.pre_prune_config, args.show_progress)
     plan_for_model(template, args, cache_bytes=_cache_bytes(args)).check(template.device)  # refuse before allocating
     return RunInputs(template, args, train_rows, eval_rows, pair, base_name(base_model), key, tuple(callbacks))
-
-
-def check_training_dtype(gradiend_dtype: str) -> None:
-    """Training runs in a float32 GRADIEND for now: the training loop's gradient buffers are float32 and the
-    fused step needs one dtype (`step.FusedLoss`). A GRADIEND created or loaded for encoding and rewriting
-    (`ModelWithGradiend.create/from_pretrained`) may have any `gradiend_dtype`."""
-    if gradiend_dtype != "float32":
-        raise ValueError(f"gradiend_dtype={gradiend_dtype!r} cannot train yet: the training loop keeps its gradient "
-                         f"buffers in float32. Train with gradiend_dtype='float32' (the default); to save memory use "
-                         f"a bf16 base model (torch_dtype='bfloat16'), pre-pruning or bias_decoder=False")
 
 
 def train_seed(inputs: RunInputs, args: TrainingArguments, directory: Path, key: str,

@@ -13,7 +13,9 @@ import warnings
 import weakref
 from pathlib import Path
 
+import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from conftest import make_rows, make_tokenizer
 from safetensors.torch import load_file
@@ -270,15 +272,19 @@ def test_a_gradiend_in_another_dtype_is_the_float32_one_rounded_once(dtype: str,
     assert loaded.encoder_weight.requires_grad and loaded.target_scale.dtype == torch.float32
 
 
-def test_gradiend_dtype_reaches_the_template_and_training_refuses_it_clearly(tiny_mlm_dir: str,
-                                                                               tmp_path: Path) -> None:
+def test_gradiend_dtype_reaches_the_template_and_trains(tiny_mlm_dir: str, tmp_path: Path) -> None:
     args = _args(tmp_path / "exp", gradiend_dtype="bfloat16")
     trainer = TextPredictionTrainer(tiny_mlm_dir, data=make_rows(), args=args)
     template = runs_module.new_template(tiny_mlm_dir, args, *trainer.unified_data(), CPU)
     assert template.gradiend.encoder_weight.dtype == torch.bfloat16 and template.gradiend.shape_only
     assert template.with_new_gradiend(0).gradiend.decoder_weight.dtype == torch.bfloat16
-    with pytest.raises(ValueError, match="gradiend_dtype='bfloat16' cannot train yet"):
-        trainer.train()
+    trainer.train()
+    trained = trainer.get_model().gradiend
+    assert trained.encoder_weight.dtype == torch.bfloat16 and torch.isfinite(trained.encoder_weight.float()).all()
+    saved = safetensors.torch.load_file(str(tmp_path / "exp" / "model" / "model.safetensors"))
+    assert saved["encoder_weight"].dtype == torch.bfloat16
+    result = trainer.evaluate_encoder()  # encodes with the bf16 GRADIEND (no dtype mismatch)
+    assert np.isfinite(result["correlation"]) and np.isfinite(list(result["mean_by_class"].values())).all()
 
 
 # -- rewrites hold no copy --------------------------------------------------------------------------------------
