@@ -28,11 +28,8 @@ def supervised_mode(args: TrainingArguments) -> str | None:
     if args.supervised_encoder and args.supervised_decoder:
         raise ValueError("supervised_encoder and supervised_decoder train one half each; pass one of them (two "
                          "train() calls give both baselines)")
-    if args.supervised_encoder or args.supervised_decoder:
-        if args.shard_gradiend:
-            raise ValueError("the supervised baselines train on one process's full GRADIEND; set shard_gradiend=False")
-        if args.latent_dim != 1:
-            raise ValueError(f"the supervised baselines learn one feature; set latent_dim=1 (got {args.latent_dim})")
+    if (args.supervised_encoder or args.supervised_decoder) and args.shard_gradiend:
+        raise ValueError("the supervised baselines train on one process's full GRADIEND; set shard_gradiend=False")
     if args.supervised_encoder:
         return "encoder"
     if args.supervised_decoder and args.convergent_metric != "loss":
