@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -39,6 +39,7 @@ class LoadedBase:
     model: PreTrainedModel
     tokenizer: Any
     name: str
+    digest: str | None = field(default=None, repr=False, compare=False)  # see `pinned`
 
     @classmethod
     def of(cls, model: Any, tokenizer: Any) -> LoadedBase:
@@ -57,7 +58,12 @@ class LoadedBase:
         return str(next(self.model.parameters()).dtype).removeprefix("torch.")
 
     def fingerprint(self) -> str:
-        return weights_fingerprint(self.model)
+        return self.digest if self.digest is not None else weights_fingerprint(self.model)
+
+    def pinned(self) -> LoadedBase:
+        """This base with its digest computed once now: one read of the weights serves a whole `train()` call
+        (run cache key and checkpoint record), during which they do not change."""
+        return replace(self, digest=self.fingerprint())
 
 
 def check_loaded_model(model: Any) -> None:

@@ -172,6 +172,8 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
         if output_dir is not None:
             args = args.replace(output_dir=_output_dir(output_dir))
         base = self._base_source if model is None else _base_model_of(model)
+        if not isinstance(base, (str, os.PathLike)):
+            base = base.pinned()  # a loaded model's weights are hashed once for this call
         (rows, pair), experiment = self.unified_data(), self._experiment_of(args)
         key = runs.run_fingerprint(args, base, rows, self._explicit_pre_prune)
         with experiment.lock():
