@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gradiend._version import __version__
-from gradiend.experiment import atomic_write_bytes
+from gradiend.experiment import ExperimentDir, atomic_write_bytes, is_within
 from gradiend.records import BestCheckpoint, ConvergenceInfo, DecoderSelection, SeedReport, TrainingRecord
 from gradiend.results import (
     MissingResultError,
@@ -379,7 +379,15 @@ def write_report(experiment_dir: str | os.PathLike, output: str | os.PathLike | 
         path = path / REPORT_FILE
     text = build_report(root, title=title, plots=plots, dpi=dpi)
     try:
-        atomic_write_bytes(path, text.encode("utf-8"))
+        if is_within(path.parent, root):  # inside the experiment: under its lock, like every other write there
+            try:
+                with ExperimentDir(root).writing():
+                    atomic_write_bytes(path, text.encode("utf-8"))
+            except RuntimeError as err:
+                raise RuntimeError(f"{err}. Write the report elsewhere meanwhile: --out PATH outside the "
+                                   f"experiment (write_report(..., output=PATH))") from err
+        else:
+            atomic_write_bytes(path, text.encode("utf-8"))
     except OSError as err:
         raise OutputNotWritableError.wrap(path, err, also="or pass another --out path") from err
     logger.info("Wrote report %s (%.0f kB)", path, len(text) / 1000)

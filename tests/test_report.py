@@ -168,3 +168,33 @@ def test_report_hides_results_of_an_earlier_model(tiny_mlm_dir, tmp_path) -> Non
     trainer.evaluate_encoder()
     trainer.evaluate_decoder(target_class="3SG")
     assert "earlier model" not in build_report(tmp_path / "exp", plots=False)
+
+
+def test_report_inside_the_experiment_waits_for_no_one_and_names_the_way_out(experiment, tmp_path) -> None:
+    """report.html is written under the experiment lock: while another run holds it, a clear error (not a
+    temp file that the other run's clean-up may remove); a report written elsewhere still works."""
+    import threading
+
+    from gradiend.experiment import ExperimentDir
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with ExperimentDir(experiment).lock():
+            held.set()
+            release.wait(30)
+
+    report = Path(experiment) / "report.html"
+    before = report.read_bytes() if report.exists() else None
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(30)
+        with pytest.raises(RuntimeError, match=r"in use by another run.*--out PATH outside"):
+            write_report(experiment, plots=False)
+        assert (report.read_bytes() if report.exists() else None) == before  # untouched
+        assert Path(write_report(experiment, tmp_path / "elsewhere.html", plots=False)).is_file()
+    finally:
+        release.set()
+        holder.join()
+    assert Path(write_report(experiment, plots=False)) == report
