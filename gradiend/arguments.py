@@ -703,6 +703,10 @@ class MiscArgs(ConfigSection):
     shard_gradiend: bool = field(default=False, metadata=doc(
         "torchrun with several processes: each rank holds a slice of the GRADIEND's coordinates (weights, "
         "optimizer state, cached gradients) instead of all of them"))
+    overlap_step: bool = field(default=True, metadata=doc(
+        "run each GRADIEND step while the next batch's base-model gradients are computed (a worker thread; a side "
+        "CUDA stream on GPU): bitwise the same training, one more gradient buffer; off with a callback that "
+        "overrides on_step_begin, or with shard_gradiend"))
     distributed_timeout: float = field(default=600.0, metadata=doc(
         "torchrun: seconds a rank waits for the others at a collective before it stops with an error",
         positive=True, finite=True))

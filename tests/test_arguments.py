@@ -33,7 +33,7 @@ def _non_default_args() -> TrainingArguments:
         post_prune_config=PostPruneConfig(topk=100, inplace=False),
         decoder_eval_lrs=[1.0, 0.1], decoder_eval_feature_factors=[-1.0], decoder_eval_max_size_training_like=13,
         decoder_eval_max_size_neutral=14, trust_remote_code=True, show_progress=False, metadata={"a": [1, 2]},
-        gradiend_dtype="bfloat16", device="cpu", shard_gradiend=True, distributed_timeout=60.0,
+        gradiend_dtype="bfloat16", device="cpu", shard_gradiend=True, overlap_step=False, distributed_timeout=60.0,
         seed_stability_topk=128, seed_stability_part="encoder-weight", analyze_seed_stability=True,
         supervised_encoder=True, supervised_decoder=True,
         highlight_non_convergence=False, positive_class="3PL",
