@@ -15,7 +15,7 @@ That is also what makes resuming exact: given a `ResumeCheckpoint`, the loop sav
 Several processes (`gradiend.distributed`): every rank runs the same loop on the same batches; the
 gradient source sums the ranks' shares of each batch, so the ranks take bitwise the same steps, and
 validation rows are split across ranks and gathered. With `shard_gradiend` each rank trains only its
-slice of the coordinates (`_Shard`: weights, AdamW state, gradient buffers and cache entries are
+slice of the coordinates (`gradiend.sharding.Shard`: weights, AdamW state, gradient buffers and cache entries are
 1/world_size of the full ones); the step exchanges a few scalars (`FusedLoss(reduce=...)`), evaluation
 gathers the encoder weights for the duration, and the finished weights are gathered on every rank (each
 rank's slice broadcast into one preallocated full tensor, `distributed.all_gather_into_`).
@@ -25,7 +25,6 @@ Resume checkpoints are not written in sharded runs.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import logging
 import math
@@ -48,6 +47,7 @@ from gradiend.gradient_source import GradientProvider, GradientSource
 from gradiend.memory import memory_estimate
 from gradiend.metrics import pearson
 from gradiend.resume import TrainingState
+from gradiend.sharding import Shard
 from gradiend.step import FusedLoss
 from gradiend.supervised import SupervisedLoss, supervised_mode
 
@@ -307,89 +307,6 @@ def _snapshot(gradiend: GradiendModel, into: dict[str, torch.Tensor] | None = No
     return into
 
 
-class _Shard:
-    """This rank's slice [lo, hi) of the coordinates of the GRADIEND being trained (`shard_gradiend`).
-
-    `module` is a GRADIEND of the slice's size (encoder columns, decoder rows and decoder-bias entries
-    lo..hi; encoder bias and scales replicated), trained in place of the full one. The full model's
-    weights are released meanwhile (`full` keeps its configuration; every rank would otherwise hold
-    3n floats) and given back by `restore`. Slices are `distributed.shard_range` of the n inputs.
-    """
-
-    def __init__(self, full: GradiendModel) -> None:
-        from gradiend.model import GradiendModel
-
-        ctx = distributed.context()
-        self.full, self.n, self.k = full, full.config.input_dim, full.config.latent_dim
-        self.lo, self.hi = distributed.shard_range(self.n, ctx.rank, ctx.world_size)
-        self.padded = distributed.padded_shard(self.n, ctx.world_size)
-        if self.hi <= self.lo:
-            raise ValueError(f"shard_gradiend: {ctx.world_size} ranks but only {self.n} GRADIEND inputs; use fewer "
-                             f"processes or shard_gradiend=False")
-        module = GradiendModel(dataclasses.replace(full.config, input_dim=self.hi - self.lo), shape_only=True)
-        module.load_state_dict(self.slice_state(full.state_dict()), assign=True)
-        self.module = module
-        self._release()
-
-    def slice_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """This rank's slice of a full state dict (copies)."""
-        lo, hi = self.lo, self.hi
-        out = {k: v.detach().clone() for k, v in state.items()}
-        out["encoder_weight"] = state["encoder_weight"][:, lo:hi].detach().clone()
-        out["decoder_weight"] = state["decoder_weight"][lo:hi].detach().clone()
-        if "decoder_bias" in state:
-            out["decoder_bias"] = state["decoder_bias"][lo:hi].detach().clone()
-        return out
-
-    def gather_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The full state dict from every rank's slice state dict (a collective: all ranks call it)."""
-        out = {k: v.detach().clone() for k, v in state.items()}
-        out["encoder_weight"] = self._gather_columns(state["encoder_weight"])
-        out["decoder_weight"] = distributed.all_gather_slices(
-            state["decoder_weight"].detach().contiguous().view(-1), self.n, self.k, "gather of the decoder").view(
-            self.n, self.k)
-        if "decoder_bias" in state:
-            out["decoder_bias"] = distributed.all_gather_slices(state["decoder_bias"].detach(), self.n, 1,
-                                                                "gather of the decoder bias")
-        return out
-
-    def _gather_columns(self, weight: torch.Tensor) -> torch.Tensor:
-        rows = weight.detach().T.contiguous().view(-1)  # (slice, k): the slices are row blocks
-        return distributed.all_gather_slices(rows, self.n, self.k, "gather of the encoder").view(
-            self.n, self.k).T.contiguous()
-
-    def _release(self) -> None:
-        for param in self.full.parameters():
-            param.data = torch.empty(0, dtype=param.dtype, device=param.device)
-
-    def restore(self, state: dict[str, torch.Tensor]) -> None:
-        """Give the full model the full weights `state` (from `gather_state`)."""
-        device = self.module.encoder_weight.device
-        with torch.no_grad():
-            for name, param in self.full.named_parameters():
-                param.data = state[name].to(device)  # gathered tensors of their own: no second copy
-            for name, buffer in self.full.named_buffers():
-                buffer.copy_(state[name])
-
-    @contextlib.contextmanager
-    def full_encoder(self) -> Iterator[None]:
-        """The full model's encoder (weights gathered, bias and scales copied) inside the block: evaluation."""
-        full, module = self.full, self.module
-        full.encoder_weight.data = self._gather_columns(module.encoder_weight)
-        full.encoder_bias.data = module.encoder_bias.detach().clone()
-        full.input_scale.copy_(module.input_scale)
-        full.target_scale.copy_(module.target_scale)
-        try:
-            yield
-        finally:
-            for param in (full.encoder_weight, full.encoder_bias):
-                param.data = torch.empty(0, dtype=param.dtype, device=param.device)
-
-    def encoder_norm(self) -> float:
-        squares = self.module.encoder_weight.detach().double().pow(2).sum().reshape(1)
-        return math.sqrt(float(distributed.all_reduce_(squares, "encoder norm")))
-
-
 @dataclass(frozen=True)
 class _Plan:
     """The batches of one run: the rows, their single-class batch order and the step count."""
@@ -475,7 +392,7 @@ class TrainingLoop:
         self._fused: FusedLoss | None = None
         self._supervised: SupervisedLoss | None = None  # a supervised baseline replaces the GRADIEND loss
         self._config: dict[str, Any] = {}  # the arguments as a dict, for callbacks
-        self._shard: _Shard | None = None
+        self._shard: Shard | None = None
         self.sharded = args.shard_gradiend and distributed.context().enabled
 
     def fit(self, train_rows: pd.DataFrame) -> TrainingOutcome:
@@ -521,7 +438,7 @@ class TrainingLoop:
         if not (isinstance(self.source, GradientSource) and self.source.sharded):
             raise ValueError("shard_gradiend=True needs a gradient source that serves this rank's slice: "
                              "GradientSource(engine, store, sharded=True) (train_gradiend builds it)")
-        self._shard = _Shard(self.gradiend)
+        self._shard = Shard(self.gradiend)
         self.gradiend = self._shard.module
         if self.checkpoint is not None:
             logger.info("shard_gradiend: resume checkpoints are not written in sharded runs")
