@@ -119,6 +119,8 @@ def test_keep_seed_runs_returns_models_per_seed(tiny_mlm_dir, tiny_rows, tmp_pat
     assert all(isinstance(m, ModelWithGradiend) for m in models.values())
     w0, w1 = (models[s].gradiend.encoder_weight for s in (0, 1))
     assert not torch.equal(w0, w1), "different seeds start from different weights"
+    # one base model in memory for all of them (the best seed's), not one copy per seed
+    assert models[0].base_model is models[1].base_model is trainer.get_model().base_model
     for seed in (0, 1):
         assert (Path(trainer.experiment_dir) / "seeds" / f"seed_{seed}" / "model.safetensors").is_file()
     # the best seed's weights are written once: model/ hard-links the kept seed file

@@ -197,8 +197,20 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
         if args.max_seeds > 1:
             self.post_training(self.get_model())
             if args.keep_seed_runs:
-                return {run.seed: self.load_model(run.output_dir) for run in result.seed_report.runs}
+                return self._seed_models(result.seed_report.runs)
         return self
+
+    def _seed_models(self, runs: Sequence[Any]) -> dict[int, ModelWithGradiend]:
+        """Every seed's model (`keep_seed_runs`), all on one base model: the trainer's, else the best seed's."""
+        from gradiend.model_with_gradiend import ModelWithGradiend
+
+        best = self.get_model()
+        models: dict[int, ModelWithGradiend] = {}
+        for run in runs:
+            models[run.seed] = ModelWithGradiend.from_pretrained(
+                run.output_dir, base_model=best.base_model, tokenizer=best.tokenizer, device=self._device(),
+                max_length=self._args.max_length)
+        return models
 
     def _experiment_of(self, args: TrainingArguments) -> ExperimentDir:
         """The experiment directory layout `args` describe (the trainer's own: `experiment`)."""
