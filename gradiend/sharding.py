@@ -10,16 +10,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
+from torch.func import jvp
 
 from gradiend import distributed
+from gradiend.allocator import reuse_large_blocks
+from gradiend.data import length_batches
+from gradiend.gradients import _math_attention
 
 if TYPE_CHECKING:
+    from gradiend.gradients import GradientEngine
     from gradiend.model import GradiendModel
+    from gradiend.model_with_gradiend import ModelWithGradiend
+    from gradiend.params import ParamMap
+
+logger = logging.getLogger(__name__)
 
 
 class Shard:
@@ -87,19 +98,114 @@ class Shard:
                 buffer.copy_(state[name])
 
     @contextlib.contextmanager
-    def full_encoder(self) -> Iterator[None]:
-        """The full model's encoder (weights gathered, bias and scales copied) inside the block: evaluation."""
-        full, module = self.full, self.module
-        full.encoder_weight.data = self._gather_columns(module.encoder_weight)
-        full.encoder_bias.data = module.encoder_bias.detach().clone()
-        full.input_scale.copy_(module.input_scale)
-        full.target_scale.copy_(module.target_scale)
+    def encoding(self) -> Iterator[None]:
+        """Inside the block `training.encode_rows` encodes with this rank's slice (`encode_rows`): no rank
+        gathers the encoder."""
+        global _active
+        previous, _active = _active, self
         try:
             yield
         finally:
-            for param in (full.encoder_weight, full.encoder_bias):
-                param.data = torch.empty(0, dtype=param.dtype, device=param.device)
+            _active = previous
+
+    def encode_rows(self, model: ModelWithGradiend, texts: Sequence[str], factual: Sequence[str],
+                    alternative: Sequence[str], batch_size: int) -> np.ndarray:
+        """Encodings (rows × k) of all rows: each rank projects every row onto its slice of the encoder, the
+        partial pre-activations w_slice · x_slice are summed over the ranks, then activated (a collective).
+
+        Every rank passes over every row (a rank cannot encode a row alone without the full encoder).
+        """
+        module = self.module
+        directions = module.encoder_directions().detach()
+        out = torch.zeros(len(texts), self.k, dtype=torch.float32, device=directions.device)
+        with reuse_large_blocks():
+            for rows in length_batches(model.objective.token_lengths(list(texts)), batch_size):
+                out[torch.as_tensor(rows, device=out.device)] = slice_projections(
+                    model.engine, self.lo, directions, [texts[i] for i in rows], [factual[i] for i in rows],
+                    [alternative[i] for i in rows], model.config.source).to(out.device)
+        distributed.all_reduce_(out, "sum of the slices' encodings")
+        with torch.no_grad():
+            return module.activate(out.to(module.encoder_bias.dtype)).float().cpu().numpy()
 
     def encoder_norm(self) -> float:
         squares = self.module.encoder_weight.detach().double().pow(2).sum().reshape(1)
         return math.sqrt(float(distributed.all_reduce_(squares, "encoder norm")))
+
+
+_active: Shard | None = None
+
+
+def active_shard() -> Shard | None:
+    """The shard whose `encoding()` block is running (None outside one): `training.encode_rows` asks."""
+    return _active
+
+
+def _slice_tangents(param_map: ParamMap, params: Sequence[torch.Tensor], lo: int,
+                    direction: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Parameter-shaped tangents of the flat coordinates [lo, lo + len(direction)) set to `direction`, for the
+    parameters that slice touches (by position in the map); the others are left out (their tangent is zero)."""
+    hi = lo + direction.numel()
+    out = {}
+    for i, (spec, param) in enumerate(zip(param_map.specs, params, strict=True)):
+        a, b = max(lo, spec.rows.start), min(hi, spec.rows.stop)
+        if a >= b:
+            continue
+        tangent = torch.zeros(spec.full_numel, dtype=param.dtype, device=param.device)
+        part = direction[a - lo:b - lo].to(param.device, param.dtype)
+        start = spec.rows.start
+        if spec.index is None:
+            tangent[a - start:b - start] = part
+        else:
+            tangent[spec.index[a - start:b - start].to(param.device)] = part
+        out[i] = tangent.view(spec.shape)
+    return out
+
+
+def slice_projections(engine: GradientEngine, lo: int, directions: torch.Tensor, texts: Sequence[str],
+                      factual: Sequence[str], alternative: Sequence[str], kind: str) -> torch.Tensor:
+    """(rows, k) partial projections `directions[j] · grad loss_i[lo:lo + width]` of single rows.
+
+    Forward mode over only the parameters the slice touches (the others are constants), so the tangents
+    are about the slice's size; per-row backward passes where the model lacks forward-mode support.
+    """
+    if engine._use_jvp:  # the engine's own choice (it falls back on the same errors)
+        try:
+            return _slice_jvp(engine, lo, directions, texts, factual, alternative, kind)
+        except (NotImplementedError, RuntimeError) as err:
+            if "forward" not in str(err).lower() and "jvp" not in str(err).lower():
+                raise
+            logger.warning("Forward-mode encoding unsupported for this model (%s); using per-example backward "
+                           "passes", err)
+    return _slice_backward(engine, lo, directions, texts, factual, alternative, kind)
+
+
+def _slice_jvp(engine: GradientEngine, lo: int, directions: torch.Tensor, texts: Sequence[str],
+               factual: Sequence[str], alternative: Sequence[str], kind: str) -> torch.Tensor:
+    columns = []
+    for j in range(directions.shape[0]):
+        tangents = _slice_tangents(engine.param_map, engine.params, lo, directions[j])
+        names = ["model." + engine.param_map.specs[i].name for i in tangents]
+        primals = tuple(engine.params[i].detach() for i in tangents)
+
+        def loss_fn(*values: torch.Tensor, names: list[str] = names) -> torch.Tensor:
+            params = dict(zip(names, values, strict=True))  # only the touched parameters are swapped
+            return engine._row_losses(texts, factual, alternative, {kind}, engine._wrapper, params)[kind]
+
+        with _math_attention(), torch.no_grad():
+            _, derivative = jvp(loss_fn, primals, tuple(tangents.values()))
+        columns.append(derivative.float())
+    return torch.stack(columns, dim=1)
+
+
+def _slice_backward(engine: GradientEngine, lo: int, directions: torch.Tensor, texts: Sequence[str],
+                    factual: Sequence[str], alternative: Sequence[str], kind: str) -> torch.Tensor:
+    out = torch.zeros(len(texts), directions.shape[0], dtype=torch.float32)
+    for i in range(len(texts)):
+        def sink(_: str, grads: Sequence[torch.Tensor | None], row: int = i) -> None:
+            for j in range(directions.shape[0]):
+                for p, tangent in _slice_tangents(engine.param_map, engine.params, lo, directions[j]).items():
+                    if grads[p] is not None:
+                        out[row, j] += float((grads[p].float() * tangent.float()).sum())
+
+        engine.parameter_gradients([texts[i]], [factual[i]], [alternative[i]], [kind], sink)
+    return out

@@ -15,10 +15,11 @@ That is also what makes resuming exact: given a `ResumeCheckpoint`, the loop sav
 Several processes (`gradiend.distributed`): every rank runs the same loop on the same batches; the
 gradient source sums the ranks' shares of each batch, so the ranks take bitwise the same steps, and
 validation rows are split across ranks and gathered. With `shard_gradiend` each rank trains only its
-slice of the coordinates (`gradiend.sharding.Shard`: weights, AdamW state, gradient buffers and cache entries are
-1/world_size of the full ones); the step exchanges a few scalars (`FusedLoss(reduce=...)`), evaluation
-gathers the encoder weights for the duration, and the finished weights are gathered on every rank (each
-rank's slice broadcast into one preallocated full tensor, `distributed.all_gather_into_`).
+slice of the coordinates (`gradiend.sharding.Shard`: weights, AdamW state, gradient buffers and cache
+entries are 1/world_size of the full ones); the step exchanges a few scalars (`FusedLoss(reduce=...)`),
+evaluation sums the slices' partial encodings (no rank holds the full encoder), and the finished weights
+are gathered on every rank (each rank's slice broadcast into one preallocated full tensor,
+`distributed.all_gather_into_`).
 Resume checkpoints are not written in sharded runs.
 """
 
@@ -47,7 +48,7 @@ from gradiend.gradient_source import GradientProvider, GradientSource
 from gradiend.memory import memory_estimate
 from gradiend.metrics import pearson
 from gradiend.resume import TrainingState
-from gradiend.sharding import Shard
+from gradiend.sharding import Shard, active_shard
 from gradiend.step import FusedLoss
 from gradiend.supervised import SupervisedLoss, supervised_mode
 
@@ -194,7 +195,12 @@ def evaluate_during_training(model: ModelWithGradiend, rows: pd.DataFrame, pair:
 
 
 def encode_rows(model: ModelWithGradiend, rows: pd.DataFrame, batch_size: int) -> np.ndarray:
-    """Source encodings (rows × latent_dim) of `rows`; with several processes each rank encodes its share."""
+    """Source encodings (rows × latent_dim) of `rows`; with several processes each rank encodes its share
+    (in a sharded run's evaluation every rank encodes every row with its slice, `Shard.encode_rows`)."""
+    shard = active_shard()
+    if shard is not None:
+        return shard.encode_rows(model, list(rows["masked"]), list(rows["factual"]), list(rows["alternative"]),
+                                 batch_size)
     if not distributed.context().enabled:
         return model.encode(list(rows["masked"]), list(rows["factual"]), list(rows["alternative"]),
                             batch_size=batch_size)
@@ -598,7 +604,7 @@ class TrainingLoop:
             raise RuntimeError("This TrainingLoop has no evaluator (evaluate=None)")
         t0 = time.perf_counter()
         self.gradiend.eval()
-        with self._shard.full_encoder() if self._shard is not None else contextlib.nullcontext():
+        with self._shard.encoding() if self._shard is not None else contextlib.nullcontext():
             metrics = self.evaluator()
         # a supervised baseline fixed the sign by its labels (and a decoder baseline's encoder is random)
         flip = self.args.normalize_gradiend and self._supervised is None and self.gradiend.config.latent_dim == 1

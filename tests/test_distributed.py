@@ -373,3 +373,26 @@ def test_chunked_reduction_gives_each_rank_its_slice_of_the_sum(monkeypatch, chu
         torch.testing.assert_close(outs[rank][:hi - lo], expected[lo:hi], rtol=1e-6, atol=1e-7)
         assert torch.equal(outs[rank][hi - lo:], torch.zeros(width - (hi - lo)))
     assert sum(calls) == pm.size and max(calls) <= chunk  # each coordinate reduced once, one chunk at a time
+
+
+@pytest.mark.parametrize("forward_mode", [True, False])
+def test_slice_projections_sum_to_the_full_encoding(tiny_mlm_dir: str, forward_mode: bool) -> None:
+    """Three slices' partial projections w_slice · x_slice (a pruned map: slices cut inside pruned tensors) sum to
+    the full directional derivative; forward mode and the per-row backward fallback agree."""
+    from gradiend import sharding
+    from gradiend.model_with_gradiend import ModelWithGradiend
+
+    model = ModelWithGradiend.create(tiny_mlm_dir, feature_classes=["3SG", "3PL"], seed=0,
+                                     params=["encoder.layer.1.*"])
+    keep = torch.rand(model.param_map.size, generator=torch.Generator().manual_seed(4)) > 0.4
+    model = model.prune(keep)
+    engine, n = model.engine, model.param_map.size
+    directions = torch.randn(2, n, generator=torch.Generator().manual_seed(5))
+    texts = ["[MASK] walked to the house and was very tired .", "then [MASK] said that the sea was good ."]
+    factual, alternative = ["she", "they"], ["they", "he"]
+    full = engine.directional(texts, factual, alternative, "diff", directions)
+    engine._use_jvp = forward_mode
+    parts = [sharding.slice_projections(engine, lo, directions[:, lo:hi], texts, factual, alternative, "diff")
+             for lo, hi in (distributed.shard_range(n, r, 3) for r in range(3))]
+    assert all(part.shape == (2, 2) for part in parts) and all(part.abs().max() > 0 for part in parts)
+    torch.testing.assert_close(sum(parts), full, rtol=1e-4, atol=1e-6 * float(full.abs().max()))
