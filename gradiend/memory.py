@@ -7,11 +7,12 @@ GRADIEND's dtype (v bytes; k feature neurons, B = gradiend_batch_size, K gradien
     AdamW state          2 · (2k + bias) · v     exp_avg and exp_avg_sq
     .grad buffers        (2k + bias) · v         the fused step's gradients (`step.FusedLoss`)
     residual             B · v                   its work buffer (none for k = 1, B = 1 with a bias)
-    gradient buffers     K · B · v               source/target gradients per batch slot
+    gradient buffers     S · K · B · v           source/target gradients per batch slot, in S sets (2 with
+                                                 `overlap_step`: batch t+1's while step t runs; else 1)
     best checkpoint      (2k + bias) · v         a copy of the best weights (host or device)
 
-k = 1, B = 1, a decoder bias, two kinds, float32: 12 + 24 + 12 + 8 + 12 = 68 B per input. Besides
-that: the base model (parameters × dtype size), its activations (an estimate), the autograd
+k = 1, B = 1, a decoder bias, two kinds, float32, S = 1: 12 + 24 + 12 + 8 + 12 = 68 B per input
+(76 B with S = 2). Besides that: the base model (parameters × dtype size), its activations (an estimate), the autograd
 gradients of the selected tensors while a batch is gathered, and the gradient cache's byte limit
 (host memory). `plan_memory` adds these up per place (device, host); `MemoryPlan.check` compares
 them with free memory and stops a run that cannot fit, naming the settings that would make it fit.
@@ -74,10 +75,11 @@ class RunShape:
     best_on_host: bool = True
     base_loaded: bool = True  # the base model is already in memory (free memory excludes it)
     shards: int = 1  # processes a sharded GRADIEND is split over (1: not sharded)
+    gradient_buffer_sets: int = 1  # 2 when the GRADIEND step overlaps the next base pass (`overlap_step`)
 
     def __post_init__(self) -> None:
         for name in ("n_inputs", "latent_dim", "n_kinds", "gradiend_batch_size", "gradiend_bytes", "base_bytes",
-                     "shards"):
+                     "shards", "gradient_buffer_sets"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RunShape.{name} must be ≥ 1, got {getattr(self, name)}")
         for name in ("base_parameters", "activation_bytes", "cache_bytes", "n_tied"):
@@ -175,7 +177,8 @@ def plan_memory(shape: RunShape) -> MemoryPlan:
     n, k, v = -(-shape.n_inputs // shape.shards), shape.latent_dim, shape.gradiend_bytes  # this rank's inputs
     weights = (2 * n * k + k + (n if shape.bias_decoder else 0)) * v
     vector_path = k == 1 and shape.gradiend_batch_size == 1 and shape.bias_decoder
-    buffers = shape.n_kinds * shape.gradiend_batch_size * n * v  # in the GRADIEND's dtype (`TrainingLoop.fit`)
+    # in the GRADIEND's dtype (`TrainingLoop.fit`); a second set while step t overlaps batch t+1's gradients
+    buffers = shape.gradient_buffer_sets * shape.n_kinds * shape.gradiend_batch_size * n * v
     sharded = shape.shards > 1
     scratch = min(REDUCE_CHUNK, n) * v if sharded else 0  # one chunk of the chunked reduction
     full = (2 * shape.n_inputs * k + k + (shape.n_inputs if shape.bias_decoder else 0)) * v
@@ -239,13 +242,16 @@ def run_shape(base: nn.Module, param_map: ParamMap, args: TrainingArguments, *, 
         n_tied=sum(spec.full_numel for spec in param_map.specs if id(named[spec.name]) in tied),
         base_parameters=sum(p.numel() for p in base.parameters()), base_bytes=base_bytes,
         activation_bytes=activation_estimate(base.config, args.train_batch_size, seq_len, base_bytes),
-        cache_bytes=cache_bytes, best_on_host=best_on_host, base_loaded=base_loaded, shards=shards)
+        cache_bytes=cache_bytes, best_on_host=best_on_host, base_loaded=base_loaded, shards=shards,
+        gradient_buffer_sets=2 if args.overlap_step and shards == 1 else 1)
 
 
 def memory_estimate(n_inputs: int, latent_dim: int, bias_decoder: bool, n_gradient_kinds: int,
-                    gradiend_batch_size: int, bytes_per_value: int = 4) -> dict[str, int]:
+                    gradiend_batch_size: int, bytes_per_value: int = 4,
+                    gradient_buffer_sets: int = 1) -> dict[str, int]:
     """Bytes of the GRADIEND part of a training run by component, plus their `total` (see `plan_memory`)."""
-    shape = RunShape(n_inputs, latent_dim, bias_decoder, n_gradient_kinds, gradiend_batch_size, bytes_per_value)
+    shape = RunShape(n_inputs, latent_dim, bias_decoder, n_gradient_kinds, gradiend_batch_size, bytes_per_value,
+                     gradient_buffer_sets=gradient_buffer_sets)
     return plan_memory(shape).as_dict()
 
 
