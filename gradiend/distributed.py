@@ -305,3 +305,34 @@ def split_items(items: Sequence[_T]) -> list[_T]:
 def gather_items(local: list[_T], what: str = "gather") -> list[_T]:
     """The shares of `split_items` put back together in the original order, on every rank."""
     return [item for part in all_gather_objects(local, what) for item in part]
+
+
+def gather_to_main(local: torch.Tensor, n: int, width: int = 1, chunk: int = 1 << 24,
+                   what: str = "gather to rank 0") -> torch.Tensor | None:
+    """Rank 0: a host tensor (flat, n · width) of every rank's `shard_range` rows `local`; the others: None.
+
+    Each rank sends its rows to rank 0 in host chunks of at most `chunk` entries (point to point, gloo), so
+    no rank but 0 holds more than its rows plus one chunk, and rank 0 holds the full vector in host memory
+    only. In one process: a host copy of `local`.
+    """
+    ctx = context()
+    flat = local.detach().reshape(-1)
+    lo, hi = shard_range(n, ctx.rank, ctx.world_size)
+    if flat.numel() != (hi - lo) * width:
+        raise ValueError(f"gather_to_main: {flat.numel()} local entries do not fit rank {ctx.rank}'s rows "
+                         f"{lo}..{hi} of {n} x {width}")
+    if not ctx.enabled:
+        return flat.to("cpu", copy=True)
+    step = max(1, int(chunk))
+    with _collective(what):
+        if not ctx.is_main:
+            for start in range(0, flat.numel(), step):
+                dist.send(flat[start:start + step].to("cpu").contiguous(), dst=0)
+            return None
+        out = torch.empty(n * width, dtype=flat.dtype, device="cpu")
+        out[lo * width:hi * width].copy_(flat)
+        for rank in range(1, ctx.world_size):
+            a, b = shard_range(n, rank, ctx.world_size)
+            for start in range(a * width, b * width, step):
+                dist.recv(out[start:min(b * width, start + step)], src=rank)
+        return out

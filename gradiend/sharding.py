@@ -79,6 +79,47 @@ class Shard:
                                                                 "gather of the decoder bias")
         return out
 
+    def gather_state_to_main(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """The full state dict in rank 0's host memory from every rank's slice state dict; None on the other
+        ranks (a collective). Slices travel in host chunks (`distributed.gather_to_main`): no other rank, and no
+        device, ever holds the full weights."""
+        k = self.k
+        encoder = distributed.gather_to_main(state["encoder_weight"].detach().T.contiguous(), self.n, k,
+                                             what="gather of the encoder to rank 0")
+        decoder = distributed.gather_to_main(state["decoder_weight"].detach().contiguous(), self.n, k,
+                                             what="gather of the decoder to rank 0")
+        bias = (distributed.gather_to_main(state["decoder_bias"].detach(), self.n, 1,
+                                           what="gather of the decoder bias to rank 0")
+                if "decoder_bias" in state else None)
+        if encoder is None:
+            return None
+        out = {name: value.detach().to("cpu", copy=True) for name, value in state.items()}
+        out["encoder_weight"] = encoder.view(self.n, k).T.contiguous()
+        out["decoder_weight"] = decoder.view(self.n, k)
+        if bias is not None:
+            out["decoder_bias"] = bias
+        return out
+
+    def finish(self, final: dict[str, torch.Tensor], best: dict[str, torch.Tensor],
+               main_host_only: bool) -> dict[str, torch.Tensor]:
+        """End of training (a collective): the full best weights, and the full model given its weights.
+
+        `main_host_only=False`: every rank gets the full final weights (full model, on the device) and the full
+        best weights. `True`: only the best weights are gathered, into rank 0's host memory; rank 0's full model
+        is given them there (the returned dict shares their storage), the other ranks' full model stays empty and
+        they get {}; on every rank `module` then holds the best slice (`encoding()` evaluates it slice-wise).
+        """
+        if not main_host_only:
+            self.restore(self.gather_state(final))
+            return self.gather_state(best)
+        full = self.gather_state_to_main(best)
+        self.module.load_state_dict({name: value.to(self.module.encoder_weight.device)
+                                     for name, value in best.items()})
+        if full is None:
+            return {}
+        self.restore(full, device=torch.device("cpu"))
+        return dict(self.full.state_dict())
+
     def _gather_columns(self, weight: torch.Tensor) -> torch.Tensor:
         rows = weight.detach().T.contiguous().view(-1)  # (slice, k): the slices are row blocks
         return distributed.all_gather_slices(rows, self.n, self.k, "gather of the encoder").view(
@@ -88,14 +129,15 @@ class Shard:
         for param in self.full.parameters():
             param.data = torch.empty(0, dtype=param.dtype, device=param.device)
 
-    def restore(self, state: dict[str, torch.Tensor]) -> None:
-        """Give the full model the full weights `state` (from `gather_state`)."""
-        device = self.module.encoder_weight.device
+    def restore(self, state: dict[str, torch.Tensor], device: torch.device | None = None) -> None:
+        """Give the full model the full weights `state` (from `gather_state`), on `device` (default: the
+        slice's); buffers move there too."""
+        device = self.module.encoder_weight.device if device is None else device
         with torch.no_grad():
             for name, param in self.full.named_parameters():
                 param.data = state[name].to(device)  # gathered tensors of their own: no second copy
             for name, buffer in self.full.named_buffers():
-                buffer.copy_(state[name])
+                buffer.data = state[name].to(device, copy=True)
 
     @contextlib.contextmanager
     def encoding(self) -> Iterator[None]:

@@ -33,7 +33,7 @@ from gradiend.experiment import WRITE_HOOK_ENV
 from gradiend.gradient_cache import GradientStore
 from gradiend.gradient_source import GradientSource
 from gradiend.model_with_gradiend import ModelWithGradiend
-from gradiend.training import train_gradiend
+from gradiend.training import encode_rows, train_gradiend
 
 PAIR = ["3SG", "3PL"]
 PARAMS = ["encoder.layer.1.*"]
@@ -103,6 +103,28 @@ def _train(setup: Setup, out: Path, name: str, cache: str = "off", template: Mod
         store.clear()
 
 
+def _train_host(setup: Setup, out: Path, name: str) -> None:
+    """A sharded run whose best weights are gathered into rank 0's host memory only, then encoder evaluation
+    of the validation rows with the best weights: slice-wise on every rank (in one process: the full model)."""
+    args = setup.args(shard_gradiend=True)
+    model = setup.template.with_new_gradiend(args.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        outcome = train_gradiend(model, setup.train, setup.val, setup.pair, args, final_weights="rank0_host")
+    tensors = {f"best.{k}": v for k, v in outcome.state.items()}
+    numbers: dict[str, Any] = {"devices": sorted({str(v.device) for v in outcome.state.values()}),
+                               "full_model": sum(p.numel() for p in model.gradiend.parameters())}
+    if outcome.shard is not None:
+        with outcome.shard.encoding():
+            encoded = encode_rows(model, setup.val, 4)
+        tensors.update({f"slice.{k}": v for k, v in outcome.shard.module.state_dict().items()})
+        numbers.update(lo=outcome.shard.lo, hi=outcome.shard.hi)
+    else:
+        model.gradiend.load_state_dict(outcome.state)
+        encoded = encode_rows(model, setup.val, 4)
+    _save(out, name, {**tensors, "encoded": torch.from_numpy(encoded)}, numbers)
+
+
 class _Held(TrainingCallback):
     """What a rank holds while it trains: entries of the trained weights, of their AdamW state, of the full model."""
 
@@ -166,6 +188,7 @@ SCENARIOS: dict[str, Callable[[Setup, Path], None]] = {
     "train_disk": lambda s, o: _train(s, o, "train_disk", cache="disk"),
     "train_shard": lambda s, o: _train(s, o, "train_shard", shard_gradiend=True),
     "train_shard_disk": lambda s, o: _train(s, o, "train_shard_disk", cache="disk", shard_gradiend=True),
+    "train_shard_host": lambda s, o: _train_host(s, o, "train_shard_host"),
     "train_batches": lambda s, o: _train(s, o, "train_batches", gradiend_batch_size=2, shard_gradiend=True,
                                          max_steps=4, eval_steps=2),
     "experiment": _experiment,

@@ -31,8 +31,8 @@ from gradiend import distributed
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 PACKAGE_ROOT = str(Path(gradiend.__file__).resolve().parents[1])  # the workers import this checkout
-AGREEMENT = ["grad", "grad_shard", "train", "train_memory", "train_shard", "train_shard_disk", "train_batches",
-             "experiment"]
+AGREEMENT = ["grad", "grad_shard", "train", "train_memory", "train_shard", "train_shard_disk", "train_shard_host",
+             "train_batches", "experiment"]
 RTOL = 1e-5
 
 
@@ -170,6 +170,27 @@ def test_sharded_equals_unsharded_and_holds_half_per_rank(runs) -> None:
         assert held["full_model"] == 0
         assert held["trained"] == pytest.approx(full["trained"] / 2, abs=3) and held["adam"] == 2 * held["trained"]
         assert held["trained"] < full["trained"] - n
+
+
+def test_rank0_host_gather_keeps_the_full_weights_off_the_other_ranks(runs) -> None:
+    """final_weights="rank0_host": rank 0 gets the best weights in host memory, rank 1 only its slice of them;
+    encoder evaluation afterwards sums the slices' encodings and equals the one-process encodings."""
+    two, one = runs
+    ref, ref_info = _load(one, "train_shard_host", 0)
+    (rank0, info0), (rank1, info1) = _load(two, "train_shard_host", 0), _load(two, "train_shard_host", 1)
+    assert ref_info["devices"] == info0["devices"] == ["cpu"] and info0["full_model"] == ref_info["full_model"] > 0
+    best = sorted(k for k in ref if k.startswith("best."))
+    assert best and sorted(k for k in rank0 if k.startswith("best.")) == best
+    for key in best:
+        _close(rank0[key], ref[key])
+    assert info1["devices"] == [] and info1["full_model"] == 0  # rank 1 never held the full weights
+    assert not any(k.startswith("best.") for k in rank1)
+    lo, hi = info1["lo"], info1["hi"]
+    assert 0 < lo < hi == ref["best.decoder_bias"].numel()
+    _close(rank1["slice.decoder_weight"], ref["best.decoder_weight"][lo:hi])
+    _close(rank1["slice.encoder_weight"], ref["best.encoder_weight"][:, lo:hi])
+    assert torch.equal(rank0["encoded"], rank1["encoded"]) and rank0["encoded"].abs().max() > 0
+    torch.testing.assert_close(rank0["encoded"], ref["encoded"], rtol=0, atol=1e-4 * float(ref["encoded"].abs().max()))
 
 
 def _written(lines: list[str], root: Path) -> set[str]:
