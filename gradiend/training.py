@@ -47,6 +47,7 @@ from gradiend.diagnostics import LearningMonitor
 from gradiend.gradient_source import GradientProvider, GradientSource
 from gradiend.memory import memory_estimate
 from gradiend.metrics import pearson
+from gradiend.overlap import StepWorker
 from gradiend.resume import TrainingState
 from gradiend.sharding import Shard, active_shard
 from gradiend.step import FusedLoss
@@ -410,6 +411,9 @@ class TrainingLoop:
         self._config: dict[str, Any] = {}  # the arguments as a dict, for callbacks
         self._shard: Shard | None = None
         self.sharded = args.shard_gradiend and distributed.context().enabled
+        self._worker: StepWorker[float] | None = None  # runs the GRADIEND steps with overlap_step (`_run`)
+        self._pending: int | None = None  # the step running on the worker
+        self._bar: tqdm | None = None
 
     def fit(self, train_rows: pd.DataFrame) -> TrainingOutcome:
         """Train on `train_rows` (masked, factual, alternative, label); the best weights and the stats."""
@@ -423,13 +427,13 @@ class TrainingLoop:
             self._start_sharding()
         n_local = self.gradiend.encoder_weight.shape[1]
         memory = memory_estimate(n_local, config.latent_dim, config.bias_decoder, len(self.kinds),
-                                 args.gradiend_batch_size)
+                                 args.gradiend_batch_size, gradient_buffer_sets=self._buffer_sets())
         logger.info("GRADIEND memory: %.1f MB weights + %.1f MB optimizer state + %.1f MB gradient buffers "
                     "= %.1f MB (besides the base model)", memory["gradiend_weights"] / 1e6,
                     memory["optimizer_state"] / 1e6, memory["gradient_buffers"] / 1e6, memory["total"] / 1e6)
         device = self.gradiend.encoder_weight.device
         width = self._shard.padded if self._shard is not None else n_local  # a slice: padded to the longest
-        self._buffers = {k: torch.empty(args.gradiend_batch_size, width, device=device,
+        self._buffers = {k: torch.empty(args.gradiend_batch_size * self._buffer_sets(), width, device=device,
                                   dtype=self.gradiend.encoder_weight.dtype) for k in self.kinds}  # gradiend_dtype
         self.optimizer = make_optimizer(self.gradiend.parameters(), args)
         state = self._load_checkpoint()
@@ -466,16 +470,18 @@ class TrainingLoop:
         return FusedLoss(self.gradiend, self.args.gradiend_batch_size,
                          reduce=functools.partial(distributed.all_reduce_, what="GRADIEND step"), n_total=self._shard.n)
 
-    def _step_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The source and target gradient rows the step reads (without a slice's padding)."""
-        n_local = self.gradiend.encoder_weight.shape[1]
-        return self._buffers[self.args.source][:, :n_local], self._buffers[self.args.target][:, :n_local]
+    def _step_inputs(self, slot: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The source and target gradient rows the step reads from buffer set `slot` (without a slice's padding)."""
+        n_local, rows = self.gradiend.encoder_weight.shape[1], self.args.gradiend_batch_size
+        part = slice(slot * rows, (slot + 1) * rows)
+        return self._buffers[self.args.source][part, :n_local], self._buffers[self.args.target][part, :n_local]
 
     def _release_gradients(self) -> None:
         """Free the GRADIEND's `.grad` buffers (12 B per input), which the fused loss references too."""
         for param in self.gradiend.parameters():
             param.grad = None
         self._fused = self._supervised = None
+        self._bar = None
 
     def _load_checkpoint(self) -> TrainingState | None:
         """The state `checkpoint` holds for this run, None when there is none (or it is of another run)."""
@@ -547,27 +553,39 @@ class TrainingLoop:
 
     def _run(self, start: int = 0) -> None:
         """Steps start+1..total_steps, evaluating every `eval_steps` and after the last step, saving the
-        state every `save_steps` (a resumed run skips the batches steps 1..start consumed)."""
+        state every `save_steps` (a resumed run skips the batches steps 1..start consumed).
+
+        With `overlap_step` (`_overlaps`), step t's GRADIEND update runs on a worker (`gradiend.overlap`) while
+        batch t+1's gradients are computed into the other buffer set; the update is joined before the next one
+        starts and before anything that reads or changes the GRADIEND (evaluation, checkpoints, epoch hooks),
+        so the updates run in the same order on the same inputs: bitwise the sequential loop's training."""
         args, total = self.args, self._plan.total_steps
         batches = self._plan.schedule.iterate(total * args.gradiend_batch_size)
         for _ in range(start * args.gradiend_batch_size):
             next(batches)
         self.gradiend.train()
+        self._worker = StepWorker(self.gradiend.encoder_weight.device) if self._buffer_sets() == 2 else None
         with tqdm(total=total, initial=start, desc="GRADIEND training", disable=not args.show_progress) as bar:
-            for step in range(start + 1, total + 1):
-                drawn = [next(batches) for _ in range(args.gradiend_batch_size)]
-                self._enter_epoch(drawn[-1][0], step == start + 1)
-                self.history.epoch = drawn[-1][0]
-                notify(self.callbacks, "on_step_begin", step=step, config=self._config, model=self.model,
-                       epoch=self.history.epoch, args=args)
-                loss = self.step(step, [batch for _, batch in drawn])
-                bar.update(1)
-                score = self.history.latest_score()
-                bar.set_postfix(loss=f"{loss:.3g}", corr=f"{score:.3f}" if score is not None else "-")
-                if self.evaluator is not None and (step % args.eval_steps == 0 or step == total):
-                    self.evaluate(step, self.history.epoch)
-                if self.checkpoint is not None and self.checkpoint.due(step, total):
-                    self._save_checkpoint(step)
+            self._bar = bar
+            try:
+                for step in range(start + 1, total + 1):
+                    drawn = [next(batches) for _ in range(args.gradiend_batch_size)]
+                    self._enter_epoch(drawn[-1][0], step == start + 1)
+                    self.history.epoch = drawn[-1][0]
+                    notify(self.callbacks, "on_step_begin", step=step, config=self._config, model=self.model,
+                           epoch=self.history.epoch, args=args)
+                    self._launch(step, [batch for _, batch in drawn])
+                    evaluate = self.evaluator is not None and (step % args.eval_steps == 0 or step == total)
+                    save = self.checkpoint is not None and self.checkpoint.due(step, total)
+                    if evaluate or save:
+                        self._settle()
+                    if evaluate:
+                        self.evaluate(step, self.history.epoch)
+                    if save:
+                        self._save_checkpoint(step)
+                self._settle()
+            finally:
+                self._close_worker()
         if total > start:
             notify(self.callbacks, "on_epoch_end", epoch=self.history.epoch, model=self.model, config=self._config,
                    losses=self.history.losses, args=args)
@@ -577,36 +595,94 @@ class TrainingLoop:
         if self._checkpoints[0]:
             logger.info("Wrote %d resume checkpoints in %.2f s", *self._checkpoints)
 
+    def _buffer_sets(self) -> int:
+        """2 when the GRADIEND step overlaps the next base pass, else 1. Not with `shard_gradiend` (the step's
+        all-reduces would interleave with the gradients'), nor with a callback that overrides `on_step_begin`
+        (it would see step t+1 begin before step t ended)."""
+        if not self.args.overlap_step or self.sharded:
+            return 1
+        custom = [cb for cb in self.callbacks if type(cb).on_step_begin is not TrainingCallback.on_step_begin]
+        return 1 if custom else 2
+
+    def _launch(self, step: int, batches: Sequence[Batch]) -> None:
+        """Compute the batches' gradients, finish the previous step (overlap), start this step's update."""
+        slot = step % 2 if self._worker is not None else 0
+        t0 = time.perf_counter()
+        for row, batch in enumerate(batches):
+            self._gradients(step, batch, {k: v[slot * len(batches) + row] for k, v in self._buffers.items()})
+        self.timings["gradients"] += time.perf_counter() - t0
+        labels = [batch.label for batch in batches]
+        if self._worker is None:
+            t1 = time.perf_counter()
+            value = self._update(step, slot, labels)
+            self.timings["gradiend"] += time.perf_counter() - t1
+            self._finish(step, value)
+            return
+        self._settle()
+        self._worker.submit(functools.partial(self._update, step, slot, labels))
+        self._pending = step
+
+    def _update(self, step: int, slot: int, labels: Sequence[int]) -> float:
+        """The GRADIEND's loss, gradients and optimizer step on buffer set `slot`; the loss (on the worker
+        when overlapping: it touches nothing but the GRADIEND, its optimizer and that buffer set)."""
+        inputs = self._step_inputs(slot)
+        if self._supervised is not None:  # autograd saves x: a copy, as both sets share one version counter
+            loss = self._supervised.loss_and_grad(*(t.clone() if self._worker else t for t in inputs), labels)
+        else:
+            loss, _ = self._fused.loss_and_grad(*inputs)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"GRADIEND loss became {loss.item()} at step {step}; nothing was saved. "
+                                     f"Lower learning_rate.")
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def _settle(self) -> None:
+        """Join the step running on the worker, if any, and record it (its wait counts as GRADIEND time)."""
+        if self._pending is None:
+            return
+        step, self._pending = self._pending, None
+        t0 = time.perf_counter()
+        value = self._worker.join()
+        self.timings["gradiend"] += time.perf_counter() - t0
+        self._finish(step, value)
+
+    def _finish(self, step: int, value: float) -> None:
+        """Record a finished step's loss: history, progress bar, `on_step_end`."""
+        self.history.losses.append(value)
+        self._bar.update(1)
+        score = self.history.latest_score()
+        self._bar.set_postfix(loss=f"{value:.3g}", corr=f"{score:.3f}" if score is not None else "-")
+        notify(self.callbacks, "on_step_end", step=step, loss=value, model=self.model, config=self._config,
+               epoch=self.history.epoch, losses=self.history.losses, optimizer=self.optimizer, args=self.args)
+
+    def _close_worker(self) -> None:
+        """Stop the worker (waiting for a step left running by an error) and log how much of the steps it hid."""
+        worker, self._worker, self._pending = self._worker, None, None
+        if worker is None:
+            return
+        worker.close()
+        logger.info("GRADIEND steps: %.2f s on the worker, %.2f s of it not hidden behind base passes",
+                    worker.busy, worker.waited)
+
     def _enter_epoch(self, epoch: int, first: bool) -> None:
-        """on_epoch_end of the finished epoch and on_epoch_begin of `epoch`, when a step starts a new one."""
+        """on_epoch_end of the finished epoch and on_epoch_begin of `epoch`, when a step starts a new one
+        (the previous step finished first: epoch hooks see the GRADIEND after it)."""
         if not first and epoch == self.history.epoch:
             return
+        self._settle()
         if not first:
             notify(self.callbacks, "on_epoch_end", epoch=self.history.epoch, model=self.model, config=self._config,
                    losses=self.history.losses, args=self.args)
         notify(self.callbacks, "on_epoch_begin", epoch=epoch, config=self._config, model=self.model, args=self.args)
 
     def step(self, step: int, batches: Sequence[Batch]) -> float:
-        """One optimizer step on `gradiend_batch_size` batches (one buffer row each); returns the loss."""
-        t0 = time.perf_counter()
-        for slot, batch in enumerate(batches):
-            self._gradients(step, batch, {k: self._buffers[k][slot] for k in self.kinds})
-        t1 = time.perf_counter()
-        if self._supervised is not None:
-            loss = self._supervised.loss_and_grad(*self._step_inputs(), [batch.label for batch in batches])
-        else:
-            loss, _ = self._fused.loss_and_grad(*self._step_inputs())
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"GRADIEND loss became {loss.item()} at step {step}; nothing was saved. "
-                                     f"Lower learning_rate.")
-        self.optimizer.step()
-        value = float(loss.detach())
-        self.history.losses.append(value)
-        self.timings["gradients"] += t1 - t0
-        self.timings["gradiend"] += time.perf_counter() - t1
-        notify(self.callbacks, "on_step_end", step=step, loss=value, model=self.model, config=self._config,
-               epoch=self.history.epoch, losses=self.history.losses, optimizer=self.optimizer, args=self.args)
-        return value
+        """One optimizer step on `gradiend_batch_size` batches, sequentially (gradients, then the update);
+        returns the loss. (`fit` runs the steps through `_launch`, overlapping them with `overlap_step`.)"""
+        if self._worker is not None:
+            raise RuntimeError("TrainingLoop.step cannot run while fit() overlaps the steps")
+        with tqdm(total=1, disable=True) as self._bar:
+            self._launch(step, batches)
+        return self.history.losses[-1]
 
     def evaluate(self, step: int, epoch: int) -> dict[str, Any]:
         """Score the current weights, normalise the sign, record the metrics and the best checkpoint."""
