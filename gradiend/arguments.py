@@ -476,6 +476,10 @@ class GradiendArgs(ConfigSection):
         "float16 or float64 (a torch dtype is accepted); the base model's dtype is torch_dtype"))
     normalize_gradiend: bool = field(
         default=True, metadata=doc("flip the sign so that the first target class encodes positively"))
+    calibrate_encoder: bool = field(default=True, metadata=doc(
+        "after training, refit the feature neuron's gain and offset by least squares so that the validation "
+        "rows of the two classes read ±1 and training texts with another word masked read 0 (the neutral "
+        "text the reconstruction loss never sees; gradiend.calibration); only the encoder changes"))
     standardize_gradients: bool = field(
         default=True, metadata=doc("scale encoder inputs and decoder targets to fixed norms (estimated once)"))
     scale_estimation_batches: int = field(

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from gradiend import distributed
 from gradiend.allocator import reuse_large_blocks
+from gradiend.calibration import Calibrator, run_calibrator
 from gradiend.data import Batch, BatchSchedule, cap_per_class
 from gradiend.diagnostics import LearningMonitor
 from gradiend.gradient_source import GradientProvider, GradientSource
@@ -384,7 +385,7 @@ class TrainingLoop:
 
     def __init__(self, model: HasGradiend, args: TrainingArguments, source: GradientProvider,
                  evaluate: Evaluator | None = None, callbacks: Sequence[TrainingCallback] = (),
-                 checkpoint: ResumeCheckpoint | None = None,
+                 checkpoint: ResumeCheckpoint | None = None, calibrate: Calibrator | None = None,
                  final_weights: str = "every_rank") -> None:
         if final_weights not in FINAL_WEIGHTS:
             raise ValueError(f"final_weights={final_weights!r}; use one of {FINAL_WEIGHTS}")
@@ -397,6 +398,7 @@ class TrainingLoop:
         self.callbacks = tuple(callbacks)
         self.kinds = list(dict.fromkeys([args.source, args.target]))
         self.history = _History()
+        self.calibrate = calibrate  # refits the selected encoder's gain and offset at the end (gradiend.calibration)
         self.monitor = LearningMonitor(args.learning_rate)
         self.timings = {"gradients": 0.0, "gradiend": 0.0, "eval": 0.0, "scale": 0.0}
         self.checkpoint = checkpoint
@@ -451,7 +453,10 @@ class TrainingLoop:
             self.evaluate(0, 0)
         self._run(state.step if state is not None else 0)
         self._release_gradients()
-        return self._outcome(memory, self._timings())
+        outcome = self._outcome(memory, self._timings())
+        if self.calibrate is not None and (self._shard is None or self.final_weights == "every_rank"):
+            outcome.stats["calibration"] = self.calibrate(outcome.state)  # not where ranks keep only slices
+        return outcome
 
     def _start_sharding(self) -> None:
         """Train this rank's slice instead of the full GRADIEND (no resume checkpoints then)."""
@@ -787,7 +792,9 @@ def train_gradiend(model: ModelWithGradiend, train_rows: pd.DataFrame, eval_rows
             evaluate = functools.partial(evaluate_during_training, model, eval_rows, pair, args.eval_batch_size)
         distributed.init_from_env(args.distributed_timeout)  # several processes: the group the run uses
         source = GradientSource(model.engine, gradient_store, sharded=args.shard_gradiend)
-        loop = TrainingLoop(model, args, source, evaluate, callbacks, checkpoint, final_weights=final_weights)
+        calibrate = run_calibrator(model, train_rows, eval_rows if evaluate is not None else None, pair, args)
+        loop = TrainingLoop(model, args, source, evaluate, callbacks, checkpoint, calibrate,
+                            final_weights=final_weights)
         outcome = loop.fit(train_rows)
     if gradient_store is not None:
         outcome.stats["gradient_cache"] = gradient_store.summary()

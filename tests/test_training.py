@@ -295,7 +295,7 @@ def test_training_leaves_global_random_state_alone_and_is_seeded_locally(tiny_ml
     # training.json keeps its structure (key order included: the files stay byte-compatible)
     stats = first.stats
     assert list(stats) == ["training_stats", "best_score_checkpoint", "losses", "gradient_scales",
-                           "convergence_info", "time", "memory_estimate_bytes", "diagnostics"]
+                           "convergence_info", "time", "memory_estimate_bytes", "diagnostics", "calibration"]
     assert list(stats["training_stats"]) == ["global_step", "steps_per_epoch", "epochs", "correlation", "scores",
                                              "mean_by_class", "encoder_norms", "sign_flips_at_steps",
                                              "n_train_rows", "n_eval_rows"]
