@@ -21,8 +21,11 @@ A sharded GRADIEND over N processes (`shard_gradiend` under torchrun, `gradiend.
 1/N of every GRADIEND component (the best checkpoint: 1/N per rank, N ranks on one host), the rank's slice of
 the gradient buffers plus one chunk of `REDUCE_CHUNK` entries of scratch for the chunked reduction of the
 base gradients (`gradient_source`; no full-length vector), and, when training ends, the gathered full
-weights (`gathered_weights`); the base model, its activations and the engine's gradients are whole on every
-rank. Host figures are per rank.
+weights (`gathered_weights`): on every rank's device, or with `gather_to_main_host`
+(`train_gradiend(final_weights="rank0_host")`) in rank 0's host memory only, so the plan is then rank 0's (the
+other ranks' host need is smaller by that much). In-training evaluation encodes slice-wise and needs no full
+encoder. The base model, its activations and the engine's gradients are whole on every rank. Host figures
+are per rank.
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ class RunShape:
     base_loaded: bool = True  # the base model is already in memory (free memory excludes it)
     shards: int = 1  # processes a sharded GRADIEND is split over (1: not sharded)
     gradient_buffer_sets: int = 1  # 2 when the GRADIEND step overlaps the next base pass (`overlap_step`)
+    gather_to_main_host: bool = False  # a sharded run's weights end in rank 0's host memory (`final_weights`)
 
     def __post_init__(self) -> None:
         for name in ("n_inputs", "latent_dim", "n_kinds", "gradiend_batch_size", "gradiend_bytes", "base_bytes",
@@ -189,7 +193,7 @@ def plan_memory(shape: RunShape) -> MemoryPlan:
         Component("residual", 0 if vector_path else shape.gradiend_batch_size * n * v, "device"),
         Component("gradient_buffers", buffers + scratch, "device"),
         Component("best_checkpoint", weights, "host" if shape.best_on_host else "device"),
-        Component("gathered_weights", full if sharded else 0, "device"),
+        Component("gathered_weights", full if sharded else 0, "host" if shape.gather_to_main_host else "device"),
         Component("base_parameters", shape.base_parameters * shape.base_bytes, "device", allocated=shape.base_loaded),
         Component("base_activations", shape.activation_bytes, "device", estimate=True),
         Component("engine_gradients", engine_gradient_bytes(shape), "device"),

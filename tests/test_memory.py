@@ -147,6 +147,10 @@ def test_a_sharded_plan_splits_the_gradiend_state_not_the_base_model() -> None:
     # the slice + one chunk of the chunked reduction (no full-length vector)
     assert eight.bytes("gradient_buffers") == 2 * (n // 8) * 4 + min(REDUCE_CHUNK, n // 8) * 4
     assert eight.bytes("gathered_weights") == one.bytes("gradiend_weights") and one.bytes("gathered_weights") == 0
+    # gathered into rank 0's host memory instead: the same bytes leave every device
+    host = plan_memory(RunShape(n, base_parameters=10**6, activation_bytes=10**6, shards=8, gather_to_main_host=True))
+    assert eight.needed("device") - host.needed("device") == host.needed("host") - eight.needed("host") == \
+        one.bytes("gradiend_weights")
     for name in ("base_activations", "engine_gradients", "base_parameters"):
         assert eight.bytes(name) == one.bytes(name), name
     assert eight.per_input == pytest.approx((12 + 24 + 12 + 8 + 12) + 4, rel=1e-5)  # a slice-long chunk
