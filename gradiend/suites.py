@@ -6,6 +6,8 @@ normal `TextPredictionTrainer` in its own sub-directory `experiment_dir/[run_id/
 * `SymmetricSuite`: every unordered pair of the classes (member ids `a__b`);
 * `PositiveSuite`: each class against all the others merged (`class_merge_map`; member id = the class);
 * `GradiendSuite`: the pairs you list (`PairDefinition`, or `(a, b)` tuples);
+* `PositiveTrainerSuite` (the reference's spelling): features with their own negative class in the data
+  (`F` / `non_F`), one member per feature (`mode="single"`) or per held-out feature (`"all_but_one"`);
 * `GradiendCollection`: trainers you built yourself (any data, any base model), compared the same way.
 
 Training is resume-safe: `train()` reuses a finished member whose run fingerprint matches (the
@@ -38,8 +40,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GradiendCollection", "GradiendSuite", "PairDefinition", "PositiveSuite", "SymmetricSuite",
-           "SymmetricTrainerSuite", "TrainerCollection", "cross_encoding"]
+__all__ = ["GradiendCollection", "GradiendSuite", "PairDefinition", "PositiveFeatureDefinition", "PositiveSuite",
+           "PositiveTrainerSuite", "SymmetricSuite", "SymmetricTrainerSuite", "TrainerCollection", "cross_encoding",
+           "positive_feature_pairs"]
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,11 @@ class PositiveSuite(GradiendSuite):
                  classes: Sequence[str] | None = None, negative_name: str = "non_{}", run_id: str | None = None,
                  **trainer_kwargs: Any) -> None:
         names = _suite_classes(data, classes, trainer_kwargs.pop("all_classes", None))
+        super().__init__(model, data, args, self._definitions(names, negative_name), run_id=run_id, **trainer_kwargs)
+
+    @staticmethod
+    def _definitions(names: Sequence[str], negative_name: str) -> list[PairDefinition]:
+        """Each class against the others merged into `negative_name.format(class)`."""
         if "{}" not in negative_name:
             raise ValueError(f"negative_name must contain '{{}}' for the class, e.g. 'non_{{}}', got {negative_name!r}")
         definitions = []
@@ -261,7 +269,7 @@ class PositiveSuite(GradiendSuite):
             merge = {cls: [cls], negative: [c for c in names if c != cls]}
             definitions.append(PairDefinition((cls, negative), member_id=cls, class_merge_map=merge,
                                               all_classes=(cls, negative)))
-        super().__init__(model, data, args, definitions, run_id=run_id, **trainer_kwargs)
+        return definitions
 
 
 def _suite_classes(data: Any, classes: Sequence[str] | None, all_classes: Sequence[str] | None) -> tuple[str, ...]:
@@ -373,3 +381,129 @@ class TrainerCollection(GradiendCollection):
 
     def __init__(self, *trainers: Trainer, output_dir: str | None = None) -> None:
         super().__init__(list(trainers), output_dir=output_dir)
+
+
+# -- positive features with their own negative classes (the reference's PositiveTrainerSuite) -------------
+POSITIVE_MODES = ("single", "all_but_one")
+
+
+@dataclass(frozen=True)
+class PositiveFeatureDefinition:
+    """One feature of a positive suite: its class (`F`), its own negative class in the data (`non_F`) and an
+    optional group; `mode="all_but_one"` holds out whole groups when every feature names one."""
+
+    positive_feature_class: str
+    negative_feature_class: str
+    feature_class_group: str | None = None
+    label: str | None = None
+
+    def __post_init__(self) -> None:
+        pos, neg = str(self.positive_feature_class), str(self.negative_feature_class)
+        if not pos or not neg or pos == neg:
+            raise ValueError(f"A positive feature needs two different class names, got {pos!r} / {neg!r}")
+        object.__setattr__(self, "positive_feature_class", pos)
+        object.__setattr__(self, "negative_feature_class", neg)
+        if self.feature_class_group is not None:
+            object.__setattr__(self, "feature_class_group", str(self.feature_class_group))
+
+
+def _as_feature(item: Any) -> PositiveFeatureDefinition:
+    if isinstance(item, PositiveFeatureDefinition):
+        return item
+    if isinstance(item, Mapping):
+        return PositiveFeatureDefinition(**item)
+    if isinstance(item, Sequence) and not isinstance(item, str) and len(item) in (2, 3):
+        return PositiveFeatureDefinition(*item)
+    raise TypeError(f"A positive feature definition is a PositiveFeatureDefinition, a dict of its fields or a "
+                    f"(positive, negative[, group]) tuple, got {item!r}")
+
+
+def _holdout_member(held_out: str, included: Sequence[PositiveFeatureDefinition], member_id: str) -> PairDefinition:
+    """positive = the included features' classes, negative = their negative classes, merged; the held-out
+    feature's rows stay in the data as other classes (label 0), so evaluations show the transfer to it."""
+    if not included:
+        raise ValueError(f"mode='all_but_one' holds out {held_out!r} and keeps no feature to train on; it needs at "
+                         f"least two features (or groups)")
+    merge = {"positive": [f.positive_feature_class for f in included],
+             "negative": [f.negative_feature_class for f in included]}
+    return PairDefinition(("positive", "negative"), member_id=member_id, class_merge_map=merge)
+
+
+def positive_feature_pairs(features: Sequence[PositiveFeatureDefinition], mode: str) -> list[PairDefinition]:
+    """The members of a positive suite.
+
+    * `"single"`: one member per feature, its class against its negative class (member id = the class);
+    * `"all_but_one"`: one member per held-out feature (`holdout__<F>__<non_F>`), or per held-out group
+      (`holdout_group__<g>`) when every feature names a `feature_class_group`: the included features'
+      positive classes merged into `positive`, their negative classes into `negative`.
+    """
+    if mode not in POSITIVE_MODES:
+        raise ValueError(f"mode must be one of {list(POSITIVE_MODES)}, got {mode!r}")
+    features = [_as_feature(f) for f in features]
+    positives = [f.positive_feature_class for f in features]
+    if not features or len(set(positives)) != len(positives):
+        raise ValueError(f"A positive suite needs at least one feature and distinct positive classes, got {positives}")
+    if mode == "single":
+        return [PairDefinition((f.positive_feature_class, f.negative_feature_class), member_id=f.positive_feature_class)
+                for f in features]
+    grouped = [f.feature_class_group is not None for f in features]
+    if any(grouped) and not all(grouped):
+        raise ValueError("mode='all_but_one' holds out groups only when every feature names a feature_class_group; "
+                         "give every feature one, or none (then each feature is held out alone)")
+    if not any(grouped):
+        return [_holdout_member(f.positive_feature_class, [g for g in features if g is not f],
+                                f"holdout__{f.positive_feature_class}__{f.negative_feature_class}") for f in features]
+    groups = list(dict.fromkeys(str(f.feature_class_group) for f in features))
+    return [_holdout_member(group, [f for f in features if f.feature_class_group != group], f"holdout_group__{group}")
+            for group in groups]
+
+
+class PositiveTrainerSuite(GradiendSuite):
+    """The reference's positive suite: `PositiveTrainerSuite(TextPredictionTrainer, model=..., data=..., args=...,
+    target_classes=[...], mode="single" | "all_but_one")`.
+
+    Each feature `F` has its own negative class in the data (`negative_class_fn(F)`, default `non_F`,
+    e.g. a true/false property); the features come from `positive_feature_definitions` or from
+    `target_classes` (default: the data's classes), names starting with `non_`/`non-` being negatives.
+    See `positive_feature_pairs` for the members. Without any negative class in the data, `"single"`
+    trains each class against the rest merged (`PositiveSuite`). Members evaluate the other classes
+    too (`include_other_classes=True`).
+    """
+
+    def __init__(self, trainer_cls: type, *trainer_args: Any, mode: str = "single",
+                 positive_feature_definitions: Sequence[Any] | None = None,
+                 negative_class_fn: Any = None, target_classes: Sequence[str] | None = None,
+                 run_id: str | None = None, **trainer_kwargs: Any) -> None:
+        import dataclasses
+
+        model, data, args, rest = _reference_inputs(trainer_cls, trainer_args, dict(trainer_kwargs))
+        self.mode = str(mode).strip().lower()
+        if self.mode not in POSITIVE_MODES:
+            raise ValueError(f"mode must be one of {list(POSITIVE_MODES)}, got {mode!r}")
+        present = data_classes(data, all_classes=rest.get("all_classes"))
+        features = self._features(positive_feature_definitions, target_classes, present,
+                                  negative_class_fn or (lambda c: f"non_{c}"))
+        missing = sorted({c for f in features for c in (f.positive_feature_class, f.negative_feature_class)}
+                         - set(present))
+        args = dataclasses.replace(args, include_other_classes=True) if not args.include_other_classes else args
+        if missing and self.mode == "single" and positive_feature_definitions is None and all(
+                f.negative_feature_class in missing for f in features):
+            classes = [f.positive_feature_class for f in features]
+            pairs = PositiveSuite._definitions(_suite_classes(data, classes, rest.pop("all_classes", None)), "non_{}")
+        elif missing:
+            raise ValueError(f"The positive suite's classes {missing} are not in the data (its classes: "
+                             f"{list(present)}); mode={self.mode!r} needs each feature's negative class in the data "
+                             f"(negative_class_fn, default 'non_<class>')")
+        else:
+            pairs = positive_feature_pairs(features, self.mode)
+        self.features = features
+        super().__init__(model, data, args, pairs, run_id=run_id, **rest)
+
+    @staticmethod
+    def _features(definitions: Sequence[Any] | None, target_classes: Sequence[str] | None, present: Sequence[str],
+                  negative_class_fn: Any) -> list[PositiveFeatureDefinition]:
+        if definitions is not None:
+            return [_as_feature(d) for d in definitions]
+        names = [str(c) for c in (target_classes if target_classes is not None else present)]
+        return [PositiveFeatureDefinition(c, str(negative_class_fn(c)))
+                for c in names if not c.startswith(("non_", "non-"))]
