@@ -10,25 +10,40 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch.func import jvp
 
 from gradiend import distributed
 from gradiend.allocator import reuse_large_blocks
 from gradiend.data import length_batches
+from gradiend.experiment import atomic_directory, atomic_write_bytes, atomic_write_with, recover_interrupted
 from gradiend.gradients import _math_attention
+from gradiend.resume import (
+    FORMAT,
+    FORMAT_VERSION,
+    RESUME_KIND,
+    STATE_FILE,
+    CorruptCheckpointError,
+    TrainingState,
+    check_state_fits,
+)
 
 if TYPE_CHECKING:
     from gradiend.gradients import GradientEngine
     from gradiend.model import GradiendModel
     from gradiend.model_with_gradiend import ModelWithGradiend
     from gradiend.params import ParamMap
+    from gradiend.resume import ResumeCheckpoint
 
 logger = logging.getLogger(__name__)
 
@@ -251,3 +266,132 @@ def _slice_backward(engine: GradientEngine, lo: int, directions: torch.Tensor, t
 
         engine.parameter_gradients([texts[i]], [factual[i]], [alternative[i]], [kind], sink)
     return out
+
+
+class ShardedCheckpoint:
+    """The resume checkpoint of a sharded run: one directory, each rank's slice in a file of its own.
+
+    `save`: rank 0 opens the checkpoint's temp directory (`atomic_directory`) and hands its path to the other
+    ranks; each rank writes its state (slice weights, AdamW state, best slice) as `rank<r>.safetensors` there
+    (atomically, inside `distributed.rank_local_writes`); once every rank reports its file size, rank 0 writes
+    `state.json` (history, optimiser groups, and `shards`: world size and each file's size) last, and the
+    directory is swapped in. A kill at any point leaves the previous checkpoint whole. The directory is that of
+    the wrapped `ResumeCheckpoint`, so its `remove()` removes every rank's file. The ranks must share the file
+    system (as they do for the experiment directory).
+
+    `load`: every rank reads `state.json` and its own file; the checkpoint is used only when it fits on every
+    rank (same key, world size, sizes and shapes), else every rank starts fresh.
+    """
+
+    def __init__(self, inner: ResumeCheckpoint) -> None:
+        self.inner = inner
+        self.key = inner.key
+        self.directory = inner.directory
+
+    def due(self, step: int, total_steps: int) -> bool:
+        return self.inner.due(step, total_steps)
+
+    def remove(self) -> None:
+        self.inner.remove()
+
+    def save(self, state: TrainingState) -> bool:
+        """Write every rank's part of `state` (a collective); whether the checkpoint was replaced."""
+        ctx = distributed.context()
+        tensors, meta = state.to_parts()
+        name, joined = _rank_file(ctx.rank), False
+        try:
+            if not ctx.is_main:
+                joined = True
+                self._write_parts(None, name, tensors)
+            else:
+                with atomic_directory(self.directory, kind=RESUME_KIND) as tmp:
+                    joined = True
+                    sizes = self._write_parts(tmp, name, tensors)
+                    if None in sizes:
+                        raise OSError(f"rank {sizes.index(None)} could not write its slice")
+                    meta["shards"] = {"world_size": ctx.world_size, "tensors_bytes": sizes}
+                    text = json.dumps(meta, indent=1, default=lambda value: value.item())  # NumPy/0-d scalars
+                    atomic_write_bytes(tmp / STATE_FILE, text.encode("utf-8"))
+        except OSError as err:
+            if not joined:  # the other ranks wait for the directory: tell them there is none
+                self._write_parts(None, name, tensors)
+            logger.warning("Could not save the sharded training state of step %d to %s (%s); training goes on",
+                           state.step, self.directory, err)
+        return distributed.all_agree(self._current(state.step), "resume checkpoint written")
+
+    @staticmethod
+    def _write_parts(tmp: Path | None, name: str, tensors: dict[str, torch.Tensor]) -> list[int | None]:
+        """Rank 0 passes its temp directory (None: none), every rank writes its file there; the sizes by rank."""
+        where = distributed.all_gather_objects(str(tmp) if tmp is not None else None, "resume checkpoint dir")[0]
+        size = None
+        if where is not None:
+            with distributed.rank_local_writes(), contextlib.suppress(OSError):
+                path = Path(where) / name
+                atomic_write_with(path, lambda p: save_file(tensors, p, {"format": FORMAT}))
+                size = path.stat().st_size
+        return distributed.all_gather_objects(size, "resume checkpoint sizes")
+
+    def _current(self, step: int) -> bool:
+        """Whether the checkpoint on disk is of `step` (after the swap: every rank may read it)."""
+        distributed.barrier("resume checkpoint swap")
+        with contextlib.suppress(OSError, ValueError):
+            return json.loads((self.directory / STATE_FILE).read_text(encoding="utf-8")).get("step") == step
+        return False
+
+    def load(self, total_steps: int, gradiend_state: dict[str, torch.Tensor],
+             optimizer: torch.optim.Optimizer) -> TrainingState | None:
+        """This rank's state when the checkpoint fits this run on every rank (a collective), else None."""
+        if not self.inner.resume:
+            return None
+        recover_interrupted(self.directory.parent, self.directory.name)  # rank 0's job; the others wait
+        distributed.barrier("resume checkpoint recovery")
+        state = None
+        if self.directory.is_dir():
+            try:
+                state = self._read(total_steps, gradiend_state, optimizer)
+            except CorruptCheckpointError as err:
+                logger.warning("Ignoring the sharded resume checkpoint in %s: %s; starting from step 0",
+                               self.directory, err)
+        if not distributed.all_agree(state is not None, "resume checkpoint fits"):
+            return None
+        logger.info("Resuming from step %d of %d in %s (this rank's slice)", state.step, total_steps, self.directory)
+        return state
+
+    def _read(self, total_steps: int, gradiend_state: dict[str, torch.Tensor],
+              optimizer: torch.optim.Optimizer) -> TrainingState | None:
+        ctx = distributed.context()
+        meta = _read_meta(self.directory / STATE_FILE)
+        if meta.get("key") != self.key:
+            logger.info("Resume checkpoint %s belongs to another run; starting fresh", self.directory)
+            return None
+        shards = meta.get("shards") or {}
+        if shards.get("world_size") != ctx.world_size:
+            raise CorruptCheckpointError(f"it was written by {shards.get('world_size')} sharded ranks, this run has "
+                                         f"{ctx.world_size}")
+        path = self.directory / _rank_file(ctx.rank)
+        try:
+            if path.stat().st_size != shards["tensors_bytes"][ctx.rank]:
+                raise CorruptCheckpointError(f"{path.name} is not the size rank 0 recorded (truncated or replaced)")
+            tensors = load_file(path)
+            state = TrainingState.from_parts(tensors, meta)
+        except (OSError, SafetensorError, KeyError, TypeError, ValueError, IndexError) as err:
+            raise CorruptCheckpointError(f"{path.name} or {STATE_FILE} is unreadable ({err})") from err
+        check_state_fits(state, gradiend_state, optimizer)
+        if state.total_steps != total_steps or not 0 < state.step < total_steps:
+            raise CorruptCheckpointError(f"step {state.step} of {state.total_steps} does not fit this run's "
+                                         f"{total_steps} steps")
+        return state
+
+
+def _rank_file(rank: int) -> str:
+    return f"rank{rank}.safetensors"
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CorruptCheckpointError(f"{path.name} is unreadable ({err})") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise CorruptCheckpointError(f"{path.name} is not a {FORMAT} v{FORMAT_VERSION} file")
+    return meta

@@ -20,7 +20,7 @@ entries are 1/world_size of the full ones); the step exchanges a few scalars (`F
 evaluation sums the slices' partial encodings (no rank holds the full encoder), and the finished weights
 are gathered on every rank (each rank's slice broadcast into one preallocated full tensor,
 `distributed.all_gather_into_`).
-Resume checkpoints are not written in sharded runs.
+A sharded run's resume checkpoint holds every rank's slice (`sharding.ShardedCheckpoint`).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from gradiend.memory import memory_estimate
 from gradiend.metrics import pearson
 from gradiend.overlap import StepWorker
 from gradiend.resume import TrainingState
-from gradiend.sharding import Shard, active_shard
+from gradiend.sharding import Shard, ShardedCheckpoint, active_shard
 from gradiend.step import FusedLoss
 from gradiend.supervised import SupervisedLoss, supervised_mode
 
@@ -459,15 +459,14 @@ class TrainingLoop:
         return outcome
 
     def _start_sharding(self) -> None:
-        """Train this rank's slice instead of the full GRADIEND (no resume checkpoints then)."""
+        """Train this rank's slice instead of the full GRADIEND (resume checkpoints hold every rank's slice)."""
         if not (isinstance(self.source, GradientSource) and self.source.sharded):
             raise ValueError("shard_gradiend=True needs a gradient source that serves this rank's slice: "
                              "GradientSource(engine, store, sharded=True) (train_gradiend builds it)")
         self._shard = Shard(self.gradiend)
         self.gradiend = self._shard.module
         if self.checkpoint is not None:
-            logger.info("shard_gradiend: resume checkpoints are not written in sharded runs")
-            self.checkpoint = None
+            self.checkpoint = ShardedCheckpoint(self.checkpoint)
 
     def _fused_loss(self) -> FusedLoss:
         if self._shard is None:

@@ -33,12 +33,14 @@ from gradiend.experiment import WRITE_HOOK_ENV
 from gradiend.gradient_cache import GradientStore
 from gradiend.gradient_source import GradientSource
 from gradiend.model_with_gradiend import ModelWithGradiend
+from gradiend.resume import STATE_FILE, ResumeCheckpoint
 from gradiend.training import encode_rows, train_gradiend
 
 PAIR = ["3SG", "3PL"]
 PARAMS = ["encoder.layer.1.*"]
 BATCH = 3  # odd: two ranks get 2 and 1 rows
 DIE_AT_STEP = 2
+CRASH_AT_STEP = 5  # the resume scenario: after the checkpoints of steps 2 and 4
 EXIT_DIED = 17
 
 
@@ -55,7 +57,9 @@ class Setup:
 
     def args(self, **overrides: Any) -> TrainingArguments:
         values = {"train_batch_size": BATCH, "max_steps": 6, "eval_steps": 3, "seed": 0, "show_progress": False,
-                  "scale_estimation_batches": 2, "distributed_timeout": 20.0, **overrides}
+                  "scale_estimation_batches": 2, "distributed_timeout": 20.0,
+                  "calibrate_encoder": False,  # the trained weights themselves are compared (calibration refits them)
+                  **overrides}
         return TrainingArguments(**values)
 
 
@@ -125,6 +129,43 @@ def _train_host(setup: Setup, out: Path, name: str) -> None:
     _save(out, name, {**tensors, "encoded": torch.from_numpy(encoded)}, numbers)
 
 
+class _Crashed(RuntimeError):
+    pass
+
+
+class _Crash(TrainingCallback):
+    def on_step_end(self, step: int, loss: float) -> None:
+        if step == CRASH_AT_STEP:
+            raise _Crashed(f"crash after step {step}")
+
+
+def _resume(setup: Setup, out: Path, name: str) -> None:
+    """A sharded run (resume checkpoints every 2 steps) killed after step 5 on every rank, then run again: it
+    continues from step 4's checkpoint, each rank from its slice."""
+    args = setup.args(shard_gradiend=True, save_steps=2)
+    directory = out / name / "checkpoint"
+
+    def attempt(callbacks: list[TrainingCallback]) -> tuple[ModelWithGradiend, Any]:
+        model = setup.template.with_new_gradiend(args.seed)
+        checkpoint = ResumeCheckpoint(directory, "run-key", args.save_steps)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return model, train_gradiend(model, setup.train, setup.val, setup.pair, args, callbacks,
+                                         checkpoint=checkpoint)
+
+    try:
+        attempt([_Crash()])
+    except _Crashed:
+        pass
+    saved = json.loads((directory / STATE_FILE).read_text(encoding="utf-8"))
+    files = sorted(p.name for p in directory.iterdir())
+    model, outcome = attempt([])
+    tensors = {**{f"best.{k}": v for k, v in outcome.state.items()},
+               **{f"final.{k}": v for k, v in model.gradiend.state_dict().items()}}
+    _save(out, name, tensors, {"step": saved["step"], "shards": saved["shards"], "files": files,
+                               "losses": outcome.stats["losses"], "scores": outcome.stats["training_stats"]["scores"]})
+
+
 class _Held(TrainingCallback):
     """What a rank holds while it trains: entries of the trained weights, of their AdamW state, of the full model."""
 
@@ -192,6 +233,7 @@ SCENARIOS: dict[str, Callable[[Setup, Path], None]] = {
     "train_batches": lambda s, o: _train(s, o, "train_batches", gradiend_batch_size=2, shard_gradiend=True,
                                          max_steps=4, eval_steps=2),
     "experiment": _experiment,
+    "resume_shard": lambda s, o: _resume(s, o, "resume_shard"),
     "train_cuda": lambda s, o: _train(s, o, "train_cuda", template=s.template.to(f"cuda:{torch.cuda.current_device()}"),
                                       shard_gradiend=True, cache="memory"),
     "die": lambda s, o: _broken_peer(s, o, "die"),

@@ -90,7 +90,8 @@ def launches(tiny_mlm_dir: str, tmp_path_factory: pytest.TempPathFactory) -> dic
     """
     started = time.monotonic()
     two, one, hang = (tmp_path_factory.mktemp(name) for name in ("two_ranks", "one_process", "hang"))
-    procs = {"agreement": _start(tiny_mlm_dir, two, [*AGREEMENT, "die"]), "hang": _start(tiny_mlm_dir, hang, ["hang"])}
+    procs = {"agreement": _start(tiny_mlm_dir, two, [*AGREEMENT, "resume_shard", "die"]),
+             "hang": _start(tiny_mlm_dir, hang, ["hang"])}
     run(tiny_mlm_dir, one, AGREEMENT)
     result: dict[str, Any] = {"two": two, "one": one, "hang_output": hang}
     for name, (rank0, rank1) in procs.items():
@@ -191,6 +192,21 @@ def test_rank0_host_gather_keeps_the_full_weights_off_the_other_ranks(runs) -> N
     _close(rank1["slice.encoder_weight"], ref["best.encoder_weight"][:, lo:hi])
     assert torch.equal(rank0["encoded"], rank1["encoded"]) and rank0["encoded"].abs().max() > 0
     torch.testing.assert_close(rank0["encoded"], ref["encoded"], rtol=0, atol=1e-4 * float(ref["encoded"].abs().max()))
+
+
+def test_a_resumed_sharded_run_equals_the_uninterrupted_one(runs) -> None:
+    """Killed after step 5, rerun: each rank restores its slice from step 4's checkpoint (one directory, a file per
+    rank, rank 0's state.json last) and the run ends bitwise where the uninterrupted sharded run ends."""
+    two, _ = runs
+    for rank in (0, 1):
+        resumed, info = _load(two, "resume_shard", rank)
+        uninterrupted, stats = _load(two, "train_shard", rank)
+        assert info["step"] == 4 and info["shards"]["world_size"] == 2
+        assert {"rank0.safetensors", "rank1.safetensors", "state.json"} <= set(info["files"])
+        assert resumed.keys() == uninterrupted.keys()
+        for key, value in uninterrupted.items():
+            assert torch.equal(resumed[key], value), key
+        assert info["losses"] == stats["losses"] and info["scores"] == stats["scores"]
 
 
 def _written(lines: list[str], root: Path) -> set[str]:
