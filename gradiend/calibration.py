@@ -41,8 +41,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# log-gain grid of the coarse search (gain from e^-8 to e^3 of the trained one), refined by Newton steps
-_LOG_GAINS = np.linspace(-8.0, 3.0, 111)
+# coarse search grid: gains from e^-6 to e^5 over the projections' spread (any unit of w), refined by
+# Gauss-Newton steps
+_LOG_GAINS = np.linspace(-6.0, 5.0, 111)
 _OFFSET_STEPS = 41
 
 
@@ -84,7 +85,7 @@ def fit_gain_offset(projections: np.ndarray, targets: np.ndarray) -> tuple[float
     if not np.isfinite(p).all():
         raise FloatingPointError("non-finite encoder pre-activations; the GRADIEND cannot be calibrated")
     spread = float(np.abs(p - np.median(p)).mean()) or 1.0
-    gains = np.exp(_LOG_GAINS)[:, None, None]
+    gains = np.exp(_LOG_GAINS)[:, None, None] / spread
     offsets = np.linspace(-3.0, 3.0, _OFFSET_STEPS)[None, :, None] * gains * spread
     grid = _loss(gains * p + offsets, y, y)
     i, j = np.unravel_index(int(np.argmin(grid)), grid.shape)

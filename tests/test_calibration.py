@@ -42,8 +42,8 @@ def test_fit_lowers_a_saturated_gain_and_centres_the_neutral_rows() -> None:
 def test_fit_is_invariant_to_the_projection_unit_and_rejects_bad_input() -> None:
     p, y = _saturated(1)
     a, c = fit_gain_offset(p, y)
-    a2, c2 = fit_gain_offset(p * 1e-4, y)  # the same encoder in another unit: same encodings
-    np.testing.assert_allclose(np.tanh(a * p + c), np.tanh(a2 * p * 1e-4 + c2), atol=1e-4)
+    a2, c2 = fit_gain_offset(p * 1e-6, y)  # the same encoder in another unit: same encodings
+    np.testing.assert_allclose(np.tanh(a * p + c), np.tanh(a2 * p * 1e-6 + c2), atol=1e-4)
     with pytest.raises(ValueError, match="one target per projection"):
         fit_gain_offset(p, y[:-1])
     with pytest.raises(FloatingPointError, match="cannot be calibrated"):
