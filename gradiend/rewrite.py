@@ -51,14 +51,18 @@ def add_update(model: nn.Module, param_map: ParamMap, update: Update, learning_r
 
 
 class ParameterSnapshot:
-    """A saved copy of the selected parameters, restorable bitwise any number of times."""
+    """A saved copy of the selected parameters, restorable bitwise any number of times.
+
+    The copy lives in host memory (pinned for a CUDA model, so restoring is a fast asynchronous copy), not on
+    the device: a decoder grid over a large selection would otherwise hold the selected weights twice there.
+    """
 
     def __init__(self, model: nn.Module, param_map: ParamMap) -> None:
         named = dict(model.named_parameters())
         self.model = model
         self.params = [named[n] for n in param_map.names]
         self.param_map = param_map
-        self.saved = [p.detach().clone() for p in self.params]
+        self.saved = [_host_copy(p) for p in self.params]
 
     def add(self, update: Update, learning_rate: float) -> None:
         """θ ← θ + learning_rate · update on top of the current weights."""
@@ -67,7 +71,13 @@ class ParameterSnapshot:
     @torch.no_grad()
     def restore(self) -> None:
         for param, saved in zip(self.params, self.saved, strict=True):
-            param.copy_(saved)
+            param.copy_(saved, non_blocking=saved.is_pinned())  # the saved copy never changes while in flight
+
+
+def _host_copy(param: torch.Tensor) -> torch.Tensor:
+    """`param`'s values in host memory, pinned when `param` is on a CUDA device."""
+    out = torch.empty(param.shape, dtype=param.dtype, device="cpu", pin_memory=param.device.type == "cuda")
+    return out.copy_(param.detach())
 
 
 @contextlib.contextmanager
