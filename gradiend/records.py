@@ -323,3 +323,7 @@ class RunConfig(Record):
     training_args: dict[str, Any] = field(default_factory=dict)
     all_classes: list[str] | None = None
     class_merge_map: dict[str, list[str]] | None = None
+    # the data options that shape the rows and their drawn splits (column names, split_col, ratios, the
+    # resolved random_state, ...), so a reattached trainer rebuilds the same rows; see
+    # TextPredictionTrainer.data_options
+    data_options: dict[str, Any] | None = None

@@ -74,10 +74,13 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
 
     @classmethod
     def from_experiment(cls, directory: str | os.PathLike, *, data: Any = None, eval_neutral_data: Any = None,
-                        model: Any = None, tokenizer: Any = None, **overrides: Any) -> Trainer:
+                        model: Any = None, tokenizer: Any = None, split_group_key: Any = None,
+                        **overrides: Any) -> Trainer:
         """A trainer attached to the finished run in `directory` (or its `model/`); never trains.
 
-        Inputs come from `run_config.json` and `training.json` (`data=` for runs trained from Python);
+        Inputs come from `run_config.json` and `training.json` (`data=` for in-memory training data); the
+        saved data options (column names, drawn splits with their ratios and seed, ...) rebuild the same rows
+        in the same splits. `split_group_key=`: the run's held-out grouping functions (never saved);
         `model=` another base model id/path, or the loaded base model (with `tokenizer=`, used as it is);
         `overrides` replace `TrainingArguments` fields (e.g. `show_progress=False`, `device="cuda:1"`).
         """
@@ -87,6 +90,7 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
 
         experiment = ExperimentDir.find(directory)
         settings = reattach_settings(experiment, data, eval_neutral_data, model, **overrides)
+        settings.update(_saved_data_options(experiment, split_group_key, settings["data"] is not None))
         if tokenizer is not None:
             settings["tokenizer"] = tokenizer
         trainer = (TextPredictionTrainer if inspect.isabstract(cls) else cls)(**settings)
@@ -374,6 +378,22 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
 
 def _layout_of(args: TrainingArguments) -> tuple[str | None, str | None, str | None]:
     return args.experiment_dir, args.output_dir, args.seed_runs_dir
+
+
+def _saved_data_options(experiment: ExperimentDir, split_group_key: Any, have_data: bool) -> dict[str, Any]:
+    """The data options `run_config.json` recorded (none for runs written before they were saved)."""
+    run = experiment.load_run_config()
+    options = dict(run.data_options or {}) if run is not None else {}
+    names = options.pop("split_group_key", None)
+    if names is not None and split_group_key is None:
+        raise ValueError(f"The run grouped its held-out split with split_group_key={names}; functions are not saved, "
+                         f"so pass the same split_group_key= to from_experiment to rebuild its splits")
+    if split_group_key is not None:
+        options["split_group_key"] = split_group_key
+    if have_data:  # data= (or the recorded data) replaces a Hub dataset
+        for name in ("hf_dataset", "hf_subset", "hf_splits"):
+            options.pop(name, None)
+    return options
 
 
 def _output_dir(output_dir: str | os.PathLike) -> str:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -14,6 +16,7 @@ from gradiend.data import MASK, DataError, unify_classes
 from gradiend.data_sources import load_texts
 from gradiend.model_with_gradiend import ModelWithGradiend
 from gradiend.trainer.text.prediction.inputs import (
+    HELDOUT,
     TextPredictionConfig,
     assign_splits,
     load_table,
@@ -89,6 +92,7 @@ class TextPredictionTrainer(Trainer):
                 raise ValueError(f"positive_class={positive!r} is not one of the target classes {list(unified.pair)}")
             unified = unify_classes(table, list(unified.pair)[::-1], all_classes=config.all_classes,
                                     class_merge_map=config.class_merge_map, seed=seed, mask=MASK)
+        self._data_seed = seed
         self._rows, self._pair = assign_splits(unified.rows, config, seed), unified.pair
         self._other_rows = assign_splits(unified.other_rows, config, seed) if len(unified.other_rows) else \
             unified.other_rows
@@ -97,6 +101,45 @@ class TextPredictionTrainer(Trainer):
         texts = _neutral_texts(config.eval_neutral_data, config.dataset_trust_remote_code)
         self._neutral = neutral_cap(texts, config.eval_neutral_max_rows, seed)
         self._decoder_targets = _decoder_targets(config, self._target_classes, self._all_classes, self._other_rows)
+
+    # -- the run's inputs, saved with it ------------------------------------------------------------------------
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """`Trainer.train`, then `run_config.json` records the inputs and data options (see `data_options`)."""
+        result = super().train(*args, **kwargs)
+        self._save_run_config()
+        return result
+
+    def data_options(self) -> dict[str, Any]:
+        """The data options that shape the rows and their splits (JSON): column names, `split_col`, the drawn
+        split's ratios and seed (`random_state`, resolved), extra counterfactuals, Hub inputs, the evaluation
+        options. `Trainer.from_experiment` passes them back, so the same rows land in the same splits.
+        A `split_group_key` function cannot be saved: its names are, and reattaching asks for it again."""
+        config = self.config
+        options = {name: getattr(config, name) for name in SAVED_DATA_OPTIONS}
+        options["random_state"] = self._data_seed
+        if config.split_col in (None, HELDOUT):
+            options.update(split_train_ratio=config.split_train_ratio, split_val_ratio=config.split_val_ratio,
+                           split_test_ratio=config.split_test_ratio)
+        if config.split_group_key is not None:
+            keys = config.split_group_key if isinstance(config.split_group_key, Sequence) else [config.split_group_key]
+            options["split_group_key"] = [getattr(k, "__qualname__", repr(k)) for k in keys]
+        return options
+
+    def _save_run_config(self) -> None:
+        """`run_config.json` in the experiment directory (main rank only; `gradiend train` writes its own)."""
+        from gradiend import distributed
+        from gradiend.experiment import atomic_write_json
+
+        if not distributed.is_main():
+            return
+        config = self.config
+        model = None if self._base is not None else _path_or_id(self._base_model_arg)  # a loaded model: no path
+        record = {"model": model, "data": _path_or_id(config.data),
+                  "target_classes": list(self.pair), "run_id": self.run_id,
+                  "eval_neutral_data": _path_or_id(config.eval_neutral_data),
+                  "training_args": self._layout_args.to_dict(), "all_classes": config.all_classes,
+                  "class_merge_map": config.class_merge_map, "data_options": self.data_options()}
+        atomic_write_json(self.experiment.run_config, record)
 
     # -- the configuration's evaluation options -----------------------------------------------------------------
     def _decoder_eval_options(self) -> dict[str, Any]:
@@ -151,6 +194,23 @@ class TextPredictionTrainer(Trainer):
     def combined_data(self) -> pd.DataFrame:
         """The validated training rows in the unified schema (a copy)."""
         return self._rows.copy()
+
+
+#: `TextPredictionConfig` fields saved in run_config.json as they are (see `TextPredictionTrainer.data_options`)
+SAVED_DATA_OPTIONS = ("masked_col", "label_col", "label_class_col", "alternative_col", "alternative_class_col",
+                      "use_class_names_as_columns", "mask_placeholder", "split_col", "split_group_col",
+                      "max_counterfactuals_per_sentence", "hf_dataset", "hf_subset", "hf_splits",
+                      "eval_neutral_max_rows", "decoder_eval_targets", "decoder_eval_restrict_to_target_classes",
+                      "decoder_eval_prob_on_other_class", "decoder_eval_ignore_tokens",
+                      "eval_neutral_additional_excluded_words", "img_format", "img_dpi", "correlation_mapping")
+
+
+def _path_or_id(value: Any) -> str | None:
+    """A file/directory (absolute) or Hub id input as a string; None for in-memory inputs (data= on reattach)."""
+    if isinstance(value, os.PathLike) or isinstance(value, str):
+        path = Path(value)
+        return str(path.resolve()) if path.exists() else str(value)
+    return None
 
 
 def _positive_first(pair: list[str] | None, positive: str | None,
