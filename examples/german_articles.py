@@ -78,11 +78,11 @@ def rule_pipeline() -> Any:
     return nlp
 
 
-def build_data(seed: int, spacy_model: str | None, show_progress: bool) -> dict[str, Any]:
+def build_data(seed: int, spacy_model: str | None, show_progress: bool, repeat: int = 4) -> dict[str, Any]:
     targets = [TextFilterConfig(target=article, id=class_id(case, gender),
                                 spacy_tags={"pos": "DET", "Case": case, "Gender": gender})
                for (case, gender), article in ARTICLES.items()]
-    creator = TextPredictionDataCreator(sentences(), targets, spacy_model=spacy_model or rule_pipeline(),
+    creator = TextPredictionDataCreator(sentences(repeat), targets, spacy_model=spacy_model or rule_pipeline(),
                                         min_left_context_words=0, seed=seed, show_progress=show_progress)
     return creator.generate_training_data(min_rows_per_class=6)
 
@@ -90,9 +90,11 @@ def build_data(seed: int, spacy_model: str | None, show_progress: bool) -> dict[
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = parser(__doc__.splitlines()[0], steps=100, experiment_dir="runs/german_articles")
     p.add_argument("--spacy-model", default=None, help="a trained German spaCy pipeline (default: the rule tagger)")
+    p.add_argument("--repeat", type=int, default=4,
+                   help="generated sentences: each frame × noun this many times (default: %(default)s)")
     ns = p.parse_args(argv)
     setup_logging(ns)
-    data = build_data(ns.seed, ns.spacy_model, not ns.quiet)
+    data = build_data(ns.seed, ns.spacy_model, not ns.quiet, ns.repeat)
     results: dict[str, Any] = {"classes": {c: len(df) for c, df in data.items()}}
     runs = {"masc_nom_acc": {"target_classes": ["masc_nom", "masc_acc"]}, "masc_fem": {"class_merge_map": MERGE}}
     for name, setting in runs.items():

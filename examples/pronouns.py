@@ -26,10 +26,11 @@ CLASSES = {"1SG": ["i"], "1PL": ["we"], "3SG": ["he", "she", "it"], "3PL": ["the
 MERGE = {"singular": ["1SG", "3SG"], "plural": ["1PL", "3PL"]}
 
 
-def demo_sentences() -> list[str]:
-    """The demo data's sentences with their pronoun filled back in."""
+def demo_sentences(max_words: int | None = None) -> list[str]:
+    """The demo data's sentences with their pronoun filled back in (those of at most `max_words` words)."""
     demo = load_demo_data()
-    return [m.replace("[MASK]", label) for m, label in zip(demo["masked"], demo["label"], strict=True)]
+    filled = [m.replace("[MASK]", label) for m, label in zip(demo["masked"], demo["label"], strict=True)]
+    return [s for s in filled if max_words is None or len(s.split()) <= max_words]
 
 
 def build_data(sentences: list[str], max_per_class: int, seed: int, show_progress: bool) -> dict[str, Any]:
@@ -44,9 +45,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = parser(__doc__.splitlines()[0], steps=100, experiment_dir="runs/pronouns")
     p.add_argument("--sentences", default=None, help="a text file (one sentence per line; default: demo sentences)")
     p.add_argument("--max-per-class", type=int, default=400, help="training rows per class (default: %(default)s)")
+    p.add_argument("--max-words", type=int, default=None, help="demo sentences: only those of at most this many words")
     ns = p.parse_args(argv)
     setup_logging(ns)
-    sentences = load_texts(ns.sentences, "text", what="--sentences")[0] if ns.sentences else demo_sentences()
+    if ns.sentences:
+        sentences = load_texts(ns.sentences, "text", what="--sentences")[0]
+    else:
+        sentences = demo_sentences(ns.max_words)
     data = build_data(sentences, ns.max_per_class, ns.seed, not ns.quiet)
     neutral = list(load_demo_neutral()["text"][:200])
     results: dict[str, Any] = {"classes": {c: len(df) for c, df in data.items()}}
