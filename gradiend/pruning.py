@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from gradiend import distributed
 from gradiend.arguments import PostPruneConfig, PrePruneConfig
 from gradiend.model import GradiendModel
 from gradiend.model_with_gradiend import ModelWithGradiend
@@ -112,17 +113,21 @@ def gradient_importance(model: ModelWithGradiend, rows: pd.DataFrame, pair: Sequ
     """|mean source gradient| per GRADIEND input over `cfg.n_samples` class-stratified rows.
 
     Rows are processed in single-class batches of `cfg.batch_size`; each batch gradient is the
-    batch mean, weighted by its size, so the result is the mean over rows.
+    batch mean, weighted by its size, so the result is the mean over rows. Under torchrun each rank passes
+    over its share of the batches and the sums are all-reduced, so every rank gets the same importance (and
+    keep-mask) in 1/N of the time.
     """
     sample = stratified_rows(rows, pair, cfg.n_samples, cfg.seed)
     total = torch.zeros(model.param_map.size, dtype=torch.float32, device=model.device)
     buffer = torch.empty_like(total)
     batches = [group.iloc[s:s + cfg.batch_size] for _, group in sample.groupby("factual_class", sort=False)
                for s in range(0, len(group), cfg.batch_size)]
-    for batch in tqdm(batches, desc="Pre-prune gradients", disable=not show_progress, leave=False):
+    for batch in tqdm(distributed.split_items(batches), desc="Pre-prune gradients", disable=not show_progress,
+                      leave=False):
         grad = model.engine.gradients(list(batch["masked"]), list(batch["factual"]), list(batch["alternative"]),
                                       [cfg.source], out={cfg.source: buffer})[cfg.source]
         total.add_(grad, alpha=len(batch))
+    distributed.all_reduce_(total, "sum of the pre-pruning gradients")
     return total.div_(len(sample)).abs_()  # in place: no n-sized temporaries
 
 

@@ -129,6 +129,17 @@ def _train_host(setup: Setup, out: Path, name: str) -> None:
     _save(out, name, {**tensors, "encoded": torch.from_numpy(encoded)}, numbers)
 
 
+def _prune(setup: Setup, out: Path, name: str) -> None:
+    """Pre-pruning statistics: each rank passes over its share of the sampled batches, the sums are all-reduced."""
+    from gradiend.arguments import PrePruneConfig
+    from gradiend.pruning import gradient_importance, select_top
+
+    cfg = PrePruneConfig(n_samples=12, batch_size=2, topk=0.2, seed=0)
+    importance = gradient_importance(setup.template, setup.train, setup.pair, cfg, show_progress=False)
+    keep = select_top(importance, cfg.topk)
+    _save(out, name, {"importance": importance, "keep": keep.to(torch.uint8)}, {})
+
+
 class _Crashed(RuntimeError):
     pass
 
@@ -233,6 +244,7 @@ SCENARIOS: dict[str, Callable[[Setup, Path], None]] = {
     "train_batches": lambda s, o: _train(s, o, "train_batches", gradiend_batch_size=2, shard_gradiend=True,
                                          max_steps=4, eval_steps=2),
     "experiment": _experiment,
+    "prune": lambda s, o: _prune(s, o, "prune"),
     "resume_shard": lambda s, o: _resume(s, o, "resume_shard"),
     "train_cuda": lambda s, o: _train(s, o, "train_cuda", template=s.template.to(f"cuda:{torch.cuda.current_device()}"),
                                       shard_gradiend=True, cache="memory"),

@@ -31,8 +31,8 @@ from gradiend import distributed
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 PACKAGE_ROOT = str(Path(gradiend.__file__).resolve().parents[1])  # the workers import this checkout
-AGREEMENT = ["grad", "grad_shard", "train", "train_memory", "train_shard", "train_shard_disk", "train_shard_host",
-             "train_batches", "experiment"]
+AGREEMENT = ["grad", "grad_shard", "prune", "train", "train_memory", "train_shard", "train_shard_disk",
+             "train_shard_host", "train_batches", "experiment"]
 RTOL = 1e-5
 
 
@@ -192,6 +192,19 @@ def test_rank0_host_gather_keeps_the_full_weights_off_the_other_ranks(runs) -> N
     _close(rank1["slice.encoder_weight"], ref["best.encoder_weight"][:, lo:hi])
     assert torch.equal(rank0["encoded"], rank1["encoded"]) and rank0["encoded"].abs().max() > 0
     torch.testing.assert_close(rank0["encoded"], ref["encoded"], rtol=0, atol=1e-4 * float(ref["encoded"].abs().max()))
+
+
+def test_pre_pruning_statistics_are_split_across_ranks(runs) -> None:
+    """Each rank computes its share of the pre-pruning batches; the all-reduced importance is bitwise the same on
+    both ranks (so are the keep-masks) and equals one process's."""
+    two, one = runs
+    ref = _load(one, "prune", 0)[0]
+    rank0, rank1 = _load(two, "prune", 0)[0], _load(two, "prune", 1)[0]
+    assert torch.equal(rank0["importance"], rank1["importance"]) and torch.equal(rank0["keep"], rank1["keep"])
+    assert ref["importance"].max() > 0
+    _close(rank0["importance"], ref["importance"])
+    assert int(ref["keep"].sum()) == int(rank0["keep"].sum()) > 0
+    assert int((rank0["keep"] != ref["keep"]).sum()) <= 2  # at most a near-tie at the cut swapped
 
 
 def test_a_resumed_sharded_run_equals_the_uninterrupted_one(runs) -> None:
