@@ -25,11 +25,19 @@ gradients are cached on disk (`--cache-dir`), so only the first run pays the bas
     python bench/validity.py --models mlm --features pronouns --lrs 1e-3 --seeds 0 --variant before,after
     python bench/validity.py --variant before,after --markdown bench/validity.md   # the full table
 
-Variants (`VARIANTS`): `before` = gradients of the MSE over n inputs (Adam in its ε regime) with the
-input scaled to L1 1e4 and the target to RMS 0.01; `sum` = gradients of the per-row sum (Adam's
-normalised regime); `after` = `sum` + `gradiend.step.scale_norms(lr)`; `after_neutral` = `after`
-plus one batch of neutral rows (`gradiend.data.neutral_rows`, target 0) per step; `prune1` = the
-library's pre-pruning to 1 % of the inputs; `default` = whatever the installed library does.
+Variants (`VARIANTS`): `default` = whatever the installed library does (since issue 15: gradients of the
+per-row sum, `scale_norms(lr)`, and the encoder calibration, `gradiend.calibration`); `uncalibrated` =
+`calibrate_encoder=False`. A calibrated run also reports `<variant>/raw`, the same run before the
+calibration (its encodings recovered exactly from the calibrated ones), so every row of the default shows
+what the calibration did at no extra training. Bench-only loops (the library's loop with `_launch`
+replaced, steps sequential): `before` = gradients of the MSE over n inputs (Adam in its ε regime) with the
+input scaled to L1 1e4 and the target to RMS 0.01; `sum` = gradients of the per-row sum (Adam's normalised
+regime); `after` = `sum` + `gradiend.step.scale_norms(lr)`; `after_neutral` = `after` plus one batch of
+neutral rows (`gradiend.data.neutral_rows`, target 0) per step; `_cal` = with the calibration; `prune1` =
+the library's pre-pruning to 1 % of the inputs.
+
+`--keep-cache` reuses the gradients an earlier call left in `--cache-dir` (one directory per model and
+feature; 11-12 GB for MiniLM), so the table can be built in several calls.
 
 Cost: the first run of a (model, feature) pays 100 base-model passes (MiniLM ~0.3 s each on two idle
 cores) and writes ~11 GB of cached gradients; later runs read them back. A 3-step smoke run
@@ -82,13 +90,19 @@ MODELS = {"mlm": ModelSetup("mlm"), "clm": ModelSetup("clm", {"params": ["model.
 # Method variants: TrainingArguments overrides, plus bench-only experimental switches under "_" keys
 # (used to measure a change before it moves into the library). A key the installed TrainingArguments
 # lacks makes the variant unavailable (reported, not silently ignored).
+_RAW = {"calibrate_encoder": False}  # the trained encoder as it comes out of training
+_EXPERIMENT = {**_RAW, "overlap_step": False}  # bench-only loops replace `_launch`: steps run sequentially
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},                                   # whatever the installed library does
-    "before": {"_sum": False, "_scales": "fixed"},   # MSE gradients (Adam in its ε regime), L1 1e4 / RMS 0.01
-    "sum": {"_sum": True, "_scales": "fixed"},       # only A: Adam out of the ε regime
-    "after": {"_sum": True, "_scales": "lr"},        # A + B: scale_norms(lr) (issue 15)
-    "after_neutral": {"_sum": True, "_scales": "lr", "_neutral": True},  # + one neutral batch per step
-    "prune1": {"_prune": 0.01},                      # library pre-pruning: top 1 % inputs by |mean diff gradient|
+    "uncalibrated": _RAW,                            # the library without the encoder calibration
+    "before": {**_EXPERIMENT, "_sum": False, "_scales": "fixed"},  # MSE gradients (Adam's ε regime), L1 1e4 / RMS 0.01
+    "sum": {**_EXPERIMENT, "_sum": True, "_scales": "fixed"},      # only A: Adam out of the ε regime
+    "after": {**_EXPERIMENT, "_sum": True, "_scales": "lr"},       # A + B: scale_norms(lr) (issue 15)
+    "after_cal": {"overlap_step": False, "_sum": True, "_scales": "lr"},  # A + B + encoder calibration
+    "after_neutral": {**_EXPERIMENT, "_sum": True, "_scales": "lr", "_neutral": True},  # + a neutral batch per step
+    "after_neutral_cal": {"overlap_step": False, "_sum": True, "_scales": "lr", "_neutral": True},
+    "prune1": {**_RAW, "_prune": 0.01},              # library pre-pruning: top 1 % inputs by |mean diff gradient|
+    "prune1_cal": {"_prune": 0.01},
 }
 
 
@@ -116,7 +130,7 @@ def experimental_loop(switches: dict[str, Any], neutral_rows: pd.DataFrame) -> t
             self.gradiend.input_scale.fill_(sum(l1) / len(l1) / norms[0])
             self.gradiend.target_scale.fill_(sum(rms) / len(rms) / norms[1])
 
-        def step(self, step: int, batches: Any) -> float:
+        def _launch(self, step: int, batches: Any) -> None:  # the library's sequential step, replaced
             args, g, b = self.args, self.gradiend, len(batches)
             if not hasattr(self, "_rows"):
                 extra = 1 if switches.get("_neutral") else 0
@@ -136,11 +150,9 @@ def experimental_loop(switches: dict[str, Any], neutral_rows: pd.DataFrame) -> t
             t1 = time.perf_counter()
             loss, _ = self._loss.loss_and_grad(self._src, self._tgt)
             self.optimizer.step()
-            value = float(loss)
-            self.history.losses.append(value)
             self.timings["gradients"] += t1 - t0
             self.timings["gradiend"] += time.perf_counter() - t1
-            return value
+            self._finish(step, float(loss))
 
     return Loop
 
@@ -163,11 +175,12 @@ class Row:
                 f"{abs(m['correlation']):.3f}", f"{means[0]:+.3f}", f"{means[1]:+.3f}",
                 f"{m['abs_masked']:.3f}", f"{m['abs_corpus']:.3f}", f"{m['all_correlation']:.3f}",
                 f"{m['all_accuracy']:.3f}", "yes" if m["converged"] else "no",
-                "yes" if m["target"] else "no", "yes" if m["lr_ok"] else "no", f"{m['seconds']:.0f}"]
+                "yes" if m["target"] else "no", "yes" if m["lr_ok"] else "no",
+                f"{m['gain']:.3g}" if m.get("gain") is not None else "-", f"{m['seconds']:.0f}"]
 
 
 HEADER = ["model", "feature", "variant", "lr", "seed", "class |ρ|", "mean A", "mean B", "|h| masked",
-          "|h| corpus", "all ρ", "all acc", "conv", "target", "lr-ok", "s"]
+          "|h| corpus", "all ρ", "all acc", "conv", "target", "lr-ok", "gain", "s"]
 
 
 def judge(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -199,9 +212,14 @@ class Bench:
         self.eval_rows = prepare_rows(self.rows, "validation", self.pair, self.template.objective, "evaluation")
         self.neutral = list(load_demo_neutral()["text"])
         cache_dir = Path(ns.cache_dir) / f"{model}_{feature}"
-        shutil.rmtree(cache_dir, ignore_errors=True)
+        if not ns.keep_cache:
+            shutil.rmtree(cache_dir, ignore_errors=True)
         self.store = GradientStore("disk", int(ns.cache_gb * 1024**3), "float32", cache_dir)
         self.store.shared = True
+        if ns.keep_cache and cache_dir.is_dir():  # a previous call's entries (the store starts empty otherwise)
+            for entry in cache_dir.glob("*.safetensors"):
+                self.store._on_disk.add(entry.stem)
+                self.store.bytes += entry.stat().st_size
         self._prune_masks: dict[float, Any] = {}
         self._store_override = None
         self.neutral_train = self._neutral_train_rows()
@@ -212,9 +230,13 @@ class Bench:
 
         return neutral_rows(self.train_rows, self.template.objective, seed=0)
 
-    def run(self, variant: str, lr: float, seed: int) -> dict[str, Any]:
+    def run(self, variant: str, lr: float, seed: int) -> dict[str, dict[str, Any]]:
+        """{variant: metrics}; a calibrated run also gives `<variant>/raw`: the same run before the calibration
+        (its encodings recovered exactly from the calibrated ones, h = tanh((atanh(h_cal) − c) / a))."""
+        import numpy as np
+
         from gradiend import TrainingArguments
-        from gradiend.encoder_eval import encoder_metrics, split_encodings
+        from gradiend.encoder_eval import split_encodings
 
         ns, setup = self.ns, MODELS[self.model]
         overrides = {**setup.args, **{k: v for k, v in VARIANTS[variant].items() if not k.startswith("_")}}
@@ -224,7 +246,7 @@ class Bench:
                                      show_progress=False, encoder_eval_train_max_size=ns.eval_rows,
                                      eval_batch_size=16, **overrides)
         except (TypeError, ValueError) as err:
-            return {"error": f"variant unavailable: {err}"}
+            return {variant: {"error": f"variant unavailable: {err}"}}
         switches = {k: v for k, v in VARIANTS[variant].items() if k.startswith("_")}
         t0 = time.perf_counter()
         model = self.template.with_new_gradiend(seed)
@@ -236,14 +258,27 @@ class Bench:
         seconds = time.perf_counter() - t0
         frame = split_encodings(model, self.rows, self.pair, "test", max_size=ns.test_rows, neutral_texts=self.neutral,
                                 seed=0, batch_size=16, show_progress=False, cache=None)
+        run = {"converged": outcome.converged, "seconds": seconds,
+               "history": {"scores": outcome.stats["training_stats"]["scores"],
+                           "mean_by_class": outcome.stats["training_stats"]["mean_by_class"]}}
+        calibration = outcome.stats.get("calibration", {})
+        results = {variant: {**self.metrics(frame), **run, "gain": calibration.get("gain"),
+                             "calibration": calibration}}
+        if "gain" in calibration:
+            h = np.clip(frame["encoded"].to_numpy(dtype=np.float64), -1 + 1e-7, 1 - 1e-7)
+            raw = frame.assign(encoded=np.tanh((np.arctanh(h) - calibration["offset"]) / calibration["gain"]))
+            results[f"{variant}/raw"] = {**self.metrics(raw), **run}
+        return results
+
+    def metrics(self, frame: pd.DataFrame) -> dict[str, Any]:
+        """The table's numbers and the targets' verdicts from an encoded test frame."""
+        from gradiend.encoder_eval import encoder_metrics
+
         m = encoder_metrics(frame, self.pair)
         out = {"correlation": m["correlation"], "mean_by_class": m["mean_by_class"],
                "abs_masked": m["abs_mean_by_type"].get("neutral_training_masked", float("nan")),
                "abs_corpus": m["abs_mean_by_type"].get("neutral_dataset", float("nan")),
-               "all_correlation": m["all_data"]["correlation"], "all_accuracy": m["all_data"]["accuracy"],
-               "converged": outcome.converged, "seconds": seconds,
-               "history": {"scores": outcome.stats["training_stats"]["scores"],
-                           "mean_by_class": outcome.stats["training_stats"]["mean_by_class"]}}
+               "all_correlation": m["all_data"]["correlation"], "all_accuracy": m["all_data"]["accuracy"]}
         return {**out, **judge(out)}
 
     def train(self, model: Any, args: Any, switches: dict[str, Any]) -> Any:
@@ -279,7 +314,8 @@ class Bench:
         return self.template.with_new_gradiend(seed).prune(keep)
 
     def close(self) -> None:
-        self.store.clear()
+        if not self.ns.keep_cache:
+            self.store.clear()
 
 
 def markdown(rows: list[Row]) -> str:
@@ -320,6 +356,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-rows", type=int, default=100, help="test rows per class (and neutral texts)")
     p.add_argument("--cache-dir", default=None, help="disk gradient cache (default: a temporary directory)")
     p.add_argument("--cache-gb", type=float, default=40.0)
+    p.add_argument("--keep-cache", action="store_true", help="reuse the gradients a previous call left in "
+                   "--cache-dir (same base models and parameters; entries are keyed by the batch's texts) and "
+                   "leave them there")
     p.add_argument("--markdown", default=None, help="write the table (and a JSON next to it) here")
     p.add_argument("--threads", type=int, default=None)
     return p.parse_args(argv)
@@ -348,21 +387,28 @@ def main(argv: list[str] | None = None) -> None:
                     for lr in [float(v) for v in ns.lrs.split(",")]:
                         for seed in [int(s) for s in ns.seeds.split(",")]:
                             try:
-                                metrics = bench.run(variant, lr, seed)
+                                results = bench.run(variant, lr, seed)
                             except (FloatingPointError, RuntimeError) as err:
-                                metrics = {"error": f"{type(err).__name__}: {str(err)[:80]}"}
-                            row = Row(model, feature, variant, lr, seed, metrics)
-                            rows.append(row)
-                            print(" | ".join(row.cells()), flush=True)
+                                results = {variant: {"error": f"{type(err).__name__}: {str(err)[:80]}"}}
+                            for name, metrics in results.items():
+                                row = Row(model, feature, name, lr, seed, metrics)
+                                rows.append(row)
+                                print(" | ".join(row.cells()), flush=True)
+                            if ns.markdown:  # after every run: a long table survives an interruption
+                                write_tables(rows, ns.markdown)
                 bench.close()
-    table, agg = markdown(rows), summary(rows)
-    print(table)
-    print(agg)
+    print(markdown(rows))
+    print(summary(rows))
     if ns.markdown:
-        Path(ns.markdown).write_text(table + "\n\n" + agg + "\n")
-        Path(ns.markdown).with_suffix(".json").write_text(json.dumps(
-            [{"model": r.model, "feature": r.feature, "variant": r.variant, "lr": r.lr, "seed": r.seed,
-              **r.metrics} for r in rows], indent=1, default=str))
+        write_tables(rows, ns.markdown)
+
+
+def write_tables(rows: list[Row], path: str) -> None:
+    """The table and the per-(model, variant) summary as markdown, every row's metrics as JSON next to it."""
+    Path(path).write_text(markdown(rows) + "\n\n" + summary(rows) + "\n")
+    Path(path).with_suffix(".json").write_text(json.dumps(
+        [{"model": r.model, "feature": r.feature, "variant": r.variant, "lr": r.lr, "seed": r.seed,
+          **r.metrics} for r in rows], indent=1, default=str))
 
 
 if __name__ == "__main__":
