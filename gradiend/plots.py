@@ -170,6 +170,11 @@ def _set_title(fig: Figure, title: str | bool | None, default: str, **options: A
     fig.suptitle(default if title is None or title is True else title, **options)
 
 
+def _convergence_mark(converged: bool | None) -> str:
+    """The default title's marker of a run that did not converge (`converged=False`); none when unknown."""
+    return " (not converged) †" if converged is False else ""
+
+
 def _check_figsize(figsize: Any) -> tuple[float, float] | None:
     if figsize is None:
         return None
@@ -335,12 +340,14 @@ def encoder_distributions_figure(encoder_df: pd.DataFrame, pair: Sequence[str] |
                                  target_and_neutral_only: bool = True, show: bool = False, seed: int = 0,
                                  title: str | bool | None = True, figsize: tuple[float, float] | None = None,
                                  include_neutral: bool | None = None, split_plot_mode: str = "facet",
-                                 label_name_mapping: Mapping[Any, str] | None = None) -> Figure:
+                                 label_name_mapping: Mapping[Any, str] | None = None,
+                                 converged: bool | None = None) -> Figure:
     """Violins (plus the points) of the encodings per target class and neutral variant.
 
     Rows of several splits (`eval_split`): one panel per split (`split_plot_mode="facet"`) or one
     panel with every split's groups (`"overlay"`); neutral rows then only with `include_neutral=True`
-    (default: shown for one split, hidden for several). `label_name_mapping` renames classes.
+    (default: shown for one split, hidden for several). `label_name_mapping` renames classes;
+    `converged=False` marks the default title "(not converged) †".
     """
     if "encoded" not in encoder_df.columns:
         raise ValueError("encoder_df has no 'encoded' column; pass the DataFrame of evaluate_encoder(return_df=True)")
@@ -374,7 +381,8 @@ def encoder_distributions_figure(encoder_df: pd.DataFrame, pair: Sequence[str] |
         ax.set(ylim=(-1.1, 1.1), title="Encodings" + (f" (split: {split})" if split else ""))
     axes[0].set_ylabel("encoded value h")
     a, b = (_display(c, label_name_mapping) for c in pair)
-    _set_title(fig, title, f"Encoder distributions: {a} (+1) vs {b} (−1); ◆ = mean", fontsize=10)
+    _set_title(fig, title, f"Encoder distributions: {a} (+1) vs {b} (−1); ◆ = mean{_convergence_mark(converged)}",
+               fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -385,7 +393,7 @@ def plot_encoder_distributions(source: FrameSource, pair: Sequence[str] | None =
                                img_format: str = "png", dpi: int = 120, title: str | bool | None = True,
                                figsize: tuple[float, float] | None = None, include_neutral: bool | None = None,
                                split_plot_mode: str = "facet", label_name_mapping: Mapping[Any, str] | None = None,
-                               return_fig_ax: bool = False) -> Any:
+                               return_fig_ax: bool = False, converged: bool | None = None) -> Any:
     """Save the encoder distribution plot; `source`: experiment directory or an encoder DataFrame.
 
     From a directory, `split=None` draws every saved split side by side. Default file:
@@ -397,7 +405,8 @@ def plot_encoder_distributions(source: FrameSource, pair: Sequence[str] | None =
     path = _output(output, directory or found, stem, img_format, return_fig_ax)
     fig = encoder_distributions_figure(frame, pair, target_and_neutral_only=target_and_neutral_only, show=show,
                                        title=title, figsize=figsize, include_neutral=include_neutral,
-                                       split_plot_mode=split_plot_mode, label_name_mapping=label_name_mapping)
+                                       split_plot_mode=split_plot_mode, label_name_mapping=label_name_mapping,
+                                       converged=converged)
     return _finish(fig, path, show, dpi, return_fig_ax)
 
 
@@ -440,7 +449,7 @@ def _scatter_groups(frame: pd.DataFrame, pair: Sequence[str], color_by: str | No
 def encoder_scatter_figure(encoder_df: pd.DataFrame, pair: Sequence[str] | None = None, *, max_points: int = 2000,
                            height: int = 500, seed: int = 0, color_by: str | None = None,
                            label_name_mapping: Mapping[Any, str] | None = None,
-                           title: str | bool | None = True) -> Any:
+                           title: str | bool | None = True, converged: bool | None = None) -> Any:
     """Plotly figure: one jittered row of points per group; hovering shows the text.
 
     Groups: the target classes and neutral variants (`color_by=None`), or the values of a column
@@ -463,7 +472,7 @@ def encoder_scatter_figure(encoder_df: pd.DataFrame, pair: Sequence[str] | None 
                                  name=f"{name} (n={len(rows)})", hovertext=hover, hoverinfo="text",
                                  marker={"size": 6, "opacity": 0.7, "color": _COLORS[i % len(_COLORS)]}))
     a, b = (_display(c, label_name_mapping) for c in pair)
-    default = f"Encoder scatter: {a} (+1) vs {b} (−1); hover for the text"
+    default = f"Encoder scatter: {a} (+1) vs {b} (−1); hover for the text{_convergence_mark(converged)}"
     if title is not None and not isinstance(title, (bool, str)):
         raise TypeError(f"title must be a string, True or False, got {type(title).__name__}")
     fig.update_layout(title=None if title is False else default if title in (True, None) else title,
@@ -479,7 +488,8 @@ def plot_encoder_scatter(source: FrameSource, pair: Sequence[str] | None = None,
                          split: str | None = "test", show: bool = False,
                          max_points: int = 2000, height: int = 500, include_plotlyjs: bool | str = True,
                          seed: int = 0, color_by: str | None = None,
-                         label_name_mapping: Mapping[Any, str] | None = None, title: str | bool | None = True) -> str:
+                         label_name_mapping: Mapping[Any, str] | None = None, title: str | bool | None = True,
+                         converged: bool | None = None) -> str:
     """Save an interactive HTML scatter of the encodings (plotly; the `[interactive]` extra).
 
     The HTML embeds plotly.js by default, so it opens offline; `include_plotlyjs="cdn"` makes it
@@ -491,7 +501,7 @@ def plot_encoder_scatter(source: FrameSource, pair: Sequence[str] | None = None,
     stem = f"encoder_scatter_split_{split}" if split else "encoder_scatter"
     path = resolve_output(output, directory or found, stem, "html")
     fig = encoder_scatter_figure(frame, pair, max_points=max_points, height=height, seed=seed, color_by=color_by,
-                                 label_name_mapping=label_name_mapping, title=title)
+                                 label_name_mapping=label_name_mapping, title=title, converged=converged)
     text = fig.to_html(include_plotlyjs=include_plotlyjs, full_html=True)
     try:
         atomic_write_bytes(path, text.encode("utf-8"))
@@ -521,9 +531,9 @@ def _decoder_input(source: DecoderSource) -> tuple[list[Mapping[str, Any]], Mapp
 def probability_shifts_figure(grid: Sequence[Mapping[str, Any]], target_class: str,
                               selected: Mapping[str, Any] | None = None, *, lms_ratio: float = _LMS_RATIO,
                               show: bool = False, title: str | bool | None = True,
-                              figsize: tuple[float, float] | None = None) -> Figure:
+                              figsize: tuple[float, float] | None = None, converged: bool | None = None) -> Figure:
     """P(target-class tokens) on each class's rows and LMS against the learning rate, one line per
-    feature factor; the base model dashed, the selected candidate starred."""
+    feature factor; the base model dashed, the selected candidate starred; `converged=False` marks the title."""
     base = next((r for r in grid if r["feature_factor"] is None), None)
     if base is None:
         raise ValueError("The decoder grid has no base-model record (feature_factor None)")
@@ -569,7 +579,7 @@ def probability_shifts_figure(grid: Sequence[Mapping[str, Any]], target_class: s
     for ax in axes:
         ax.legend(fontsize=7)
     goal = "" if not selected else (" (strengthen)" if strengthen else " (weaken)")
-    _set_title(fig, title, f"Decoder probability shifts: {target_class}{goal}")
+    _set_title(fig, title, f"Decoder probability shifts: {target_class}{goal}{_convergence_mark(converged)}")
     fig.tight_layout()
     return fig
 
@@ -578,7 +588,8 @@ def plot_probability_shifts(source: DecoderSource, target_class: str, increase_t
                             output: str | os.PathLike | None = None, *, directory: str | os.PathLike | None = None,
                             show: bool = False, img_format: str = "png", dpi: int = 120,
                             lms_ratio: float = _LMS_RATIO, title: str | bool | None = True,
-                            figsize: tuple[float, float] | None = None, return_fig_ax: bool = False) -> Any:
+                            figsize: tuple[float, float] | None = None, return_fig_ax: bool = False,
+                            converged: bool | None = None) -> Any:
     """Save the probability-shift plot; `source`: experiment directory, evaluate_decoder()'s dict, or
     the grid records. Default file: `<experiment_dir>/decoder_probability_shifts_<class>[_weaken].<fmt>`."""
     grid, results, found = _decoder_input(source)
@@ -589,7 +600,7 @@ def plot_probability_shifts(source: DecoderSource, target_class: str, increase_t
         raise KeyError(f"No decoder summary {key!r} in the results; available: {available}")
     path = _output(output, directory or found, f"decoder_probability_shifts_{key}", img_format, return_fig_ax)
     fig = probability_shifts_figure(grid, target_class, selected, lms_ratio=lms_ratio, show=show, title=title,
-                                    figsize=figsize)
+                                    figsize=figsize, converged=converged)
     return _finish(fig, path, show, dpi, return_fig_ax)
 
 

@@ -33,6 +33,7 @@ class PlotMethods:
     # provided by Trainer
     _experiment_of: Callable[[TrainingArguments], ExperimentDir]
     get_training_stats: Callable[[], dict[str, Any] | None]
+    get_training_record: Callable[[], Any]
     get_encodings: Callable[..., pd.DataFrame]
 
     # -- plots (functions of saved results; see gradiend.plots) -------------------------------------
@@ -48,7 +49,8 @@ class PlotMethods:
             target_class = found[0] if found else self.pair[0]
         source: Any = decoder_results if decoder_results is not None else self.experiment_dir
         return plot_probability_shifts(source, target_class, increase_target_probabilities, output,
-                                       directory=self.experiment_dir, show=show, img_format=img_format, **kwargs)
+                                       directory=self.experiment_dir, show=show, img_format=img_format,
+                                       **self._convergence_option(kwargs))
 
     def plot_training_convergence(self, output: str | None = None, show: bool = True, *,
                                   experiment_dir: str | None = None, img_format: str = "png", **kwargs: Any) -> Any:
@@ -73,17 +75,28 @@ class PlotMethods:
 
         frame = encoder_df if encoder_df is not None else self.get_encodings(split=split)
         return plot_encoder_distributions(frame, self.pair, output, directory=self.experiment_dir,
-                                          split=split_label(split), show=show, img_format=img_format, **kwargs)
+                                          split=split_label(split), show=show, img_format=img_format,
+                                          **self._convergence_option(kwargs))
 
     def plot_encoder_scatter(self, encoder_df: pd.DataFrame | None = None, output: str | None = None,
                              show: bool = True, split: str | Sequence[str] = "test", **kwargs: Any) -> str:
-        """Interactive HTML scatter of the encodings (needs the `[interactive]` extra)."""
+        """Interactive HTML scatter of the encodings (needs the `[interactive]` extra); a run that did not converge
+        is marked in the title unless `highlight_non_convergence=False` (as for every plot here)."""
         from gradiend.plots import plot_encoder_scatter
 
         frame = encoder_df if encoder_df is not None else self.get_encodings(split=split)
         return plot_encoder_scatter(frame, self.pair, output, directory=self.experiment_dir, split=split_label(split),
-                                    show=show,
-                                    **kwargs)
+                                    show=show, **self._convergence_option(kwargs))
+
+    def _convergence_option(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """`highlight_non_convergence` (default: `TrainingArguments.highlight_non_convergence`) → the plot's
+        `converged`: the run's verdict, so a run that did not converge is marked in the title (as in 0.2.x)."""
+        highlight = kwargs.pop("highlight_non_convergence", None)
+        highlight = self._args.highlight_non_convergence if highlight is None else bool(highlight)
+        if highlight and "converged" not in kwargs:
+            record = self.get_training_record()
+            kwargs["converged"] = None if record is None else record.converged
+        return kwargs
 
     def _autosave_training_convergence(self, args: TrainingArguments | None = None) -> None:
         """Training draws no plot: matplotlib stays off the training path (importing and drawing it took longer
