@@ -223,6 +223,14 @@ def reduce_to_(tensor: torch.Tensor, dst: int, what: str = "reduce") -> torch.Te
     return tensor
 
 
+def broadcast_(tensor: torch.Tensor, src: int, what: str = "broadcast") -> torch.Tensor:
+    """`tensor` ← rank `src`'s `tensor`, in place on every rank; the identity in one process."""
+    if context().enabled:
+        with _collective(what):
+            dist.broadcast(tensor, src)
+    return tensor
+
+
 def all_gather_slices(local: torch.Tensor, n: int, width: int = 1, what: str = "all-gather") -> torch.Tensor:
     """The full flat vector of n rows of `width` values from each rank's `shard_range` rows `local` (flat).
 

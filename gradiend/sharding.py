@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -134,6 +134,33 @@ class Shard:
             return {}
         self.restore(full, device=torch.device("cpu"))
         return dict(self.full.state_dict())
+
+    def lazy_update(self, feature_factor: float | Sequence[float]) -> Callable[[slice], torch.Tensor]:
+        """dec(feature_factor) of the full GRADIEND, decoded slice by slice from the ranks' decoder slices (like
+        `ModelWithGradiend.lazy_update`, for `rewrite.applied` / `add_update`).
+
+        A collective: every rank asks for the same rows in the same order (the same decoder candidate on every
+        rank); each owner decodes its part of the rows and broadcasts it. No rank holds more than the rows
+        asked for (one parameter tensor's worth), never the full decoder.
+        """
+        ctx = distributed.context()
+        bounds = [distributed.shard_range(self.n, r, ctx.world_size) for r in range(ctx.world_size)]
+        module = self.module
+
+        @torch.no_grad()
+        def part(rows: slice) -> torch.Tensor:
+            start, stop, _ = rows.indices(self.n)
+            out = torch.empty(stop - start, dtype=module.decoder_weight.dtype, device=module.decoder_weight.device)
+            for owner, (lo, hi) in enumerate(bounds):
+                a, b = max(start, lo), min(stop, hi)
+                if a >= b:
+                    continue
+                if owner == ctx.rank:
+                    out[a - start:b - start] = module.decode(feature_factor, slice(a - lo, b - lo))
+                distributed.broadcast_(out[a - start:b - start], owner, "broadcast of a decoded slice")
+            return out
+
+        return part
 
     def _gather_columns(self, weight: torch.Tensor) -> torch.Tensor:
         rows = weight.detach().T.contiguous().view(-1)  # (slice, k): the slices are row blocks

@@ -34,6 +34,7 @@ from gradiend.gradient_cache import GradientStore
 from gradiend.gradient_source import GradientSource
 from gradiend.model_with_gradiend import ModelWithGradiend
 from gradiend.resume import STATE_FILE, ResumeCheckpoint
+from gradiend.rewrite import applied
 from gradiend.training import encode_rows, train_gradiend
 
 PAIR = ["3SG", "3PL"]
@@ -123,10 +124,17 @@ def _train_host(setup: Setup, out: Path, name: str) -> None:
             encoded = encode_rows(model, setup.val, 4)
         tensors.update({f"slice.{k}": v for k, v in outcome.shard.module.state_dict().items()})
         numbers.update(lo=outcome.shard.lo, hi=outcome.shard.hi)
+        update = outcome.shard.lazy_update(-1.0)  # a decoder candidate from the ranks' decoder slices
     else:
         model.gradiend.load_state_dict(outcome.state)
         encoded = encode_rows(model, setup.val, 4)
-    _save(out, name, {**tensors, "encoded": torch.from_numpy(encoded)}, numbers)
+        update = model.lazy_update(-1.0)
+    before = torch.cat([p.detach().reshape(-1) for p in model.engine.params])
+    with applied(model.base_model, model.param_map, update, 0.05):
+        edited = torch.cat([p.detach().reshape(-1) for p in model.engine.params])
+    restored = torch.cat([p.detach().reshape(-1) for p in model.engine.params])
+    numbers["restored"] = bool(torch.equal(before, restored))
+    _save(out, name, {**tensors, "encoded": torch.from_numpy(encoded), "edit": edited - before}, numbers)
 
 
 def _prune(setup: Setup, out: Path, name: str) -> None:

@@ -175,7 +175,8 @@ def test_sharded_equals_unsharded_and_holds_half_per_rank(runs) -> None:
 
 def test_rank0_host_gather_keeps_the_full_weights_off_the_other_ranks(runs) -> None:
     """final_weights="rank0_host": rank 0 gets the best weights in host memory, rank 1 only its slice of them;
-    encoder evaluation afterwards sums the slices' encodings and equals the one-process encodings."""
+    encoder evaluation afterwards sums the slices' encodings, and a decoder candidate is decoded from the ranks'
+    slices; both equal one process."""
     two, one = runs
     ref, ref_info = _load(one, "train_shard_host", 0)
     (rank0, info0), (rank1, info1) = _load(two, "train_shard_host", 0), _load(two, "train_shard_host", 1)
@@ -192,6 +193,10 @@ def test_rank0_host_gather_keeps_the_full_weights_off_the_other_ranks(runs) -> N
     _close(rank1["slice.encoder_weight"], ref["best.encoder_weight"][:, lo:hi])
     assert torch.equal(rank0["encoded"], rank1["encoded"]) and rank0["encoded"].abs().max() > 0
     torch.testing.assert_close(rank0["encoded"], ref["encoded"], rtol=0, atol=1e-4 * float(ref["encoded"].abs().max()))
+    # a decoder candidate applied to the base model from the ranks' decoder slices (Shard.lazy_update)
+    assert info0["restored"] and info1["restored"] and ref_info["restored"]
+    assert torch.equal(rank0["edit"], rank1["edit"]) and ref["edit"].abs().max() > 0
+    _close(rank0["edit"], ref["edit"])
 
 
 def test_pre_pruning_statistics_are_split_across_ranks(runs) -> None:
