@@ -149,19 +149,23 @@ def _from_merged(df: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def _complete_alternatives(rows: pd.DataFrame, pair: Sequence[str], seed: int | None) -> pd.DataFrame:
-    """Pair rows without an alternative token get one drawn from the other pair class's tokens."""
+def _complete_alternatives(rows: pd.DataFrame, pair: Sequence[str], seed: int | None,
+                           groups: Sequence[frozenset[str]] | None = None) -> pd.DataFrame:
+    """Pair rows without an alternative token get one drawn from the other pair class's tokens (with
+    transition `groups`: from the other class's rows whose class before merging is in the row's group)."""
     rows = rows.copy()
     need = rows["alternative"].str.strip() == ""
     if not need.any():
         return rows
     rng = np.random.default_rng(seed)
     for cls, other in ((pair[0], pair[1]), (pair[1], pair[0])):
-        todo = need & (rows["factual_class"] == cls)
-        other_tokens = _token_counter(rows.loc[rows["factual_class"] == other, "factual"])
-        if todo.any() and other_tokens:
-            rows.loc[todo, "alternative_class"] = other
-            rows.loc[todo, "alternative"] = _sample_alternatives(rows.loc[todo, "factual"], other_tokens, rng)
+        for group in groups or [None]:
+            within = np.ones(len(rows), dtype=bool) if group is None else rows["raw_class"].isin(group).to_numpy()
+            todo = need & (rows["factual_class"] == cls) & within
+            other_tokens = _token_counter(rows.loc[(rows["factual_class"] == other) & within, "factual"])
+            if todo.any() and other_tokens:
+                rows.loc[todo, "alternative_class"] = other
+                rows.loc[todo, "alternative"] = _sample_alternatives(rows.loc[todo, "factual"], other_tokens, rng)
     return rows
 
 
@@ -229,6 +233,52 @@ def check_merge_map(class_merge_map: Mapping[str, Sequence[str]] | None) -> dict
     return out
 
 
+def check_transition_groups(groups: Any, merge: Mapping[str, Sequence[str]] | None) -> list[frozenset[str]] | None:
+    """Validated `class_merge_transition_groups`: clusters of classes (before merging) whose rows may pair."""
+    if groups is None:
+        return None
+    example = "e.g. class_merge_transition_groups=[['1SG', '1PL'], ['3SG', '3PL']]"
+    if merge is None:
+        raise DataError(f"class_merge_transition_groups limits which merged classes pair with each other; it needs "
+                        f"class_merge_map= too ({example})")
+    if isinstance(groups, str) or not isinstance(groups, Iterable):
+        raise DataError(f"class_merge_transition_groups must be a list of lists of class names, {example}; got "
+                        f"{groups!r}")
+    clusters: list[frozenset[str]] = []
+    for group in groups:
+        if isinstance(group, str) or not isinstance(group, Iterable) or len(names := [str(c) for c in group]) < 2:
+            raise DataError(f"Each class_merge_transition_groups entry must list at least two classes, {example}; "
+                            f"got {group!r}")
+        twice = sorted(set(names) & set().union(*clusters)) if clusters else []
+        if twice:
+            raise DataError(f"class_merge_transition_groups puts {twice} into two groups; each class may be in one")
+        clusters.append(frozenset(names))
+    unknown = sorted(set().union(*clusters) - {b for bases in merge.values() for b in bases})
+    if unknown:
+        raise DataError(f"class_merge_transition_groups names {unknown}, which class_merge_map does not merge")
+    return clusters
+
+
+def _within_groups(raw: pd.DataFrame, groups: Sequence[frozenset[str]], merge: Mapping[str, Sequence[str]]
+                   ) -> pd.Series:
+    """Which rows (before merging) stay: rows of merged classes pair only within their transition group, so an
+    explicit alternative of another group (or of a class outside every group) goes, as does a row whose class
+    is in no group. Drops are logged."""
+    bases = {b for names in merge.values() for b in names}
+    group_of = {c: i for i, group in enumerate(groups) for c in group}
+    factual = raw["factual_class"].map(group_of)
+    merged = raw["factual_class"].isin(bases)
+    explicit = raw["alternative_class"] != ""
+    same = factual.notna() & (factual == raw["alternative_class"].map(group_of))
+    keep = ~merged | (explicit & same) | (~explicit & factual.notna())
+    if not keep.all():
+        counts = (raw.loc[~keep, "factual_class"] + "→" + raw.loc[~keep, "alternative_class"].replace("", "?")
+                  ).value_counts().sort_index().to_dict()
+        logger.info("class_merge_transition_groups: dropped %d row(s) outside their group: %s", int((~keep).sum()),
+                    counts)
+    return keep
+
+
 def _check_target_classes(target_classes: Sequence[str] | None,
                           merge: Mapping[str, Sequence[str]] | None) -> list[str] | None:
     if target_classes is None:
@@ -282,9 +332,10 @@ def _restrict_classes(raw: pd.DataFrame, all_classes: Sequence[str] | None) -> t
     return raw[~drop], classes
 
 
-def _pair_rows(part: pd.DataFrame, pair: tuple[str, str], seed: int | None) -> pd.DataFrame:
+def _pair_rows(part: pd.DataFrame, pair: tuple[str, str], seed: int | None,
+               groups: Sequence[frozenset[str]] | None = None) -> pd.DataFrame:
     """The pair's transitions with labels ±1; rows of a pair class toward a third class are logged and left out."""
-    rows = _complete_alternatives(part, pair, seed)
+    rows = _complete_alternatives(part, pair, seed, groups)
     keep = rows["alternative_class"].isin(pair) & (rows["factual_class"] != rows["alternative_class"])
     if not keep.all():
         counts = (rows.loc[~keep, "factual_class"] + "→" + rows.loc[~keep, "alternative_class"].replace("", "?")
@@ -336,15 +387,19 @@ def _validate_rows(rows: pd.DataFrame, mask: str) -> pd.DataFrame:
 def unify_classes(data: Any, target_classes: Sequence[str] | None = None, *,
                   all_classes: Sequence[str] | None = None,
                   class_merge_map: Mapping[str, Sequence[str]] | None = None,
-                  seed: int | None = 0, mask: str = MASK) -> UnifiedData:
+                  seed: int | None = 0, mask: str = MASK,
+                  transition_groups: Sequence[Sequence[str]] | None = None) -> UnifiedData:
     """Validate user data: the pair's training rows, the other classes' rows and every class.
 
     `class_merge_map` renames classes first (`{"masc": ["der_nom", "den_acc"], ...}`; with two
     merged classes they are the default pair); `all_classes` then keeps only those classes
     (default: all). Rows of other classes are kept as `other_rows` (label 0), never trained on.
+    `transition_groups` (the reference's `class_merge_transition_groups`, e.g. `[["1SG", "1PL"],
+    ["3SG", "3PL"]]`) lets merged classes pair only within a group: 1SG↔1PL and 3SG↔3PL, never 1SG↔3PL.
     Accepts every input `unify` does.
     """
     merge = check_merge_map(class_merge_map)
+    groups = check_transition_groups(transition_groups, merge)
     target = _check_target_classes(target_classes, merge)
     data = resolve_table_input(data, "Training data")
     if isinstance(data, Mapping):
@@ -358,12 +413,15 @@ def unify_classes(data: Any, target_classes: Sequence[str] | None = None, *,
         if unknown:
             raise DataError(f"target_classes {unknown} are not in all_classes {list(all_classes)}; add them")
     raw = raw.assign(raw_class=raw["factual_class"])
-    raw, classes = _restrict_classes(_merge_classes(raw, merge), all_classes)
+    merged = _merge_classes(raw, merge)
+    if groups is not None:  # after the merge map's own checks, on the classes before merging
+        merged = merged[_within_groups(raw, groups, merge).loc[merged.index]]
+    raw, classes = _restrict_classes(merged, all_classes)
     if raw.empty:
         raise DataError("Training data is empty: no rows left after reading it")
     pair = _resolve_pair(sorted(set(raw["factual_class"])), target)
     in_pair = raw["factual_class"].isin(pair)
-    rows = _pair_rows(_validate_rows(raw[in_pair], mask), pair, seed)
+    rows = _pair_rows(_validate_rows(raw[in_pair], mask), pair, seed, groups)
     if (rows["alternative"].str.strip() == "").any():
         raise DataError("Some rows have no alternative token; the other class has no tokens to sample from")
     other = _other_rows(_validate_rows(raw[~in_pair], mask), rows, pair, classes, seed)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gradiend.data import MASK, DataError
+from gradiend.data import MASK, DataError, check_merge_map, check_transition_groups
 from gradiend.data_sources import SPLIT_NAMES, dataset_to_frames, load_hub_dataset, resolve_table_input
 
 logger = logging.getLogger(__name__)
@@ -125,9 +125,7 @@ class TextPredictionConfig:
             raise ValueError(f"img_format must be one of {IMG_FORMATS}, got {self.img_format!r}")
         self.img_format = self.img_format.lower().lstrip(".")
         self._check_decoder_options()
-        if self.class_merge_transition_groups is not None:
-            raise ValueError("class_merge_transition_groups is not supported by gradiend; merge classes with "
-                             "class_merge_map= and pick the pair with target_classes=")
+        check_transition_groups(self.class_merge_transition_groups, check_merge_map(self.class_merge_map))
         self._check_split_options()
 
     def _check_decoder_options(self) -> None:

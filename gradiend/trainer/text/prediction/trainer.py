@@ -85,13 +85,15 @@ class TextPredictionTrainer(Trainer):
         seed = config.random_state if config.random_state is not None else self._args.seed
         table = reshape_table(load_table(config), config, target_classes, seed)
         unified = unify_classes(table, target_classes, all_classes=config.all_classes,
-                                class_merge_map=config.class_merge_map, seed=seed, mask=MASK)
+                                class_merge_map=config.class_merge_map, seed=seed, mask=MASK,
+                                transition_groups=config.class_merge_transition_groups)
         positive = self._args.positive_class
         if target_classes is None and positive is not None and unified.pair[0] != positive:
             if positive not in unified.pair:
                 raise ValueError(f"positive_class={positive!r} is not one of the target classes {list(unified.pair)}")
             unified = unify_classes(table, list(unified.pair)[::-1], all_classes=config.all_classes,
-                                    class_merge_map=config.class_merge_map, seed=seed, mask=MASK)
+                                    class_merge_map=config.class_merge_map, seed=seed, mask=MASK,
+                                    transition_groups=config.class_merge_transition_groups)
         self._data_seed = seed
         self._rows, self._pair = assign_splits(unified.rows, config, seed), unified.pair
         self._other_rows = assign_splits(unified.other_rows, config, seed) if len(unified.other_rows) else \
@@ -202,7 +204,8 @@ SAVED_DATA_OPTIONS = ("masked_col", "label_col", "label_class_col", "alternative
                       "max_counterfactuals_per_sentence", "hf_dataset", "hf_subset", "hf_splits",
                       "eval_neutral_max_rows", "decoder_eval_targets", "decoder_eval_restrict_to_target_classes",
                       "decoder_eval_prob_on_other_class", "decoder_eval_ignore_tokens",
-                      "eval_neutral_additional_excluded_words", "img_format", "img_dpi", "correlation_mapping")
+                      "eval_neutral_additional_excluded_words", "img_format", "img_dpi", "correlation_mapping",
+                      "class_merge_transition_groups")
 
 
 def _path_or_id(value: Any) -> str | None:
