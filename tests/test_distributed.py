@@ -451,3 +451,53 @@ def test_slice_projections_sum_to_the_full_encoding(tiny_mlm_dir: str, forward_m
              for lo, hi in (distributed.shard_range(n, r, 3) for r in range(3))]
     assert all(part.shape == (2, 2) for part in parts) and all(part.abs().max() > 0 for part in parts)
     torch.testing.assert_close(sum(parts), full, rtol=1e-4, atol=1e-6 * float(full.abs().max()))
+
+
+def test_a_sharded_checkpoint_round_trips_and_refuses_what_does_not_fit(tmp_path, caplog) -> None:
+    """One process is the one-rank case of `ShardedCheckpoint`: its file layout round-trips; another world size, a
+    truncated rank file, another run's key or a step count that does not fit make every rank start fresh."""
+    from gradiend.model import GradiendConfig, GradiendModel
+    from gradiend.resume import ResumeCheckpoint, TrainingState
+    from gradiend.sharding import ShardedCheckpoint
+    from gradiend.training import make_optimizer
+
+    model = GradiendModel(GradiendConfig(input_dim=50), generator=torch.Generator().manual_seed(0))
+    optimizer = make_optimizer(model.parameters(), gradiend.TrainingArguments(), fused=False)
+    for param in model.parameters():
+        param.grad = torch.ones_like(param)
+    optimizer.step()
+    state = TrainingState(key="k", step=2, total_steps=6, epoch=0, gradiend=model.state_dict(),
+                          optimizer=optimizer.state_dict(), history={"scores": {"2": 0.5}}, best_state=None,
+                          best_is_current=True, timings={"gradients": 1.0})
+    directory = tmp_path / "checkpoint"
+    checkpoint = ShardedCheckpoint(ResumeCheckpoint(directory, "k", save_steps=2))
+    assert checkpoint.due(2, 6) and not checkpoint.due(6, 6)
+    assert checkpoint.save(state)
+    assert {"rank0.safetensors", "state.json"} <= {p.name for p in directory.iterdir()}
+    loaded = checkpoint.load(6, model.state_dict(), optimizer)
+    assert loaded is not None and loaded.step == 2 and loaded.history == state.history
+    for key, value in state.gradiend.items():
+        assert torch.equal(loaded.gradiend[key], value)
+    assert torch.equal(loaded.optimizer["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])
+    assert ShardedCheckpoint(ResumeCheckpoint(directory, "other", 2)).load(6, model.state_dict(), optimizer) is None
+    assert checkpoint.load(8, model.state_dict(), optimizer) is None  # another step count
+    meta = json.loads((directory / "state.json").read_text(encoding="utf-8"))
+    (directory / "state.json").write_text(json.dumps({**meta, "shards": {**meta["shards"], "world_size": 2}}))
+    assert checkpoint.load(6, model.state_dict(), optimizer) is None
+    assert "written by 2 sharded ranks, this run has 1" in caplog.text
+    (directory / "state.json").write_text(json.dumps(meta))
+    data = (directory / "rank0.safetensors").read_bytes()
+    (directory / "rank0.safetensors").write_bytes(data[:-10])
+    assert checkpoint.load(6, model.state_dict(), optimizer) is None
+    assert "not the size rank 0 recorded" in caplog.text
+    checkpoint.remove()
+    assert not directory.exists()
+
+
+def test_gather_to_main_in_one_process_is_a_host_copy() -> None:
+    values = torch.arange(6.0)
+    out = distributed.gather_to_main(values, 3, width=2)
+    assert out is not None and torch.equal(out, values) and out.data_ptr() != values.data_ptr()
+    with pytest.raises(ValueError, match="do not fit"):
+        distributed.gather_to_main(values, 4, width=2)
+    assert distributed.broadcast_(values, 0) is values
