@@ -105,3 +105,11 @@ def test_without_negative_classes_single_is_each_class_against_the_rest(tiny_mlm
     with pytest.raises(ValueError, match="needs each feature's negative class in the data"):
         PositiveTrainerSuite(TextPredictionTrainer, model=tiny_mlm_dir, data=data, args=args(tmp_path / "r"),
                              mode="all_but_one")
+
+
+def test_reference_import_path() -> None:
+    import gradiend.suites
+    from gradiend.trainer import suite
+
+    for name in suite.__all__:
+        assert getattr(suite, name) is getattr(gradiend.suites, name)
