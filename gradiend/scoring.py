@@ -20,13 +20,47 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradiend.data import DataError, length_batches
+from gradiend.data import TOKENS_PER_ROW, DataError
 from gradiend.objectives import CausalLMObjective, LMObjective
 
 logger = logging.getLogger(__name__)
 
 #: Rows of hidden states sent through the LM head at once when scoring causal LMs (bounds memory).
 HEAD_CHUNK = 1024
+#: The fixed cost of one model forward (Python, kernel launches, small matrices), in padded tokens:
+#: `forward_batches` starts a new batch when that saves more padding than this.
+FORWARD_OVERHEAD_TOKENS = 32
+
+
+def forward_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Row indices grouped for the scoring forwards, at the least cost: padded tokens plus
+    `FORWARD_OVERHEAD_TOKENS` per batch, each batch at most `batch_size` rows and (unless it is one row)
+    `TOKENS_PER_ROW · batch_size` padded tokens.
+
+    Rows are taken in order of token length (stable), so batches are runs of that order and a batch pads
+    to its longest row; the best cut points come from dynamic programming over that order. Greedy filling
+    (`data.length_batches`) pads 12 neutral texts of 9 to 62 tokens to 1.7x their tokens; cut here, 1.2x.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    sizes = [int(lengths[i]) for i in order]
+    budget = TOKENS_PER_ROW * batch_size
+    best = [0.0] + [math.inf] * len(sizes)  # best[j]: the cost of the first j rows of `order`
+    cut = [0] * (len(sizes) + 1)
+    for j in range(1, len(sizes) + 1):
+        longest = sizes[j - 1]
+        for i in range(j - 1, max(0, j - batch_size) - 1, -1):  # batch order[i:j]
+            if j - i > 1 and (j - i) * longest > budget:
+                break
+            cost = best[i] + (j - i) * longest + FORWARD_OVERHEAD_TOKENS
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    batches, j = [], len(sizes)
+    while j > 0:
+        batches.append(order[cut[j]:j])
+        j = cut[j]
+    return batches[::-1]
 
 
 def case_variants(token: str) -> set[str]:
@@ -109,7 +143,7 @@ def class_probabilities(model: nn.Module, objective: LMObjective, texts: Sequenc
             by_length[len(ids)].append((ci, ids))
     out = np.zeros((len(texts), len(classes)), dtype=np.float64)
     device = next(model.parameters()).device
-    for rows in length_batches(objective.token_lengths(texts), batch_size):
+    for rows in forward_batches(objective.token_lengths(texts), batch_size):
         chunk = [texts[i] for i in rows]
         for k, entries in by_length.items():
             placeholder = [list(range(k))] * len(chunk)
@@ -133,7 +167,7 @@ def _causal_class_probabilities(model: nn.Module, objective: CausalLMObjective, 
     index = {cls: [torch.tensor(sorted({i for f, i in entries if f == form}), dtype=torch.long, device=device)
                    for form in (AFTER_SPACE, GLUED)] for cls, entries in ids_by_class.items()}
     out = np.zeros((len(texts), len(ids_by_class)), dtype=np.float64)
-    for rows in length_batches(objective.token_lengths(texts), batch_size):
+    for rows in forward_batches(objective.token_lengths(texts), batch_size):
         tensors, positions, spaced = objective.encode_prefixes([texts[i] for i in rows])
         tensors = {k: v.to(device) for k, v in tensors.items()}
         probs = torch.softmax(objective.logits_at_positions(model, tensors, positions.to(device)), dim=-1)
@@ -180,7 +214,7 @@ def prepare_lms(objective: LMObjective, texts: Sequence[str], ignore_tokens: Ite
     ignore_ids = _ignored_ids(objective, ignore_tokens)
     rng = np.random.default_rng(seed)
     batches, total = [], 0
-    for rows in length_batches(objective.token_lengths(texts), batch_size):
+    for rows in forward_batches(objective.token_lengths(texts), batch_size):
         enc = tok([texts[i] for i in rows], padding=True, truncation=True,
                   max_length=objective.max_length, return_tensors="pt", return_special_tokens_mask=True)
         input_ids = enc["input_ids"].clone()
@@ -213,7 +247,7 @@ def _prepare_causal_lms(objective: CausalLMObjective, texts: Sequence[str], igno
                         batch_size: int) -> LMSData:
     lead = objective.lead_ids
     batches, total = [], 0
-    for rows in length_batches(objective.token_lengths(texts), batch_size):
+    for rows in forward_batches(objective.token_lengths(texts), batch_size):
         sequences, positions, targets = [], [], []
         for text in (texts[i] for i in rows):
             ids = lead + objective.tokenizer(text, add_special_tokens=False)["input_ids"]
