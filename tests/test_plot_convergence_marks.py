@@ -42,7 +42,7 @@ def test_trainer_plots_mark_a_run_that_did_not_converge(experiment, monkeypatch,
 
 
 def test_plot_functions_take_the_verdict(experiment, tmp_path) -> None:
-    exp, trainer = experiment
+    _, trainer = experiment
     frame = trainer.get_encodings(split="test")
     assert plots.encoder_distributions_figure(frame, converged=False)._suptitle.get_text().endswith(MARK)
     assert MARK not in plots.encoder_distributions_figure(frame)._suptitle.get_text()
