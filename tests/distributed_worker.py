@@ -240,6 +240,35 @@ def _experiment(setup: Setup, out: Path) -> None:
           {"summaries": experiment.load_decoder_summaries().to_json(), "grid": experiment.load_decoder()["grid"]})
 
 
+def _experiment_shard(setup: Setup, out: Path) -> None:
+    """The tiny experiment trained with a sharded GRADIEND and resume checkpoints every 2 steps, then evaluated."""
+    from tiny_experiment import LRS, NEUTRAL
+
+    from gradiend import TextPredictionTrainer
+
+    rank = distributed.context().rank
+    args = TrainingArguments(experiment_dir=str(out / "experiment_shard"), train_batch_size=4, max_steps=6,
+                             eval_steps=3, seed=0, show_progress=False, scale_estimation_batches=2,
+                             params=["encoder.layer.1.*"], decoder_eval_lrs=LRS, shard_gradiend=True, save_steps=2,
+                             distributed_timeout=30.0)
+    trainer = TextPredictionTrainer(model=setup.model_dir, data=make_rows(), args=args, target_classes=PAIR,
+                                    eval_neutral_data=NEUTRAL)
+    os.environ[WRITE_HOOK_ENV] = str(out / f"shard_writes_rank{rank}.log")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            trainer.train()
+        trainer.evaluate_encoder()
+        trainer.evaluate_decoder(target_class="3SG")
+    finally:
+        del os.environ[WRITE_HOOK_ENV]
+    experiment = trainer.experiment
+    encoded = [float(v) for r in experiment.encoder_results() for v in pd.read_csv(r.csv)["encoded"]]
+    _save(out, "experiment_shard", {"encoded": torch.tensor(encoded)},
+          {"summaries": experiment.load_decoder_summaries().to_json(),
+           "resume_left": sorted(str(p) for p in (out / "experiment_shard").rglob("rank*.safetensors"))})
+
+
 SCENARIOS: dict[str, Callable[[Setup, Path], None]] = {
     "grad": lambda s, o: _gradients(s, o, "grad", sharded=False),
     "grad_shard": lambda s, o: _gradients(s, o, "grad_shard", sharded=True),
@@ -252,6 +281,7 @@ SCENARIOS: dict[str, Callable[[Setup, Path], None]] = {
     "train_batches": lambda s, o: _train(s, o, "train_batches", gradiend_batch_size=2, shard_gradiend=True,
                                          max_steps=4, eval_steps=2),
     "experiment": _experiment,
+    "experiment_shard": _experiment_shard,
     "prune": lambda s, o: _prune(s, o, "prune"),
     "resume_shard": lambda s, o: _resume(s, o, "resume_shard"),
     "train_cuda": lambda s, o: _train(s, o, "train_cuda", template=s.template.to(f"cuda:{torch.cuda.current_device()}"),

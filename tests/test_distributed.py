@@ -90,7 +90,7 @@ def launches(tiny_mlm_dir: str, tmp_path_factory: pytest.TempPathFactory) -> dic
     """
     started = time.monotonic()
     two, one, hang = (tmp_path_factory.mktemp(name) for name in ("two_ranks", "one_process", "hang"))
-    procs = {"agreement": _start(tiny_mlm_dir, two, [*AGREEMENT, "resume_shard", "die"]),
+    procs = {"agreement": _start(tiny_mlm_dir, two, [*AGREEMENT, "resume_shard", "experiment_shard", "die"]),
              "hang": _start(tiny_mlm_dir, hang, ["hang"])}
     run(tiny_mlm_dir, one, AGREEMENT)
     result: dict[str, Any] = {"two": two, "one": one, "hang_output": hang}
@@ -210,6 +210,23 @@ def test_pre_pruning_statistics_are_split_across_ranks(runs) -> None:
     _close(rank0["importance"], ref["importance"])
     assert int(ref["keep"].sum()) == int(rank0["keep"].sum()) > 0
     assert int((rank0["keep"] != ref["keep"]).sum()) <= 2  # at most a near-tie at the cut swapped
+
+
+def test_a_sharded_experiment_with_resume_checkpoints(runs) -> None:
+    """The trainer with shard_gradiend and save_steps=2: rank 1 writes only its slice of each resume checkpoint
+    (into rank 0's temp directory), the checkpoints are gone at the end, and the results equal the unsharded
+    two-rank experiment's."""
+    two, _ = runs
+    rank1 = [line.split("\t") for line in (two / "shard_writes_rank1.log").read_text(encoding="utf-8").splitlines()]
+    assert rank1 and all(path.endswith("/rank1.safetensors") and "/cache/resume/" in path for _, _, _, path, _ in rank1)
+    rank0 = (two / "shard_writes_rank0.log").read_text(encoding="utf-8")
+    assert rank0.count("state.json") == 2  # checkpoints after steps 2 and 4 (not after the last step)
+    (tensors, info), (reference, ref_info) = _load(two, "experiment_shard", 0), _load(two, "experiment", 0)
+    assert info["resume_left"] == []
+    assert tensors["encoded"].numel() == reference["encoded"].numel() > 0
+    torch.testing.assert_close(tensors["encoded"], reference["encoded"], rtol=0, atol=1e-4)
+    ids = [{k: v.get("id") for k, v in s["summaries"]["summaries"].items()} for s in (info, ref_info)]
+    assert ids[0] == ids[1] and ids[0]
 
 
 def test_a_resumed_sharded_run_equals_the_uninterrupted_one(runs) -> None:
