@@ -212,22 +212,26 @@ def engine_gradient_bytes(shape: RunShape) -> int:
 
 
 def plan_for_model(model: ModelWithGradiend, args: TrainingArguments, seq_len: int = 128,
-                   cache_bytes: int = 0, best_on_host: bool = True, shards: int | None = None) -> MemoryPlan:
+                   cache_bytes: int = 0, best_on_host: bool = True, shards: int | None = None,
+                   final_weights: str = "every_rank") -> MemoryPlan:
     """The plan of training `model`'s GRADIEND with `args` (shape-only templates work: nothing is allocated).
 
     `seq_len`: the token length the activation estimate assumes; `cache_bytes`: an in-memory gradient
     cache's byte limit (0 for none or a disk cache); `shards`: processes the GRADIEND is split over
-    (default: the torchrun world size with `args.shard_gradiend`, else 1).
+    (default: the torchrun world size with `args.shard_gradiend`, else 1); `final_weights`: where a sharded
+    run's trained weights are gathered (`training.FINAL_WEIGHTS`: "every_rank" devices or "rank0_host").
     """
+    if final_weights not in ("every_rank", "rank0_host"):
+        raise ValueError(f"final_weights={final_weights!r}; use 'every_rank' or 'rank0_host'")
     if shards is None:
         from gradiend.distributed import env_world_size
 
         shards = env_world_size() if args.shard_gradiend else 1
     config = model.gradiend.config
-    return plan_memory(run_shape(model.base_model, model.param_map, args, latent_dim=config.latent_dim,
-                                 bias_decoder=config.bias_decoder,
-                                 gradiend_bytes=model.gradiend.encoder_weight.element_size(), seq_len=seq_len,
-                                 cache_bytes=cache_bytes, best_on_host=best_on_host, shards=shards))
+    shape = run_shape(model.base_model, model.param_map, args, latent_dim=config.latent_dim,
+                      bias_decoder=config.bias_decoder, gradiend_bytes=model.gradiend.encoder_weight.element_size(),
+                      seq_len=seq_len, cache_bytes=cache_bytes, best_on_host=best_on_host, shards=shards)
+    return plan_memory(replace(shape, gather_to_main_host=final_weights == "rank0_host"))
 
 
 def run_shape(base: nn.Module, param_map: ParamMap, args: TrainingArguments, *, latent_dim: int = 1,

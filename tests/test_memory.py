@@ -316,3 +316,18 @@ def test_cuda_gradients_are_cached_pinned_and_restored(dtype: str) -> None:
     unpinned = GradientStore("memory", pin_memory=False)
     unpinned.put("k", grads)
     assert not any(t.is_pinned() for t in unpinned._memory["k"].values())
+
+
+def test_plan_for_model_places_a_sharded_runs_final_weights(tiny_mlm_dir: str) -> None:
+    from gradiend.model_with_gradiend import ModelWithGradiend
+
+    model = ModelWithGradiend.create(tiny_mlm_dir, feature_classes=["3SG", "3PL"], seed=0,
+                                     params=["encoder.layer.1.*"])
+    args = TrainingArguments(shard_gradiend=True)
+    devices = plan_for_model(model, args, shards=2)
+    host = plan_for_model(model, args, shards=2, final_weights="rank0_host")
+    full = 3 * model.param_map.size * 4 + 4  # encoder, decoder, decoder bias + the encoder bias
+    assert devices.bytes("gathered_weights") == host.bytes("gathered_weights") == full
+    assert devices.needed("device") - host.needed("device") == full == host.needed("host") - devices.needed("host")
+    with pytest.raises(ValueError, match="final_weights='everywhere'"):
+        plan_for_model(model, args, shards=2, final_weights="everywhere")
