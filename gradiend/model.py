@@ -151,10 +151,11 @@ class GradiendModel(nn.Module):
             _uniform_(self.decoder_bias, scale, generator)
 
     @torch.no_grad()
-    def scale_initial_weights(self, bound: float) -> None:
+    def scale_initial_weights(self, bound: float, input_dim: int | None = None) -> None:
         """Rescale freshly initialised weights (`reset_parameters`) so the encoder's lie in ±`bound`.
 
-        Every weight is multiplied by `bound·√n` (the decoder keeps its ratio to the encoder). With
+        Every weight is multiplied by `bound·√n`, n = `input_dim` (default: this GRADIEND's; a slice of
+        a sharded GRADIEND passes the full one); the decoder keeps its ratio to the encoder. With
         `bound` = the learning rate, the initial weights are one Adam step in size whatever the
         learning rate, so together with `gradiend.step.scale_norms` a run is the same at every
         learning rate (issue 15); with the default U(±1/√n) the initial weights would outweigh
@@ -162,7 +163,7 @@ class GradiendModel(nn.Module):
         """
         if not (bound > 0 and math.isfinite(bound)):
             raise ValueError(f"bound must be a positive finite number, got {bound!r}")
-        factor = bound * math.sqrt(self.config.input_dim)
+        factor = bound * math.sqrt(self.config.input_dim if input_dim is None else input_dim)
         for param in self.parameters():
             param.mul_(factor)
 

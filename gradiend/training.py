@@ -51,7 +51,7 @@ from gradiend.metrics import pearson
 from gradiend.overlap import StepWorker
 from gradiend.resume import TrainingState
 from gradiend.sharding import Shard, ShardedCheckpoint, active_shard
-from gradiend.step import FusedLoss
+from gradiend.step import FusedLoss, scale_norms
 from gradiend.supervised import SupervisedLoss, supervised_mode
 
 if TYPE_CHECKING:
@@ -62,11 +62,6 @@ if TYPE_CHECKING:
     from gradiend.resume import ResumeCheckpoint
 
 logger = logging.getLogger(__name__)
-
-# Scale rule (see `estimate_scales`): the encoder input is scaled to this mean L1 norm and the
-# decoder target to this root-mean-square value per coordinate.
-INPUT_L1_NORM = 1e4
-TARGET_RMS = 0.01
 
 FINAL_WEIGHTS = ("every_rank", "rank0_host")
 """Where a sharded run's trained weights go: the full weights on every rank's device (evaluation and rewrites
@@ -157,22 +152,23 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def estimate_scales(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+def estimate_scales(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], learning_rate: float) -> tuple[float, float]:
     """Input and target scales from a few (source, target) gradient batches, consumed one at a time.
 
-    Adam moves every weight by about the learning rate per step, so what a step does to
-    `w_e · x` grows with the L1 norm of x, and how fast the decoder can fit y depends on the
-    size of y's coordinates. Scaling x to an L1 norm of `INPUT_L1_NORM` and y to a per-coordinate
-    RMS of `TARGET_RMS` makes one learning rate (1e-3) work across models, layers and features.
+    The input is scaled to the L1 norm and the target to the per-coordinate RMS given by
+    `gradiend.step.scale_norms(learning_rate)`, so that one Adam step moves the encoder's
+    pre-activation by at most `ENCODER_STEP` and the decoder fits its target in the same number of
+    steps, whatever the learning rate (see gradiend/step.py).
     """
     l1_norms, rms_values = [], []
     for source, target in pairs:  # statistics only: no batch is kept (each is n floats per kind)
         l1_norms.append(float(source.abs().sum()))
         rms_values.append(float(target.pow(2).mean().sqrt()))
-    return _scales(l1_norms, rms_values)
+    return _scales(l1_norms, rms_values, learning_rate)
 
 
-def estimate_scales_sharded(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], n_total: int) -> tuple[float, float]:
+def estimate_scales_sharded(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], n_total: int,
+                            learning_rate: float) -> tuple[float, float]:
     """`estimate_scales` of coordinate slices: the L1 norm and the sum of squares are summed over the ranks."""
     l1_norms, rms_values = [], []
     for source, target in pairs:
@@ -180,17 +176,18 @@ def estimate_scales_sharded(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], 
         l1, squares = distributed.all_reduce_(sums, "scale estimation").tolist()
         l1_norms.append(l1)
         rms_values.append(math.sqrt(squares / n_total))
-    return _scales(l1_norms, rms_values)
+    return _scales(l1_norms, rms_values, learning_rate)
 
 
-def _scales(l1_norms: list[float], rms_values: list[float]) -> tuple[float, float]:
+def _scales(l1_norms: list[float], rms_values: list[float], learning_rate: float) -> tuple[float, float]:
     l1 = sum(l1_norms) / max(len(l1_norms), 1)
     rms = sum(rms_values) / max(len(rms_values), 1)
     if not (math.isfinite(l1) and l1 > 0 and math.isfinite(rms) and rms > 0):
         raise FloatingPointError(f"Cannot estimate gradient scales (input L1 {l1}, target RMS {rms}): the "
                                  f"first batches have zero or non-finite gradients. Check the selected "
                                  f"parameters and the target tokens.")
-    return l1 / INPUT_L1_NORM, rms / TARGET_RMS
+    l1_target, rms_target = scale_norms(learning_rate)
+    return l1 / l1_target, rms / rms_target
 
 
 def evaluate_during_training(model: ModelWithGradiend, rows: pd.DataFrame, pair: Sequence[str],
@@ -439,6 +436,8 @@ class TrainingLoop:
                                   dtype=self.gradiend.encoder_weight.dtype) for k in self.kinds}  # gradiend_dtype
         self.optimizer = make_optimizer(self.gradiend.parameters(), args)
         state = self._load_checkpoint()
+        if state is None and supervised_mode(args) is None:  # fresh weights: one Adam step in size, whatever the lr
+            self.gradiend.scale_initial_weights(args.learning_rate, self._shard.n if self._shard is not None else None)
         if state is None and args.standardize_gradients:
             self.standardize()
         self._config = args.to_dict()
@@ -470,8 +469,8 @@ class TrainingLoop:
 
     def _fused_loss(self) -> FusedLoss:
         if self._shard is None:
-            return FusedLoss(self.gradiend, self.args.gradiend_batch_size)
-        return FusedLoss(self.gradiend, self.args.gradiend_batch_size,
+            return FusedLoss(self.gradiend, self.args.gradiend_batch_size, coordinate_sum=True)
+        return FusedLoss(self.gradiend, self.args.gradiend_batch_size, coordinate_sum=True,
                          reduce=functools.partial(distributed.all_reduce_, what="GRADIEND step"), n_total=self._shard.n)
 
     def _step_inputs(self, slot: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -532,14 +531,14 @@ class TrainingLoop:
         """Set the input and target scales from the first `scale_estimation_batches` batches."""
         t0 = time.perf_counter()
         if self._shard is not None:
-            s_in, s_out = estimate_scales_sharded(self._probe_pairs(), self._shard.n)
+            s_in, s_out = estimate_scales_sharded(self._probe_pairs(), self._shard.n, self.args.learning_rate)
         else:
-            s_in, s_out = estimate_scales(self._probe_pairs())
+            s_in, s_out = estimate_scales(self._probe_pairs(), self.args.learning_rate)
         self.gradiend.input_scale.fill_(s_in)
         self.gradiend.target_scale.fill_(s_out)
         self.timings["scale"] = time.perf_counter() - t0
-        logger.info("Gradient scales: input %.3g (L1 → %g), target %.3g (RMS → %g)", s_in, INPUT_L1_NORM,
-                    s_out, TARGET_RMS)
+        l1_target, rms_target = scale_norms(self.args.learning_rate)
+        logger.info("Gradient scales: input %.3g (L1 → %g), target %.3g (RMS → %g)", s_in, l1_target, s_out, rms_target)
 
     def _probe_pairs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(source, target) gradients of the batches training starts with, one at a time (kept: step 0)."""
@@ -750,7 +749,8 @@ class TrainingLoop:
             "best_score_checkpoint": h.best,
             "losses": h.losses,
             "gradient_scales": {"input": float(self.gradiend.input_scale), "target": float(self.gradiend.target_scale),
-                                "input_l1_norm": INPUT_L1_NORM, "target_rms": TARGET_RMS},
+                                **dict(zip(("input_l1_norm", "target_rms"), scale_norms(args.learning_rate),
+                                           strict=True))},
             "convergence_info": {
                 "converged": converged, "reason": reason,
                 "convergent_score_threshold": args.convergent_score_threshold,
