@@ -4,10 +4,11 @@ The engine takes base-model gradients with `autograd.grad` into flat buffers, so
 on those buffers are all a data-parallel run needs: each rank computes its share of every batch,
 weighted so the sum over ranks is the one-process batch mean, and the flat gradients are
 all-reduced (or, with `shard_gradiend`, reduced chunk by chunk to the rank owning each chunk: each rank
-keeps its slice of the coordinates, `gradiend.gradient_source`, `gradiend.training`). Evaluation rows
+keeps its slice of the coordinates, `gradiend.gradient_source`, `gradiend.sharding`). Evaluation rows
 and decoder-grid candidates are split across ranks and gathered. Only rank 0 writes files and holds the
 experiment lock (`gradiend.experiment`); the others wait at a barrier when it takes and releases the
-lock, then read what it wrote.
+lock, then read what it wrote (the one exception: each rank writes its slice of a sharded run's resume
+checkpoint, `gradiend.sharding.ShardedCheckpoint`).
 
 Nothing changes in one process: without `WORLD_SIZE > 1` in the environment every helper here is
 the identity (`rank 0 of 1`). With it, the process group is initialised from torchrun's variables

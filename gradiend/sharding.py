@@ -3,7 +3,14 @@
 Rank r of N owns the `distributed.shard_range(n, r, N)` slice of the n inputs: those encoder columns,
 decoder rows and decoder-bias entries, their AdamW state and gradient buffers. The encoder bias and the
 scales are replicated. The training loop (`gradiend.training`) trains `Shard.module` in place of the full
-GRADIEND, whose weights are released meanwhile.
+GRADIEND, whose weights are released meanwhile. What works on slices, without the full weights anywhere:
+
+- encoding (`Shard.encoding`, `Shard.encode_rows`): every rank takes the forward-mode derivative of every row
+  along its encoder slice (`slice_projections`), and the partial pre-activations are all-reduced;
+- decoding (`Shard.lazy_update`): each owner decodes its rows of the requested range and broadcasts them;
+- the end of training (`Shard.finish`): the full weights on every rank's device, or the best weights
+  gathered into rank 0's host memory only (`distributed.gather_to_main`);
+- resume checkpoints (`ShardedCheckpoint`): a file per rank in one directory, rank 0's `state.json` last.
 """
 
 from __future__ import annotations
