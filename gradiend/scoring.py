@@ -142,23 +142,60 @@ def class_probabilities(model: nn.Module, objective: LMObjective, texts: Sequenc
         for ids in pieces_by_class[cls]:
             by_length[len(ids)].append((ci, ids))
     out = np.zeros((len(texts), len(classes)), dtype=np.float64)
+    slots = _slot_states(model, objective, texts, list(by_length), batch_size)
     device = next(model.parameters()).device
+    for group in _head_groups(slots):  # the head once per HEAD_CHUNK slots: its vocabulary-sized weight is
+        hidden = torch.cat([s.hidden for s in group])  # read once per group, not once per batch
+        probs = torch.softmax(objective.head(model)(hidden).float(), dim=-1).split([len(s.hidden) for s in group])
+        for s, p in zip(group, probs, strict=True):
+            p = p.view(len(s.rows), s.slots, s.k, -1)
+            for ci, ids in by_length[s.k]:
+                index = torch.tensor(ids, device=device)
+                picked = p[:, :, torch.arange(s.k, device=device), index]  # (rows, slots, k)
+                out[s.rows, ci] += picked.prod(dim=-1).prod(dim=-1).cpu().double().numpy()
+    return out
+
+
+@dataclass
+class _Slots:
+    """The last hidden states at the masks of one batch of rows, each slot filled with k masks."""
+
+    rows: np.ndarray
+    k: int
+    slots: int  # slots per row
+    hidden: torch.Tensor  # (rows · slots · k, hidden size), row-major
+
+
+def _slot_states(model: nn.Module, objective: LMObjective, texts: Sequence[str], piece_counts: Sequence[int],
+                 batch_size: int) -> list[_Slots]:
+    """One backbone forward per batch and piece count; the hidden states at the masks (no head yet)."""
+    device = next(model.parameters()).device
+    out = []
     for rows in forward_batches(objective.token_lengths(texts), batch_size):
         chunk = [texts[i] for i in rows]
-        for k, entries in by_length.items():
-            placeholder = [list(range(k))] * len(chunk)
-            inputs = objective.encode_pieces(chunk, placeholder).to(device)
-            probs = torch.softmax(objective.logits_at(model, inputs), dim=-1)
-            # positions are row-major: row r owns k × slots consecutive entries
-            per_row = torch.bincount(inputs.rows, minlength=len(chunk))
+        for k in piece_counts:
+            inputs = objective.encode_pieces(chunk, [list(range(k))] * len(chunk)).to(device)
+            per_row = torch.bincount(inputs.rows, minlength=len(chunk))  # positions are row-major
             if not bool((per_row == per_row[0]).all()):
                 raise DataError("Rows scored together must have the same number of [MASK] slots")
-            probs = probs.view(len(chunk), int(per_row[0]) // k, k, -1)
-            for ci, ids in entries:
-                index = torch.tensor(ids, device=device)
-                picked = probs[:, :, torch.arange(k, device=device), index]  # (rows, slots, k)
-                out[rows, ci] += picked.prod(dim=-1).prod(dim=-1).cpu().double().numpy()
+            hidden = model.base_model(**inputs.tensors).last_hidden_state
+            picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, inputs.positions)
+            out.append(_Slots(rows, k, int(per_row[0]) // k, picked))
     return out
+
+
+def _head_groups(slots: Sequence[_Slots]) -> Iterator[list[_Slots]]:
+    """Consecutive batches with at most HEAD_CHUNK slot states together (a single larger batch alone)."""
+    group: list[_Slots] = []
+    size = 0
+    for item in slots:
+        if group and size + len(item.hidden) > HEAD_CHUNK:
+            yield group
+            group, size = [], 0
+        group.append(item)
+        size += len(item.hidden)
+    if group:
+        yield group
 
 
 def _causal_class_probabilities(model: nn.Module, objective: CausalLMObjective, texts: Sequence[str],

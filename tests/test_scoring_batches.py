@@ -56,3 +56,31 @@ def test_one_long_row_does_not_pad_a_batch_of_short_ones() -> None:
     assert forward_batches([], 4) == [] and [b.tolist() for b in forward_batches([5], 4)] == [[0]]
     with pytest.raises(ValueError, match="batch_size"):
         forward_batches([3], 0)
+
+
+@pytest.mark.parametrize("head_chunk", [2, 1024])
+def test_class_probabilities_are_the_full_models_softmax_at_the_slot(tiny_mlm_dir, monkeypatch, head_chunk) -> None:
+    """The head runs once per HEAD_CHUNK slot states across batches: the result is the model's own softmax."""
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from gradiend import scoring
+    from gradiend.objectives import MaskedLMObjective
+    from gradiend.scoring import class_piece_sets, class_probabilities
+
+    monkeypatch.setattr(scoring, "HEAD_CHUNK", head_chunk)
+    model = AutoModelForMaskedLM.from_pretrained(tiny_mlm_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_mlm_dir)
+    objective = MaskedLMObjective(tok)
+    texts = ["[MASK] went home .", "the children said that [MASK] were tired after the long walk home .",
+             "yesterday [MASK] was here .", "in the morning [MASK] saw the old ship in the harbour ."]
+    pieces = class_piece_sets(objective, {"3SG": {"he", "she"}, "3PL": {"they"}})
+    got = class_probabilities(model, objective, texts, pieces, batch_size=2)
+    ids = {c: [i for (i,) in p] for c, p in pieces.items()}
+    with torch.no_grad():
+        for r, text in enumerate(texts):
+            enc = tok(text.replace("[MASK]", tok.mask_token), return_tensors="pt")
+            slot = int((enc["input_ids"][0] == tok.mask_token_id).nonzero()[0, 0])
+            probs = torch.softmax(model(**enc).logits[0, slot].float(), dim=-1)
+            for c, cls in enumerate(pieces):
+                assert got[r, c] == pytest.approx(float(probs[ids[cls]].sum()), rel=1e-5, abs=1e-9)
