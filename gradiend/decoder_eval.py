@@ -88,6 +88,8 @@ class GridRun:
                                       "lms_stopped_early": 0, "forwards": 0, "skipped": [], "full_grid_factors": []}
         self._updates: dict[float, list[tuple[Any, torch.Tensor]]] = {}
         self._peaks: dict[str, tuple[float, float]] = {}
+        self._defer = False  # inside `deferred_restores`
+        self._stale = False  # the weights still hold a rewrite that `rewritten` left in place
 
     def _count(self, *_: Any) -> None:
         self.stats["forwards"] += 1
@@ -96,38 +98,71 @@ class GridRun:
     def rewritten(self, ff: float | None, lr: float | None) -> Iterator[None]:
         """The base model rewritten by lr·dec(ff) inside the block (None: the base model), forwards counted."""
         hook = self.model.base_model.base_model.register_forward_pre_hook(self._count)
+        keep = False
         try:
-            if ff is not None and lr != 0:
-                self._apply(ff, float(lr))
+            if ff is None or lr == 0:
+                self._restore_stale()
+            else:
+                keep = self._apply(ff, float(lr)) and self._defer
             yield
+        except BaseException:
+            keep = False
+            raise
         finally:
             hook.remove()
-            if ff is not None:
+            if keep:
+                self._stale = True
+            elif ff is not None:
                 self.snapshot.restore()
+                self._stale = False
 
-    def _apply(self, ff: float, lr: float) -> None:
+    @contextlib.contextmanager
+    def deferred_restores(self) -> Iterator[None]:
+        """Inside the block, a rewrite that overwrote every selected tensor from the saved weights stays when its
+        `rewritten` block ends: the next rewrite overwrites it anyway, so each candidate saves a full copy of the
+        selected weights (issue 17). The base weights are back when this block ends, errors included."""
+        self._defer = True
+        try:
+            yield
+        finally:
+            self._defer = False
+            self._restore_stale()
+
+    def _restore_stale(self) -> None:
+        if self._stale:
+            self.snapshot.restore()
+            self._stale = False
+
+    def _apply(self, ff: float, lr: float) -> bool:
         """θ ← θ_saved + lr·dec(ff): the decoded update of the last factor is kept (one decode per factor,
         not per candidate) and written as one fused pass per tensor from the saved weights. Entries the
-        fast pass cannot take (pruned, low precision, near the dtype's range) go through `add_to`."""
+        fast pass cannot take (pruned, low precision, near the dtype's range) go through `add_to`, on the
+        saved weights. True when every tensor was written from the saved weights by the fast pass."""
         if self.model.param_map.size * 4 > FAST_UPDATE_MAX_BYTES:
+            self._restore_stale()
             self.snapshot.add(self.model.lazy_update(ff), lr)
-            return
+            return False
         if ff not in self._updates:
             update = self.model.lazy_update(ff)
             self._updates = {ff: [(spec, update(spec.rows)) for spec in self.model.param_map.specs]}
             self._peaks = {spec.name: (float(torch.linalg.vector_norm(delta, ord=math.inf)),
                                        float(torch.linalg.vector_norm(saved, ord=math.inf)))
                            for (spec, delta), saved in zip(self._updates[ff], self.snapshot.saved, strict=True)}
+        every = True
         for (spec, delta), param, saved in zip(self._updates[ff], self.snapshot.params, self.snapshot.saved,
                                                strict=True):
             peak_delta, peak_param = self._peaks[spec.name]
             fast = (spec.index is None and param.dtype == torch.float32 and param.is_contiguous()
                     and math.isfinite(peak_delta) and peak_delta * abs(lr) + peak_param <= FLOAT32_MAX)
-            if fast:
-                with torch.no_grad():
+            with torch.no_grad():
+                if fast:
                     torch.add(saved.view(-1), delta.to(param.device), alpha=lr, out=param.view(-1))
-            else:
-                self.model.param_map.add_to(param, spec, delta, lr)
+                    continue
+                if self._stale:  # add_to adds to the current weights: this tensor's saved ones first
+                    param.copy_(saved)
+            self.model.param_map.add_to(param, spec, delta, lr)
+            every = False
+        return every
 
     def probabilities(self) -> dict[str, dict[str, float]]:
         """`probs[dataset_class][class]` of the current weights."""
@@ -166,7 +201,8 @@ def run_grid(model: ModelWithGradiend, rows: pd.DataFrame, pieces_by_class: Mapp
     mean probability of each class's tokens on the rows of each dataset class.
     """
     run = GridRun(model, rows, pieces_by_class, lms_data, batch_size)
-    return search_grid(run, feature_factors, learning_rates, search, lms_ratio, show_progress)
+    with run.deferred_restores():
+        return search_grid(run, feature_factors, learning_rates, search, lms_ratio, show_progress)
 
 
 def search_grid(run: GridRun, feature_factors: Sequence[float], learning_rates: Sequence[float], search: str,
@@ -506,7 +542,8 @@ def evaluate_decoder(model: ModelWithGradiend, rows: pd.DataFrame, pair: Sequenc
 
     records = _cached_grid(cache.grid, key) if cache is not None and cache.use else None
     if records is None:
-        records = search_grid(grid_run(), factors, lrs, mode, ratio, request.show_progress)
+        with grid_run().deferred_restores():
+            records = search_grid(runs[0], factors, lrs, mode, ratio, request.show_progress)
     result, records = _select_verified(records, request, pair, goal_factor, lrs, ratio, grid_run)
     if runs:
         stats = {"mode": mode, "grid_size": len(factors) * len(lrs), **runs[0].stats}
