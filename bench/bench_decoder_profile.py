@@ -66,7 +66,7 @@ def instrumented(model: Any, timers: Timers) -> Iterator[None]:
     backbone = model.base_model.base_model
     head = model.objective.head(model.base_model)
     undo = [timers.wrap(backbone, "forward", "backbone forward"), timers.wrap(head, "forward", "LM head"),
-            timers.wrap(decoder_eval.GridRun, "_apply", "rewrite (apply)"),
+            timers.wrap(decoder_eval.GridRun, "_apply", "rewrite (decode + apply)"),
             timers.wrap(rewrite.ParameterSnapshot, "restore", "rewrite (restore)"),
             timers.wrap(rewrite.ParameterSnapshot, "__init__", "save weights"),
             timers.wrap(type(model), "lazy_update", "decode update"),

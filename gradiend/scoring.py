@@ -27,9 +27,10 @@ logger = logging.getLogger(__name__)
 
 #: Rows of hidden states sent through the LM head at once when scoring causal LMs (bounds memory).
 HEAD_CHUNK = 1024
-#: The fixed cost of one model forward (Python, kernel launches, small matrices), in padded tokens:
+#: The fixed cost of one model forward in padded tokens: Python and kernel launches (a few ms on a small
+#: model) plus, for a masked LM's LMS batch, one read of the vocabulary-sized head weight (47 MB on MiniLM);
 #: `forward_batches` starts a new batch when that saves more padding than this.
-FORWARD_OVERHEAD_TOKENS = 32
+FORWARD_OVERHEAD_TOKENS = 64
 
 
 def forward_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
