@@ -6,11 +6,14 @@ names what went wrong, so a run that cannot converge says so at its first evalua
 finishing silently:
 
 * **diverging**: a non-finite loss, class mean or correlation; or the loss grew ≥ `LOSS_GROWTH`×
-  from its first steps; or the encoder norm grew ≥ `NORM_GROWTH`× from initialisation.
+  from its first steps.
 * **saturated**: both class means at |h| ≥ `SATURATED` with the same sign: every row encodes to
   the same end of tanh, so the feature cannot separate the classes.
-* **not moving**: after at least `MIN_STEPS` steps the class means are still within ±`QUIET` and
-  the encoder norm changed by less than `STILL` (relative): the steps are too small.
+* **not moving**: after at least `MIN_STEPS` steps both class means are still within ±`QUIET`. A
+  healthy run moves them by far more: one Adam step moves a row's pre-activation by up to
+  `gradiend.step.ENCODER_STEP` (0.1), and on the embedded models the class means reach ±0.5–0.7 by
+  step 25 at every learning rate in [1e-5, 1e-2]. The encoder norm cannot tell: training starts
+  from weights one Adam step in size, so the norm grows many-fold in every run, stuck or not.
 
 `LearningMonitor` wraps it for the training loop: it logs each cause once (a `logging` warning
 naming the cause and the fix) and keeps the list for `training.json`.
@@ -29,11 +32,9 @@ logger = logging.getLogger(__name__)
 Cause = Literal["diverging", "saturated", "not_moving"]
 
 LOSS_GROWTH = 10.0
-NORM_GROWTH = 1e3
 SATURATED = 0.98
-QUIET = 0.05
-STILL = 0.01
-MIN_STEPS = 10
+QUIET = 0.1
+MIN_STEPS = 20
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,7 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def _diverging(step: int, losses: Sequence[float], norms: list[tuple[int, float]], corr: float,
-               means: Mapping[str, float]) -> str | None:
+def _diverging(step: int, losses: Sequence[float], corr: float, means: Mapping[str, float]) -> str | None:
     bad = [x for x in (*losses[-1:], corr, *means.values()) if not _finite(x)]
     if bad:
         return f"non-finite values at step {step} (loss, correlation or class means: {bad[:3]})"
@@ -66,8 +66,6 @@ def _diverging(step: int, losses: Sequence[float], norms: list[tuple[int, float]
         first, recent = sum(head) / len(head), sum(losses[-5:]) / len(losses[-5:])
         if first > 0 and recent >= LOSS_GROWTH * first:
             return f"the loss grew from {first:.3g} to {recent:.3g} ({recent / first:.0f}x)"
-    if len(norms) >= 2 and norms[0][1] > 0 and norms[-1][1] >= NORM_GROWTH * norms[0][1]:
-        return f"the encoder norm grew from {norms[0][1]:.3g} to {norms[-1][1]:.3g}"
     return None
 
 
@@ -78,22 +76,21 @@ def _saturated(means: Mapping[str, float]) -> str | None:
     return None
 
 
-def _not_moving(step: int, norms: list[tuple[int, float]], means: Mapping[str, float]) -> str | None:
-    if step < MIN_STEPS or len(norms) < 2 or not means:
+def _not_moving(step: int, means: Mapping[str, float]) -> str | None:
+    if step < MIN_STEPS or not means:
         return None
-    start, now = norms[0][1], norms[-1][1]
-    change = abs(now - start) / start if start > 0 else math.inf
-    if max(abs(v) for v in means.values()) < QUIET and change < STILL:
-        return (f"after {step} steps the class means are {', '.join(f'{v:+.3f}' for v in means.values())} and "
-                f"the encoder norm changed by {100 * change:.2g} %")
+    if max(abs(v) for v in means.values()) < QUIET:
+        return (f"after {step} steps the class means are {', '.join(f'{v:+.3f}' for v in means.values())} "
+                f"(a learning run is past ±0.5 by step 25)")
     return None
 
 
 FIXES: dict[Cause, str] = {
     "diverging": "lower learning_rate, check the data of the failing batches, or train in float32",
-    "saturated": "lower learning_rate, or check that the two classes' rows really differ in the target word",
-    "not_moving": "raise learning_rate or max_steps, or check that the selected parameters affect the target "
-                  "words (params)",
+    "saturated": "check that the two classes' rows really differ in the target word (with "
+                 "standardize_gradients=False: lower learning_rate)",
+    "not_moving": "check that the selected parameters affect the target words (params) and that "
+                  "standardize_gradients is on, or raise max_steps",
 }
 
 
@@ -101,18 +98,18 @@ def diagnose(scores: Mapping[str, float], mean_by_class: Mapping[str, Mapping[st
              encoder_norms: Mapping[str, float], losses: Sequence[float]) -> list[Diagnosis]:
     """What is wrong at the latest evaluation of this history (keys are steps as strings); [] when fine.
 
-    Diverging is reported alone (the other checks read values it already distrusts).
+    Diverging is reported alone (the other checks read values it already distrusts). `encoder_norms` is
+    accepted for the history's shape but not judged (see the module doc).
     """
     if not scores:
         return []
     step, corr = _by_step(scores)[-1]
     means = dict(_by_step(mean_by_class)[-1][1]) if mean_by_class else {}
-    norms = _by_step(encoder_norms)
-    reason = _diverging(step, losses, norms, corr, means)
+    reason = _diverging(step, losses, corr, means)
     if reason is not None:
         return [Diagnosis("diverging", step, reason)]
     found = []
-    for cause, text in (("saturated", _saturated(means)), ("not_moving", _not_moving(step, norms, means))):
+    for cause, text in (("saturated", _saturated(means)), ("not_moving", _not_moving(step, means))):
         if text is not None and step > 0:
             found.append(Diagnosis(cause, step, text))
     return found

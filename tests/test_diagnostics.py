@@ -26,10 +26,12 @@ def test_not_moving_names_the_step_and_the_tiny_change() -> None:
     found = diagnose(*_history([(0.002, 0.001), (0.003, -0.001)], [0.5774, 0.5775]))
     assert [d.cause for d in found] == ["not_moving"] and found[0].step == 25
     assert "+0.003" in found[0].message
-    # a run that moved its weights but not (yet) its means is not "not moving"
-    assert diagnose(*_history([(0.002, 0.001), (0.003, -0.001)], [0.5774, 0.7])) == []
-    # too early to judge at step 5
-    assert diagnose(*_history([(0.0, 0.0), (0.0, 0.0)], [0.5, 0.5], every=5)) == []
+    # the weight norm does not excuse quiet encodings (training starts from weights one Adam step in size)
+    assert [d.cause for d in diagnose(*_history([(0.002, 0.001), (0.09, -0.05)], [0.001, 0.7]))] == ["not_moving"]
+    # a learning run is well past ±0.1 by step 25 (the embedded models: ±0.5–0.7), so it stays silent
+    assert diagnose(*_history([(0.0, 0.0), (0.12, -0.02)], [0.001, 0.7])) == []
+    # too early to judge at step 15
+    assert diagnose(*_history([(0.0, 0.0), (0.0, 0.0)], [0.5, 0.5], every=15)) == []
 
 
 def test_saturated_when_both_classes_sit_at_the_same_end() -> None:
@@ -38,15 +40,13 @@ def test_saturated_when_both_classes_sit_at_the_same_end() -> None:
     assert diagnose(*_history([(0.0, 0.0), (0.999, -0.995)], [0.5, 40.0], scores=[0, 0.99])) == []
 
 
-@pytest.mark.parametrize("case", ["nan_loss", "loss_growth", "norm_growth", "nan_mean"])
+@pytest.mark.parametrize("case", ["nan_loss", "loss_growth", "nan_mean"])
 def test_diverging(case: str) -> None:
     means, norms, losses = [(0.0, 0.0), (0.5, -0.5)], [0.5, 0.6], [1e-4] * 25
     if case == "nan_loss":
         losses[-1] = float("nan")
     elif case == "loss_growth":
         losses = [1e-4] * 5 + [5e-3] * 20
-    elif case == "norm_growth":
-        norms = [0.5, 600.0]
     else:
         means = [(0.0, 0.0), (float("nan"), -0.5)]
     found = diagnose(*_history(means, norms, losses))
@@ -61,5 +61,5 @@ def test_monitor_warns_once_per_cause_with_the_fix(caplog: pytest.LogCaptureFixt
     assert [d.cause for d in first] == ["not_moving"] and again == []
     assert len(caplog.records) == 1
     text = caplog.records[0].getMessage()
-    assert "not moving" in text and "learning_rate=1e-05" in text and "raise learning_rate" in text
+    assert "not moving" in text and "learning_rate=1e-05" in text and "standardize_gradients is on" in text
     assert monitor.to_json() == [{"cause": "not_moving", "step": 25, "message": first[0].message}]
