@@ -23,7 +23,7 @@ allocated once per training run, and each n-sized array is read or written a few
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -160,3 +160,54 @@ def _activation_slope(name: str, pre: torch.Tensor, h: torch.Tensor) -> torch.Te
     if name == "hardtanh":
         return ((pre > -1.0) & (pre < 1.0)).to(pre.dtype)
     raise ValueError(f"no derivative for activation {name!r}")
+
+
+class ClassTargetMeans:
+    """Running sums of the target rows of each class seen in training, for `class_mean_decoder`.
+
+    The targets are base-model gradients, so their class means do not depend on the GRADIEND: any
+    training step's rows count, whichever checkpoint is kept. Two n-sized float32 sums (8 B per input).
+    """
+
+    def __init__(self, n: int, device: torch.device | str = "cpu") -> None:
+        self.sums = torch.zeros(2, n, dtype=torch.float32, device=device)
+        self.counts = [0, 0]
+
+    def add(self, y: torch.Tensor, labels: Sequence[int]) -> None:
+        """Add target rows `y` (B, n) with labels +1 (class A) / −1 (class B); other labels are skipped."""
+        if y.shape[0] != len(labels):
+            raise ValueError(f"{y.shape[0]} target rows but {len(labels)} labels")
+        for row, label in enumerate(labels):
+            if label in (1, -1):
+                slot = 0 if label == 1 else 1
+                self.sums[slot].add_(y[row])
+                self.counts[slot] += 1
+
+    def means(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class A mean, class B mean) of the raw targets; an error while a class has no row."""
+        if min(self.counts) == 0:
+            raise ValueError(f"class-mean targets need rows of both classes, got {self.counts} (A, B)")
+        return self.sums[0] / self.counts[0], self.sums[1] / self.counts[1]
+
+
+@torch.no_grad()
+def class_mean_decoder(gradiend: GradiendModel, targets: ClassTargetMeans,
+                       state: dict[str, torch.Tensor] | None = None) -> None:
+    """Set the decoder so that dec(+1) and dec(−1) are the class-mean targets (in raw gradient units).
+
+    Why: the trained decoder is kept slow on purpose (`DECODER_UNITS`: it must lag the encoder, or the
+    encoder stops at |h| ≈ 0.05, measured), so after 100 steps it holds only a few % of its target, and
+    Adam's per-coordinate steps make it a dense, sign-like vector (cosine 0.37 with the class-mean
+    difference on MiniLM). The decoded update is then the line through the two class means, the
+    least-squares decoder for encodings ±1. `state` (a state dict, e.g. the best checkpoint) is set
+    instead of the live weights when given. Without a decoder bias: dec(±1) = ±(mean A − mean B)/2.
+    """
+    if gradiend.config.latent_dim != 1:
+        raise ValueError(f"class_mean_decoder needs one feature neuron, got latent_dim={gradiend.config.latent_dim}")
+    mean_a, mean_b = targets.means()
+    scale = float(gradiend.target_scale if state is None else state["target_scale"])
+    weight = gradiend.decoder_weight if state is None else state["decoder_weight"]
+    weight[:, 0].copy_((mean_a - mean_b) / (2.0 * scale))
+    bias = gradiend.decoder_bias if state is None else state.get("decoder_bias")
+    if bias is not None:
+        bias.copy_((mean_a + mean_b) / (2.0 * scale))
