@@ -31,6 +31,7 @@ from gradiend.scoring import LMSData, LMSOutcome, class_piece_sets, class_probab
 
 if TYPE_CHECKING:
     from gradiend.arguments import TrainingArguments
+    from gradiend.model import GradiendModel
     from gradiend.model_with_gradiend import ModelWithGradiend
 
 logger = logging.getLogger(__name__)
@@ -667,3 +668,28 @@ def load_selections(cache: DecoderCache) -> dict[str, Record]:
     if stored.model != cache.model_identity.get("weights"):
         raise ValueError(f"{cache.summaries} belongs to another GRADIEND model; re-run evaluate_decoder()")
     return stored.summaries
+
+
+@torch.no_grad()
+def keep_top_decoder_fraction(gradiend: GradiendModel, fraction: float) -> int:
+    """Restrict the decoded update to the `fraction` of coordinates the decoder weights most (largest |W_d|).
+
+    The decoder weight and bias are zeroed everywhere else (in place), so dec(h) changes only the kept
+    coordinates; returns how many are kept (at least one). An edit axis next to the learning rate: the
+    rewrite then leaves the rest of the model as it is (bench/edit_frontier.py measures the trade-off).
+    """
+    if not (_finite(fraction) and 0 < fraction <= 1):
+        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
+    if gradiend.config.latent_dim != 1:
+        raise ValueError(f"keep_top_decoder_fraction needs one feature neuron, got latent_dim="
+                         f"{gradiend.config.latent_dim}")
+    weight = gradiend.decoder_weight[:, 0]
+    keep = max(1, round(fraction * weight.numel()))
+    if keep >= weight.numel():
+        return weight.numel()
+    mask = torch.zeros_like(weight, dtype=torch.bool)
+    mask[weight.abs().topk(keep).indices] = True
+    weight.masked_fill_(~mask, 0.0)
+    if gradiend.decoder_bias is not None:
+        gradiend.decoder_bias.masked_fill_(~mask, 0.0)
+    return keep

@@ -53,3 +53,21 @@ def test_errors_name_the_problem() -> None:
     wide = GradiendModel(GradiendConfig(input_dim=4, latent_dim=2), torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="one feature neuron"):
         class_mean_decoder(wide, acc)
+
+
+def test_keep_top_decoder_fraction_zeroes_all_but_the_largest_decoder_weights() -> None:
+    from gradiend.decoder_eval import keep_top_decoder_fraction
+
+    g = GradiendModel(GradiendConfig(input_dim=200), torch.Generator().manual_seed(1))
+    before = g.decode(1.0).detach().clone()
+    order = g.decoder_weight.detach()[:, 0].abs().argsort(descending=True)
+    assert keep_top_decoder_fraction(g, 0.05) == 10
+    kept = torch.zeros(200, dtype=torch.bool)
+    kept[order[:10]] = True
+    after = g.decode(1.0).detach()
+    torch.testing.assert_close(after[kept], before[kept])
+    assert torch.count_nonzero(after[~kept]) == 0
+    assert keep_top_decoder_fraction(g, 1.0) == 200 and torch.equal(g.decode(1.0).detach(), after)
+    assert keep_top_decoder_fraction(g, 1e-9) == 1  # at least one coordinate
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
+        keep_top_decoder_fraction(g, 0.0)
