@@ -27,6 +27,8 @@ def train_once(model: str, data: Any, neutral: Any, work: Path, overlap: bool, s
     """One train() → wall seconds, training.json's `time` and the weights' digest."""
     import hashlib
 
+    from safetensors.torch import load_file
+
     from gradiend import TextPredictionTrainer, TrainingArguments
 
     exp = work / f"overlap-{overlap}-{time.perf_counter_ns()}"
@@ -38,7 +40,8 @@ def train_once(model: str, data: Any, neutral: Any, work: Path, overlap: bool, s
     trainer.train()
     wall = time.perf_counter() - start
     record = json.loads((exp / "model" / "training.json").read_text())
-    digest = hashlib.sha256((exp / "model" / "model.safetensors").read_bytes()).hexdigest()[:16]
+    tensors = load_file(exp / "model" / "model.safetensors")  # the tensors: the file's header order may vary
+    digest = hashlib.sha256(b"".join(tensors[k].numpy().tobytes() for k in sorted(tensors))).hexdigest()[:16]
     return {"wall": wall, "time": record["time"], "weights": digest, "losses": record["losses"]}
 
 
@@ -82,7 +85,9 @@ def main() -> None:
         print(f"| {overlap} | {r['wall']:.2f} | {t['seconds_per_step']:.3f} | {t['gradiend']:.2f} "
               f"| {t['base_passes']:.2f} | {t['base_passes'] / r['wall']:.0%} |")
     same = len({r["weights"] for rs in results.values() for r in rs}) == 1
-    print(f"train() speed-up {best[False]['wall'] / best[True]['wall']:.2f}x; same weights in every run: {same}")
+    losses = len({tuple(r["losses"]) for rs in results.values() for r in rs}) == 1
+    print(f"train() speed-up {best[False]['wall'] / best[True]['wall']:.2f}x; same weights in every run: {same}; "
+          f"same losses: {losses}")
 
 
 if __name__ == "__main__":
