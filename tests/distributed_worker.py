@@ -55,6 +55,11 @@ class Setup:
         self.val = rows[rows["split"] == "validation"].reset_index(drop=True)
         self.model_dir = model_dir
         self.template = ModelWithGradiend.create(model_dir, feature_classes=pair, seed=0, params=PARAMS)
+        # training is compared in float64: Adam gives every coordinate a step of about the learning rate, so in
+        # float32 the coordinates whose gradient is rounding noise (attention key biases: zero in exact
+        # arithmetic) take rounding-determined steps, and 1 and 2 processes differ by 2e-4 (relative L2)
+        self.template64 = ModelWithGradiend.create(model_dir, feature_classes=pair, seed=0, params=PARAMS,
+                                                   torch_dtype="float64", gradiend_dtype="float64")
 
     def args(self, **overrides: Any) -> TrainingArguments:
         values = {"train_batch_size": BATCH, "max_steps": 6, "eval_steps": 3, "seed": 0, "show_progress": False,
@@ -92,7 +97,7 @@ def _train(setup: Setup, out: Path, name: str, cache: str = "off", template: Mod
     store = None
     if cache != "off":
         store = GradientStore(cache, 2**30, "float32", out / name / "cache" if cache == "disk" else None)
-    model = (template or setup.template).with_new_gradiend(args.seed)
+    model = (template or setup.template64).with_new_gradiend(args.seed)
     held = _Held()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -112,7 +117,7 @@ def _train_host(setup: Setup, out: Path, name: str) -> None:
     """A sharded run whose best weights are gathered into rank 0's host memory only, then encoder evaluation
     of the validation rows with the best weights: slice-wise on every rank (in one process: the full model)."""
     args = setup.args(shard_gradiend=True)
-    model = setup.template.with_new_gradiend(args.seed)
+    model = setup.template64.with_new_gradiend(args.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         outcome = train_gradiend(model, setup.train, setup.val, setup.pair, args, final_weights="rank0_host")
@@ -165,7 +170,7 @@ def _resume(setup: Setup, out: Path, name: str) -> None:
     directory = out / name / "checkpoint"
 
     def attempt(callbacks: list[TrainingCallback]) -> tuple[ModelWithGradiend, Any]:
-        model = setup.template.with_new_gradiend(args.seed)
+        model = setup.template64.with_new_gradiend(args.seed)  # as `train_shard`, which it must equal
         checkpoint = ResumeCheckpoint(directory, "run-key", args.save_steps)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -247,7 +252,7 @@ def _experiment_shard(setup: Setup, out: Path) -> None:
     from gradiend import TextPredictionTrainer
 
     rank = distributed.context().rank
-    args = TrainingArguments(experiment_dir=str(out / "experiment_shard"), train_batch_size=4, max_steps=6,
+    args = TrainingArguments(experiment_dir=str(out / "sharded_experiment"), train_batch_size=4, max_steps=6,
                              eval_steps=3, seed=0, show_progress=False, scale_estimation_batches=2,
                              params=["encoder.layer.1.*"], decoder_eval_lrs=LRS, shard_gradiend=True, save_steps=2,
                              distributed_timeout=30.0)
@@ -266,7 +271,7 @@ def _experiment_shard(setup: Setup, out: Path) -> None:
     encoded = [float(v) for r in experiment.encoder_results() for v in pd.read_csv(r.csv)["encoded"]]
     _save(out, "experiment_shard", {"encoded": torch.tensor(encoded)},
           {"summaries": experiment.load_decoder_summaries().to_json(),
-           "resume_left": sorted(str(p) for p in (out / "experiment_shard").rglob("rank*.safetensors"))})
+           "resume_left": sorted(str(p) for p in (out / "sharded_experiment").rglob("rank*.safetensors"))})
 
 
 SCENARIOS: dict[str, Callable[[Setup, Path], None]] = {
