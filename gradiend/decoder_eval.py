@@ -36,7 +36,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_LRS = (100.0, 50.0, 20.0, 10.0, 5.0, 2.0, 1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)
+# Rewrite learning rates: 1-2-5 steps over eight decades. Since issue 15 the decoded update is in raw gradient
+# units and far larger than before (on MiniLM the demo's selection lies below 1e-3), so the grid reaches 1e-6;
+# the adaptive search bisects it, so the extra decades cost about one LMS pass per feature factor.
+DEFAULT_LRS = (100.0, 50.0, 20.0, 10.0, 5.0, 2.0, 1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001,
+               5e-4, 2e-4, 1e-4, 5e-5, 2e-5, 1e-5, 5e-6, 2e-6, 1e-6)
 LMS_RATIO = 0.99
 LMS_SEED = 42
 SEARCH_MODES = ("adaptive", "grid")
