@@ -466,6 +466,8 @@ class DecoderRequest:
             if bad or not len(values):
                 raise ValueError(f"decoder grid {name} must be a non-empty list of finite numbers, got {list(values)!r}"
                                  f" (bad: {bad})")
+            if len(set(values)) != len(values):  # a candidate's id is (factor, lr): a repeat would be scored twice
+                raise ValueError(f"decoder grid {name} has repeated values: {list(values)!r}; list each once")
         check_targets(self.targets, self.ignore_tokens)
 
     @classmethod

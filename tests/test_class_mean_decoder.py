@@ -71,3 +71,11 @@ def test_keep_top_decoder_fraction_zeroes_all_but_the_largest_decoder_weights() 
     assert keep_top_decoder_fraction(g, 1e-9) == 1  # at least one coordinate
     with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
         keep_top_decoder_fraction(g, 0.0)
+
+
+def test_decoder_request_rejects_repeated_learning_rates() -> None:
+    from gradiend.decoder_eval import DEFAULT_LRS, DecoderRequest
+
+    assert len(set(DEFAULT_LRS)) == len(DEFAULT_LRS) and min(DEFAULT_LRS) == 1e-6
+    with pytest.raises(ValueError, match="repeated values"):
+        DecoderRequest(["A"], learning_rates=[1.0, 0.1, 1.0])
