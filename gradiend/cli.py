@@ -525,7 +525,7 @@ def _write_run_config(trainer: Any, trainer_inputs: dict[str, Any], args: Any) -
                   "target_classes": list(trainer.pair), "run_id": trainer_inputs.get("run_id"),
                   "eval_neutral_data": _absolute_if_local(trainer_inputs.get("eval_neutral_data")),
                   "training_args": args.to_dict(), "all_classes": trainer_inputs.get("all_classes"),
-                  "class_merge_map": trainer_inputs.get("class_merge_map")}
+                  "class_merge_map": trainer_inputs.get("class_merge_map"), "data_options": trainer.data_options()}
     atomic_write_json(exp / RUN_CONFIG, run_config)
     return exp
 

@@ -62,6 +62,7 @@ def test_train_evaluate_rewrite_report_end_to_end(inputs, capsys) -> None:
     assert stats["training_stats"]["global_step"] == 4
     run_config = json.loads((exp / "run_config.json").read_text())
     assert run_config["data"] == str(inputs / "data.csv") and run_config["target_classes"] == ["3SG", "3PL"]
+    assert isinstance(run_config["data_options"]["random_state"], int)  # the drawn split can be rebuilt
     assert (exp / "training_convergence.png").read_bytes().startswith(b"\x89PNG")
 
     early = gradiend("rewrite", str(exp), "--target-class", "3SG", "--out", str(inputs / "x"))

@@ -56,7 +56,8 @@ def test_unknown_attribute_raises_attribute_error_naming_the_module() -> None:
 
 
 @pytest.mark.parametrize(("package", "names"), [
-    ("gradiend.trainer", ("TextPredictionTrainer", "Trainer", "TrainingCallback")),
+    ("gradiend.trainer", ("TextPredictionTrainer", "Trainer", "TrainingCallback", "PositiveTrainerSuite",
+                          "PositiveFeatureDefinition", "SymmetricTrainerSuite", "TrainerCollection")),
     ("gradiend.trainer.text.prediction", ("TextPredictionConfig", "TextPredictionTrainer")),
 ])
 def test_subpackages_export_lazily_too(package: str, names: tuple[str, ...]) -> None:
