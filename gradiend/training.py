@@ -395,10 +395,10 @@ class TrainingLoop:
         self.callbacks = tuple(callbacks)
         self.kinds = list(dict.fromkeys([args.source, args.target]))
         self.history = _History()
-        self.calibrate = calibrate  # refits the selected encoder's gain and offset at the end (gradiend.calibration)
         self.monitor = LearningMonitor(args.learning_rate)
         self.timings = {"gradients": 0.0, "gradiend": 0.0, "eval": 0.0, "scale": 0.0}
         self.checkpoint = checkpoint
+        self.calibrate = calibrate  # refits the selected encoder's gain and offset at the end (gradiend.calibration)
         self._checkpoints = [0, 0.0]  # resume checkpoints written by this process, seconds spent
         self._before = {"base_passes": 0.0, "total": 0.0}  # of the interrupted run(s) this one resumes
         self._t_start, self._passes_start = 0.0, 0.0
@@ -454,7 +454,10 @@ class TrainingLoop:
         self._release_gradients()
         outcome = self._outcome(memory, self._timings())
         if self.calibrate is not None and (self._shard is None or self.final_weights == "every_rank"):
-            outcome.stats["calibration"] = self.calibrate(outcome.state)  # not where ranks keep only slices
+            calibration = self.calibrate(outcome.state)  # not where ranks keep only slices
+            if "seconds" in calibration:  # timings live under "time": the rest is a deterministic result
+                outcome.stats["time"]["calibration"] = calibration.pop("seconds")
+            outcome.stats["calibration"] = calibration
         return outcome
 
     def _start_sharding(self) -> None:
