@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gradiend._version import __version__
-from gradiend.experiment import ExperimentDir, atomic_write_bytes, is_within
+from gradiend.experiment import atomic_write_bytes
 from gradiend.records import BestCheckpoint, ConvergenceInfo, DecoderSelection, SeedReport, TrainingRecord
 from gradiend.results import (
     MissingResultError,
@@ -370,6 +370,20 @@ def build_report(experiment_dir: str | os.PathLike, *, title: str | None = None,
             f"written {stamp} by gradiend {__version__}.</p><nav>{nav}</nav>{body}</body></html>\n")
 
 
+def _write_beside_writers(path: Path, data: bytes, attempts: int = 3) -> None:
+    """`atomic_write_bytes`, without the experiment lock (a report may be written while a run trains): a run
+    that takes the lock at that instant removes unfinished temp files in the directory, so a vanished temp
+    file is written again."""
+    for attempt in range(attempts):
+        try:
+            atomic_write_bytes(path, data)
+            return
+        except FileNotFoundError:
+            if attempt == attempts - 1 or not path.parent.is_dir():
+                raise
+            logger.info("The report's temp file was removed by a run starting in %s; writing it again", path.parent)
+
+
 def write_report(experiment_dir: str | os.PathLike, output: str | os.PathLike | None = None, *,
                  title: str | None = None, plots: bool = True, dpi: int = 90) -> str:
     """Write the report (default `<experiment_dir>/report.html`, atomically) and return its path."""
@@ -379,15 +393,7 @@ def write_report(experiment_dir: str | os.PathLike, output: str | os.PathLike | 
         path = path / REPORT_FILE
     text = build_report(root, title=title, plots=plots, dpi=dpi)
     try:
-        if is_within(path.parent, root):  # inside the experiment: under its lock, like every other write there
-            try:
-                with ExperimentDir(root).writing():
-                    atomic_write_bytes(path, text.encode("utf-8"))
-            except RuntimeError as err:
-                raise RuntimeError(f"{err}. Write the report elsewhere meanwhile: --out PATH outside the "
-                                   f"experiment (write_report(..., output=PATH))") from err
-        else:
-            atomic_write_bytes(path, text.encode("utf-8"))
+        _write_beside_writers(path, text.encode("utf-8"))
     except OSError as err:
         raise OutputNotWritableError.wrap(path, err, also="or pass another --out path") from err
     logger.info("Wrote report %s (%.0f kB)", path, len(text) / 1000)
