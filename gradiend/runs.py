@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from gradiend.arguments import ReferenceArgs
 from gradiend.base_identity import base_model_fingerprint, local_model_dir, resolve_base_model
+from gradiend.calibration import run_calibrator
 from gradiend.data import prepare_rows
 from gradiend.experiment import TRAINING_STATS, atomic_directory, atomic_write_json, fingerprint, read_json, short_hash
 from gradiend.gradient_cache import GradientStore
@@ -26,7 +27,13 @@ from gradiend.pruning import post_prune, pre_prune
 from gradiend.records import RunConfig, TrainingRecord
 from gradiend.resume import SEEDS_MARKER, ResumeCheckpoint, clean_resume_root, resume_root
 from gradiend.seeds import SeedTraining, run_seeds_in
-from gradiend.training import TrainingCallback, check_trainable_dtype, evaluate_during_training, train_gradiend
+from gradiend.training import (
+    TrainingCallback,
+    capped_rows,
+    check_trainable_dtype,
+    evaluate_during_training,
+    train_gradiend,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -219,6 +226,17 @@ def prepare_run(template: ModelWithGradiend, args: TrainingArguments, rows: pd.D
     return RunInputs(template, args, train_rows, eval_rows, pair, base_name(base_model), key, tuple(callbacks))
 
 
+def _recalibrate(model: ModelWithGradiend, inputs: RunInputs, args: TrainingArguments, stats: dict[str, Any]) -> None:
+    """Post-pruning drops coordinates and so shrinks the encoder's projections: refit the calibration on the
+    pruned model (the same held-in rows as after training), recorded under `post_prune`."""
+    calibrate = run_calibrator(model, *capped_rows(inputs.train_rows, inputs.eval_rows, args), inputs.pair, args)
+    if calibrate is None:
+        return
+    record = calibrate(model.gradiend.state_dict())  # the state's tensors are the model's: refitted in place
+    stats["time"]["calibration_after_post_prune"] = record.pop("seconds", 0.0)
+    stats["post_prune"]["calibration"] = record
+
+
 def train_seed(inputs: RunInputs, args: TrainingArguments, directory: Path, key: str,
                store: GradientStore | None, checkpoint: ResumeCheckpoint | None = None, *,
                overwrite: bool = False) -> SeedTraining:
@@ -239,6 +257,7 @@ def train_seed(inputs: RunInputs, args: TrainingArguments, directory: Path, key:
         post_prune(model, args.post_prune_config)
         stats["post_prune"] = {"config": args.post_prune_config.to_dict(), "inputs_before": before,
                                "inputs_after": model.param_map.size}
+        _recalibrate(model, inputs, args, stats)
     with atomic_directory(directory, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, extra_json={"fingerprint": key})
         atomic_write_json(tmp / TRAINING_STATS, stats)

@@ -771,6 +771,16 @@ class TrainingLoop:
         return TrainingOutcome(best_state, stats, converged, reason, timings, shard=self._shard)
 
 
+def capped_rows(train_rows: pd.DataFrame, eval_rows: pd.DataFrame | None,
+                args: TrainingArguments) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The rows a run trains on and evaluates with, capped per class as `args` say (None: no evaluation)."""
+    train_rows = cap_per_class(train_rows, args.train_max_size, _data_seed(args)).reset_index(drop=True)
+    if not args.do_eval or eval_rows is None:
+        return train_rows, None
+    cap = args.encoder_eval_train_max_size or args.encoder_eval_max_size
+    return train_rows, cap_per_class(eval_rows, cap, args.seed).reset_index(drop=True)
+
+
 def train_gradiend(model: ModelWithGradiend, train_rows: pd.DataFrame, eval_rows: pd.DataFrame | None,
                    pair: Sequence[str], args: TrainingArguments, callbacks: Sequence[TrainingCallback] = (),
                    gradient_store: GradientStore | None = None,
@@ -786,15 +796,13 @@ def train_gradiend(model: ModelWithGradiend, train_rows: pd.DataFrame, eval_rows
     `final_weights` (a sharded run; see `FINAL_WEIGHTS`): where the trained weights are gathered.
     """
     with reuse_large_blocks():
-        train_rows = cap_per_class(train_rows, args.train_max_size, _data_seed(args)).reset_index(drop=True)
+        train_rows, eval_rows = capped_rows(train_rows, eval_rows, args)
         evaluate = None
-        if args.do_eval and eval_rows is not None:
-            eval_rows = cap_per_class(eval_rows, args.encoder_eval_train_max_size or args.encoder_eval_max_size,
-                                      args.seed).reset_index(drop=True)
+        if eval_rows is not None:
             evaluate = functools.partial(evaluate_during_training, model, eval_rows, pair, args.eval_batch_size)
         distributed.init_from_env(args.distributed_timeout)  # several processes: the group the run uses
         source = GradientSource(model.engine, gradient_store, sharded=args.shard_gradiend)
-        calibrate = run_calibrator(model, train_rows, eval_rows if evaluate is not None else None, pair, args)
+        calibrate = run_calibrator(model, train_rows, eval_rows, pair, args)
         loop = TrainingLoop(model, args, source, evaluate, callbacks, checkpoint, calibrate,
                             final_weights=final_weights)
         outcome = loop.fit(train_rows)

@@ -197,6 +197,10 @@ def test_trainer_pre_and_post_prune(tiny_mlm_dir, tiny_rows, tmp_path, caplog) -
     assert stats["n_inputs"] == round(0.1 * full)
     assert stats["post_prune"]["inputs_after"] == round(0.5 * round(0.1 * full))
     assert stats["memory_estimate_bytes"]["total"] > 0
+    # pruning shrinks the projections: the calibration is refitted on the pruned encoder, never for the worse
+    refit = stats["post_prune"]["calibration"]
+    assert refit["gain"] > 0 and refit["loss_after"] <= refit["loss_before"] + 1e-9
+    assert "calibration_after_post_prune" in stats["time"] and "seconds" not in refit
     loaded = trainer.load_model(trainer.model_path)
     assert loaded.param_map.size == stats["post_prune"]["inputs_after"]
     assert loaded.param_map.is_pruned
