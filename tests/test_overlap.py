@@ -11,35 +11,13 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
+from synthetic_source import Holder, SyntheticSource
 
 from gradiend import TextPredictionTrainer, TrainingArguments, TrainingCallback
 from gradiend.model import GradiendConfig, GradiendModel
 from gradiend.overlap import StepWorker
 from gradiend.resume import STATE_FILE, ResumeCheckpoint
 from gradiend.training import TrainingLoop
-
-
-class _Source:
-    """Deterministic synthetic gradients per batch; `during` is called inside every gradient computation."""
-
-    base_passes = 0.0
-
-    def __init__(self, during=None) -> None:
-        self.during = during
-
-    def gradients(self, step, texts, factual, alternative, out, keep):
-        if self.during is not None:
-            self.during(step)
-        gen = torch.Generator().manual_seed(int(texts[0].split()[1]))
-        sign = 1.0 if factual[0] == "A" else -1.0
-        for kind in out:
-            out[kind].copy_(sign * 1e-3 + torch.randn(out[kind].shape, generator=gen) * 1e-3)
-        return out
-
-
-class _Holder:
-    def __init__(self, gradiend: GradiendModel) -> None:
-        self.gradiend = gradiend
 
 
 class _Record(TrainingCallback):
@@ -81,7 +59,8 @@ def _run(overlap: bool, callbacks=(), checkpoint=None, source=None, **kw):
 
     args = TrainingArguments(**{**dict(train_batch_size=2, max_steps=20, eval_steps=5, seed=0, show_progress=False,
                                        scale_estimation_batches=2, overlap_step=overlap), **kw})
-    outcome = TrainingLoop(_Holder(gradiend), args, source or _Source(), evaluate, callbacks, checkpoint).fit(rows)
+    source = source or SyntheticSource()
+    outcome = TrainingLoop(Holder(gradiend), args, source, evaluate, callbacks, checkpoint).fit(rows)
     return outcome, gradiend
 
 
@@ -128,7 +107,7 @@ def test_the_step_runs_while_the_next_gradients_are_computed() -> None:
             steps = iter(range(1, 40))
             optimizer.register_step_pre_hook(lambda *_: overlapped.append(started[next(steps) + 1].wait(5.0)))
 
-    _run(True, [Wait()], source=_Source(during), max_steps=6, eval_steps=100)
+    _run(True, [Wait()], source=SyntheticSource(during), max_steps=6, eval_steps=100)
     # steps 1..5 have a successor whose gradients run alongside; the last step has none
     assert overlapped[:5] == [True] * 5
 
@@ -154,7 +133,7 @@ def test_crash_and_resume_with_overlap_reaches_the_sequential_outcome(tmp_path: 
 
 
 def test_a_failing_step_surfaces_with_its_step_number() -> None:
-    class Nan(_Source):
+    class Nan(SyntheticSource):
         def gradients(self, step, texts, factual, alternative, out, keep):
             super().gradients(step, texts, factual, alternative, out, keep)
             if step == 3:

@@ -20,6 +20,7 @@ import pytest
 import torch
 from conftest import make_rows
 from safetensors.torch import load_file
+from synthetic_source import Holder, SyntheticSource
 
 from gradiend import TextPredictionTrainer, TrainingArguments, TrainingCallback
 from gradiend.model import GradiendConfig, GradiendModel
@@ -188,22 +189,6 @@ def test_leftovers_among_checkpoints_are_cleaned(tmp_path) -> None:
 
 # ------------------------------------------------------------------ the loop
 
-class _Source:
-    """Deterministic synthetic gradients per batch (a `GradientProvider` without a language model)."""
-
-    base_passes = 0.0
-
-    def gradients(self, step, texts, factual, alternative, out, keep):
-        gen = torch.Generator().manual_seed(int(texts[0].split()[1]))
-        sign = 1.0 if factual[0] == "A" else -1.0
-        for kind in out:
-            out[kind].copy_(sign * 1e-3 + torch.randn(out[kind].shape, generator=gen) * 1e-3)
-        return out
-
-
-class _Holder:
-    def __init__(self, gradiend: GradiendModel) -> None:
-        self.gradiend = gradiend
 
 
 def _loop_run(checkpoint: ResumeCheckpoint | None, callbacks=(), **kw):
@@ -219,7 +204,7 @@ def _loop_run(checkpoint: ResumeCheckpoint | None, callbacks=(), **kw):
 
     args = TrainingArguments(**{**dict(train_batch_size=2, max_steps=20, eval_steps=5, seed=0, show_progress=False,
                                        scale_estimation_batches=2), **kw})
-    outcome = TrainingLoop(_Holder(gradiend), args, _Source(), evaluate, callbacks, checkpoint).fit(rows)
+    outcome = TrainingLoop(Holder(gradiend), args, SyntheticSource(), evaluate, callbacks, checkpoint).fit(rows)
     return outcome, gradiend
 
 
