@@ -41,6 +41,7 @@ TopkPart = Literal["decoder-weight", "encoder-weight", "decoder-bias", "decoder-
 GradientCacheMode = Literal["off", "memory", "disk"]
 GradientCacheDtype = Literal["float32", "bfloat16"]
 PrunePart = Literal["decoder-weight", "encoder-weight", "decoder-bias", "decoder-sum"]
+DecoderFit = Literal["class_means", "trained"]
 
 GRADIENT_KINDS: tuple[str, ...] = typing.get_args(GradientKind)
 USE_CACHE_MODES: tuple[bool | str, ...] = (False, True, *typing.get_args(CacheReuse))
@@ -49,6 +50,7 @@ CONVERGENT_METRICS: tuple[str, ...] = typing.get_args(ConvergentMetric)
 GRADIENT_CACHE_MODES: tuple[str, ...] = typing.get_args(GradientCacheMode)
 GRADIENT_CACHE_DTYPES: tuple[str, ...] = typing.get_args(GradientCacheDtype)
 PRUNE_PARTS: tuple[str, ...] = typing.get_args(PrunePart)
+DECODER_FITS: tuple[str, ...] = typing.get_args(DecoderFit)
 DTYPE_NAMES: tuple[str, ...] = typing.get_args(DtypeName)
 
 # shortest useful sequence: a start token, the slot and an end token
@@ -480,6 +482,11 @@ class GradiendArgs(ConfigSection):
         "after training, refit the feature neuron's gain and offset by least squares so that the validation "
         "rows of the two classes read ±1 and training texts with another word masked read 0 (the neutral "
         "text the reconstruction loss never sees; gradiend.calibration); only the encoder changes"))
+    decoder_fit: DecoderFit = field(default="class_means", metadata=doc(
+        "the decoder that is saved: 'class_means' refits it after training so that dec(+1) and dec(-1) are the "
+        "mean training targets of the two classes (the least-squares decoder for encodings ±1; the trained "
+        "decoder is kept slow on purpose and holds only a few % of its target, gradiend.step.class_mean_decoder); "
+        "'trained' keeps the decoder as trained"))
     standardize_gradients: bool = field(
         default=True, metadata=doc("scale encoder inputs and decoder targets to fixed norms (estimated once)"))
     scale_estimation_batches: int = field(

@@ -19,6 +19,7 @@ def _non_default_args() -> TrainingArguments:
         save_steps=7, resume_from_checkpoint=False, source="factual",
         target="alternative", params=["bert.encoder.layer.0.*"], latent_dim=2, activation_encoder="hardtanh",
         bias_decoder=False, torch_dtype=torch.bfloat16, normalize_gradiend=False, calibrate_encoder=False,
+        decoder_fit="trained",
         standardize_gradients=False,
         scale_estimation_batches=2, train_batch_size=4,
         gradiend_batch_size=2, train_max_size=50, learning_rate=5e-4, weight_decay=0.0, adam_epsilon=1e-6,
@@ -120,7 +121,8 @@ def test_prune_config_validation() -> None:
 FLAT_KEYS = [  # training.json stores `to_dict()`: these keys, in this order
     "experiment_dir", "output_dir", "use_cache", "overwrite_output_dir", "save_steps", "resume_from_checkpoint",
     "source", "target", "params", "latent_dim", "activation_encoder",
-    "bias_decoder", "torch_dtype", "normalize_gradiend", "calibrate_encoder", "standardize_gradients",
+    "bias_decoder", "torch_dtype", "normalize_gradiend", "calibrate_encoder", "decoder_fit",
+    "standardize_gradients",
     "scale_estimation_batches",
     "add_identity_for_other_classes", "train_batch_size", "gradiend_batch_size", "train_max_size", "learning_rate",
     "weight_decay", "adam_epsilon", "optim", "num_train_epochs", "num_epochs", "max_steps", "seed", "max_length",
