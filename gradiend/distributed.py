@@ -38,7 +38,7 @@ DEFAULT_TIMEOUT_S = 600.0
 """Seconds a collective may wait for the other ranks (`TrainingArguments.distributed_timeout`)."""
 
 _T = TypeVar("_T")
-_STATE = threading.local()  # rank_local_writes() nesting
+_STATE = threading.local()  # rank_local_writes() and replicated() nesting
 
 
 class DistributedError(RuntimeError):
@@ -181,8 +181,32 @@ def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return lo, lo + base + (rank < extra)
 
 
+@contextlib.contextmanager
+def replicated() -> Iterator[None]:
+    """Inside the block every rank does all of the work itself: `my_share`, `split_items`, `gather_rows` and
+    `gather_items` act as in one process (`splits_work()` is False), while the collectives stay collectives.
+
+    For evaluation of a sharded GRADIEND (`gradiend.sharding.ShardedModelWithGradiend`): encoding and decoding
+    are collectives over the ranks' slices, so every rank must take part in every row and every decoder
+    candidate, in the same order.
+    """
+    depth = getattr(_STATE, "replicated", 0)
+    _STATE.replicated = depth + 1
+    try:
+        yield
+    finally:
+        _STATE.replicated = depth
+
+
+def splits_work() -> bool:
+    """Whether rows and candidates are split across ranks: several processes, outside `replicated()`."""
+    return context().enabled and not getattr(_STATE, "replicated", 0)
+
+
 def my_share(n: int) -> tuple[int, int]:
-    """This rank's [lo, hi) of n items (all of them in one process)."""
+    """This rank's [lo, hi) of n items (all of them in one process or inside `replicated()`)."""
+    if not splits_work():
+        return 0, n
     ctx = context()
     return shard_range(n, ctx.rank, ctx.world_size)
 
@@ -266,7 +290,7 @@ def all_gather_into_(local: torch.Tensor, out: torch.Tensor, n: int, width: int 
 
 def gather_rows(local: np.ndarray, n: int, what: str = "gather of encodings") -> np.ndarray:
     """Stack each rank's `my_share(n)` rows (first axis) into all n rows on every rank (float32)."""
-    if not context().enabled:
+    if not splits_work():
         return local
     width = int(np.prod(local.shape[1:])) if local.ndim > 1 else 1
     flat = torch.from_numpy(np.ascontiguousarray(local, dtype=np.float32)).reshape(-1)
@@ -313,6 +337,8 @@ def split_items(items: Sequence[_T]) -> list[_T]:
 
 def gather_items(local: list[_T], what: str = "gather") -> list[_T]:
     """The shares of `split_items` put back together in the original order, on every rank."""
+    if not splits_work():
+        return list(local)
     return [item for part in all_gather_objects(local, what) for item in part]
 
 
