@@ -225,7 +225,7 @@ def search_grid(run: GridRun, feature_factors: Sequence[float], learning_rates: 
         raise ValueError(f"search must be one of {SEARCH_MODES}, got {search!r}")
     total = 1 + len(feature_factors) * len(learning_rates)
     with reuse_large_blocks(), tqdm(total=total, desc="Decoder grid", disable=not show_progress, leave=False) as bar:
-        if search != "adaptive" and distributed.context().enabled:
+        if search != "adaptive" and distributed.splits_work():
             return _split_grid(run, feature_factors, learning_rates, bar)
         base = _shared_map(run, [None], lambda _: run.score(None, None))[0]
         if base is None:
@@ -250,7 +250,7 @@ def search_grid(run: GridRun, feature_factors: Sequence[float], learning_rates: 
 def _shared_map(run: GridRun, items: list[Any], fn: Callable[[Any], _R]) -> list[_R]:
     """`[fn(item) for item in items]`; with several processes each rank maps its share (`distributed.split_items`)
     and every rank gets all results in order, the ranks' statistics in `run.stats` summed."""
-    if not distributed.context().enabled:
+    if not distributed.splits_work():  # one process, or every rank evaluates every candidate (`replicated`)
         return [fn(item) for item in items]
     before = {k: (list(v) if isinstance(v, list) else v) for k, v in run.stats.items()}
     local = [fn(item) for item in distributed.split_items(items)]
