@@ -40,6 +40,7 @@ ConvergentMetric = Literal["correlation", "loss"]
 TopkPart = Literal["decoder-weight", "encoder-weight", "decoder-bias", "decoder-sum"]
 GradientCacheMode = Literal["off", "memory", "disk"]
 GradientCacheDtype = Literal["float32", "bfloat16"]
+FinalWeights = Literal["rank0_host", "every_rank"]
 PrunePart = Literal["decoder-weight", "encoder-weight", "decoder-bias", "decoder-sum"]
 DecoderFit = Literal["class_means", "trained"]
 
@@ -714,6 +715,10 @@ class MiscArgs(ConfigSection):
     shard_gradiend: bool = field(default=False, metadata=doc(
         "torchrun with several processes: each rank holds a slice of the GRADIEND's coordinates (weights, "
         "optimizer state, cached gradients) instead of all of them"))
+    sharded_final_weights: FinalWeights = field(default="rank0_host", metadata=doc(
+        "shard_gradiend: where the trained weights go. rank0_host: the best weights gathered into rank 0's host "
+        "memory (rank 0 saves them); every rank keeps only its slice, and evaluation and rewrites run slice-wise. "
+        "every_rank: the full weights on every rank's device (12 B per input more on each GPU)"))
     overlap_step: bool = field(default=True, metadata=doc(
         "run each GRADIEND step while the next batch's base-model gradients are computed (a worker thread; a side "
         "CUDA stream on GPU): bitwise the same training, one more gradient buffer; off with a callback that "
@@ -731,6 +736,12 @@ class MiscArgs(ConfigSection):
         from gradiend.devices import device_name
 
         self.device = device_name(self.device)
+
+    def _check(self) -> None:
+        if self.sharded_final_weights != "rank0_host" and not self.shard_gradiend:
+            raise ValueError(f"sharded_final_weights={self.sharded_final_weights!r} says where a sharded GRADIEND's "
+                             f"weights go, but shard_gradiend is off; set shard_gradiend=True or drop "
+                             f"sharded_final_weights")
 
 
 # prediction objectives of the reference: ours by their names here, the others refused with what to use

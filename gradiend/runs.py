@@ -51,7 +51,8 @@ _NOT_LEARNING = {"experiment_dir", "output_dir", "use_cache", "show_progress", "
                  "eval_batch_size", "encoder_eval_max_size", "metadata", "keep_seed_runs", "saved_seed_runs",
                  "seed_runs_dir", "gradient_cache", "gradient_cache_max_gb", "overwrite_output_dir", "save_steps",
                  "resume_from_checkpoint", "device", "analyze_seed_stability", "highlight_non_convergence",
-                 "distributed_timeout", "shard_gradiend", "include_other_classes", "overlap_step"}
+                 "distributed_timeout", "shard_gradiend", "sharded_final_weights", "include_other_classes",
+                 "overlap_step"}
 # the reference (0.2.x) spellings are aliases of settings keyed above or accepted only at gradiend's behaviour;
 # the clm_mlm_head slot head's settings and the supervised baselines do change what is learnt
 _NOT_LEARNING |= {name for name in ReferenceArgs.field_names()
