@@ -27,7 +27,17 @@ from gradiend.experiment import atomic_write_json, fingerprint, read_json, short
 from gradiend.params import NonFiniteUpdateError
 from gradiend.records import DecoderSelection, DecoderSummaries
 from gradiend.rewrite import ParameterSnapshot
-from gradiend.scoring import LMSData, LMSOutcome, class_piece_sets, class_probabilities, lm_score_bounded, prepare_lms
+from gradiend.scoring import (
+    LMSData,
+    LMSOutcome,
+    RowTargets,
+    class_piece_sets,
+    class_probabilities,
+    lm_score_bounded,
+    prepare_lms,
+    row_piece_sets,
+    row_probabilities,
+)
 
 if TYPE_CHECKING:
     from gradiend.arguments import TrainingArguments
@@ -81,10 +91,13 @@ class GridRun:
 
     Class probabilities (training-like rows) and LMS (neutral texts) of θ + lr·dec(ff); every
     rewrite is applied in place and restored bitwise. LMS passes may stop early against a bound.
+    `pieces_by_class`: every row scored on each class's word set, or `RowTargets` (row-wise: each row on its
+    own words, see `grid_targets`).
     """
 
     def __init__(self, model: ModelWithGradiend, rows: pd.DataFrame,
-                 pieces_by_class: Mapping[str, set[tuple[int, ...]]], lms_data: LMSData, batch_size: int = 32) -> None:
+                 pieces_by_class: Mapping[str, set[tuple[int, ...]]] | RowTargets, lms_data: LMSData,
+                 batch_size: int = 32) -> None:
         self.model, self.pieces, self.lms_data, self.batch_size = model, pieces_by_class, lms_data, batch_size
         self.texts = list(rows["masked"])
         self.dataset_classes = rows["factual_class"].to_numpy()
@@ -172,9 +185,14 @@ class GridRun:
     def probabilities(self) -> dict[str, dict[str, float]]:
         """`probs[dataset_class][class]` of the current weights."""
         model = self.model
-        probs = class_probabilities(model.base_model, model.objective, self.texts, self.pieces, self.batch_size)
+        if isinstance(self.pieces, RowTargets):
+            classes = list(self.pieces.classes)
+            probs = row_probabilities(model.base_model, model.objective, self.texts, self.pieces, self.batch_size)
+        else:
+            classes = list(self.pieces)
+            probs = class_probabilities(model.base_model, model.objective, self.texts, self.pieces, self.batch_size)
         self.stats["probability_passes"] += 1
-        return {str(d): {c: float(probs[self.dataset_classes == d, ci].mean()) for ci, c in enumerate(self.pieces)}
+        return {str(d): {c: float(probs[self.dataset_classes == d, ci].mean()) for ci, c in enumerate(classes)}
                 for d in dict.fromkeys(self.dataset_classes)}
 
     def lms(self, stop_below: float | None = None) -> LMSOutcome:
@@ -196,7 +214,8 @@ class GridRun:
         return record
 
 
-def run_grid(model: ModelWithGradiend, rows: pd.DataFrame, pieces_by_class: Mapping[str, set[tuple[int, ...]]],
+def run_grid(model: ModelWithGradiend, rows: pd.DataFrame,
+             pieces_by_class: Mapping[str, set[tuple[int, ...]]] | RowTargets,
              lms_data: LMSData, feature_factors: Sequence[float], learning_rates: Sequence[float],
              batch_size: int = 32, show_progress: bool = True, search: str = "grid",
              lms_ratio: float = LMS_RATIO) -> list[Record]:
@@ -453,8 +472,13 @@ class DecoderRequest:
     targets: Mapping[str, Sequence[str]] | None = None  # words scored per class (None: the data's words of the pair)
     ignore_tokens: Sequence[str] | None = None  # words the LMS never masks (None: every scored word)
     prob_on_other_class: bool = True  # strengthen metric: P(class) on the other class's rows (False: on both)
+    # True: each row scored on its own words (the reference's decoder_eval_targets="label"); None: row-wise when the
+    # pair's data words are shared by both classes (see `use_row_wise`); False: always per-class word sets
+    row_wise: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.row_wise is not None and not isinstance(self.row_wise, bool):
+            raise TypeError(f"row_wise must be True, False or None (decide from the data), got {self.row_wise!r}")
         if self.search not in SEARCH_MODES:
             raise ValueError(f"decoder search must be one of {SEARCH_MODES}, got {self.search!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
@@ -530,21 +554,20 @@ def evaluate_decoder(model: ModelWithGradiend, rows: pd.DataFrame, pair: Sequenc
                    else sorted(set(goal_factor.values())))
     if not lrs or not factors:
         raise ValueError(f"The decoder grid is empty (learning rates {lrs}, feature factors {factors})")
-    like, neutral = _grid_texts(model, rows, pair, request)
-    tokens, ignored = grid_tokens(rows, pair, request)
+    inputs = GridInputs.build(model, rows, pair, request)
+    like, neutral, tokens, ignored = inputs.like, inputs.neutral, inputs.tokens, inputs.ignored
     mode, ratio = _search_mode(request)
     key = fingerprint({**(cache.model_identity if cache else {}), "rows": short_hash(like.to_csv(index=False)),
                        "lrs": lrs, "factors": factors, "neutral": short_hash("\n".join(neutral)),
                        "tokens": {c: sorted(t) for c, t in tokens.items()}, "lms_seed": LMS_SEED, "search": mode,
+                       **({"row_wise": True} if inputs.row_wise else {}),
                        **({"lms_ratio": ratio} if mode == "adaptive" else {}),
                        **({"lms_ignored": sorted(ignored)} if request.ignore_tokens is not None else {})})
     runs: list[GridRun] = []
 
     def grid_run() -> GridRun:  # built on first use: a cached, verified grid needs no model passes
         if not runs:
-            lms_data = prepare_lms(model.objective, neutral, ignore_tokens=ignored, seed=LMS_SEED,
-                                   batch_size=request.batch_size)
-            runs.append(GridRun(model, like, class_piece_sets(model.objective, tokens), lms_data, request.batch_size))
+            runs.append(inputs.grid_run(model, request.batch_size))
         return runs[0]
 
     records = _cached_grid(cache.grid, key) if cache is not None and cache.use else None
@@ -553,7 +576,7 @@ def evaluate_decoder(model: ModelWithGradiend, rows: pd.DataFrame, pair: Sequenc
             records = search_grid(runs[0], factors, lrs, mode, ratio, request.show_progress)
     result, records = _select_verified(records, request, pair, goal_factor, lrs, ratio, grid_run)
     if runs:
-        stats = {"mode": mode, "grid_size": len(factors) * len(lrs), **runs[0].stats}
+        stats = {"mode": mode, "grid_size": len(factors) * len(lrs), "row_wise": inputs.row_wise, **runs[0].stats}
         logger.info("Decoder %s search: %d of %d candidates scored, %d model forwards, %d LMS passes (%d stopped "
                     "early)", mode, stats["candidates_scored"] - 1, stats["grid_size"], stats["forwards"],
                     stats["lms_passes"], stats["lms_stopped_early"])
@@ -579,6 +602,88 @@ def grid_tokens(rows: pd.DataFrame, pair: Sequence[str], request: DecoderRequest
     tokens.update({str(c): set(map(str, words)) for c, words in given.items() if c not in pair})
     ignored = set(request.ignore_tokens) if request.ignore_tokens is not None else set().union(*tokens.values())
     return tokens, ignored
+
+
+def use_row_wise(tokens: Mapping[str, set[str]], pair: Sequence[str], request: DecoderRequest) -> bool:
+    """Whether the pair's classes are scored row-wise (each row on its own factual and counterfactual word).
+
+    `request.row_wise` decides when set. Otherwise a word both pair classes use (compared case-insensitively,
+    as scoring sums case variants; e.g. German "der", masculine nominative and feminine dative) makes the
+    per-class word sets ambiguous: P(class) would count it for both classes, so the data's words are scored
+    row-wise instead (logged). Shared words the caller gave in `targets` are kept as given, with a warning.
+    """
+    given = [c for c in pair if c in (request.targets or {})]
+    if request.row_wise:
+        if given:
+            raise ValueError(f"Row-wise decoder scoring (decoder_eval_targets='label') scores each row's own words, "
+                             f"but words for {given} were given too; pass either 'label' or class -> words")
+        return True
+    shared = sorted({w.lower() for w in tokens[pair[0]]} & {w.lower() for w in tokens[pair[1]]})
+    if request.row_wise is False or not shared:
+        return False
+    if given:
+        logger.warning("decoder_eval_targets gives both %s and %s the words %s, so each class's probability "
+                       "counts them; decoder_eval_targets='label' scores each row's own words instead",
+                       pair[0], pair[1], shared)
+        return False
+    logger.info("Decoder evaluation: %s and %s share the words %s; scoring each row on its own words "
+                "(row-wise, as decoder_eval_targets='label')", pair[0], pair[1], shared)
+    return True
+
+
+def grid_targets(objective: Any, like: pd.DataFrame, pair: Sequence[str], tokens: Mapping[str, set[str]],
+                 row_wise: bool) -> Mapping[str, set[tuple[int, ...]]] | RowTargets:
+    """What the grid scores: each class's word set on every row, or (`row_wise`) each row's own word per pair
+    class (its factual word for its class, its counterfactual for the other) and every other class's word set."""
+    if not row_wise:
+        return class_piece_sets(objective, tokens)
+    classes = list(tokens)
+
+    def words(row: Any, cls: str) -> set[str]:
+        if cls not in pair:
+            return tokens[cls]
+        if cls == row.factual_class:
+            return {str(row.factual)}
+        if cls == row.alternative_class:
+            return {str(row.alternative)}
+        raise ValueError(f"Row-wise decoder scoring: a row of class {row.factual_class!r} has no word of class "
+                         f"{cls!r} (its counterfactual is of class {row.alternative_class!r})")
+
+    return row_piece_sets(objective, classes, [[words(row, c) for c in classes] for row in like.itertuples()])
+
+
+@dataclass
+class GridInputs:
+    """The decoder grid's inputs: the scored rows, the LMS texts, the words per class, the LMS's ignored
+    words and whether the pair is scored row-wise (see `use_row_wise`)."""
+
+    pair: tuple[str, str]
+    like: pd.DataFrame
+    neutral: list[str]
+    tokens: dict[str, set[str]]
+    ignored: set[str]
+    row_wise: bool
+
+    @classmethod
+    def build(cls, model: ModelWithGradiend, rows: pd.DataFrame, pair: Sequence[str],
+              request: DecoderRequest) -> GridInputs:
+        like, neutral = _grid_texts(model, rows, pair, request)
+        tokens, ignored = grid_tokens(rows, pair, request)
+        return cls((pair[0], pair[1]), like, neutral, tokens, ignored, use_row_wise(tokens, pair, request))
+
+    def grid_run(self, model: ModelWithGradiend, batch_size: int) -> GridRun:
+        """A `GridRun` over these inputs (tokenises the LMS texts and the scored words)."""
+        lms_data = prepare_lms(model.objective, self.neutral, ignore_tokens=self.ignored, seed=LMS_SEED,
+                               batch_size=batch_size)
+        targets = grid_targets(model.objective, self.like, self.pair, self.tokens, self.row_wise)
+        return GridRun(model, self.like, targets, lms_data, batch_size)
+
+
+def base_record(model: ModelWithGradiend, rows: pd.DataFrame, pair: Sequence[str], request: DecoderRequest
+                ) -> Record:
+    """The grid's base record (the unmodified model's LMS and class probabilities) on the request's inputs."""
+    inputs = GridInputs.build(model, rows, pair, request)
+    return inputs.grid_run(model, request.batch_size).score(None, None)
 
 
 def _search_mode(request: DecoderRequest) -> tuple[str, float]:

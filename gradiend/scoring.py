@@ -13,7 +13,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -122,6 +122,93 @@ def _causal_class_ids(objective: CausalLMObjective, tokens_by_class: Mapping[str
         if not any(form == AFTER_SPACE for form, _ in entries):
             raise DataError(f"No token of class {cls!r} is in the vocabulary: {sorted(set(tokens))}")
         out[cls] = entries
+    return out
+
+
+@dataclass(frozen=True)
+class RowTargets:
+    """Row-wise scoring targets: per row and class, the piece-id tuples of that row's own word of the class.
+
+    `pieces[r][c]` scores row r for `classes[c]` (the row's factual word for its own class, its counterfactual
+    for the other one, or a class's whole word set where the row has no word of its own); the entries are
+    those of :func:`class_piece_sets` (causal objectives: (form, id) pairs).
+    """
+
+    classes: tuple[str, ...]
+    pieces: list[list[frozenset[tuple[int, ...]]]] = field(repr=False)
+
+    def __post_init__(self) -> None:
+        bad = [r for r, row in enumerate(self.pieces) if len(row) != len(self.classes) or not all(row)]
+        if bad:
+            raise ValueError(f"RowTargets needs a non-empty target set per class in every row; row {bad[0]} has "
+                             f"{[len(cell) for cell in self.pieces[bad[0]]]} for classes {list(self.classes)}")
+
+
+def row_piece_sets(objective: LMObjective, classes: Sequence[str], words: Sequence[Sequence[Iterable[str]]]
+                   ) -> RowTargets:
+    """`RowTargets` of `words[r][c]` (the words scoring row r for `classes[c]`), with their case variants as in
+    :func:`class_piece_sets`; a word the vocabulary does not know at all is an error naming it."""
+    cache: dict[str, frozenset[tuple[int, ...]]] = {}
+
+    def pieces(word: str) -> frozenset[tuple[int, ...]]:
+        if word not in cache:
+            found = class_piece_sets(objective, {word: [word]})[word]  # raises for an unknown word
+            cache[word] = frozenset(found)
+        return cache[word]
+
+    rows = [[frozenset().union(*(pieces(w) for w in cell)) for cell in row] for row in words]
+    return RowTargets(tuple(classes), rows)
+
+
+@torch.no_grad()
+def row_probabilities(model: nn.Module, objective: LMObjective, texts: Sequence[str], targets: RowTargets,
+                      batch_size: int = 32) -> np.ndarray:
+    """(rows, classes) probability that row r's slot is filled by its own word of each class (`targets`).
+
+    Scored as in :func:`class_probabilities` (products of piece probabilities, sums over a cell's entries,
+    causal: the next-token probability), but each row with its own targets.
+    """
+    texts = list(texts)
+    if len(texts) != len(targets.pieces):
+        raise ValueError(f"{len(texts)} texts but row targets for {len(targets.pieces)} rows")
+    if isinstance(objective, CausalLMObjective):
+        return _causal_row_probabilities(model, objective, texts, targets, batch_size)
+    out = np.zeros((len(texts), len(targets.classes)), dtype=np.float64)
+    lengths = sorted({len(ids) for row in targets.pieces for cell in row for ids in cell})
+    device = next(model.parameters()).device
+    slots = _slot_states(model, objective, texts, lengths, batch_size)
+    for group in _head_groups(slots):
+        hidden = torch.cat([s.hidden for s in group])
+        probs = torch.softmax(objective.head(model)(hidden).float(), dim=-1).split([len(s.hidden) for s in group])
+        for s, p in zip(group, probs, strict=True):
+            entries = [(local, ci, ids) for local, r in enumerate(s.rows) for ci, cell in enumerate(targets.pieces[r])
+                       for ids in cell if len(ids) == s.k]
+            if not entries:
+                continue
+            local, ci, ids = zip(*entries, strict=True)
+            p = p.view(len(s.rows), s.slots, s.k, -1)
+            rows = torch.tensor(local, device=device)[:, None, None]
+            picked = p[rows, torch.arange(s.slots, device=device)[None, :, None],
+                       torch.arange(s.k, device=device)[None, None, :], torch.tensor(ids, device=device)[:, None, :]]
+            np.add.at(out, (s.rows[list(local)], list(ci)), picked.prod(dim=-1).prod(dim=-1).cpu().double().numpy())
+    return out
+
+
+def _causal_row_probabilities(model: nn.Module, objective: CausalLMObjective, texts: Sequence[str],
+                              targets: RowTargets, batch_size: int) -> np.ndarray:
+    device = next(model.parameters()).device
+    out = np.zeros((len(texts), len(targets.classes)), dtype=np.float64)
+    for rows in forward_batches(objective.token_lengths(texts), batch_size):
+        tensors, positions, spaced = objective.encode_prefixes([texts[i] for i in rows])
+        tensors = {k: v.to(device) for k, v in tensors.items()}
+        probs = torch.softmax(objective.logits_at_positions(model, tensors, positions.to(device)), dim=-1)
+        entries = [(local, ci, i) for local, r in enumerate(rows) for ci, cell in enumerate(targets.pieces[r])
+                   for form, i in cell if form == (AFTER_SPACE if spaced[local] else GLUED)]
+        if not entries:
+            continue
+        local, ci, ids = zip(*entries, strict=True)
+        picked = probs[torch.tensor(local, device=device), torch.tensor(ids, device=device)]
+        np.add.at(out, (rows[list(local)], list(ci)), picked.cpu().double().numpy())
     return out
 
 

@@ -227,6 +227,26 @@ def test_class_probabilities_are_next_token_softmax_sums(llama_dir: str) -> None
     assert class_probabilities(model, left, TEXTS, pieces) == pytest.approx(probs, rel=1e-5)
 
 
+def test_causal_row_probabilities_are_the_class_probabilities_of_each_rows_words(llama_dir) -> None:
+    """Row-wise scoring (issue 19) of a causal LM: with the class sets on every row it is the class-wise scoring;
+    with each row's own words, each row's class-wise scoring of just those words."""
+    from gradiend.scoring import row_piece_sets, row_probabilities
+
+    model, objective = _load(llama_dir)
+    words = {"3SG": {"he", "she"}, "3PL": {"they"}}
+    classes = list(words)
+    shared = row_piece_sets(objective, classes, [[words[c] for c in classes] for _ in TEXTS])
+    expected = class_probabilities(model, objective, TEXTS, class_piece_sets(objective, words))
+    assert row_probabilities(model, objective, TEXTS, shared) == pytest.approx(expected, rel=1e-6)
+    own = [("she", "they") if r % 2 else ("he", "them") for r in range(len(TEXTS))]
+    own_targets = row_piece_sets(objective, classes, [[{sg}, {pl}] for sg, pl in own])
+    got = row_probabilities(model, objective, TEXTS, own_targets)
+    for r, (sg, pl) in enumerate(own):
+        alone = class_probabilities(model, objective, [TEXTS[r]],
+                                    class_piece_sets(objective, {"3SG": {sg}, "3PL": {pl}}))
+        assert got[r] == pytest.approx(alone[0], rel=1e-6)
+
+
 @pytest.mark.parametrize("which", ["gpt2", "llama"])
 def test_lms_is_inverse_one_plus_shifted_nll(which: str, gpt2_dir: str, llama_dir: str) -> None:
     model, obj = _load(gpt2_dir if which == "gpt2" else llama_dir)

@@ -183,7 +183,7 @@ def test_neutral_and_decoder_caps(tiny_mlm_dir) -> None:
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"decoder_eval_targets": "label"}, "row-wise 'label' mode"),
+    ({"decoder_eval_targets": "labels"}, r"decoder_eval_targets='labels': pass 'label'"),
     ({"decoder_eval_targets": {"3SG": []}}, r"decoder_eval_targets\['3SG'\] must be a non-empty list"),
     ({"decoder_eval_targets": {"2SG": ["you"]}}, r"classes the data does not have: \['2SG'\]"),
     ({"class_merge_transition_groups": [["a", "b"]]}, "class_merge_map="),

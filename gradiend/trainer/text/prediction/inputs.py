@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 SPLIT_FROM_DATA = "split"
 HELDOUT = "heldout"
+# decoder_eval_targets="label": the decoder grid scores each row on its own words (the reference's row-wise mode)
+ROW_WISE = "label"
 IMG_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 # unified columns a held-out split may group by (the user's other columns do not survive `unify`)
 GROUP_COLUMNS = ("factual", "alternative", "masked")
@@ -132,11 +134,12 @@ class TextPredictionConfig:
         """`decoder_eval_targets` (class → words), the ignored LMS words and the excluded neutral words."""
         from gradiend.decoder_eval import check_targets
 
-        if isinstance(self.decoder_eval_targets, str):
-            raise ValueError(f"decoder_eval_targets={self.decoder_eval_targets!r}: gradiend scores words per class; "
-                             f"pass a dict class -> [words] (the row-wise 'label' mode of gradiend 0.2.x is not "
-                             f"available), or None for the data's words")
-        check_targets(self.decoder_eval_targets, self.decoder_eval_ignore_tokens)
+        if isinstance(self.decoder_eval_targets, str) and self.decoder_eval_targets != ROW_WISE:
+            raise ValueError(f"decoder_eval_targets={self.decoder_eval_targets!r}: pass {ROW_WISE!r} (score each row "
+                             f"on its own factual and counterfactual word), a dict class -> [words], or None for the "
+                             f"data's words")
+        check_targets(None if self.decoder_eval_targets == ROW_WISE else self.decoder_eval_targets,
+                      self.decoder_eval_ignore_tokens)
         words = self.eval_neutral_additional_excluded_words
         if words is not None and (isinstance(words, str) or not isinstance(words, Sequence)
                                   or not all(isinstance(w, str) for w in words)):

@@ -17,6 +17,7 @@ from gradiend.data_sources import load_texts
 from gradiend.model_with_gradiend import ModelWithGradiend
 from gradiend.trainer.text.prediction.inputs import (
     HELDOUT,
+    ROW_WISE,
     TextPredictionConfig,
     assign_splits,
     load_table,
@@ -145,10 +146,12 @@ class TextPredictionTrainer(Trainer):
 
     # -- the configuration's evaluation options -----------------------------------------------------------------
     def _decoder_eval_options(self) -> dict[str, Any]:
-        """`decoder_eval_targets` (restricted to the pair unless `decoder_eval_restrict_to_target_classes=False`),
-        `decoder_eval_ignore_tokens` and `decoder_eval_prob_on_other_class` for the decoder grid."""
+        """`decoder_eval_targets` (restricted to the pair unless `decoder_eval_restrict_to_target_classes=False`;
+        `"label"`: row-wise scoring), `decoder_eval_ignore_tokens` and `decoder_eval_prob_on_other_class` for the
+        decoder grid."""
         return {"targets": self._decoder_targets, "ignore_tokens": self.config.decoder_eval_ignore_tokens,
-                "prob_on_other_class": self.config.decoder_eval_prob_on_other_class}
+                "prob_on_other_class": self.config.decoder_eval_prob_on_other_class,
+                "row_wise": True if self.config.decoder_eval_targets == ROW_WISE else None}
 
     def _neutral_excluded_words(self) -> list[str]:
         return list(self.config.eval_neutral_additional_excluded_words or [])
@@ -233,8 +236,9 @@ def _positive_first(pair: list[str] | None, positive: str | None,
 def _decoder_targets(config: TextPredictionConfig, pair: Sequence[str], known: Sequence[str],
                      other_rows: pd.DataFrame) -> dict[str, list[str]] | None:
     """Words the decoder grid scores per class: the given ones (classes must exist in the data), kept to the pair
-    when `decoder_eval_restrict_to_target_classes`, else with every other class (its data's words by default)."""
-    given = dict(config.decoder_eval_targets or {})
+    when `decoder_eval_restrict_to_target_classes`, else with every other class (its data's words by default).
+    `"label"` (row-wise) gives none: the pair is scored on each row's own words."""
+    given = {} if config.decoder_eval_targets == ROW_WISE else dict(config.decoder_eval_targets or {})
     unknown = sorted(set(given) - set(known) - set(pair))
     if unknown:
         raise ValueError(f"decoder_eval_targets names classes the data does not have: {unknown}; known classes: "
