@@ -461,7 +461,7 @@ def _train(ns: argparse.Namespace) -> int:
     # `torchrun --nproc-per-node N -m gradiend train run.yaml`: every rank runs this; nothing changes in one process
     with distributed.session(args.distributed_timeout):
         trainer = _run_training(trainer_inputs, args)
-        exp = _write_run_config(trainer, trainer_inputs, args)
+        exp = _write_run_config(trainer)
         if distributed.is_main():  # rank 0 plots and reports
             if not ns.no_plots:
                 _plot_or_hint(lambda: trainer.plot_training_convergence(show=False))
@@ -514,20 +514,11 @@ def _run_training(trainer_inputs: dict[str, Any], args: Any) -> Any:
     return trainer
 
 
-def _write_run_config(trainer: Any, trainer_inputs: dict[str, Any], args: Any) -> Path:
-    """Write run_config.json (what `evaluate`/`rewrite` reattach with) into the experiment; its directory."""
-    from gradiend.experiment import atomic_write_json
-    from gradiend.results import RUN_CONFIG
-
-    exp = Path(trainer.experiment_dir)
-    run_config = {"model": _absolute_if_local(trainer_inputs["model"]),
-                  "data": _absolute_if_local(trainer_inputs["data"]),
-                  "target_classes": list(trainer.pair), "run_id": trainer_inputs.get("run_id"),
-                  "eval_neutral_data": _absolute_if_local(trainer_inputs.get("eval_neutral_data")),
-                  "training_args": args.to_dict(), "all_classes": trainer_inputs.get("all_classes"),
-                  "class_merge_map": trainer_inputs.get("class_merge_map"), "data_options": trainer.data_options()}
-    atomic_write_json(exp / RUN_CONFIG, run_config)
-    return exp
+def _write_run_config(trainer: Any) -> Path:
+    """Write run_config.json (what `evaluate`/`rewrite` reattach with) as the trainer does, keeping the config
+    file's inline inputs (e.g. a list of neutral texts) as they are; the experiment directory."""
+    trainer.save_run_config(as_input=_absolute_if_local)
+    return Path(trainer.experiment_dir)
 
 
 def _print_training_outcome(ns: argparse.Namespace, trainer: Any, exp: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,7 @@ class TextPredictionTrainer(Trainer):
     def train(self, *args: Any, **kwargs: Any) -> Any:
         """`Trainer.train`, then `run_config.json` records the inputs and data options (see `data_options`)."""
         result = super().train(*args, **kwargs)
-        self._save_run_config()
+        self.save_run_config()
         return result
 
     def data_options(self) -> dict[str, Any]:
@@ -128,21 +128,30 @@ class TextPredictionTrainer(Trainer):
             options["split_group_key"] = [getattr(k, "__qualname__", repr(k)) for k in keys]
         return options
 
-    def _save_run_config(self) -> None:
-        """`run_config.json` in the experiment directory (main rank only; `gradiend train` writes its own)."""
+    def run_config(self, as_input: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+        """The `run_config.json` record: the inputs, the arguments and the data options (`data_options`).
+
+        `as_input` renders the model, data and neutral-data inputs (default: a file or directory as its absolute
+        path, a Hub id as given, None for an in-memory value, which `from_experiment` then asks for); `gradiend
+        train` keeps a config file's inline values. A model passed in loaded has no path: None.
+        """
+        render = as_input or _path_or_id
+        config = self.config
+        return {"model": None if self._base is not None else render(self._base_model_arg),
+                "data": render(config.data), "target_classes": list(self.pair), "run_id": self.run_id,
+                "eval_neutral_data": render(config.eval_neutral_data),
+                "training_args": self._layout_args.to_dict(), "all_classes": config.all_classes,
+                "class_merge_map": config.class_merge_map, "data_options": self.data_options()}
+
+    def save_run_config(self, as_input: Callable[[Any], Any] | None = None) -> Path:
+        """Write `run_config` (see there) into the experiment directory (main rank only); the file's path."""
         from gradiend import distributed
         from gradiend.experiment import atomic_write_json
 
-        if not distributed.is_main():
-            return
-        config = self.config
-        model = None if self._base is not None else _path_or_id(self._base_model_arg)  # a loaded model: no path
-        record = {"model": model, "data": _path_or_id(config.data),
-                  "target_classes": list(self.pair), "run_id": self.run_id,
-                  "eval_neutral_data": _path_or_id(config.eval_neutral_data),
-                  "training_args": self._layout_args.to_dict(), "all_classes": config.all_classes,
-                  "class_merge_map": config.class_merge_map, "data_options": self.data_options()}
-        atomic_write_json(self.experiment.run_config, record)
+        path = Path(self.experiment.run_config)
+        if distributed.is_main():
+            atomic_write_json(path, self.run_config(as_input))
+        return path
 
     # -- the configuration's evaluation options -----------------------------------------------------------------
     def _decoder_eval_options(self) -> dict[str, Any]:
