@@ -7,6 +7,7 @@ everything here is a plain function of its inputs.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from collections.abc import Sequence
@@ -27,8 +28,10 @@ from gradiend.pruning import post_prune, pre_prune
 from gradiend.records import RunConfig, TrainingRecord
 from gradiend.resume import SEEDS_MARKER, ResumeCheckpoint, clean_resume_root, resume_root
 from gradiend.seeds import SeedTraining, run_seeds_in
+from gradiend.sharded_model import ShardedModelWithGradiend, evaluation_scope, holds_slices, load_sharded
 from gradiend.training import (
     TrainingCallback,
+    TrainingOutcome,
     capped_rows,
     check_trainable_dtype,
     evaluate_during_training,
@@ -134,8 +137,6 @@ def check_memory_before_loading(base_model: str, args: TrainingArguments, device
     """Refuse a run that cannot fit before its base model is loaded: the plan from the model's config on the meta
     device (`InsufficientMemoryError` naming the levers). A config that cannot be read here is left to the
     loader's own error; the plan is checked again once the template exists (`prepare_run`)."""
-    import dataclasses
-
     from gradiend.arguments import DTYPES
     from gradiend.devices import resolve_device
     from gradiend.memory import plan_memory, run_shape
@@ -154,6 +155,7 @@ def check_memory_before_loading(base_model: str, args: TrainingArguments, device
     shape = run_shape(meta, param_map, args, latent_dim=args.latent_dim, bias_decoder=args.bias_decoder,
                       gradiend_bytes=DTYPES[args.gradiend_dtype].itemsize, base_loaded=False,
                       cache_bytes=_cache_bytes(args), shards=_shards(args))
+    shape = dataclasses.replace(shape, gather_to_main_host=final_weights(args) == "rank0_host")
     cfg = args.pre_prune_config
     if cfg is not None:  # the GRADIEND is built at the pruned size: plan that (a threshold keeps an unknown count)
         kept = 1 if cfg.threshold is not None else cfg.topk if isinstance(cfg.topk, int) else round(
@@ -165,6 +167,12 @@ def check_memory_before_loading(base_model: str, args: TrainingArguments, device
 def _cache_bytes(args: TrainingArguments) -> int:
     """Host bytes an in-memory gradient cache may take (0 for none or a disk cache)."""
     return int(args.gradient_cache_max_gb * 1024**3) if args.gradient_cache == "memory" else 0
+
+
+def final_weights(args: TrainingArguments) -> str:
+    """Where a run's trained weights go (`training.FINAL_WEIGHTS`): `sharded_final_weights` for a sharded run,
+    else every rank's device (the only place there is, or a data-parallel run's full copy per rank)."""
+    return args.sharded_final_weights if args.shard_gradiend else "every_rank"
 
 
 def _shards(args: TrainingArguments) -> int:
@@ -218,12 +226,17 @@ def prepare_run(template: ModelWithGradiend, args: TrainingArguments, rows: pd.D
         raise ValueError("post_prune_config.inplace=False makes no sense when train() post-prunes: the pruned "
                          "model is what train() saves. Use inplace=True, or call "
                          "trainer.post_prune(PostPruneConfig(..., inplace=False)) after training for a copy.")
+    if args.post_prune_config is not None and holds_slices(args):
+        raise ValueError("post_prune_config needs the whole trained GRADIEND on every rank, but with shard_gradiend "
+                         "and sharded_final_weights='rank0_host' the ranks keep only their slices. Use "
+                         "sharded_final_weights='every_rank', or post-prune the saved model in one process.")
     train_rows = prepare_rows(rows, "train", pair, template.objective, "training")
     eval_rows = (prepare_rows(rows, "validation", pair, template.objective, "in-training evaluation")
                  if args.do_eval else None)
     if not pre_pruned and args.pre_prune_config is not None:
         pre_prune(template, train_rows, pair, args.pre_prune_config, args.show_progress)
-    plan_for_model(template, args, cache_bytes=_cache_bytes(args)).check(template.device)  # refuse before allocating
+    plan_for_model(template, args, cache_bytes=_cache_bytes(args), final_weights=final_weights(args)).check(
+        template.device)  # refuse before allocating
     return RunInputs(template, args, train_rows, eval_rows, pair, base_name(base_model), key, tuple(callbacks))
 
 
@@ -247,8 +260,11 @@ def train_seed(inputs: RunInputs, args: TrainingArguments, directory: Path, key:
     """
     model = inputs.template.with_new_gradiend(args.seed)
     outcome = train_gradiend(model, inputs.train_rows, inputs.eval_rows, inputs.pair, args, inputs.callbacks, store,
-                             checkpoint)
-    model.gradiend.load_state_dict(outcome.state)
+                             checkpoint, final_weights=final_weights(args))
+    if outcome.shard is not None and final_weights(args) == "rank0_host":
+        model = _sharded_outcome(model, outcome, inputs, args)
+    else:
+        model.gradiend.load_state_dict(outcome.state)
     stats = {**outcome.stats, "training_args": args.to_dict(), "fingerprint": key, "base_model": inputs.base_model,
              "base_model_resolved": resolve_base_model(inputs.base_model),
              "base_model_fingerprint": model.config.base_model_fingerprint,
@@ -267,6 +283,19 @@ def train_seed(inputs: RunInputs, args: TrainingArguments, directory: Path, key:
     record = TrainingRecord.from_json(stats)
     logger.info("Saved GRADIEND to %s (best correlation %s)", directory, record.best_correlation)
     return SeedTraining(record, outcome.converged, outcome.failure_reason, used_cache=False, model=model)
+
+
+def _sharded_outcome(model: ModelWithGradiend, outcome: TrainingOutcome, inputs: RunInputs,
+                     args: TrainingArguments) -> ShardedModelWithGradiend:
+    """The trained model of a `rank0_host` run, split over the ranks (rank 0 also holds it in host memory), with the
+    encoder calibration a one-process run gets inside `train_gradiend`, done on the slices (recorded the same way)."""
+    sharded = ShardedModelWithGradiend(model, outcome.shard)
+    record = sharded.calibrate(*capped_rows(inputs.train_rows, inputs.eval_rows, args), inputs.pair, args)
+    if record is not None:
+        if "seconds" in record:
+            outcome.stats["time"]["calibration"] = record.pop("seconds")
+        outcome.stats["calibration"] = record
+    return sharded
 
 
 def train_run(inputs: RunInputs, experiment: ExperimentDir) -> RunResult:
@@ -289,7 +318,7 @@ def train_run(inputs: RunInputs, experiment: ExperimentDir) -> RunResult:
         # usually the last seed trained is the best: keep it; else its GRADIEND joins the base model in memory
         best = seeds.last_model if seeds.last_seed == report.best_seed else None
         seeds.last_model = None  # one GRADIEND in memory at a time
-        best = best or with_saved_gradiend(inputs.template, experiment.model, args.max_length)
+        best = best or with_saved_gradiend(inputs.template, experiment.model, args.max_length, holds_slices(args))
         return RunResult(best, report.convergent_count > 0, f"none of the seeds {report.seeds_tried} converged",
                          report)
     finally:
@@ -378,17 +407,23 @@ class _Seeds:
             return result.stats.best_correlation, "training"
         from gradiend.data import cap_per_class
 
-        model = result.model or with_saved_gradiend(inputs.template, directory, inputs.args.max_length)
+        model = result.model or with_saved_gradiend(inputs.template, directory, inputs.args.max_length,
+                                                    holds_slices(inputs.args))
         rows = cap_per_class(inputs.eval_rows, self.selection_cap, self.data_seed).reset_index(drop=True)
-        metrics = evaluate_during_training(model, rows, inputs.pair, inputs.args.eval_batch_size)
+        with evaluation_scope(model):
+            metrics = evaluate_during_training(model, rows, inputs.pair, inputs.args.eval_batch_size)
         return metrics["correlation"], "validation"
 
 
-def with_saved_gradiend(template: ModelWithGradiend, directory: Path, max_length: int) -> ModelWithGradiend:
+def with_saved_gradiend(template: ModelWithGradiend, directory: Path, max_length: int,
+                        sliced: bool = False) -> ModelWithGradiend:
     """The GRADIEND saved in `directory` on the template's base model (already in memory, never reloaded),
-    read straight onto its device."""
+    read straight onto its device; `sliced`: split over the ranks (`sharded_model.load_sharded`)."""
     from gradiend.model import GradiendModel
     from gradiend.model_with_gradiend import ModelWithGradiend
+
+    if sliced:
+        return load_sharded(directory, template.base_model, template.tokenizer, max_length)
 
     gradiend = GradiendModel.from_pretrained(directory, device=template.device)
     return ModelWithGradiend(template.base_model, template.tokenizer, gradiend, max_length=max_length)

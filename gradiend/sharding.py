@@ -64,7 +64,9 @@ class Shard:
     3n floats) and given back by `restore`. Slices are `distributed.shard_range` of the n inputs.
     """
 
-    def __init__(self, full: GradiendModel) -> None:
+    def __init__(self, full: GradiendModel, slice_state: dict[str, torch.Tensor] | None = None) -> None:
+        """`slice_state` (optional): this rank's slice state dict, e.g. read from a checkpoint (`load_slice`); by
+        default it is sliced out of `full`'s weights."""
         from gradiend.model import GradiendModel
 
         ctx = distributed.context()
@@ -75,7 +77,8 @@ class Shard:
             raise ValueError(f"shard_gradiend: {ctx.world_size} ranks but only {self.n} GRADIEND inputs; use fewer "
                              f"processes or shard_gradiend=False")
         module = GradiendModel(dataclasses.replace(full.config, input_dim=self.hi - self.lo), shape_only=True)
-        module.load_state_dict(self.slice_state(full.state_dict()), assign=True)
+        module.load_state_dict(self.slice_state(full.state_dict()) if slice_state is None else slice_state,
+                               assign=True)
         self.module = module
         self._release()
 
@@ -200,23 +203,31 @@ class Shard:
             _active = previous
 
     def encode_rows(self, model: ModelWithGradiend, texts: Sequence[str], factual: Sequence[str],
-                    alternative: Sequence[str], batch_size: int) -> np.ndarray:
-        """Encodings (rows × k) of all rows: each rank projects every row onto its slice of the encoder, the
-        partial pre-activations w_slice · x_slice are summed over the ranks, then activated (a collective).
+                    alternative: Sequence[str], batch_size: int, kind: str | None = None) -> np.ndarray:
+        """Encodings (rows × k) of all rows with gradients of `kind` (default: the GRADIEND's source): each rank
+        projects every row onto its slice of the encoder, the partial pre-activations w_slice · x_slice are
+        summed over the ranks, then activated (a collective).
 
         Every rank passes over every row (a rank cannot encode a row alone without the full encoder).
         """
         module = self.module
-        directions = module.encoder_directions().detach()
-        out = torch.zeros(len(texts), self.k, dtype=torch.float32, device=directions.device)
+        out = self.project(model, texts, factual, alternative, kind or model.config.source,
+                           module.encoder_directions().detach(), batch_size)
+        with torch.no_grad():
+            return module.activate(out.to(module.encoder_bias.dtype)).float().cpu().numpy()
+
+    def project(self, model: ModelWithGradiend, texts: Sequence[str], factual: Sequence[str],
+                alternative: Sequence[str], kind: str, directions: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """(rows, k) float32 `directions · ∇loss` of single rows, `directions` being this rank's slice of the
+        encoder directions; the slices' partial projections are summed over the ranks (a collective, the same
+        bits on every rank)."""
+        out = torch.zeros(len(texts), directions.shape[0], dtype=torch.float32, device=directions.device)
         with reuse_large_blocks():
             for rows in length_batches(model.objective.token_lengths(list(texts)), batch_size):
                 out[torch.as_tensor(rows, device=out.device)] = slice_projections(
                     model.engine, self.lo, directions, [texts[i] for i in rows], [factual[i] for i in rows],
-                    [alternative[i] for i in rows], model.config.source).to(out.device)
-        distributed.all_reduce_(out, "sum of the slices' encodings")
-        with torch.no_grad():
-            return module.activate(out.to(module.encoder_bias.dtype)).float().cpu().numpy()
+                    [alternative[i] for i in rows], kind).to(out.device)
+        return distributed.all_reduce_(out, "sum of the slices' encodings")
 
     def encoder_norm(self) -> float:
         squares = self.module.encoder_weight.detach().double().pow(2).sum().reshape(1)

@@ -84,10 +84,13 @@ class EvaluationMethods:
         writes = encoder_df is None or plot  # the encodings cache and plots go into the experiment
         with self.experiment.writing() if writes else contextlib.nullcontext():
             if encoder_df is None:
+                from gradiend.sharded_model import evaluation_scope
+
                 model = model_with_gradiend or self.get_model()
                 others = self._args.include_other_classes if include_other_classes is None else include_other_classes
-                frames = {s: self._encodings(model, s, max_size, neutral_data_df, use_cache, show_progress, source,
-                                             bool(others)) for s in splits}
+                with evaluation_scope(model):  # a sharded GRADIEND: every rank encodes every row (a collective)
+                    frames = {s: self._encodings(model, s, max_size, neutral_data_df, use_cache, show_progress,
+                                                 source, bool(others)) for s in splits}
                 encoder_df = _combined(frames)
             result = self._encoder_result(encoder_df)
             if plot:
@@ -200,6 +203,7 @@ class EvaluationMethods:
         """
         from gradiend.decoder_eval import DecoderRequest, evaluate_decoder, selection_key
         from gradiend.selection import as_selector, select_metrics
+        from gradiend.sharded_model import evaluation_scope
 
         classes = _target_classes(target_class, self.pair)
         _check_number_list("lrs", lrs)
@@ -216,8 +220,11 @@ class EvaluationMethods:
             summary_extractor=summary_extractor, search=search if summary_metrics is None else "grid",
             **self._decoder_eval_options())
         use_cache = self._args.use_cache if use_cache is None else use_cache
-        with self.experiment.writing():  # the decoder grid, its summaries and plots go into the experiment
-            result = evaluate_decoder(self.get_model(), *self.unified_data(), request, self._decoder_cache(use_cache))
+        model = self.get_model()
+        # the decoder grid, its summaries and plots go into the experiment; a sharded GRADIEND decodes every
+        # candidate from the ranks' slices (a collective), so every rank scores every candidate
+        with self.experiment.writing(), evaluation_scope(model):
+            result = evaluate_decoder(model, *self.unified_data(), request, self._decoder_cache(use_cache))
             if summary_metrics is not None:
                 grid = result["grid"]
                 result = {**select_metrics(grid, list(summary_metrics), selector, metrics_fn), "grid": grid}

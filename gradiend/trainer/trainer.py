@@ -207,10 +207,14 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
     def _seed_models(self, runs: Sequence[Any]) -> dict[int, ModelWithGradiend]:
         """Every seed's model (`keep_seed_runs`), all on one base model: the trainer's, else the best seed's."""
         from gradiend.model_with_gradiend import ModelWithGradiend
+        from gradiend.sharded_model import holds_slices, load_sharded
 
         best = self.get_model()
         models: dict[int, ModelWithGradiend] = {}
         for run in runs:
+            if holds_slices(self._args):  # each rank reads its slice of every seed's GRADIEND
+                models[run.seed] = load_sharded(run.output_dir, best.base_model, best.tokenizer, self._args.max_length)
+                continue
             models[run.seed] = ModelWithGradiend.from_pretrained(
                 run.output_dir, base_model=best.base_model, tokenizer=best.tokenizer, device=self._device(),
                 max_length=self._args.max_length)
@@ -289,7 +293,11 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
         return resolve_device((args or self._args).device, base.device if isinstance(base, LoadedBase) else None)
 
     def get_model(self, use_cache: bool | None = None, *, load_directory: str | None = None) -> ModelWithGradiend:
-        """The trained model (cached in memory); `load_directory` loads another checkpoint."""
+        """The trained model (cached in memory); `load_directory` loads another checkpoint.
+
+        A sharded run with `sharded_final_weights="rank0_host"` under torchrun gives a `ShardedModelWithGradiend` on
+        every rank: encoding, decoding and rewrites work on every rank (collectives over the slices: call them on
+        every rank alike), the whole weights (`.gradiend`) are in rank 0's host memory only."""
         from gradiend.model import is_checkpoint
 
         if load_directory is not None:
@@ -330,9 +338,16 @@ class Trainer(EvaluationMethods, PlotMethods, AnalysisMethods, abc.ABC):
 
     def load_model(self, load_directory: str | os.PathLike) -> ModelWithGradiend:
         """Load a GRADIEND checkpoint directory (without replacing the trainer's model) onto the trainer's device;
-        a base model passed in as an object is reused, not reloaded."""
+        a base model passed in as an object is reused, not reloaded. Under torchrun with `shard_gradiend` and
+        `sharded_final_weights="rank0_host"` each rank reads only its slice (rank 0 also the whole GRADIEND, into
+        host memory): a `sharding`-split `ShardedModelWithGradiend`."""
         from gradiend.model_with_gradiend import ModelWithGradiend
+        from gradiend.sharded_model import from_pretrained_sharded, holds_slices
 
+        if holds_slices(self._args):
+            return from_pretrained_sharded(load_directory, base_model=self._base, device=self._device(),
+                                           trust_remote_code=self._args.trust_remote_code,
+                                           max_length=self._args.max_length)
         return ModelWithGradiend.from_pretrained(load_directory, base_model=self._base, device=self._device(),
                                                  trust_remote_code=self._args.trust_remote_code,
                                                  max_length=self._args.max_length)
