@@ -103,6 +103,8 @@ def test_label_mode_scores_each_rows_own_words(tiny_mlm_dir, tmp_path, caplog) -
     label = _trained(tiny_mlm_dir, tmp_path / "a", decoder_eval_targets="label")
     assert label._decoder_eval_options()["row_wise"] is True
     base = label.evaluate_decoder(lrs=[1e-3], use_cache=False)["grid"][0]
+    request = DecoderRequest.from_arguments(label.training_args, list(label.pair), **label._decoder_eval_options())
+    assert base_record(label.get_model(), *label.unified_data(), request) == base  # the same inputs, one builder
     like, probs = _grid_rows_probabilities(label)
     # hand check: the first 3PL row's P(3SG) is P(its own counterfactual), from a direct model call
     plural = like.reset_index(drop=True).query("factual_class == '3PL'")
@@ -184,3 +186,20 @@ def test_label_mode_round_trips_through_run_config_and_the_cli(tiny_mlm_dir, tmp
     like, probs = _grid_rows_probabilities(again)
     rows = (like["factual_class"] == "3PL").to_numpy()
     assert grid["records"][0]["probs"]["3PL"]["3SG"] == pytest.approx(float(probs[rows, 0].mean()), rel=1e-6)
+
+
+def test_label_mode_scores_other_classes_by_their_words(tiny_mlm_dir, tmp_path) -> None:
+    """With decoder_eval_restrict_to_target_classes=False, a class outside the pair has no word of its own in the
+    pair's rows: it is scored on its word set (as class-wise), the pair on each row's own words."""
+    rows = make_rows()
+    data = pd.concat([rows, rows[rows["label_class"] == "3PL"].assign(label_class="1PL", label="people")],
+                     ignore_index=True)
+    options = {"data": data, "decoder_eval_restrict_to_target_classes": False}
+    label = _trained(tiny_mlm_dir, tmp_path / "o", decoder_eval_targets="label", **options)
+    plain = _trained(tiny_mlm_dir, tmp_path / "o", **options)
+    by_row = label.evaluate_decoder(lrs=[1e-3], use_cache=False)["grid"][0]["probs"]
+    by_class = plain.evaluate_decoder(lrs=[1e-3], use_cache=False)["grid"][0]["probs"]
+    assert set(by_row["3SG"]) == set(by_class["3SG"]) == {"3SG", "3PL", "1PL"}
+    for dataset in ("3SG", "3PL"):
+        assert by_row[dataset]["1PL"] == pytest.approx(by_class[dataset]["1PL"], rel=1e-6)
+    assert by_row["3PL"]["3SG"] < by_class["3PL"]["3SG"]
