@@ -80,7 +80,8 @@ def held_by_component(loop: TrainingLoop) -> dict[str, int]:
     best = _storages((loop.history.best_state or {}).values())
     return {"gradiend_weights": sum(weights.values()), "optimizer_state": sum(state.values()),
             "grad_buffers": sum(grads.values()), "residual": sum(residual.values()),
-            "gradient_buffers": sum(buffers.values()), "best_checkpoint": sum(best.values())}
+            "gradient_buffers": sum(buffers.values()), "best_checkpoint": sum(best.values()),
+            **({"class_target_sums": loop._targets.sums.untyped_storage().nbytes()} if loop._targets else {})}
 
 
 class _HeldAtEnd(TrainingLoop):

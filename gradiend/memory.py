@@ -10,12 +10,15 @@ GRADIEND's dtype (v bytes; k feature neurons, B = gradiend_batch_size, K gradien
     gradient buffers     S · K · B · v           source/target gradients per batch slot, in S sets (2 with
                                                  `overlap_step`: batch t+1's while step t runs; else 1)
     best checkpoint      (2k + bias) · v         a copy of the best weights (host or device)
+    class target sums    2 · max(v, 4)           the decoder refit's running class sums of the targets
+                                                 (`decoder_fit="class_means"`, k = 1; `step.ClassTargetMeans`)
 
 k = 1, B = 1, a decoder bias, two kinds, float32, S = 1: 12 + 24 + 12 + 8 + 12 = 68 B per input
-(76 B with S = 2). Besides that: the base model (parameters × dtype size), its activations (an estimate), the autograd
-gradients of the selected tensors while a batch is gathered, and the gradient cache's byte limit
-(host memory). `plan_memory` adds these up per place (device, host); `MemoryPlan.check` compares
-them with free memory and stops a run that cannot fit, naming the settings that would make it fit.
+(76 B with S = 2; 8 B more with the class target sums: 84 B for the default run). Besides that: the
+base model (parameters × dtype size), its activations (an estimate), the autograd gradients of the
+selected tensors while a batch is gathered, and the gradient cache's byte limit (host memory).
+`plan_memory` adds these up per place (device, host); `MemoryPlan.check` compares them with free memory
+and stops a run that cannot fit, naming the settings that would make it fit.
 
 A sharded GRADIEND over N processes (`shard_gradiend` under torchrun, `gradiend.training`) holds per rank
 1/N of every GRADIEND component (the best checkpoint: 1/N per rank, N ranks on one host), the rank's slice of
@@ -39,6 +42,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from gradiend.gradient_source import REDUCE_CHUNK
+from gradiend.step import decoder_refit_skipped
 
 if TYPE_CHECKING:
     from torch import nn
@@ -50,7 +54,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 GRADIEND_COMPONENTS = ("gradiend_weights", "optimizer_state", "grad_buffers", "residual", "gradient_buffers",
-                       "best_checkpoint")
+                       "best_checkpoint", "class_target_sums")
 BASE_COMPONENTS = ("base_parameters", "base_activations", "engine_gradients")
 PRUNE_FRACTION = 0.1  # the pre-pruning lever is priced at keeping this share of the inputs
 
@@ -80,6 +84,7 @@ class RunShape:
     shards: int = 1  # processes a sharded GRADIEND is split over (1: not sharded)
     gradient_buffer_sets: int = 1  # 2 when the GRADIEND step overlaps the next base pass (`overlap_step`)
     gather_to_main_host: bool = False  # a sharded run's weights end in rank 0's host memory (`final_weights`)
+    class_target_sums: bool = False  # the decoder refit's class sums of the targets (`decoder_fit`)
 
     def __post_init__(self) -> None:
         for name in ("n_inputs", "latent_dim", "n_kinds", "gradiend_batch_size", "gradiend_bytes", "base_bytes",
@@ -193,6 +198,7 @@ def plan_memory(shape: RunShape) -> MemoryPlan:
         Component("residual", 0 if vector_path else shape.gradiend_batch_size * n * v, "device"),
         Component("gradient_buffers", buffers + scratch, "device"),
         Component("best_checkpoint", weights, "host" if shape.best_on_host else "device"),
+        *([Component("class_target_sums", 2 * n * max(v, 4), "device")] if shape.class_target_sums else []),
         Component("gathered_weights", full if sharded else 0, "host" if shape.gather_to_main_host else "device"),
         Component("base_parameters", shape.base_parameters * shape.base_bytes, "device", allocated=shape.base_loaded),
         Component("base_activations", shape.activation_bytes, "device", estimate=True),
@@ -251,15 +257,17 @@ def run_shape(base: nn.Module, param_map: ParamMap, args: TrainingArguments, *, 
         base_parameters=sum(p.numel() for p in base.parameters()), base_bytes=base_bytes,
         activation_bytes=activation_estimate(base.config, args.train_batch_size, seq_len, base_bytes),
         cache_bytes=cache_bytes, best_on_host=best_on_host, base_loaded=base_loaded, shards=shards,
-        gradient_buffer_sets=2 if args.overlap_step and shards == 1 else 1)
+        gradient_buffer_sets=2 if args.overlap_step and shards == 1 else 1,
+        class_target_sums=decoder_refit_skipped(args, latent_dim) is None)
 
 
 def memory_estimate(n_inputs: int, latent_dim: int, bias_decoder: bool, n_gradient_kinds: int,
                     gradiend_batch_size: int, bytes_per_value: int = 4,
-                    gradient_buffer_sets: int = 1) -> dict[str, int]:
-    """Bytes of the GRADIEND part of a training run by component, plus their `total` (see `plan_memory`)."""
+                    gradient_buffer_sets: int = 1, class_target_sums: bool = False) -> dict[str, int]:
+    """Bytes of the GRADIEND part of a training run by component, plus their `total` (see `plan_memory`;
+    the `class_target_sums` component only when they are held)."""
     shape = RunShape(n_inputs, latent_dim, bias_decoder, n_gradient_kinds, gradiend_batch_size, bytes_per_value,
-                     gradient_buffer_sets=gradient_buffer_sets)
+                     gradient_buffer_sets=gradient_buffer_sets, class_target_sums=class_target_sums)
     return plan_memory(shape).as_dict()
 
 

@@ -166,7 +166,7 @@ class TrainingRecord(Record):
         "best_score_checkpoint": BestCheckpoint.from_json, "convergence_info": ConvergenceInfo.from_json}
     _OMIT_NONE: ClassVar[frozenset[str]] = frozenset(
         {"gradient_cache", "post_prune", "base_model_resolved", "base_model_fingerprint", "diagnostics",
-         "calibration"})
+         "calibration", "decoder_fit"})
 
     training_stats: dict[str, Any] = field(default_factory=dict)
     best_score_checkpoint: BestCheckpoint | None = None
@@ -176,6 +176,7 @@ class TrainingRecord(Record):
     time: dict[str, float] = field(default_factory=dict)
     memory_estimate_bytes: dict[str, int] = field(default_factory=dict)
     diagnostics: list[dict[str, Any]] | None = None  # early warnings of a run not learning (None: older files)
+    decoder_fit: dict[str, Any] | None = None  # which decoder was saved (`decoder_fit`; None: older files)
     calibration: dict[str, Any] | None = None  # the encoder's refitted gain and offset (`gradiend.calibration`)
     gradient_cache: dict[str, Any] | None = None
     training_args: dict[str, Any] = field(default_factory=dict)

@@ -12,7 +12,10 @@ directory under the experiment: `EXPERIMENT/cache/resume/model` for a single-see
 - `state.json`: format and version, the run key (fingerprint of settings, data and base model) it
   belongs to, step, total steps and epoch, the history (scores, class means, encoder norms,
   losses, sign flips, best checkpoint record), the optimiser's param groups, timings, and the
-  size of the tensor file.
+  size of the tensor file;
+- with `decoder_fit="class_means"`, the running class sums of the training targets
+  (`class_targets.sums`, 8 B per input; their row counts in `state.json`), so the decoder refit at the
+  end covers the interrupted run's steps too (`gradiend.step.ClassTargetMeans`).
 
 No pickle: tensors load with safetensors, the rest is JSON. A rerun with `resume_from_checkpoint`
 loads the checkpoint when its key matches (else it starts fresh, logged at INFO); a checkpoint
@@ -28,7 +31,8 @@ cache does not, since the uninterrupted run reuses rounded gradients) and any ra
 time, so it cannot resume and writes no checkpoints.
 
 Cost (`bench/bench_resume.py`, CPU): 12 floats per selected input with a decoder bias (weights 3,
-AdamW moments 6, best 3; 9 when the best is current), 48 bytes per input in float32. 25k inputs:
+AdamW moments 6, best 3; 9 when the best is current), 48 bytes per input in float32, plus 8 bytes for the
+class target sums (`decoder_fit="class_means"`; the figures below are without them). 25k inputs:
 1.2 MB, saved in 0.04 s; 1M: 48 MB, 0.13 s; 10M: 480 MB, 3.1 s (fsync included); all of BERT-base
 (about 86M inputs) would take about 4 GB. Loading validates names, shapes and the file size.
 """
@@ -63,7 +67,7 @@ from gradiend.experiment import (
 logger = logging.getLogger(__name__)
 
 FORMAT = "gradiend-resume"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the class target sums (a version-1 checkpoint is ignored, training starts fresh)
 TENSORS_FILE = "state.safetensors"
 STATE_FILE = "state.json"
 RESUME_KIND = "resume-checkpoint"  # the manifest kind of a checkpoint directory
@@ -97,11 +101,14 @@ class TrainingState:
     best_state: dict[str, torch.Tensor] | None  # None: no best yet, or the best is `gradiend`
     best_is_current: bool
     timings: dict[str, float]
+    class_targets: tuple[torch.Tensor, list[int]] | None = None  # (sums (2, n), row counts) for the decoder refit
 
     def to_parts(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(tensors for the safetensors file, JSON data)."""
         tensors = {f"gradiend.{k}": v for k, v in self.gradiend.items()}
         tensors.update({f"best.{k}": v for k, v in (self.best_state or {}).items()})
+        if self.class_targets is not None:
+            tensors["class_targets.sums"] = self.class_targets[0]
         scalars: dict[str, dict[str, Any]] = {}
         for index, entry in self.optimizer["state"].items():
             for name, value in entry.items():
@@ -113,19 +120,23 @@ class TrainingState:
                 "total_steps": self.total_steps, "epoch": self.epoch, "history": self.history,
                 "best_is_current": self.best_is_current,
                 "optimizer": {"param_groups": self.optimizer["param_groups"], "scalars": scalars},
-                "timings": self.timings}
+                "timings": self.timings,
+                "class_target_counts": list(self.class_targets[1]) if self.class_targets is not None else None}
         return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, meta
 
     @classmethod
     def from_parts(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> TrainingState:
         """The inverse of `to_parts` (KeyError/ValueError/TypeError on malformed data)."""
         gradiend, best, optim_state = {}, {}, {}
+        sums = None
         for name, value in tensors.items():
             group, _, rest = name.partition(".")
             if group == "gradiend":
                 gradiend[rest] = value
             elif group == "best":
                 best[rest] = value
+            elif name == "class_targets.sums":
+                sums = value
             elif group == "optimizer":
                 index, _, field_name = rest.partition(".")
                 optim_state.setdefault(int(index), {})[field_name] = value
@@ -133,12 +144,16 @@ class TrainingState:
                 raise ValueError(f"unexpected tensor {name!r}")
         for index, entry in meta["optimizer"]["scalars"].items():
             optim_state.setdefault(int(index), {}).update(entry)
+        counts = meta.get("class_target_counts")
+        if (sums is None) != (counts is None):
+            raise ValueError("class target sums and their counts must be saved together")
         groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in meta["optimizer"]["param_groups"]]
         return cls(key=str(meta["key"]), step=int(meta["step"]), total_steps=int(meta["total_steps"]),
                    epoch=int(meta["epoch"]), gradiend=gradiend,
                    optimizer={"state": optim_state, "param_groups": groups}, history=dict(meta["history"]),
                    best_state=best or None, best_is_current=bool(meta["best_is_current"]),
-                   timings={k: float(v) for k, v in meta["timings"].items()})
+                   timings={k: float(v) for k, v in meta["timings"].items()},
+                   class_targets=(sums, [int(c) for c in counts]) if sums is not None else None)
 
 
 def _scalar(value: Any) -> float | int | bool:
@@ -284,6 +299,11 @@ def check_state_fits(state: TrainingState, gradiend_state: dict[str, torch.Tenso
             if value.shape != ref.shape or value.dtype != ref.dtype:
                 raise CorruptCheckpointError(f"{name}.{key} is {value.dtype} {tuple(value.shape)}, the model's "
                                              f"{ref.dtype} {tuple(ref.shape)}")
+    if state.class_targets is not None:
+        n = gradiend_state["encoder_weight"].shape[1]
+        if tuple(state.class_targets[0].shape) != (2, n) or len(state.class_targets[1]) != 2:
+            raise CorruptCheckpointError(f"its class target sums have shape {tuple(state.class_targets[0].shape)}, "
+                                         f"the model needs (2, {n})")
     params = [p for group in optimizer.param_groups for p in group["params"]]
     saved = sum(len(g["params"]) for g in state.optimizer["param_groups"])
     if saved != len(params) or not set(state.optimizer["state"]) <= set(range(len(params))):

@@ -29,8 +29,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from gradiend.reductions import dot
+from gradiend.supervised import supervised_mode
 
 if TYPE_CHECKING:
+    from gradiend.arguments import TrainingArguments
     from gradiend.model import GradiendModel
 
 
@@ -166,11 +168,12 @@ class ClassTargetMeans:
     """Running sums of the target rows of each class seen in training, for `class_mean_decoder`.
 
     The targets are base-model gradients, so their class means do not depend on the GRADIEND: any
-    training step's rows count, whichever checkpoint is kept. Two n-sized float32 sums (8 B per input).
+    training step's rows count, whichever checkpoint is kept. Two n-sized sums (8 B per input in float32;
+    `dtype` float64 for a float64 GRADIEND). A resume checkpoint carries `sums` and `counts`.
     """
 
-    def __init__(self, n: int, device: torch.device | str = "cpu") -> None:
-        self.sums = torch.zeros(2, n, dtype=torch.float32, device=device)
+    def __init__(self, n: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        self.sums = torch.zeros(2, n, dtype=dtype, device=device)
         self.counts = [0, 0]
 
     def add(self, y: torch.Tensor, labels: Sequence[int]) -> None:
@@ -183,6 +186,14 @@ class ClassTargetMeans:
                 self.sums[slot].add_(y[row])
                 self.counts[slot] += 1
 
+    def load(self, sums: torch.Tensor, counts: Sequence[int]) -> None:
+        """Continue from saved `sums` (2, n) and `counts` (a resume checkpoint's)."""
+        if tuple(sums.shape) != tuple(self.sums.shape) or len(counts) != 2:
+            raise ValueError(f"class target sums of shape {tuple(sums.shape)} with {len(counts)} counts do not fit "
+                             f"{tuple(self.sums.shape)} with 2")
+        self.sums.copy_(sums)
+        self.counts = [int(c) for c in counts]
+
     def means(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(class A mean, class B mean) of the raw targets; an error while a class has no row."""
         if min(self.counts) == 0:
@@ -192,8 +203,10 @@ class ClassTargetMeans:
 
 @torch.no_grad()
 def class_mean_decoder(gradiend: GradiendModel, targets: ClassTargetMeans,
-                       state: dict[str, torch.Tensor] | None = None) -> None:
-    """Set the decoder so that dec(+1) and dec(−1) are the class-mean targets (in raw gradient units).
+                       state: dict[str, torch.Tensor] | None = None, class_a_sign: float = 1.0) -> None:
+    """Set the decoder so that dec(±1) are the class-mean targets (in raw gradient units): dec(class_a_sign)
+    is class A's mean and dec(−class_a_sign) class B's (`class_a_sign` −1: class A encodes negatively, i.e.
+    a run without sign normalisation that ended negative).
 
     Why: the trained decoder is kept slow on purpose (`DECODER_UNITS`: it must lag the encoder, or the
     encoder stops at |h| ≈ 0.05, measured), so after 100 steps it holds only a few % of its target, and
@@ -204,10 +217,29 @@ def class_mean_decoder(gradiend: GradiendModel, targets: ClassTargetMeans,
     """
     if gradiend.config.latent_dim != 1:
         raise ValueError(f"class_mean_decoder needs one feature neuron, got latent_dim={gradiend.config.latent_dim}")
+    if class_a_sign not in (1.0, -1.0):
+        raise ValueError(f"class_a_sign must be +1 or -1, got {class_a_sign!r}")
     mean_a, mean_b = targets.means()
     scale = float(gradiend.target_scale if state is None else state["target_scale"])
     weight = gradiend.decoder_weight if state is None else state["decoder_weight"]
-    weight[:, 0].copy_((mean_a - mean_b) / (2.0 * scale))
+    weight[:, 0].copy_((mean_a - mean_b) * (class_a_sign / (2.0 * scale)))
     bias = gradiend.decoder_bias if state is None else state.get("decoder_bias")
     if bias is not None:
         bias.copy_((mean_a + mean_b) / (2.0 * scale))
+
+
+def decoder_refit_skipped(args: TrainingArguments, latent_dim: int) -> str | None:
+    """Why a run keeps its trained decoder (None: it is refitted to the class-mean targets, `decoder_fit`)."""
+    if args.decoder_fit == "trained":
+        return "decoder_fit='trained'"
+    if latent_dim != 1:
+        return f"latent_dim={latent_dim}: the class-mean decoder needs one feature neuron"
+    mode = supervised_mode(args)
+    if mode is not None:
+        return f"supervised_{mode} baseline: its decoder is the baseline's own"
+    return None
+
+
+def class_sums_dtype(gradiend_dtype: torch.dtype) -> torch.dtype:
+    """The class target sums' dtype: float32, or float64 for a float64 GRADIEND (never narrower than float32)."""
+    return torch.promote_types(gradiend_dtype, torch.float32)

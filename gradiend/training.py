@@ -51,7 +51,14 @@ from gradiend.metrics import pearson
 from gradiend.overlap import StepWorker
 from gradiend.resume import TrainingState
 from gradiend.sharding import Shard, ShardedCheckpoint, active_shard
-from gradiend.step import FusedLoss, scale_norms
+from gradiend.step import (
+    ClassTargetMeans,
+    FusedLoss,
+    class_mean_decoder,
+    class_sums_dtype,
+    decoder_refit_skipped,
+    scale_norms,
+)
 from gradiend.supervised import SupervisedLoss, supervised_mode
 
 if TYPE_CHECKING:
@@ -409,6 +416,7 @@ class TrainingLoop:
         self._supervised: SupervisedLoss | None = None  # a supervised baseline replaces the GRADIEND loss
         self._config: dict[str, Any] = {}  # the arguments as a dict, for callbacks
         self._shard: Shard | None = None
+        self._targets: ClassTargetMeans | None = None  # class sums of the training targets (`decoder_fit`)
         self.sharded = args.shard_gradiend and distributed.context().enabled
         self._worker: StepWorker[float] | None = None  # runs the GRADIEND steps with overlap_step (`_run`)
         self._pending: int | None = None  # the step running on the worker
@@ -425,8 +433,10 @@ class TrainingLoop:
         if self.sharded:
             self._start_sharding()
         n_local = self.gradiend.encoder_weight.shape[1]
+        refit = decoder_refit_skipped(args, config.latent_dim) is None
         memory = memory_estimate(n_local, config.latent_dim, config.bias_decoder, len(self.kinds),
-                                 args.gradiend_batch_size, gradient_buffer_sets=self._buffer_sets())
+                                 args.gradiend_batch_size, gradient_buffer_sets=self._buffer_sets(),
+                                 class_target_sums=refit)
         logger.info("GRADIEND memory: %.1f MB weights + %.1f MB optimizer state + %.1f MB gradient buffers "
                     "= %.1f MB (besides the base model)", memory["gradiend_weights"] / 1e6,
                     memory["optimizer_state"] / 1e6, memory["gradient_buffers"] / 1e6, memory["total"] / 1e6)
@@ -434,6 +444,8 @@ class TrainingLoop:
         width = self._shard.padded if self._shard is not None else n_local  # a slice: padded to the longest
         self._buffers = {k: torch.empty(args.gradiend_batch_size * self._buffer_sets(), width, device=device,
                                   dtype=self.gradiend.encoder_weight.dtype) for k in self.kinds}  # gradiend_dtype
+        if refit:
+            self._targets = ClassTargetMeans(n_local, device, class_sums_dtype(self.gradiend.encoder_weight.dtype))
         self.optimizer = make_optimizer(self.gradiend.parameters(), args)
         state = self._load_checkpoint()
         if state is None and supervised_mode(args) is None:  # fresh weights: one Adam step in size, whatever the lr
@@ -497,7 +509,13 @@ class TrainingLoop:
             logger.info("No resume checkpoints: with seed=None and data_seed=None every run draws a new batch order")
             self.checkpoint = None
             return None
-        return self.checkpoint.load(self._plan.total_steps, self.gradiend.state_dict(), self.optimizer)
+        state = self.checkpoint.load(self._plan.total_steps, self.gradiend.state_dict(), self.optimizer)
+        if state is not None and (state.class_targets is None) != (self._targets is None):
+            logger.warning("Ignoring the resume checkpoint in %s: it %s the class target sums the decoder refit "
+                           "needs; starting from step 0", self.checkpoint.directory,
+                           "lacks" if state.class_targets is None else "holds")
+            return None
+        return state
 
     def _restore(self, state: TrainingState) -> None:
         """Continue from `state`: weights and scales, optimiser state, history, best checkpoint, timings."""
@@ -507,6 +525,8 @@ class TrainingLoop:
         if best_state is not None:
             best_state = {k: v.to("cpu", copy=True) for k, v in best_state.items()}
         self.history = _History.from_json(state.history, best_state)
+        if self._targets is not None:
+            self._targets.load(*state.class_targets)
         timings = dict(state.timings)
         self._before = {"base_passes": timings.pop("base_passes", 0.0), "total": timings.pop("total", 0.0)}
         self.timings.update(timings)
@@ -526,7 +546,8 @@ class TrainingLoop:
         self.checkpoint.save(TrainingState(
             key=self.checkpoint.key, step=step, total_steps=self._plan.total_steps, epoch=h.epoch,
             gradiend=self.gradiend.state_dict(), optimizer=self.optimizer.state_dict(), history=h.to_json(),
-            best_state=None if best_is_current else h.best_state, best_is_current=best_is_current, timings=timings))
+            best_state=None if best_is_current else h.best_state, best_is_current=best_is_current, timings=timings,
+            class_targets=(self._targets.sums, list(self._targets.counts)) if self._targets is not None else None))
         self._checkpoints[0] += 1
         self._checkpoints[1] += time.perf_counter() - t0
 
@@ -636,6 +657,8 @@ class TrainingLoop:
             loss = self._supervised.loss_and_grad(*(t.clone() if self._worker else t for t in inputs), labels)
         else:
             loss, _ = self._fused.loss_and_grad(*inputs)
+        if self._targets is not None:
+            self._targets.add(inputs[1], labels)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"GRADIEND loss became {loss.item()} at step {step}; nothing was saved. "
                                      f"Lower learning_rate.")
@@ -764,11 +787,38 @@ class TrainingLoop:
             "diagnostics": self.monitor.to_json(),
         }
         best_state = h.best_state if h.best_state is not None else _snapshot(self.gradiend)
+        stats["decoder_fit"] = self._fit_decoder(best_state)  # on this rank's slice when sharded
         if self._shard is not None:  # the full weights on every rank, or in rank 0's host memory only
             self.optimizer.state.clear()  # its slices' AdamW state is not needed any more: room for the full weights
             best_state = self._shard.finish(self.gradiend.state_dict(), best_state,
                                             main_host_only=self.final_weights == "rank0_host")
         return TrainingOutcome(best_state, stats, converged, reason, timings, shard=self._shard)
+
+    def _fit_decoder(self, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Refit `state`'s decoder to the class-mean targets (`decoder_fit="class_means"`); the record for
+        training.json. The decoder plays no part in choosing the checkpoint, so refitting the kept one is exact."""
+        targets, self._targets = self._targets, None  # the sums are freed once used
+        if targets is None:
+            return {"mode": "trained", "reason": decoder_refit_skipped(self.args, self.gradiend.config.latent_dim)}
+        if min(targets.counts) == 0:
+            logger.warning("The decoder is kept as trained: training saw target rows of one class only (%s); "
+                           "train more steps for the class-mean decoder", targets.counts)
+            return {"mode": "trained", "reason": f"rows of one class only: {targets.counts}"}
+        sign = self._class_a_sign(state, targets)
+        class_mean_decoder(self.gradiend, targets, state, sign)
+        return {"mode": "class_means", "rows": list(targets.counts), "class_a_sign": int(sign)}
+
+    def _class_a_sign(self, state: dict[str, torch.Tensor], targets: ClassTargetMeans) -> float:
+        """+1 when class A encodes positively in `state`: the kept checkpoint's correlation sign, or without an
+        evaluation the sign of the trained decoder along the class-mean difference (summed over the slices)."""
+        if self.history.best is not None:
+            return 1.0 if self.history.best["correlation"] >= 0 else -1.0
+        mean_a, mean_b = targets.means()
+        weight = state["decoder_weight"][:, 0].to(mean_a.device, mean_a.dtype)
+        along = torch.dot(weight, mean_a - mean_b).reshape(1)
+        if self._shard is not None:
+            along = distributed.all_reduce_(along, "decoder sign")
+        return 1.0 if float(along) >= 0 else -1.0
 
 
 def capped_rows(train_rows: pd.DataFrame, eval_rows: pd.DataFrame | None,

@@ -77,6 +77,7 @@ class _HeldAtEnd(TrainingLoop):
             "residual": sum(v for k, v in _storages([self._fused.residual]).items() if k not in grads),
             "gradient_buffers": sum(_storages(self._buffers.values()).values()),
             "best_checkpoint": sum(v for k, v in _storages(self.history.best_state.values()).items()),
+            **({"class_target_sums": self._targets.sums.untyped_storage().nbytes()} if self._targets else {}),
         }
         super()._release_gradients()
 
@@ -221,7 +222,11 @@ def test_plan_for_a_model_counts_tied_embeddings_and_pruned_selections(tiny_mlm_
     assert full.base_model.get_output_embeddings().weight is full.base_model.get_input_embeddings().weight
     assert plan.shape.n_tied == embedding and plan.shape.n_inputs == full.param_map.size
     assert plan.bytes("engine_gradients") == (full.param_map.size + 2 * embedding) * 4  # one kind's at a time
-    assert plan.gradiend_bytes == memory_estimate(full.param_map.size, 1, True, 2, 1, gradient_buffer_sets=2)["total"]
+    assert plan.gradiend_bytes == memory_estimate(full.param_map.size, 1, True, 2, 1, gradient_buffer_sets=2,
+                                                  class_target_sums=True)["total"]
+    assert plan.bytes("class_target_sums") == 8 * full.param_map.size  # the decoder refit's class sums
+    kept = plan_for_model(full, dataclasses.replace(args, decoder_fit="trained"), seq_len=16)
+    assert plan.gradiend_bytes - kept.gradiend_bytes == 8 * full.param_map.size
     keep = torch.zeros(full.param_map.size, dtype=torch.bool)
     keep[::10] = True
     full.prune(keep)

@@ -295,7 +295,8 @@ def test_training_leaves_global_random_state_alone_and_is_seeded_locally(tiny_ml
     # training.json keeps its structure (key order included: the files stay byte-compatible)
     stats = first.stats
     assert list(stats) == ["training_stats", "best_score_checkpoint", "losses", "gradient_scales",
-                           "convergence_info", "time", "memory_estimate_bytes", "diagnostics", "calibration"]
+                           "convergence_info", "time", "memory_estimate_bytes", "diagnostics", "decoder_fit",
+                           "calibration"]
     assert list(stats["training_stats"]) == ["global_step", "steps_per_epoch", "epochs", "correlation", "scores",
                                              "mean_by_class", "encoder_norms", "sign_flips_at_steps",
                                              "n_train_rows", "n_eval_rows"]
@@ -307,7 +308,8 @@ def test_training_leaves_global_random_state_alone_and_is_seeded_locally(tiny_ml
                                    "seconds_per_step", "calibration"]  # the encoder calibration after the loop
     assert list(first.timings) == list(stats["time"])[:-2]
     n = template.param_map.size
-    assert stats["memory_estimate_bytes"] == memory_estimate(n, 1, True, 2, 1, gradient_buffer_sets=2)
+    assert stats["memory_estimate_bytes"] == memory_estimate(n, 1, True, 2, 1, gradient_buffer_sets=2,
+                                                             class_target_sums=True)
     assert stats["training_stats"]["n_train_rows"] == len(train) and stats["training_stats"]["n_eval_rows"] == len(val)
 
 
