@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from gradiend import distributed
 from gradiend.allocator import reuse_large_blocks
 from gradiend.data import MASK, cap_per_class, prepare_rows, rows_with_context, unify
-from gradiend.experiment import atomic_write_json, fingerprint, read_json, short_hash
+from gradiend.experiment import atomic_write_bytes, atomic_write_json, fingerprint, read_json, short_hash
 from gradiend.params import NonFiniteUpdateError
 from gradiend.records import DecoderSelection, DecoderSummaries
 from gradiend.rewrite import ParameterSnapshot
@@ -99,6 +99,7 @@ class GridRun:
                  pieces_by_class: Mapping[str, set[tuple[int, ...]]] | RowTargets, lms_data: LMSData,
                  batch_size: int = 32) -> None:
         self.model, self.pieces, self.lms_data, self.batch_size = model, pieces_by_class, lms_data, batch_size
+        self.rows = rows.reset_index(drop=True)
         self.texts = list(rows["masked"])
         self.dataset_classes = rows["factual_class"].to_numpy()
         self.snapshot = ParameterSnapshot(model.base_model, model.param_map)
@@ -182,8 +183,8 @@ class GridRun:
             every = False
         return every
 
-    def probabilities(self) -> dict[str, dict[str, float]]:
-        """`probs[dataset_class][class]` of the current weights."""
+    def row_matrix(self) -> tuple[list[str], np.ndarray]:
+        """(classes, (rows, classes) probabilities) of the current weights, one row per scored row."""
         model = self.model
         if isinstance(self.pieces, RowTargets):
             classes = list(self.pieces.classes)
@@ -192,6 +193,11 @@ class GridRun:
             classes = list(self.pieces)
             probs = class_probabilities(model.base_model, model.objective, self.texts, self.pieces, self.batch_size)
         self.stats["probability_passes"] += 1
+        return classes, probs
+
+    def probabilities(self) -> dict[str, dict[str, float]]:
+        """`probs[dataset_class][class]` of the current weights."""
+        classes, probs = self.row_matrix()
         return {str(d): {c: float(probs[self.dataset_classes == d, ci].mean()) for ci, c in enumerate(classes)}
                 for d in dict.fromkeys(self.dataset_classes)}
 
@@ -475,6 +481,9 @@ class DecoderRequest:
     # True: each row scored on its own words (the reference's decoder_eval_targets="label"); None: row-wise when the
     # pair's data words are shared by both classes (see `use_row_wise`); False: always per-class word sets
     row_wise: bool | None = None
+    # a CSV of each scored row's P(factual) and P(alternative) under the base model and each selected rewrite
+    # (the reference's decoder_eval_export_row_wise_csv); None: not written
+    export_rows: Path | None = None
 
     def __post_init__(self) -> None:
         if self.row_wise is not None and not isinstance(self.row_wise, bool):
@@ -584,8 +593,34 @@ def evaluate_decoder(model: ModelWithGradiend, rows: pd.DataFrame, pair: Sequenc
             atomic_write_json(cache.grid, {"fingerprint": key, "records": records, "search": stats})
     if cache is not None:
         store_selections(cache, dict(result))
+    if request.export_rows is not None:
+        export_row_scores(request.export_rows, grid_run(), inputs.row_wise, result)
     result["grid"] = records
     return result
+
+
+def export_row_scores(path: Path, run: GridRun, row_wise: bool, selections: Mapping[str, Any]) -> pd.DataFrame:
+    """Write (CSV, atomically) and return each scored row's P(factual) and P(alternative) under the base model and
+    each selected rewrite: one line per (model, row). `scoring` says what a probability sums: the row's own word
+    (`row_wise`) or every word of its class (`class`). One probability pass per model."""
+    chosen = {s["id"]: (s["feature_factor"], s["learning_rate"]) for s in selections.values()
+              if isinstance(s, Mapping) and s.get("id") not in (None, "base")}
+    frames = []
+    for cid, (ff, lr) in {"base": (None, None), **chosen}.items():
+        with run.rewritten(ff, lr):
+            classes, probs = run.row_matrix()
+        column = {c: i for i, c in enumerate(classes)}
+        frame = run.rows[["masked", "factual_class", "alternative_class", "factual", "alternative"]].copy()
+        frame.insert(0, "candidate", cid)
+        frame.insert(1, "feature_factor", ff)
+        frame.insert(2, "learning_rate", lr)
+        for name, source in (("P_factual", "factual_class"), ("P_alternative", "alternative_class")):
+            frame[name] = [probs[r, column[c]] if c in column else np.nan for r, c in enumerate(frame[source])]
+        frames.append(frame)
+    table = pd.concat(frames, ignore_index=True).assign(scoring="row_wise" if row_wise else "class")
+    atomic_write_bytes(path, table.to_csv(index=False).encode("utf-8"))
+    logger.info("Saved the decoder's per-row scores to %s", path)
+    return table
 
 
 def grid_tokens(rows: pd.DataFrame, pair: Sequence[str], request: DecoderRequest

@@ -33,7 +33,8 @@ IMG_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 # unified columns a held-out split may group by (the user's other columns do not survive `unify`)
 GROUP_COLUMNS = ("factual", "alternative", "masked")
 # the decoder-evaluation switches (bools; read by the trainer)
-_DECODER_FLAGS = ("decoder_eval_restrict_to_target_classes", "decoder_eval_prob_on_other_class")
+_DECODER_FLAGS = ("decoder_eval_restrict_to_target_classes", "decoder_eval_prob_on_other_class",
+                  "decoder_eval_export_row_wise_csv")
 
 
 @dataclass
@@ -75,6 +76,7 @@ class TextPredictionConfig:
     decoder_eval_targets: Any = None
     decoder_eval_restrict_to_target_classes: bool = True
     decoder_eval_prob_on_other_class: bool = True
+    decoder_eval_export_row_wise_csv: bool = False
     decoder_eval_ignore_tokens: list[str] | None = None
     decoder_eval_lms_max_samples: int | None = None
     class_merge_map: dict[str, list[str]] | None = None

@@ -156,11 +156,14 @@ class TextPredictionTrainer(Trainer):
     # -- the configuration's evaluation options -----------------------------------------------------------------
     def _decoder_eval_options(self) -> dict[str, Any]:
         """`decoder_eval_targets` (restricted to the pair unless `decoder_eval_restrict_to_target_classes=False`;
-        `"label"`: row-wise scoring), `decoder_eval_ignore_tokens` and `decoder_eval_prob_on_other_class` for the
-        decoder grid."""
-        return {"targets": self._decoder_targets, "ignore_tokens": self.config.decoder_eval_ignore_tokens,
-                "prob_on_other_class": self.config.decoder_eval_prob_on_other_class,
-                "row_wise": True if self.config.decoder_eval_targets == ROW_WISE else None}
+        `"label"`: row-wise scoring), `decoder_eval_ignore_tokens`, `decoder_eval_prob_on_other_class` and
+        `decoder_eval_export_row_wise_csv` (the rows' scores as `decoder_row_wise_scores.csv` in the experiment)
+        for the decoder grid."""
+        config = self.config
+        export = Path(self.experiment_dir) / ROW_SCORES_CSV if config.decoder_eval_export_row_wise_csv else None
+        return {"targets": self._decoder_targets, "ignore_tokens": config.decoder_eval_ignore_tokens,
+                "prob_on_other_class": config.decoder_eval_prob_on_other_class,
+                "row_wise": True if config.decoder_eval_targets == ROW_WISE else None, "export_rows": export}
 
     def _neutral_excluded_words(self) -> list[str]:
         return list(self.config.eval_neutral_additional_excluded_words or [])
@@ -210,14 +213,16 @@ class TextPredictionTrainer(Trainer):
         return self._rows.copy()
 
 
+#: The decoder's per-row scores (`decoder_eval_export_row_wise_csv=True`), in the experiment directory
+ROW_SCORES_CSV = "decoder_row_wise_scores.csv"
 #: `TextPredictionConfig` fields saved in run_config.json as they are (see `TextPredictionTrainer.data_options`)
 SAVED_DATA_OPTIONS = ("masked_col", "label_col", "label_class_col", "alternative_col", "alternative_class_col",
                       "use_class_names_as_columns", "mask_placeholder", "split_col", "split_group_col",
                       "max_counterfactuals_per_sentence", "hf_dataset", "hf_subset", "hf_splits",
                       "eval_neutral_max_rows", "decoder_eval_targets", "decoder_eval_restrict_to_target_classes",
                       "decoder_eval_prob_on_other_class", "decoder_eval_ignore_tokens",
-                      "eval_neutral_additional_excluded_words", "img_format", "img_dpi", "correlation_mapping",
-                      "class_merge_transition_groups")
+                      "decoder_eval_export_row_wise_csv", "eval_neutral_additional_excluded_words", "img_format",
+                      "img_dpi", "correlation_mapping", "class_merge_transition_groups")
 
 
 def _path_or_id(value: Any) -> str | None:
