@@ -203,3 +203,25 @@ def test_label_mode_scores_other_classes_by_their_words(tiny_mlm_dir, tmp_path) 
     for dataset in ("3SG", "3PL"):
         assert by_row[dataset]["1PL"] == pytest.approx(by_class[dataset]["1PL"], rel=1e-6)
     assert by_row["3PL"]["3SG"] < by_class["3PL"]["3SG"]
+
+
+def test_export_row_wise_csv_writes_each_rows_scores(tiny_mlm_dir, tmp_path) -> None:
+    """decoder_eval_export_row_wise_csv=True: per row, P(factual) and P(alternative) under the base model and each
+    selected rewrite, as the grid scored them (their class means are the grid's probabilities)."""
+    trainer = _trained(tiny_mlm_dir, tmp_path / "x", decoder_eval_targets="label",
+                       decoder_eval_export_row_wise_csv=True)
+    result = trainer.evaluate_decoder(lrs=[1.0, 1e-3])
+    table = pd.read_csv(Path(trainer.experiment_dir) / "decoder_row_wise_scores.csv")
+    chosen = {result[c]["id"] for c in ("3SG", "3PL")}
+    assert set(table["candidate"]) == {"base"} | chosen and set(table["scoring"]) == {"row_wise"}
+    records = {r["id"]: r for r in result["grid"]}
+    for cid, part in table.groupby("candidate"):
+        probs = records[cid]["probs"]
+        for (dataset, other), rows in part.groupby(["factual_class", "alternative_class"]):
+            assert probs[dataset][dataset] == pytest.approx(rows["P_factual"].mean(), rel=1e-6)
+            assert probs[dataset][other] == pytest.approx(rows["P_alternative"].mean(), rel=1e-6)
+    base = table[table["candidate"] == "base"].iloc[0]
+    assert base["P_alternative"] == pytest.approx(_direct_probability(tiny_mlm_dir, base["masked"],
+                                                                      base["alternative"]), rel=1e-5)
+    saved = json.loads((Path(trainer.experiment_dir) / "run_config.json").read_text())
+    assert saved["data_options"]["decoder_eval_export_row_wise_csv"] is True
