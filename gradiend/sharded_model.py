@@ -209,13 +209,12 @@ def _read_slice(weights: Path, config: GradiendConfig, device: torch.device) -> 
     try:
         with safe_open(str(weights), framework="pt", device="cpu") as handle:
             for name in handle.keys():
-                part = handle.get_slice(name)
                 if name == "encoder_weight":
-                    value = part[:, lo:hi]
+                    value = handle.get_slice(name)[:, lo:hi]
                 elif name in ("decoder_weight", "decoder_bias"):
-                    value = part[lo:hi]
+                    value = handle.get_slice(name)[lo:hi]
                 else:
-                    value = part[:]
+                    value = handle.get_tensor(name)
                 out[name] = value.to(device, torch.float32 if name.endswith("_scale") else dtype)
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"GRADIEND weights {weights} are corrupt ({err}); re-train or restore the file") from err

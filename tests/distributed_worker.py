@@ -274,6 +274,112 @@ def _experiment_shard(setup: Setup, out: Path) -> None:
            "resume_left": sorted(str(p) for p in (out / "sharded_experiment").rglob("rank*.safetensors"))})
 
 
+def _large_tensors(model: ModelWithGradiend, setup: Setup) -> list[tuple[int, str]]:
+    """(entries, device) of every live tensor of at least the GRADIEND's input count, other than the base model's
+    weights and the other scenarios' templates: a rank holding any part of the whole GRADIEND (weights, a full
+    decoded update) shows up here."""
+    import gc
+
+    n = model.param_map.size
+    mine = [*model.base_model.parameters(), *model.base_model.buffers(), *setup.template.gradiend.parameters(),
+            *setup.template64.gradiend.parameters()]
+    base = {t.untyped_storage().data_ptr() for t in mine}
+    found = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # isinstance() on deprecated torch objects warns
+        tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
+    for obj in tensors:
+        if not obj.is_meta and obj.numel() >= n and obj.untyped_storage().data_ptr() not in base:
+            found.append((obj.numel(), str(obj.device)))
+    return sorted(found)
+
+
+def _holdings(model: ModelWithGradiend, setup: Setup) -> dict[str, Any]:
+    """What the trainer's model holds on this rank: its class, the largest GRADIEND tensors anywhere, the slice."""
+    from gradiend.sharded_model import ShardedModelWithGradiend
+
+    info: dict[str, Any] = {"type": type(model).__name__, "n": model.param_map.size,
+                            "large": _large_tensors(model, setup)}
+    if isinstance(model, ShardedModelWithGradiend):
+        info["slice"] = [model.shard.lo, model.shard.hi]
+        info["whole_entries"] = sum(p.numel() for p in model.shard.full.parameters())
+        try:
+            info["whole_device"] = str(model.gradiend.encoder_weight.device)
+        except RuntimeError as err:
+            info["whole_error"] = str(err)
+    return info
+
+
+def _selected(model: Any, names: list[str]) -> dict[str, torch.Tensor]:
+    named = dict(model.named_parameters())
+    return {name: named[name].detach().clone() for name in names}
+
+
+def _trainer_host(setup: Setup, out: Path) -> None:
+    """The trainer's whole workflow with a sharded GRADIEND kept split (`sharded_final_weights='rank0_host'`, the
+    default): train, encoder and decoder evaluation, a saved and an in-memory rewrite, then the saved checkpoint
+    read again (each rank its slice) and encoded. In one process: the same calls on the whole GRADIEND."""
+    from tiny_experiment import LRS, NEUTRAL
+
+    from gradiend import TextPredictionTrainer
+
+    rank = distributed.context().rank
+    args = TrainingArguments(experiment_dir=str(out / "host_experiment"), train_batch_size=4, max_steps=6,
+                             eval_steps=3, seed=0, show_progress=False, scale_estimation_batches=2, params=PARAMS,
+                             decoder_eval_lrs=LRS, shard_gradiend=True, distributed_timeout=30.0,
+                             torch_dtype="float64", gradiend_dtype="float64")  # float64: see `Setup.template64`
+    trainer = TextPredictionTrainer(model=setup.model_dir, data=make_rows(), args=args, target_classes=PAIR,
+                                    eval_neutral_data=NEUTRAL)
+    held = _Held()
+    os.environ[WRITE_HOOK_ENV] = str(out / f"host_writes_rank{rank}.log")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            trainer.train(callbacks=[held])
+        encoded = trainer.evaluate_encoder(return_df=True)["encoder_df"]["encoded"].to_numpy()
+        decoder = trainer.evaluate_decoder(target_class="3SG")
+        trainer.rewrite_base_model(target_class="3SG", output_dir=out / "host_rewrite")
+        model = trainer.get_model()
+        names = list(model.param_map.names)
+        rewritten = _selected(trainer.rewrite_base_model(target_class="3SG"), names)  # in memory, on every rank
+        after = _holdings(model, setup)
+        trainer.unload_model()
+        reread = trainer.evaluate_encoder(use_cache=False, return_df=True)["encoder_df"]["encoded"].to_numpy()
+        reloaded = _holdings(trainer.get_model(), setup)
+    finally:
+        del os.environ[WRITE_HOOK_ENV]
+    record = trainer.get_training_record()
+    _save(out, "trainer_host", {"encoded": torch.tensor(encoded), "reread": torch.tensor(reread),
+                                **{f"rewrite.{k}": v for k, v in rewritten.items()}},
+          {"held": held.sizes, "after": after, "reloaded": reloaded, "selected": decoder["3SG"]["id"],
+           "grid": decoder["grid"], "calibration": record.to_json().get("calibration")})
+
+
+def _cli_shard(setup: Setup, out: Path) -> None:
+    """`gradiend train` on a sharded config (as `torchrun -m gradiend train run.json` runs it on every rank)."""
+    from tiny_experiment import LRS
+
+    from gradiend import cli
+
+    config = {"model": setup.model_dir, "data": str(out / "data.csv"), "target_classes": PAIR,
+              "experiment_dir": str(out / "cli_experiment"), "train_batch_size": 4,
+              "max_steps": 6, "eval_steps": 3, "seed": 0, "show_progress": False, "scale_estimation_batches": 2,
+              "params": PARAMS, "decoder_eval_lrs": LRS, "shard_gradiend": True, "distributed_timeout": 30.0,
+              "torch_dtype": "float64", "gradiend_dtype": "float64"}  # the settings of `_trainer_host`
+    rank = distributed.context().rank
+    for name, text in (("data.csv", make_rows().to_csv(index=False)), ("run.json", json.dumps(config))):
+        scratch = out / f"{name}.rank{rank}"  # the test's own inputs, the same bytes from either rank
+        scratch.write_text(text, encoding="utf-8")
+        os.replace(scratch, out / name)
+    distributed.barrier("test inputs written")
+    os.environ[WRITE_HOOK_ENV] = str(out / f"cli_writes_rank{rank}.log")
+    try:
+        code = cli.main(["train", str(out / "run.json"), "--no-plots", "--quiet"])
+    finally:
+        del os.environ[WRITE_HOOK_ENV]
+    (out / f"cli_rank{rank}.json").write_text(json.dumps({"code": code}), encoding="utf-8")
+
+
 SCENARIOS: dict[str, Callable[[Setup, Path], None]] = {
     "grad": lambda s, o: _gradients(s, o, "grad", sharded=False),
     "grad_shard": lambda s, o: _gradients(s, o, "grad_shard", sharded=True),
@@ -287,6 +393,8 @@ SCENARIOS: dict[str, Callable[[Setup, Path], None]] = {
                                          max_steps=4, eval_steps=2),
     "experiment": _experiment,
     "experiment_shard": _experiment_shard,
+    "trainer_host": _trainer_host,
+    "cli_shard": _cli_shard,
     "prune": lambda s, o: _prune(s, o, "prune"),
     "resume_shard": lambda s, o: _resume(s, o, "resume_shard"),
     "train_cuda": lambda s, o: _train(s, o, "train_cuda", template=s.template.to(f"cuda:{torch.cuda.current_device()}"),

@@ -32,7 +32,7 @@ from gradiend import distributed
 WORKER = Path(__file__).with_name("distributed_worker.py")
 PACKAGE_ROOT = str(Path(gradiend.__file__).resolve().parents[1])  # the workers import this checkout
 AGREEMENT = ["grad", "grad_shard", "prune", "train", "train_memory", "train_shard", "train_shard_disk",
-             "train_shard_host", "train_batches", "experiment"]
+             "train_shard_host", "train_batches", "experiment", "trainer_host"]
 RTOL = 1e-5
 
 
@@ -85,15 +85,17 @@ def launches(tiny_mlm_dir: str, tmp_path_factory: pytest.TempPathFactory) -> dic
     """Two launches of two ranks, started together while this process runs the one-process reference.
 
     `agreement` runs every agreement scenario, then rank 1 dies in `die`; `hang`: rank 1 hangs.
-    Returns {"two": output, "one": reference output, "hang_output": output, "<launch>": [(exit code, stderr)] per rank,
+    `cli`: `gradiend train` on a sharded config.
+    Returns {"two": output, "one": reference output, "hang_output": output, "cli_output": output,
+    "<launch>": [(exit code, stderr)] per rank,
     "<launch>_seconds": until rank 0 exited}.
     """
     started = time.monotonic()
-    two, one, hang = (tmp_path_factory.mktemp(name) for name in ("two_ranks", "one_process", "hang"))
+    two, one, hang, cli = (tmp_path_factory.mktemp(name) for name in ("two_ranks", "one_process", "hang", "cli"))
     procs = {"agreement": _start(tiny_mlm_dir, two, [*AGREEMENT, "resume_shard", "experiment_shard", "die"]),
-             "hang": _start(tiny_mlm_dir, hang, ["hang"])}
+             "hang": _start(tiny_mlm_dir, hang, ["hang"]), "cli": _start(tiny_mlm_dir, cli, ["cli_shard"])}
     run(tiny_mlm_dir, one, AGREEMENT)
-    result: dict[str, Any] = {"two": two, "one": one, "hang_output": hang}
+    result: dict[str, Any] = {"two": two, "one": one, "hang_output": hang, "cli_output": cli}
     for name, (rank0, rank1) in procs.items():
         first = _finish(rank0, 300)
         result[f"{name}_seconds"] = time.monotonic() - started
@@ -270,6 +272,73 @@ def test_only_rank_zero_writes_and_the_experiment_matches(runs) -> None:
         assert record["lms"] == pytest.approx(expected["lms"], rel=1e-4)
         for cls, probs in expected["probs"].items():
             assert record["probs"][cls] == pytest.approx(probs, rel=1e-4, abs=1e-7)
+
+
+def test_the_trainer_keeps_a_sharded_gradiend_split_and_matches_one_process(runs) -> None:
+    """sharded_final_weights='rank0_host' (the default) through the trainer: rank 1 never holds a tensor of the
+    GRADIEND's size (training, evaluation, rewrites, a reload), rank 0 holds the whole GRADIEND in host memory, and
+    encodings, the decoder grid and selection, and the rewritten weights (saved and in memory) equal one process."""
+    two, one = runs
+    ref, ref_info = _load(one, "trainer_host", 0)
+    (rank0, info0), (rank1, info1) = _load(two, "trainer_host", 0), _load(two, "trainer_host", 1)
+    n = ref_info["after"]["n"]
+    assert ref_info["after"]["type"] == "ModelWithGradiend" and ref_info["after"]["large"]  # the whole GRADIEND
+    half = -(-n // 2)
+    for held in (info0["held"], info1["held"]):  # while training: the slice's weights only, the full model released
+        assert held["full_model"] == 0 < held["trained"] <= 3 * half + 1
+    for info in (info1["after"], info1["reloaded"]):
+        assert info["type"] == "ShardedModelWithGradiend" and info["n"] == n
+        assert info["large"] == [] and info["whole_entries"] == 0 and "holds only its slice" in info["whole_error"]
+        lo, hi = info["slice"]
+        assert 0 < lo < hi == n
+    for info in (info0["after"], info0["reloaded"]):
+        assert info["whole_device"] == "cpu" and info["whole_entries"] == 3 * n + 1  # W_e, b_e, W_d, b_d
+        assert info["slice"][0] == 0 < info["slice"][1] < n
+    # encodings: summed over the slices, the same bits on both ranks; the reloaded slices encode the same
+    assert torch.equal(rank0["encoded"], rank1["encoded"]) and ref["encoded"].abs().max() > 0
+    torch.testing.assert_close(rank0["encoded"], ref["encoded"], rtol=0, atol=1e-4)
+    assert torch.equal(rank0["reread"], rank0["encoded"]) and torch.equal(rank1["reread"], rank1["encoded"])
+    assert info0["calibration"]["gain"] == pytest.approx(ref_info["calibration"]["gain"], rel=1e-4)
+    # the decoder grid: every rank scores every candidate, decoded from the slices
+    assert info0["selected"] == info1["selected"] == ref_info["selected"]
+    assert info0["grid"] == info1["grid"] and [r["id"] for r in info0["grid"]] == [r["id"] for r in ref_info["grid"]]
+    for record, expected in zip(info0["grid"], ref_info["grid"], strict=True):
+        assert record["lms"] == pytest.approx(expected["lms"], rel=1e-4)
+    rewrites = sorted(k for k in ref if k.startswith("rewrite."))
+    assert rewrites and sorted(k for k in rank0 if k.startswith("rewrite.")) == rewrites
+    assert all(torch.equal(rank0[key], rank1[key]) for key in rewrites)
+
+    def joined(tensors: dict[str, torch.Tensor], keys: list[str]) -> torch.Tensor:
+        # one vector, as the agreement table compares it: a tensor that is rounding noise in exact arithmetic (a
+        # key bias) has no relative precision of its own
+        return torch.cat([tensors[key].reshape(-1).double() for key in keys])
+
+    _close(joined(rank0, rewrites), joined(ref, rewrites))
+    saved, saved_ref = (load_file(str(d / "host_rewrite" / "model.safetensors")) for d in (two, one))
+    assert saved.keys() == saved_ref.keys()
+    _close(joined(saved, sorted(saved_ref)), joined(saved_ref, sorted(saved_ref)))
+    edited = [f"{key.removeprefix('rewrite.')}" for key in rewrites]  # the saved rewrite is the in-memory one
+    assert all(torch.equal(saved[key], rank0[f"rewrite.{key}"]) for key in edited if key in saved)
+    # only rank 0 wrote, and it wrote what one process writes
+    assert not (two / "host_writes_rank1.log").exists(), "rank 1 wrote files"
+    written = _written((two / "host_writes_rank0.log").read_text(encoding="utf-8").splitlines(), two)
+    assert written == _written((one / "host_writes_rank0.log").read_text(encoding="utf-8").splitlines(), one)
+
+
+def test_gradiend_train_on_a_sharded_config(launches) -> None:
+    """`gradiend train run.json` with shard_gradiend on two ranks: both exit 0, only rank 0 writes, and the saved
+    GRADIEND equals the one the trainer saved from the same settings."""
+    out, two = launches["cli_output"], launches["two"]
+    (code0, err0), (code1, err1) = launches["cli"]
+    assert (code0, code1) == (0, 0), f"rank 0:\n{err0[-3000:]}\nrank 1:\n{err1[-3000:]}"
+    assert not (out / "cli_writes_rank1.log").exists(), "rank 1 wrote files"
+    saved = load_file(str(out / "cli_experiment" / "model" / "model.safetensors"))
+    trained = load_file(str(two / "host_experiment" / "model" / "model.safetensors"))
+    assert saved.keys() == trained.keys()
+    for key, value in trained.items():
+        assert torch.equal(saved[key], value), key  # the same ranks, settings and data: the same bits
+    stats = json.loads((out / "cli_experiment" / "model" / "training.json").read_text(encoding="utf-8"))
+    assert "gain" in stats["calibration"]
 
 
 @pytest.mark.parametrize("how", ["die", "hang"])
