@@ -3,9 +3,10 @@
 Trains one GRADIEND (embedded model, shipped feature, `--lr`, `--steps` at batch 8) and scores decoder
 grids for each decoder variant × top fraction q:
 
-    decoder  trained     the decoder as trained
-             class_mean  dec(±1) set to the class-mean training targets (`gradiend.step.class_mean_decoder`;
-                         the sums are taken during training by a bench-only loop subclass)
+    decoder  trained     the decoder as trained (`decoder_fit="trained"`)
+             class_mean  dec(±1) set to the class-mean training targets (`gradiend.step.class_mean_decoder`),
+                         what the library saves by default (`decoder_fit="class_means"`); the sums are taken
+                         here by a bench-only loop subclass, so one training run gives both variants
     q        the fraction of coordinates the decoder weights most that the update keeps
              (`gradiend.decoder_eval.keep_top_decoder_fraction`); 1 = the full update
 
@@ -31,7 +32,7 @@ if str(ROOT) not in sys.path:
 
 
 def train(bench: Any, ns: argparse.Namespace) -> tuple[Any, dict[str, Any], Any]:
-    """The trained model, its best state and the class-mean targets of its training rows."""
+    """The trained model, its best state (the decoder as trained) and the class-mean targets of its training rows."""
     from unittest import mock
 
     from bench.validity import MODELS
@@ -50,7 +51,8 @@ def train(bench: Any, ns: argparse.Namespace) -> tuple[Any, dict[str, Any], Any]
 
     args = TrainingArguments(experiment_dir=ns.workdir, train_batch_size=8, max_steps=ns.steps, eval_steps=25,
                              learning_rate=ns.lr, seed=0, data_seed=0, show_progress=False,
-                             encoder_eval_train_max_size=60, eval_batch_size=16, **MODELS[ns.model].args)
+                             encoder_eval_train_max_size=60, eval_batch_size=16, decoder_fit="trained",
+                             **MODELS[ns.model].args)
     model = bench.template.with_new_gradiend(0)
     with mock.patch.object(training, "TrainingLoop", Loop):
         outcome = training.train_gradiend(model, bench.train_rows, bench.eval_rows, bench.pair, args,
