@@ -356,7 +356,9 @@ def _trainer_host(setup: Setup, out: Path) -> None:
 
 
 def _cli_shard(setup: Setup, out: Path) -> None:
-    """`gradiend train` on a sharded config (as `torchrun -m gradiend train run.json` runs it on every rank)."""
+    """`gradiend train` on a sharded config (as `torchrun -m gradiend train run.json` runs it on every rank), two
+    seeds: the best one is read back slice-wise unless it is the last, and scored slice-wise on 3 validation rows per
+    class (not the rows training selected on)."""
     from tiny_experiment import LRS
 
     from gradiend import cli
@@ -365,7 +367,10 @@ def _cli_shard(setup: Setup, out: Path) -> None:
               "experiment_dir": str(out / "cli_experiment"), "train_batch_size": 4,
               "max_steps": 6, "eval_steps": 3, "seed": 0, "show_progress": False, "scale_estimation_batches": 2,
               "params": PARAMS, "decoder_eval_lrs": LRS, "shard_gradiend": True, "distributed_timeout": 30.0,
-              "torch_dtype": "float64", "gradiend_dtype": "float64"}  # the settings of `_trainer_host`
+              "torch_dtype": "float64", "gradiend_dtype": "float64",  # the settings of `_trainer_host`, and 2 seeds
+              "max_seeds": 2, "min_convergent_seeds": 2, "saved_seed_runs": "all_tried", "seed_stability_topk": None,
+              "convergent_score_threshold": 0.0, "convergent_mean_by_class_threshold": None,
+              "seed_selection_eval_max_size": 3}  # every seed "converges", so it is scored on validation rows
     rank = distributed.context().rank
     for name, text in (("data.csv", make_rows().to_csv(index=False)), ("run.json", json.dumps(config))):
         scratch = out / f"{name}.rank{rank}"  # the test's own inputs, the same bytes from either rank

@@ -326,18 +326,25 @@ def test_the_trainer_keeps_a_sharded_gradiend_split_and_matches_one_process(runs
 
 
 def test_gradiend_train_on_a_sharded_config(launches) -> None:
-    """`gradiend train run.json` with shard_gradiend on two ranks: both exit 0, only rank 0 writes, and the saved
-    GRADIEND equals the one the trainer saved from the same settings."""
+    """`gradiend train run.json` with shard_gradiend and two seeds on two ranks: both exit 0, only rank 0 writes,
+    seed 0's GRADIEND equals the one the trainer saved from the same settings, the best seed is the saved model."""
     out, two = launches["cli_output"], launches["two"]
     (code0, err0), (code1, err1) = launches["cli"]
     assert (code0, code1) == (0, 0), f"rank 0:\n{err0[-3000:]}\nrank 1:\n{err1[-3000:]}"
     assert not (out / "cli_writes_rank1.log").exists(), "rank 1 wrote files"
-    saved = load_file(str(out / "cli_experiment" / "model" / "model.safetensors"))
+    experiment = out / "cli_experiment"
+    report = json.loads((experiment / "seeds" / "seed_report.json").read_text(encoding="utf-8"))
+    assert [run["seed"] for run in report["runs"]] == [0, 1]
+    assert [run["eval_correlation_source"] for run in report["runs"]] == ["validation"] * 2  # scored slice-wise
+    seed0 = load_file(str(experiment / "seeds" / "seed_0" / "model.safetensors"))
     trained = load_file(str(two / "host_experiment" / "model" / "model.safetensors"))
-    assert saved.keys() == trained.keys()
+    assert seed0.keys() == trained.keys()
     for key, value in trained.items():
-        assert torch.equal(saved[key], value), key  # the same ranks, settings and data: the same bits
-    stats = json.loads((out / "cli_experiment" / "model" / "training.json").read_text(encoding="utf-8"))
+        assert torch.equal(seed0[key], value), key  # the same ranks, settings and data: the same bits
+    best = load_file(str(experiment / "seeds" / f"seed_{report['best_seed']}" / "model.safetensors"))
+    saved = load_file(str(experiment / "model" / "model.safetensors"))
+    assert all(torch.equal(saved[key], value) for key, value in best.items())
+    stats = json.loads((experiment / "model" / "training.json").read_text(encoding="utf-8"))
     assert "gain" in stats["calibration"]
 
 
