@@ -6,7 +6,7 @@ GRADIEND's dtype (v bytes; k feature neurons, B = gradiend_batch_size, K gradien
     GRADIEND weights     (2k + bias) · v         encoder row(s), decoder column(s), decoder bias
     AdamW state          2 · (2k + bias) · v     exp_avg and exp_avg_sq
     .grad buffers        (2k + bias) · v         the fused step's gradients (`step.FusedLoss`)
-    residual             B · v                   its work buffer (none for k = 1, B = 1 with a bias)
+    residual             B · v                   its work buffer (none for k = 1, B = 1: r lives in a .grad)
     gradient buffers     S · K · B · v           source/target gradients per batch slot, in S sets (2 with
                                                  `overlap_step`: batch t+1's while step t runs; else 1)
     best checkpoint      (2k + bias) · v         a copy of the best weights (host or device)
@@ -185,7 +185,7 @@ def plan_memory(shape: RunShape) -> MemoryPlan:
     """The memory plan of a run of `shape` (no allocation); with `shards` > 1, of one rank."""
     n, k, v = -(-shape.n_inputs // shape.shards), shape.latent_dim, shape.gradiend_bytes  # this rank's inputs
     weights = (2 * n * k + k + (n if shape.bias_decoder else 0)) * v
-    vector_path = k == 1 and shape.gradiend_batch_size == 1 and shape.bias_decoder
+    vector_path = k == 1 and shape.gradiend_batch_size == 1  # r in a .grad buffer (`step.FusedLoss`)
     # in the GRADIEND's dtype (`TrainingLoop.fit`); a second set while step t overlaps batch t+1's gradients
     buffers = shape.gradient_buffer_sets * shape.n_kinds * shape.gradiend_batch_size * n * v
     sharded = shape.shards > 1

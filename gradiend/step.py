@@ -79,10 +79,12 @@ class FusedLoss:
             param.grad = buffer
         self.inv_target_scale = 1.0 / float(gradiend.target_scale)
         # one feature neuron and one row: matrix products degenerate to dot products and scaled
-        # copies, which run 2-5x faster as vector ops; r then lives in ∂L/∂b_d's buffer
+        # copies, which run 2-5x faster as vector ops; r then lives in ∂L/∂b_d's buffer, or without a
+        # decoder bias in ∂L/∂W_d's (scaled by h in place once it is used): no n-sized work buffer either way
         self.vector_path = gradiend.config.latent_dim == 1 and batch_size == 1
-        if self.vector_path and gradiend.decoder_bias is not None:
-            self.residual = gradiend.decoder_bias.grad.view(1, -1)
+        if self.vector_path:
+            owner = gradiend.decoder_bias if gradiend.decoder_bias is not None else gradiend.decoder_weight
+            self.residual = owner.grad.view(1, -1)
         else:
             weight = gradiend.decoder_weight
             self.residual = torch.empty(batch_size, n_local, dtype=weight.dtype, device=weight.device)
@@ -121,8 +123,12 @@ class FusedLoss:
         r.sub_(y, alpha=self.inv_target_scale)
         squares = dot(r, r)
         r.mul_(2.0 if self.coordinate_sum else 2.0 / n)  # r is now G = ∂L/∂ŷ (with a decoder bias: ∂L/∂b_d)
-        torch.mul(r, h, out=g.decoder_weight.grad.view(-1))
-        squares, back = self._sum(squares, dot(r, w_d))
+        back = dot(r, w_d)
+        if g.decoder_bias is not None:
+            torch.mul(r, h, out=g.decoder_weight.grad.view(-1))
+        else:
+            r.mul_(h)  # r is ∂L/∂W_d's buffer: now ∂L/∂W_d
+        squares, back = self._sum(squares, back)
         loss = squares / n
         d_pre = back * _activation_slope(g.config.activation_encoder, pre, h)
         torch.mul(x, d_pre / g.input_scale, out=g.encoder_weight.grad.view(-1))
