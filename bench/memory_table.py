@@ -3,7 +3,8 @@
 Each model is built from its published configuration on the meta device (no weights, no download), the
 selection is a `ParamMap` of it, and `gradiend.memory.run_shape` + `plan_memory` give the bytes a training
 run needs per GPU (one GPU; or N GPUs with a sharded GRADIEND: `torchrun --nproc-per-node N`,
-`shard_gradiend=True`, the trained weights gathered into rank 0's host memory: `final_weights="rank0_host"`)
+`shard_gradiend=True`, the trained weights gathered into rank 0's host memory: `sharded_final_weights="rank0_host"`,
+the default, which `Trainer.train()` and `gradiend train` use)
 and on the host (best checkpoint; for the sharded run rank 0's, which also receives the full weights). A GPU
 "fits" when everything the plan puts on it (base model included) stays below its memory less `--reserve` GiB
 for the CUDA context and the allocator's slack. Sizes are GiB (2^30 bytes; a card sold as "80 GB" has
