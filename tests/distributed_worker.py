@@ -246,7 +246,8 @@ def _experiment(setup: Setup, out: Path) -> None:
 
 
 def _experiment_shard(setup: Setup, out: Path) -> None:
-    """The tiny experiment trained with a sharded GRADIEND and resume checkpoints every 2 steps, then evaluated."""
+    """The tiny experiment trained with a sharded GRADIEND gathered on every rank (`sharded_final_weights=
+    'every_rank'`) and resume checkpoints every 2 steps, then evaluated."""
     from tiny_experiment import LRS, NEUTRAL
 
     from gradiend import TextPredictionTrainer
@@ -255,7 +256,7 @@ def _experiment_shard(setup: Setup, out: Path) -> None:
     args = TrainingArguments(experiment_dir=str(out / "sharded_experiment"), train_batch_size=4, max_steps=6,
                              eval_steps=3, seed=0, show_progress=False, scale_estimation_batches=2,
                              params=["encoder.layer.1.*"], decoder_eval_lrs=LRS, shard_gradiend=True, save_steps=2,
-                             distributed_timeout=30.0)
+                             distributed_timeout=30.0, sharded_final_weights="every_rank")  # rank0_host: trainer_host
     trainer = TextPredictionTrainer(model=setup.model_dir, data=make_rows(), args=args, target_classes=PAIR,
                                     eval_neutral_data=NEUTRAL)
     os.environ[WRITE_HOOK_ENV] = str(out / f"shard_writes_rank{rank}.log")
