@@ -304,6 +304,8 @@ def test_the_trainer_keeps_a_sharded_gradiend_split_and_matches_one_process(runs
     assert info0["grid"] == info1["grid"] and [r["id"] for r in info0["grid"]] == [r["id"] for r in ref_info["grid"]]
     for record, expected in zip(info0["grid"], ref_info["grid"], strict=True):
         assert record["lms"] == pytest.approx(expected["lms"], rel=1e-4)
+        for cls, probs in expected["probs"].items():
+            assert record["probs"][cls] == pytest.approx(probs, rel=1e-6)
     rewrites = sorted(k for k in ref if k.startswith("rewrite."))
     assert rewrites and sorted(k for k in rank0 if k.startswith("rewrite.")) == rewrites
     assert all(torch.equal(rank0[key], rank1[key]) for key in rewrites)
