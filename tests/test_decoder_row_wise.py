@@ -105,6 +105,7 @@ def test_label_mode_scores_each_rows_own_words(tiny_mlm_dir, tmp_path, caplog) -
     base = label.evaluate_decoder(lrs=[1e-3], use_cache=False)["grid"][0]
     request = DecoderRequest.from_arguments(label.training_args, list(label.pair), **label._decoder_eval_options())
     assert base_record(label.get_model(), *label.unified_data(), request) == base  # the same inputs, one builder
+    assert label.evaluate_base_model() == base  # the trainer's base metrics use the same builder
     like, probs = _grid_rows_probabilities(label)
     # hand check: the first 3PL row's P(3SG) is P(its own counterfactual), from a direct model call
     plural = like.reset_index(drop=True).query("factual_class == '3PL'")

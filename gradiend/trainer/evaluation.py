@@ -245,8 +245,7 @@ class EvaluationMethods:
         `{"id": "base", "feature_factor": None, "learning_rate": None, "lms": ..., "probs": {dataset
         class: {class: mean P(class tokens)}}}`, the grid's base record; nothing is cached or written.
         """
-        from gradiend.decoder_eval import LMS_SEED, DecoderRequest, GridRun, _grid_texts, grid_tokens
-        from gradiend.scoring import class_piece_sets, prepare_lms
+        from gradiend.decoder_eval import DecoderRequest, base_record
 
         rows, pair = self.unified_data()
         request = DecoderRequest.from_arguments(
@@ -254,13 +253,7 @@ class EvaluationMethods:
             batch_size=eval_batch_size, training_like=training_like_df,
             neutral_texts=list(neutral_df["text"]) if neutral_df is not None else self.neutral_texts(),
             **self._decoder_eval_options())
-        model = self.get_model()
-        like, neutral = _grid_texts(model, rows, pair, request)
-        tokens, ignored = grid_tokens(rows, pair, request)
-        lms_data = prepare_lms(model.objective, neutral, ignore_tokens=ignored, seed=LMS_SEED,
-                               batch_size=request.batch_size)
-        run = GridRun(model, like, class_piece_sets(model.objective, tokens), lms_data, request.batch_size)
-        return run.score(None, None)
+        return base_record(self.get_model(), rows, pair, request)
 
     def _decoder_cache(self, use: bool | str = True) -> Any:
         from gradiend.decoder_eval import DecoderCache
