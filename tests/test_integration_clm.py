@@ -45,10 +45,6 @@ def test_embedded_clm_is_a_plain_llama_checkpoint_that_predicts_pronouns(clm_pat
     assert tokenizer.decode([int(top)]) == " she"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 15 regression, session 7: fails in CI since the learning-rate-invariant scales (coordinate-sum loss, "
-    "scale_norms, one-step initial weights) changed the decoded update's size; the decoder's strengthening at "
-    "lr 10/3 within the LMS bound is to be re-derived. Strict: remove this marker once it passes."))
 def test_he_vs_she_feature_and_strengthening_rewrite(clm_path: str, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
