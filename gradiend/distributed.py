@@ -319,6 +319,18 @@ def all_agree(flag: bool, what: str = "agreement") -> bool:
     return bool(value.item())
 
 
+def same_on_every_rank(values: Sequence[float], what: str = "agreement") -> bool:
+    """True on every rank iff every rank passed the same `values` (one max-reduction of [v, -v], float64)."""
+    if not context().enabled:
+        return True
+    mine = torch.tensor(list(values), dtype=torch.float64)
+    both = torch.cat([mine, -mine])
+    with _collective(what):
+        dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    # where the ranks differ, max != min, so no rank's values equal both: every rank sees the disagreement
+    return bool(torch.equal(both[:len(mine)], mine) and torch.equal(-both[len(mine):], mine))
+
+
 def barrier(what: str = "barrier") -> None:
     """Wait until every rank gets here (bounded by the timeout); a no-op in one process."""
     ctx = context()

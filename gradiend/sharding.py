@@ -156,10 +156,16 @@ class Shard:
         ctx = distributed.context()
         bounds = [distributed.shard_range(self.n, r, ctx.world_size) for r in range(ctx.world_size)]
         module = self.module
+        factors = [float(f) for f in torch.as_tensor(feature_factor, dtype=torch.float64).reshape(-1)]
 
         @torch.no_grad()
         def part(rows: slice) -> torch.Tensor:
             start, stop, _ = rows.indices(self.n)
+            if not distributed.same_on_every_rank([start, stop, *factors], "decoded rows"):
+                raise distributed.DistributedError(
+                    f"rank {ctx.rank}: the ranks asked for different decoded rows (here {start}..{stop} of "
+                    f"dec({feature_factor})): decoding a sharded GRADIEND is a collective, so every rank must make "
+                    f"the same calls in the same order (evaluate inside distributed.replicated(), on every rank)")
             out = torch.empty(stop - start, dtype=module.decoder_weight.dtype, device=module.decoder_weight.device)
             for owner, (lo, hi) in enumerate(bounds):
                 a, b = max(start, lo), min(stop, hi)

@@ -386,6 +386,21 @@ def _cli_shard(setup: Setup, out: Path) -> None:
     (out / f"cli_rank{rank}.json").write_text(json.dumps({"code": code}), encoding="utf-8")
 
 
+def _diverge(setup: Setup, out: Path) -> None:
+    """The ranks ask a sharded GRADIEND for different decoded rows (as ranks taking different decoder-grid paths
+    would): every rank stops with a clear error instead of exchanging mismatched slices."""
+    from gradiend.sharding import Shard
+
+    shard = Shard(setup.template.with_new_gradiend(0).gradiend)
+    update = shard.lazy_update(-1.0)
+    try:
+        update(slice(0, 10 + distributed.context().rank))
+    except distributed.DistributedError as err:
+        _save(out, "diverge", {}, {"error": str(err)})
+        return
+    _save(out, "diverge", {}, {"error": None})
+
+
 SCENARIOS: dict[str, Callable[[Setup, Path], None]] = {
     "grad": lambda s, o: _gradients(s, o, "grad", sharded=False),
     "grad_shard": lambda s, o: _gradients(s, o, "grad_shard", sharded=True),
@@ -401,6 +416,7 @@ SCENARIOS: dict[str, Callable[[Setup, Path], None]] = {
     "experiment_shard": _experiment_shard,
     "trainer_host": _trainer_host,
     "cli_shard": _cli_shard,
+    "diverge": _diverge,
     "prune": lambda s, o: _prune(s, o, "prune"),
     "resume_shard": lambda s, o: _resume(s, o, "resume_shard"),
     "train_cuda": lambda s, o: _train(s, o, "train_cuda", template=s.template.to(f"cuda:{torch.cuda.current_device()}"),

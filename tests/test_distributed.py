@@ -92,7 +92,8 @@ def launches(tiny_mlm_dir: str, tmp_path_factory: pytest.TempPathFactory) -> dic
     """
     started = time.monotonic()
     two, one, hang, cli = (tmp_path_factory.mktemp(name) for name in ("two_ranks", "one_process", "hang", "cli"))
-    procs = {"agreement": _start(tiny_mlm_dir, two, [*AGREEMENT, "resume_shard", "experiment_shard", "die"]),
+    procs = {"agreement": _start(tiny_mlm_dir, two, [*AGREEMENT, "resume_shard", "experiment_shard", "diverge",
+                                                     "die"]),
              "hang": _start(tiny_mlm_dir, hang, ["hang"]), "cli": _start(tiny_mlm_dir, cli, ["cli_shard"])}
     run(tiny_mlm_dir, one, AGREEMENT)
     result: dict[str, Any] = {"two": two, "one": one, "hang_output": hang, "cli_output": cli}
@@ -325,6 +326,13 @@ def test_the_trainer_keeps_a_sharded_gradiend_split_and_matches_one_process(runs
     assert not (two / "host_writes_rank1.log").exists(), "rank 1 wrote files"
     written = _written((two / "host_writes_rank0.log").read_text(encoding="utf-8").splitlines(), two)
     assert written == _written((one / "host_writes_rank0.log").read_text(encoding="utf-8").splitlines(), one)
+
+
+def test_ranks_asking_for_different_decoded_rows_stop_with_a_clear_error(runs) -> None:
+    two, _ = runs
+    for rank in (0, 1):
+        error = _load(two, "diverge", rank)[1]["error"]
+        assert error and "the ranks asked for different decoded rows" in error and f"rank {rank}:" in error
 
 
 def test_gradiend_train_on_a_sharded_config(launches) -> None:
