@@ -10,6 +10,10 @@ experiment lock (`gradiend.experiment`); the others wait at a barrier when it ta
 lock, then read what it wrote (the one exception: each rank writes its slice of a sharded run's resume
 checkpoint, `gradiend.sharding.ShardedCheckpoint`).
 
+Evaluating a GRADIEND that stays split over the ranks (`gradiend.sharded_model`) is the exception to splitting
+work: its encoding and decoding are collectives over the slices, so inside `replicated()` every rank does all of
+the work itself, and `same_on_every_rank` checks that the ranks make the same calls.
+
 Nothing changes in one process: without `WORLD_SIZE > 1` in the environment every helper here is
 the identity (`rank 0 of 1`). With it, the process group is initialised from torchrun's variables
 (`init_from_env`; NCCL for CUDA tensors, gloo for CPU ones) on first use. A collective that fails
