@@ -16,6 +16,9 @@ encoder on the test split plus both neutral variants. One table row per run:
     target          the issue's targets: class |ρ| ≥ 0.98, class means ≥ 0.9, both neutral |h| ≤ 0.2,
                     all-data ρ ≥ 0.95
     lr-ok           the learning-rate target: |ρ| ≥ 0.95 and class means ≥ 0.8
+    shift, LMS      (`--decoder`) the selected rewrite strengthening the pair's first class: P(class A) on
+                    class B's test rows after / before, and LMS / base LMS (the adaptive search with the LMS
+                    bound 0.99·base; the saved decoder, `decoder_fit="class_means"` by default)
 
 `--variant` picks method variants to compare (ablation); each is a set of `TrainingArguments`
 overrides, so what is measured is exactly what a user gets with those arguments. All runs of one
@@ -176,11 +179,13 @@ class Row:
                 f"{m['abs_masked']:.3f}", f"{m['abs_corpus']:.3f}", f"{m['all_correlation']:.3f}",
                 f"{m['all_accuracy']:.3f}", "yes" if m["converged"] else "no",
                 "yes" if m["target"] else "no", "yes" if m["lr_ok"] else "no",
-                f"{m['gain']:.3g}" if m.get("gain") is not None else "-", f"{m['seconds']:.0f}"]
+                f"{m['gain']:.3g}" if m.get("gain") is not None else "-",
+                f"{m['shift']:.2f}" if m.get("shift") is not None else "-",
+                f"{m['lms_ratio']:.4f}" if m.get("lms_ratio") is not None else "-", f"{m['seconds']:.0f}"]
 
 
 HEADER = ["model", "feature", "variant", "lr", "seed", "class |ρ|", "mean A", "mean B", "|h| masked",
-          "|h| corpus", "all ρ", "all acc", "conv", "target", "lr-ok", "gain", "s"]
+          "|h| corpus", "all ρ", "all acc", "conv", "target", "lr-ok", "gain", "shift", "LMS", "s"]
 
 
 def judge(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -263,12 +268,22 @@ class Bench:
                            "mean_by_class": outcome.stats["training_stats"]["mean_by_class"]}}
         calibration = outcome.stats.get("calibration", {})
         results = {variant: {**self.metrics(frame), **run, "gain": calibration.get("gain"),
-                             "calibration": calibration}}
+                             "calibration": calibration, **(self.decoder(model) if ns.decoder else {})}}
         if "gain" in calibration:
             h = np.clip(frame["encoded"].to_numpy(dtype=np.float64), -1 + 1e-7, 1 - 1e-7)
             raw = frame.assign(encoded=np.tanh((np.arctanh(h) - calibration["offset"]) / calibration["gain"]))
             results[f"{variant}/raw"] = {**self.metrics(raw), **run}
         return results
+
+    def decoder(self, model: Any) -> dict[str, Any]:
+        """The selected rewrite strengthening class A (adaptive search, LMS ≥ 0.99·base): shift and LMS ratio."""
+        from gradiend.decoder_eval import DecoderRequest, evaluate_decoder
+
+        cls = self.pair[0]
+        result = evaluate_decoder(model, self.rows, self.pair, DecoderRequest([cls], show_progress=False))
+        sel = result[cls]
+        return {"shift": sel["value"] / sel["base_value"], "lms_ratio": sel["lms"] / sel["base_lms"],
+                "rewrite": {"id": sel["id"], "p_base": sel["base_value"], "p": sel["value"]}}
 
     def metrics(self, frame: pd.DataFrame) -> dict[str, Any]:
         """The table's numbers and the targets' verdicts from an encoded test frame."""
@@ -359,6 +374,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep-cache", action="store_true", help="reuse the gradients a previous call left in "
                    "--cache-dir (same base models and parameters; entries are keyed by the batch's texts) and "
                    "leave them there")
+    p.add_argument("--decoder", action="store_true", help="also score the rewrite at the LMS bound (columns "
+                   "shift, LMS; minutes per run)")
     p.add_argument("--markdown", default=None, help="write the table (and a JSON next to it) here")
     p.add_argument("--threads", type=int, default=None)
     return p.parse_args(argv)
