@@ -66,8 +66,9 @@ def run_seeds_in(experiment: ExperimentDir, args: TrainingArguments,
     experiment.write_json(experiment.seed_report, report)
     from gradiend.topk import SEED_STABILITY_FILE, write_seed_stability
 
-    write_seed_stability(experiment.seeds / SEED_STABILITY_FILE, runs, args.seed_stability_topk,
-                         args.seed_stability_part, args.min_convergent_seeds)  # before _retain deletes checkpoints
+    if distributed.may_write():  # rank 0's file; it reads every seed's whole checkpoint, which other ranks never hold
+        write_seed_stability(experiment.seeds / SEED_STABILITY_FILE, runs, args.seed_stability_topk,
+                             args.seed_stability_part, args.min_convergent_seeds)  # before _retain deletes checkpoints
     _retain(runs, best, args)
     logger.info("Best seed %d (selection score %s) linked into %s; report in %s", best.seed, best.selection_score,
                 experiment.model, experiment.seed_report)

@@ -369,7 +369,7 @@ def _cli_shard(setup: Setup, out: Path) -> None:
               "max_steps": 6, "eval_steps": 3, "seed": 0, "show_progress": False, "scale_estimation_batches": 2,
               "params": PARAMS, "decoder_eval_lrs": LRS, "shard_gradiend": True, "distributed_timeout": 30.0,
               "torch_dtype": "float64", "gradiend_dtype": "float64",  # the settings of `_trainer_host`, and 2 seeds
-              "max_seeds": 2, "min_convergent_seeds": 2, "saved_seed_runs": "all_tried", "seed_stability_topk": None,
+              "max_seeds": 2, "min_convergent_seeds": 2, "saved_seed_runs": "all_tried", "seed_stability_topk": 50,
               "convergent_score_threshold": 0.0, "convergent_mean_by_class_threshold": None,
               "seed_selection_eval_max_size": 3}  # every seed "converges", so it is scored on validation rows
     rank = distributed.context().rank

@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 
 import gradiend
 from gradiend import distributed
+from gradiend.topk import SEED_STABILITY_FILE
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 PACKAGE_ROOT = str(Path(gradiend.__file__).resolve().parents[1])  # the workers import this checkout
@@ -356,6 +357,9 @@ def test_gradiend_train_on_a_sharded_config(launches) -> None:
     assert all(torch.equal(saved[key], value) for key, value in best.items())
     stats = json.loads((experiment / "model" / "training.json").read_text(encoding="utf-8"))
     assert "gain" in stats["calibration"]
+    assert [run["converged"] for run in report["runs"]] == [True, True]
+    stability = json.loads((experiment / "seeds" / SEED_STABILITY_FILE).read_text(encoding="utf-8"))
+    assert stability["seeds"] == ["seed_0", "seed_1"]  # rank 0 alone reads the seeds' whole checkpoints
 
 
 @pytest.mark.parametrize("how", ["die", "hang"])
