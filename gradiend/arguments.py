@@ -636,8 +636,10 @@ class SeedArgs(ConfigSection):
     seed_stability_topk: int | float | None = field(default=1000, metadata=doc(
         "top-k (count, or fraction in (0, 1]) of the seed-stability analysis written after a multi-seed run with "
         "min_convergent_seeds > 1 (seeds/seed_stability_topk.json: top-k overlap of the convergent seeds); None: off"))
-    seed_stability_part: TopkPart = field(default="decoder-weight", metadata=doc(
-        "weights ranked for the seed-stability top-k: decoder-weight, encoder-weight, decoder-bias or decoder-sum"))
+    seed_stability_part: TopkPart = field(default="encoder-weight", metadata=doc(
+        "weights ranked for the seed-stability top-k: encoder-weight, decoder-weight, decoder-bias or decoder-sum; "
+        "encoder by default, since the seeds of a run share their batches, so their class-mean decoders "
+        "(decoder_fit='class_means') are the same"))
     analyze_seed_stability: bool = field(default=False, metadata=doc(
         "a multi-seed run is for comparing seeds: it fails unless min_convergent_seeds seeds converged, and the "
         "convergent seeds' checkpoints are kept (saved_seed_runs 'best_only' becomes 'all_convergent')"))

@@ -18,8 +18,9 @@ validation rows are split across ranks and gathered. With `shard_gradiend` each 
 slice of the coordinates (`gradiend.sharding.Shard`: weights, AdamW state, gradient buffers and cache
 entries are 1/world_size of the full ones); the step exchanges a few scalars (`FusedLoss(reduce=...)`),
 evaluation sums the slices' partial encodings (no rank holds the full encoder), and the finished weights
-are gathered on every rank (each rank's slice broadcast into one preallocated full tensor,
-`distributed.all_gather_into_`).
+are gathered on every rank's device (`final_weights="every_rank"`: each rank's slice broadcast into one
+preallocated full tensor, `distributed.all_gather_into_`) or, as the trainer does by default
+(`sharded_final_weights="rank0_host"`), only the best weights into rank 0's host memory (`gradiend.sharded_model`).
 A sharded run's resume checkpoint holds every rank's slice (`sharding.ShardedCheckpoint`).
 """
 

@@ -37,7 +37,7 @@ def _non_default_args() -> TrainingArguments:
         decoder_eval_max_size_neutral=14, trust_remote_code=True, show_progress=False, metadata={"a": [1, 2]},
         gradiend_dtype="bfloat16", device="cpu", shard_gradiend=True, sharded_final_weights="every_rank",
         overlap_step=False, distributed_timeout=60.0,
-        seed_stability_topk=128, seed_stability_part="encoder-weight", analyze_seed_stability=True,
+        seed_stability_topk=128, seed_stability_part="decoder-weight", analyze_seed_stability=True,
         supervised_encoder=True, supervised_decoder=True,
         highlight_non_convergence=False, positive_class="3PL",
         base_gradient_batch_size=4, precompute_gradient_batches=False, base_model_device_map=False,

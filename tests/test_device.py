@@ -278,7 +278,7 @@ def test_gradiend_dtype_reaches_the_template_and_trains(tiny_mlm_dir: str, tmp_p
     template = runs_module.new_template(tiny_mlm_dir, args, *trainer.unified_data(), CPU)
     assert template.gradiend.encoder_weight.dtype == torch.bfloat16 and template.gradiend.shape_only
     assert template.with_new_gradiend(0).gradiend.decoder_weight.dtype == torch.bfloat16
-    trainer.train()
+    _train(trainer)
     trained = trainer.get_model().gradiend
     assert trained.encoder_weight.dtype == torch.bfloat16 and torch.isfinite(trained.encoder_weight.float()).all()
     saved = safetensors.torch.load_file(str(tmp_path / "exp" / "model" / "model.safetensors"))
