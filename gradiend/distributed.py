@@ -158,20 +158,30 @@ def is_main() -> bool:
     return context().is_main
 
 
+def _depth(name: str) -> int:
+    """How many blocks of the thread-local mode `name` this thread is inside."""
+    return getattr(_STATE, name, 0)
+
+
 @contextlib.contextmanager
-def rank_local_writes() -> Iterator[None]:
-    """Let this rank write inside the block (its own scratch files: a per-rank disk gradient cache)."""
-    depth = getattr(_STATE, "depth", 0)
-    _STATE.depth = depth + 1
+def _inside(name: str) -> Iterator[None]:
+    """Count this thread as inside one more block of the mode `name` (they nest)."""
+    depth = _depth(name)
+    setattr(_STATE, name, depth + 1)
     try:
         yield
     finally:
-        _STATE.depth = depth
+        setattr(_STATE, name, depth)
+
+
+def rank_local_writes() -> contextlib.AbstractContextManager[None]:
+    """Let this rank write inside the block (its own scratch files: a per-rank disk gradient cache)."""
+    return _inside("depth")
 
 
 def may_write() -> bool:
     """Whether this process writes files: rank 0, or any rank inside `rank_local_writes`."""
-    return getattr(_STATE, "depth", 0) > 0 or context().is_main
+    return _depth("depth") > 0 or context().is_main
 
 
 # ---------------------------------------------------------------- splitting work
@@ -185,8 +195,7 @@ def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return lo, lo + base + (rank < extra)
 
 
-@contextlib.contextmanager
-def replicated() -> Iterator[None]:
+def replicated() -> contextlib.AbstractContextManager[None]:
     """Inside the block every rank does all of the work itself: `my_share`, `split_items`, `gather_rows` and
     `gather_items` act as in one process (`splits_work()` is False), while the collectives stay collectives.
 
@@ -194,17 +203,12 @@ def replicated() -> Iterator[None]:
     are collectives over the ranks' slices, so every rank must take part in every row and every decoder
     candidate, in the same order.
     """
-    depth = getattr(_STATE, "replicated", 0)
-    _STATE.replicated = depth + 1
-    try:
-        yield
-    finally:
-        _STATE.replicated = depth
+    return _inside("replicated")
 
 
 def splits_work() -> bool:
     """Whether rows and candidates are split across ranks: several processes, outside `replicated()`."""
-    return context().enabled and not getattr(_STATE, "replicated", 0)
+    return context().enabled and not _depth("replicated")
 
 
 def my_share(n: int) -> tuple[int, int]:
