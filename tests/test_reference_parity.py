@@ -355,11 +355,11 @@ def test_restrict_to_target_classes_false_scores_the_other_classes(tiny_mlm_dir,
 
 
 def test_decoder_eval_ignore_tokens_replace_the_lms_ignored_words(tiny_mlm_dir, tmp_path, monkeypatch) -> None:
-    import gradiend.scoring
+    import gradiend.decoder_eval
 
     seen = []
-    original = gradiend.scoring.prepare_lms
-    monkeypatch.setattr(gradiend.scoring, "prepare_lms",
+    original = gradiend.decoder_eval.prepare_lms
+    monkeypatch.setattr(gradiend.decoder_eval, "prepare_lms",
                         lambda *a, **kw: seen.append(set(kw["ignore_tokens"])) or original(*a, **kw))
     _trained(tiny_mlm_dir, tmp_path).evaluate_base_model()
     _trained(tiny_mlm_dir, tmp_path, decoder_eval_ignore_tokens=["sea"]).evaluate_base_model()
