@@ -390,7 +390,7 @@ def _parse_overrides(text: str) -> dict[str, Any]:
 WORKLOADS: dict[str, dict[str, Any]] = {
     # what `gradiend demo` runs: all demo rows, 1000 neutral texts, 100 steps, the demo's learning rates
     "demo": {"model": "minilm", "per_class": "988,123,123", "neutral_rows": 1000, "max_steps": 100,
-             "decoder_lrs": "[0.01, 0.005, 0.002, 0.001, 0.0005, 0.0002]"},
+             "decoder_lrs": "[0.002, 0.001, 0.0005, 0.0002, 0.0001, 5e-05, 2e-05, 1e-05]"},
     # the README's MiniLM table: one epoch of 480 rows, the reference's default 3 seeds, the default 16 lrs
     "minilm": {"model": "minilm", "per_class": "240,15,15", "max_steps": 60, "max_seeds": 3},
     # embedded SmolLM2 (causal), one MLP block, he vs she, strengthen F, the clm demo's learning rates
